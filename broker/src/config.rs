@@ -1,0 +1,399 @@
+//! Configuration: a TOML file, then environment, then flags, in that order
+//! of increasing precedence. Everything the broker does at run time is
+//! decided from one [`Config`] value, which `--print-config` shows.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+
+use crate::topic::TopicLimits;
+
+/// Errors found while building the effective configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Listener addresses by kind.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listeners {
+    /// Plain MQTT over TCP.
+    pub mqtt: Vec<SocketAddr>,
+    /// MQTT over TLS.
+    pub mqtts: Vec<SocketAddr>,
+    /// HTTP + MQTT over websockets (also serves /healthz and /metrics).
+    pub ws: Vec<SocketAddr>,
+    /// The same over TLS.
+    pub wss: Vec<SocketAddr>,
+}
+
+impl Listeners {
+    fn is_empty(&self) -> bool {
+        self.mqtt.is_empty() && self.mqtts.is_empty() && self.ws.is_empty() && self.wss.is_empty()
+    }
+}
+
+/// TLS material, PEM files.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Who may connect and what they may do.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// mosquitto_passwd file.
+    pub password_file: Option<PathBuf>,
+    /// mosquitto acl_file.
+    pub acl_file: Option<PathBuf>,
+    /// Allow clients without credentials (read-only unless the ACL says otherwise).
+    pub allow_anonymous: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            password_file: None,
+            acl_file: None,
+            allow_anonymous: true,
+        }
+    }
+}
+
+/// Limits that keep one client from hurting the others.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_connections: usize,
+    /// Largest packet accepted from a client, in bytes.
+    pub max_packet_size: usize,
+    pub max_subscriptions_per_client: usize,
+    pub max_topic_length: usize,
+    pub max_topic_levels: usize,
+    /// Largest keepalive a client may ask for (mosquitto's `max_keepalive`).
+    pub max_keepalive: u16,
+    /// Seconds allowed for TCP CONNECT, TLS and websocket handshakes.
+    pub handshake_timeout_secs: u64,
+    /// Messages kept per client while it is slow or offline (oldest dropped).
+    pub max_queued_messages: usize,
+    /// Bytes kept per client while it is slow or offline (oldest dropped).
+    pub max_queued_bytes: usize,
+    /// QoS 1 messages sent to a client and not yet acknowledged.
+    pub max_inflight_messages: u16,
+    /// Distinct subscription filters the router will hold.
+    pub max_filters: usize,
+    /// Seconds a v3 persistent session is kept after its client left.
+    pub persistent_client_expiration_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_packet_size: 256 * 1024,
+            max_subscriptions_per_client: 100,
+            max_topic_length: 1024,
+            max_topic_levels: 32,
+            max_keepalive: 65535,
+            handshake_timeout_secs: 10,
+            max_queued_messages: 1000,
+            max_queued_bytes: 16 * 1024 * 1024,
+            max_inflight_messages: 20,
+            max_filters: 100_000,
+            persistent_client_expiration_secs: 86_400,
+        }
+    }
+}
+
+/// The effective broker configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listeners: Listeners,
+    pub tls: Tls,
+    pub auth: AuthConfig,
+    pub limits: Limits,
+    /// Seconds between `$SYS` updates.
+    pub sys_interval_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listeners: Listeners::default(),
+            tls: Tls::default(),
+            auth: AuthConfig::default(),
+            limits: Limits::default(),
+            sys_interval_secs: 10,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// The defaults for a machine with nothing configured: loopback only.
+    pub fn apply_default_listeners(&mut self) {
+        if self.listeners.is_empty() {
+            self.listeners.mqtt = vec![SocketAddr::from(([127, 0, 0, 1], 1883))];
+            self.listeners.ws = vec![SocketAddr::from(([127, 0, 0, 1], 8080))];
+        }
+    }
+
+    /// Checks what can be checked without binding sockets.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let tls_needed = !self.listeners.mqtts.is_empty() || !self.listeners.wss.is_empty();
+        if tls_needed && (self.tls.cert.is_none() || self.tls.key.is_none()) {
+            return Err(ConfigError::Invalid(
+                "TLS listeners (--mqtts/--wss) need --cert FILE and --key FILE (PEM)".into(),
+            ));
+        }
+        if self.limits.max_packet_size < 64 {
+            return Err(ConfigError::Invalid("max_packet_size must be at least 64 bytes".into()));
+        }
+        if self.limits.max_connections == 0 {
+            return Err(ConfigError::Invalid("max_connections must be at least 1".into()));
+        }
+        if self.limits.max_inflight_messages == 0 {
+            return Err(ConfigError::Invalid("max_inflight_messages must be at least 1".into()));
+        }
+        if self.sys_interval_secs == 0 {
+            return Err(ConfigError::Invalid("sys_interval_secs must be at least 1".into()));
+        }
+        if self.limits.handshake_timeout_secs == 0 {
+            return Err(ConfigError::Invalid("handshake_timeout_secs must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// Topic limits as the validators want them.
+    pub fn topic_limits(&self) -> TopicLimits {
+        TopicLimits {
+            max_len: self.limits.max_topic_length,
+            max_levels: self.limits.max_topic_levels,
+        }
+    }
+
+    /// Handshake timeout as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.handshake_timeout_secs)
+    }
+
+    /// TOML text of the effective config. It holds no secrets: passwords
+    /// live only in the password file, which is named, never read out.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+/// Command line of `firehose-broker`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "firehose-broker",
+    version,
+    about = "The Firehose MQTT broker: anyone may subscribe, only authenticated publishers may write.",
+    long_about = "The Firehose MQTT broker. Serves MQTT 3.1, 3.1.1 and 5 on every listener: \
+plain TCP (--mqtt), TLS (--mqtts), websockets (--ws, also /healthz and /metrics) and websockets \
+over TLS (--wss). Anonymous clients may read everything and publish nothing unless an ACL file \
+says otherwise. Settings come from a TOML file (--config or FIREHOSE_BROKER_CONFIG), then flags. \
+With no listener configured it serves --mqtt 127.0.0.1:1883 --ws 127.0.0.1:8080.\n\n\
+SIGHUP reloads the password and ACL files; SIGTERM/SIGINT shut down cleanly."
+)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Add a user to a mosquitto-format password file or change their password
+    /// (the password is read from stdin, or prompted for on a terminal).
+    Passwd {
+        /// Password file (created with mode 0600 if missing).
+        file: PathBuf,
+        /// User name (case-sensitive).
+        user: String,
+    },
+}
+
+/// Flags for running the broker.
+#[derive(Debug, Default, ClapArgs)]
+pub struct RunArgs {
+    /// TOML config file; flags override it.
+    #[arg(long, env = "FIREHOSE_BROKER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Plain MQTT listener (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    pub mqtt: Vec<SocketAddr>,
+    /// MQTT over TLS listener (repeatable; needs --cert and --key).
+    #[arg(long, value_name = "ADDR")]
+    pub mqtts: Vec<SocketAddr>,
+    /// HTTP/websocket listener (repeatable): MQTT on /mqtt and /, plus /healthz and /metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub ws: Vec<SocketAddr>,
+    /// HTTP/websocket listener over TLS (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    pub wss: Vec<SocketAddr>,
+    /// Server certificate chain, PEM.
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// Server private key, PEM.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
+    /// mosquitto_passwd password file (must not be readable by group or others).
+    #[arg(long, value_name = "FILE")]
+    pub passwd: Option<PathBuf>,
+    /// mosquitto acl_file.
+    #[arg(long, value_name = "FILE")]
+    pub acl: Option<PathBuf>,
+    /// Refuse clients that do not log in.
+    #[arg(long)]
+    pub no_anonymous: bool,
+    /// Maximum simultaneous connections.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Largest packet accepted, in bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub max_packet_size: Option<usize>,
+    /// Largest keepalive a client may use; v5 clients asking for more are told this one.
+    #[arg(long, value_name = "SECONDS")]
+    pub max_keepalive: Option<u16>,
+    /// Messages queued per slow or offline client before the oldest are dropped.
+    #[arg(long, value_name = "N")]
+    pub max_queued_messages: Option<usize>,
+    /// Seconds between $SYS updates.
+    #[arg(long, value_name = "SECONDS")]
+    pub sys_interval: Option<u64>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Check the configuration (and the files it names) and exit; non-zero on error.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+impl RunArgs {
+    /// Builds the effective config: file (if any), then flags, then defaults.
+    pub fn to_config(&self) -> Result<Config, ConfigError> {
+        let mut c = match &self.config {
+            Some(p) => Config::from_file(p)?,
+            None => Config::default(),
+        };
+        c.listeners.mqtt.extend(&self.mqtt);
+        c.listeners.mqtts.extend(&self.mqtts);
+        c.listeners.ws.extend(&self.ws);
+        c.listeners.wss.extend(&self.wss);
+        let set = |dst: &mut Option<PathBuf>, src: &Option<PathBuf>| {
+            if src.is_some() {
+                dst.clone_from(src);
+            }
+        };
+        set(&mut c.tls.cert, &self.cert);
+        set(&mut c.tls.key, &self.key);
+        set(&mut c.tls.client_ca, &self.client_ca);
+        set(&mut c.auth.password_file, &self.passwd);
+        set(&mut c.auth.acl_file, &self.acl);
+        if self.no_anonymous {
+            c.auth.allow_anonymous = false;
+        }
+        if let Some(v) = self.max_connections {
+            c.limits.max_connections = v;
+        }
+        if let Some(v) = self.max_packet_size {
+            c.limits.max_packet_size = v;
+        }
+        if let Some(v) = self.max_keepalive {
+            c.limits.max_keepalive = v;
+        }
+        if let Some(v) = self.max_queued_messages {
+            c.limits.max_queued_messages = v;
+        }
+        if let Some(v) = self.sys_interval {
+            c.sys_interval_secs = v;
+        }
+        c.apply_default_listeners();
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_loopback() {
+        let c = RunArgs::default().to_config().unwrap();
+        assert_eq!(c.listeners.mqtt, vec!["127.0.0.1:1883".parse().unwrap()]);
+        assert_eq!(c.listeners.ws, vec!["127.0.0.1:8080".parse().unwrap()]);
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b.toml");
+        std::fs::write(&p, "sys_interval_secs = 3\n[limits]\nmax_connections = 5\n[listeners]\nmqtt = [\"127.0.0.1:1\"]\n").unwrap();
+        let a = RunArgs {
+            config: Some(p),
+            max_connections: Some(7),
+            ..Default::default()
+        };
+        let c = a.to_config().unwrap();
+        assert_eq!(c.limits.max_connections, 7);
+        assert_eq!(c.sys_interval_secs, 3);
+        assert!(c.listeners.ws.is_empty(), "a configured listener replaces the defaults");
+        let back: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = toml::from_str::<Config>("[limits]\nmax_conections = 5\n").unwrap_err();
+        assert!(e.to_string().contains("max_conections"), "{e}");
+    }
+
+    #[test]
+    fn tls_listener_needs_cert() {
+        let a = RunArgs {
+            mqtts: vec!["127.0.0.1:8883".parse().unwrap()],
+            ..Default::default()
+        };
+        assert!(a.to_config().unwrap_err().to_string().contains("--cert"));
+    }
+}

@@ -1,0 +1,101 @@
+//! `firehose-broker` binary: flags, logging, signals. Everything else is in
+//! the library.
+
+use std::io::{IsTerminal, Read};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use firehose_broker::auth::{passwd, PasswordFile};
+use firehose_broker::config::{Args, Command};
+use firehose_broker::Broker;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FIREHOSE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let res = match args.command {
+        Some(Command::Passwd { file, user }) => set_password(&file, &user),
+        None => run(args.run),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("firehose-broker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn set_password(file: &std::path::Path, user: &str) -> Result<()> {
+    let mut pf = if file.exists() {
+        passwd::check_private(file)?;
+        PasswordFile::load(file)?
+    } else {
+        PasswordFile::default()
+    };
+    let password = if std::io::stdin().is_terminal() {
+        let a = rpassword::prompt_password(format!("Password for {user}: "))?;
+        let b = rpassword::prompt_password("Again: ")?;
+        if a != b {
+            bail!("passwords do not match");
+        }
+        a
+    } else {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the password from stdin")?;
+        s.trim_end_matches(['\n', '\r']).to_owned()
+    };
+    if password.is_empty() {
+        bail!("empty password refused");
+    }
+    pf.set(user, &password)?;
+    pf.save(file)?;
+    eprintln!("firehose-broker: password for {user:?} written to {}", file.display());
+    Ok(())
+}
+
+fn run(args: firehose_broker::config::RunArgs) -> Result<()> {
+    let cfg = args.to_config().context("configuration")?;
+    if args.print_config {
+        print!("{}", cfg.to_toml());
+        return Ok(());
+    }
+    if args.check_config {
+        firehose_broker::auth::Policy::load(&cfg.auth).context("auth files")?;
+        if let (Some(c), Some(k)) = (&cfg.tls.cert, &cfg.tls.key) {
+            firehose_broker::transport::tls_acceptor(c, k, cfg.tls.client_ca.as_deref())
+                .context("TLS files")?;
+        }
+        println!("configuration OK");
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("firehose")
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let broker = Broker::start(cfg).await.context("starting the broker")?;
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        loop {
+            tokio::select! {
+                _ = hup.recv() => { let _ = broker.reload(); }
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        broker.shutdown().await;
+        Ok(())
+    })
+}

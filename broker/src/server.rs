@@ -1,0 +1,268 @@
+//! Assembles the broker: router, auth, listeners, `$SYS` publisher, and the
+//! state every session shares. [`Broker::start`] is what the binary and the
+//! tests call.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::{Auth, AuthError};
+use crate::config::Config;
+use crate::router::RouterHandle;
+use crate::session;
+use crate::stats::{Reason, Stats};
+use crate::transport::{self, Accepted, HttpHandler, Kind, TlsError};
+
+/// The current `$SYS` values, published to sessions on every interval.
+pub type SysSnapshot = Arc<Vec<(String, Bytes)>>;
+
+/// State shared by every connection and session.
+pub struct Shared {
+    pub cfg: Config,
+    pub stats: Arc<Stats>,
+    pub auth: Auth,
+    pub router: RouterHandle,
+    pub(crate) registry: Mutex<HashMap<String, session::Entry>>,
+    pub(crate) next_gen: AtomicU64,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) sys: watch::Sender<SysSnapshot>,
+    pub(crate) retained: Mutex<HashSet<String>>,
+    filters: Mutex<HashSet<String>>,
+    open_sockets: AtomicUsize,
+}
+
+impl Shared {
+    /// Records a filter the router will hold. False when the table is full:
+    /// rumqttd never frees a filter, so the edge caps how many exist.
+    pub fn admit_filter(&self, filter: &str) -> bool {
+        let mut f = self.filters.lock().unwrap_or_else(|e| e.into_inner());
+        if f.contains(filter) {
+            return true;
+        }
+        if f.len() >= self.cfg.limits.max_filters {
+            return false;
+        }
+        f.insert(filter.to_owned());
+        true
+    }
+}
+
+/// Errors starting the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("{0}")]
+    Bind(std::io::Error),
+}
+
+/// A running broker.
+pub struct Broker {
+    shared: Arc<Shared>,
+    shutdown_tx: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    /// Bound addresses by listener kind, in config order (port 0 resolved).
+    pub addrs: Vec<(Kind, SocketAddr)>,
+}
+
+impl Broker {
+    /// Loads auth files, binds every listener and starts serving.
+    pub async fn start(cfg: Config) -> Result<Broker, StartError> {
+        let auth = Auth::new(cfg.auth.clone())?;
+        let tls = match (&cfg.tls.cert, &cfg.tls.key) {
+            (Some(c), Some(k)) => Some(transport::tls_acceptor(c, k, cfg.tls.client_ca.as_deref())?),
+            _ => None,
+        };
+        let mut listeners: Vec<(Kind, TcpListener)> = Vec::new();
+        let l = &cfg.listeners;
+        for (kind, addrs) in [(Kind::Mqtt, &l.mqtt), (Kind::Mqtts, &l.mqtts), (Kind::Ws, &l.ws), (Kind::Wss, &l.wss)] {
+            for a in addrs {
+                listeners.push((kind, transport::bind(*a, kind).await.map_err(StartError::Bind)?));
+            }
+        }
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let stats = Arc::new(Stats::default());
+        let (sys_tx, _) = watch::channel(Arc::new(Vec::new()));
+        // Sessions (connected or parked) are bounded by 2x max_connections.
+        let router = RouterHandle::start(cfg.limits.max_connections * 2);
+        let shared = Arc::new(Shared {
+            cfg,
+            stats,
+            auth,
+            router,
+            registry: Mutex::new(HashMap::new()),
+            next_gen: AtomicU64::new(1),
+            shutdown: shutdown_rx,
+            sys: sys_tx,
+            retained: Mutex::new(HashSet::new()),
+            filters: Mutex::new(HashSet::new()),
+            open_sockets: AtomicUsize::new(0),
+        });
+        let mut tasks = JoinSet::new();
+        let mut addrs = Vec::new();
+        let tls = tls.map(Arc::new);
+        for (kind, listener) in listeners {
+            let addr = listener.local_addr().map_err(StartError::Bind)?;
+            tracing::info!(listener = kind.as_str(), %addr, "listening");
+            addrs.push((kind, addr));
+            tasks.spawn(accept_loop(kind, listener, tls.clone(), shared.clone()));
+        }
+        tasks.spawn(sys_loop(shared.clone()));
+        publish_sys(&shared);
+        let p = shared.auth.policy();
+        tracing::info!(users = p.users(), acl = shared.cfg.auth.acl_file.is_some(), anonymous = shared.cfg.auth.allow_anonymous, "auth loaded");
+        Ok(Broker {
+            shared,
+            shutdown_tx,
+            tasks,
+            addrs,
+        })
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.shared.stats.clone()
+    }
+
+    /// First bound address of a kind.
+    pub fn addr(&self, kind: Kind) -> Option<SocketAddr> {
+        self.addrs.iter().find(|(k, _)| *k == kind).map(|(_, a)| *a)
+    }
+
+    /// Re-reads the password and ACL files (SIGHUP). On error the old ones stay.
+    pub fn reload(&self) -> Result<(), AuthError> {
+        match self.shared.auth.reload() {
+            Ok(p) => {
+                tracing::info!(users = p.users(), "password and ACL files reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; keeping the previous password and ACL files");
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops accepting, tells connected v5 clients 0x8B, and waits (bounded)
+    /// for sessions to close.
+    pub async fn shutdown(mut self) {
+        tracing::info!("shutting down");
+        let _ = self.shutdown_tx.send(true);
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        for _ in 0..50 {
+            if self.shared.stats.clients_connected.load(Relaxed) <= 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::info!("shutdown complete");
+    }
+}
+
+struct Http {
+    shared: Arc<Shared>,
+}
+
+const PAGE: &str = include_str!("page.html");
+
+impl HttpHandler for Http {
+    fn get(&self, path: &str) -> Option<(u16, &'static str, String)> {
+        let path = path.split('?').next().unwrap_or("");
+        match path {
+            "/healthz" => Some((200, "text/plain; charset=utf-8", format!("ok {}\n", crate::stats::VERSION))),
+            "/metrics" => Some((200, "text/plain; version=0.0.4; charset=utf-8", self.shared.stats.prometheus())),
+            "/stats.json" => {
+                let m: serde_json::Map<String, serde_json::Value> = self
+                    .shared
+                    .stats
+                    .sys_topics()
+                    .into_iter()
+                    .map(|(k, v)| (k, serde_json::Value::String(v)))
+                    .collect();
+                Some((200, "application/json", serde_json::Value::Object(m).to_string()))
+            }
+            "/" | "/index.html" => Some((200, "text/html; charset=utf-8", PAGE.to_owned())),
+            _ => None,
+        }
+    }
+}
+
+async fn accept_loop(kind: Kind, listener: TcpListener, tls: Option<Arc<TlsAcceptor>>, shared: Arc<Shared>) {
+    let http: Arc<dyn HttpHandler> = Arc::new(Http { shared: shared.clone() });
+    // Sockets still in a handshake or before CONNECT are capped too, so a
+    // flood of idle sockets cannot exhaust memory or file descriptors.
+    let handshakes = Arc::new(Semaphore::new(shared.cfg.limits.max_connections.max(64)));
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(listener = kind.as_str(), error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        shared.stats.connections_total.fetch_add(1, Relaxed);
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            shared.stats.count(Reason::MaxConnections);
+            tracing::warn!(listener = kind.as_str(), %peer, "too many connections in handshake; closing");
+            continue;
+        };
+        let shared = shared.clone();
+        let tls = tls.clone();
+        let http = http.clone();
+        tokio::spawn(async move {
+            shared.open_sockets.fetch_add(1, Relaxed);
+            let max_packet = shared.cfg.limits.max_packet_size;
+            let hs = tokio::time::timeout(
+                shared.cfg.handshake_timeout(),
+                transport::handshake(kind, tcp, tls.as_deref(), http.as_ref(), max_packet),
+            )
+            .await;
+            drop(permit);
+            match hs {
+                Err(_) => {
+                    shared.stats.count(Reason::HandshakeTimeout);
+                    tracing::debug!(listener = kind.as_str(), %peer, "handshake timed out");
+                }
+                Ok(Err(e)) => {
+                    shared.stats.count(Reason::HandshakeFailed);
+                    tracing::info!(listener = kind.as_str(), %peer, error = %e, "handshake failed");
+                }
+                Ok(Ok(Accepted::Answered)) => {}
+                Ok(Ok(Accepted::Mqtt(io))) => session::serve(io, peer, shared.clone()).await,
+            }
+            shared.open_sockets.fetch_sub(1, Relaxed);
+        });
+    }
+}
+
+fn publish_sys(shared: &Shared) {
+    let snap: Vec<(String, Bytes)> = shared
+        .stats
+        .sys_topics()
+        .into_iter()
+        .map(|(k, v)| (k, Bytes::from(v)))
+        .collect();
+    shared.sys.send_replace(Arc::new(snap));
+}
+
+async fn sys_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(shared.cfg.sys_interval_secs));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        publish_sys(&shared);
+    }
+}

@@ -1,0 +1,215 @@
+//! Broker-wide counters, shown three ways: `$SYS/broker/...` topics under
+//! mosquitto's names, Prometheus text on `/metrics`, and the live web page.
+//!
+//! Every dropped message, refused connection and closed-for-cause socket is
+//! counted here by reason, so an operator can tell what the edge threw away.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+/// Why something was dropped or refused. One counter per variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Reason {
+    /// A subscriber's outbound queue was full; the oldest message went.
+    QueueFull,
+    /// A QoS 0 message for an offline persistent session (not queued).
+    OfflineQos0,
+    /// A publish the ACL (or the anonymous policy) does not allow.
+    AclPublish,
+    /// A subscription the ACL does not allow.
+    AclSubscribe,
+    /// A message the ACL does not let this subscriber read.
+    AclRead,
+    /// A will the client may not write.
+    AclWill,
+    /// A packet that could not be parsed or broke the protocol.
+    Malformed,
+    /// A packet over the size limit.
+    PacketTooLarge,
+    /// No packet within 1.5x the keepalive.
+    KeepaliveTimeout,
+    /// TCP CONNECT, TLS or websocket handshake did not finish in time.
+    HandshakeTimeout,
+    /// TLS or websocket handshake failed.
+    HandshakeFailed,
+    /// Refused: too many connections.
+    MaxConnections,
+    /// Refused: wrong user name or password.
+    BadCredentials,
+    /// Refused: anonymous clients not allowed.
+    NotAuthorized,
+    /// Refused: client id not valid.
+    BadClientId,
+    /// Refused: unsupported protocol version.
+    BadProtocol,
+    /// A subscription over the per-client limit.
+    TooManySubscriptions,
+    /// A new filter when the router's filter table is full.
+    FilterTableFull,
+    /// A topic over the length or depth limit.
+    TopicLimit,
+    /// Session state discarded because it expired.
+    SessionExpired,
+}
+
+impl Reason {
+    /// Every reason, in counter order.
+    pub const ALL: [Reason; 20] = [
+        Reason::QueueFull,
+        Reason::OfflineQos0,
+        Reason::AclPublish,
+        Reason::AclSubscribe,
+        Reason::AclRead,
+        Reason::AclWill,
+        Reason::Malformed,
+        Reason::PacketTooLarge,
+        Reason::KeepaliveTimeout,
+        Reason::HandshakeTimeout,
+        Reason::HandshakeFailed,
+        Reason::MaxConnections,
+        Reason::BadCredentials,
+        Reason::NotAuthorized,
+        Reason::BadClientId,
+        Reason::BadProtocol,
+        Reason::TooManySubscriptions,
+        Reason::FilterTableFull,
+        Reason::TopicLimit,
+        Reason::SessionExpired,
+    ];
+
+    /// Stable snake_case name used in metrics and `$SYS` topics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::QueueFull => "queue_full",
+            Reason::OfflineQos0 => "offline_qos0",
+            Reason::AclPublish => "acl_publish",
+            Reason::AclSubscribe => "acl_subscribe",
+            Reason::AclRead => "acl_read",
+            Reason::AclWill => "acl_will",
+            Reason::Malformed => "malformed",
+            Reason::PacketTooLarge => "packet_too_large",
+            Reason::KeepaliveTimeout => "keepalive_timeout",
+            Reason::HandshakeTimeout => "handshake_timeout",
+            Reason::HandshakeFailed => "handshake_failed",
+            Reason::MaxConnections => "max_connections",
+            Reason::BadCredentials => "bad_credentials",
+            Reason::NotAuthorized => "not_authorized",
+            Reason::BadClientId => "bad_client_id",
+            Reason::BadProtocol => "bad_protocol",
+            Reason::TooManySubscriptions => "too_many_subscriptions",
+            Reason::FilterTableFull => "filter_table_full",
+            Reason::TopicLimit => "topic_limit",
+            Reason::SessionExpired => "session_expired",
+        }
+    }
+}
+
+/// The counters. One instance per broker, shared by every connection.
+#[derive(Debug)]
+pub struct Stats {
+    started: Instant,
+    pub clients_connected: AtomicI64,
+    pub sessions: AtomicI64,
+    pub connections_total: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub publish_received: AtomicU64,
+    pub publish_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub subscriptions: AtomicI64,
+    pub retained: AtomicI64,
+    dropped: [AtomicU64; Reason::ALL.len()],
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            started: Instant::now(),
+            clients_connected: AtomicI64::new(0),
+            sessions: AtomicI64::new(0),
+            connections_total: AtomicU64::new(0),
+            messages_received: AtomicU64::new(0),
+            messages_sent: AtomicU64::new(0),
+            publish_received: AtomicU64::new(0),
+            publish_sent: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            subscriptions: AtomicI64::new(0),
+            retained: AtomicI64::new(0),
+            dropped: Default::default(),
+        }
+    }
+}
+
+/// Version string reported in `$SYS/broker/version` and on `/healthz`.
+pub const VERSION: &str = concat!("firehose-broker ", env!("CARGO_PKG_VERSION"));
+
+impl Stats {
+    /// Counts one drop or refusal.
+    pub fn count(&self, r: Reason) {
+        self.dropped[r as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Current count for one reason.
+    pub fn dropped(&self, r: Reason) -> u64 {
+        self.dropped[r as usize].load(Relaxed)
+    }
+
+    /// Seconds since the broker started.
+    pub fn uptime(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// `$SYS` topics and values, mosquitto's names first, then ours.
+    pub fn sys_topics(&self) -> Vec<(String, String)> {
+        let mut v = vec![
+            ("$SYS/broker/version".to_owned(), VERSION.to_owned()),
+            ("$SYS/broker/uptime".to_owned(), format!("{} seconds", self.uptime())),
+            ("$SYS/broker/clients/connected".to_owned(), self.clients_connected.load(Relaxed).to_string()),
+            ("$SYS/broker/clients/total".to_owned(), self.sessions.load(Relaxed).to_string()),
+            ("$SYS/broker/messages/received".to_owned(), self.messages_received.load(Relaxed).to_string()),
+            ("$SYS/broker/messages/sent".to_owned(), self.messages_sent.load(Relaxed).to_string()),
+            ("$SYS/broker/publish/messages/received".to_owned(), self.publish_received.load(Relaxed).to_string()),
+            ("$SYS/broker/publish/messages/sent".to_owned(), self.publish_sent.load(Relaxed).to_string()),
+            ("$SYS/broker/bytes/received".to_owned(), self.bytes_received.load(Relaxed).to_string()),
+            ("$SYS/broker/bytes/sent".to_owned(), self.bytes_sent.load(Relaxed).to_string()),
+            ("$SYS/broker/subscriptions/count".to_owned(), self.subscriptions.load(Relaxed).to_string()),
+            ("$SYS/broker/retained messages/count".to_owned(), self.retained.load(Relaxed).to_string()),
+        ];
+        for r in Reason::ALL {
+            v.push((format!("$SYS/broker/dropped/{}", r.name()), self.dropped(r).to_string()));
+        }
+        v
+    }
+
+    /// Prometheus text exposition format.
+    pub fn prometheus(&self) -> String {
+        let mut s = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(s, "# HELP firehose_broker_{name} {help}");
+            let _ = writeln!(s, "# TYPE firehose_broker_{name} {kind}");
+            let _ = writeln!(s, "firehose_broker_{name} {value}");
+        };
+        metric("uptime_seconds", "gauge", "Seconds since start.", self.uptime().to_string());
+        metric("clients_connected", "gauge", "Connected clients.", self.clients_connected.load(Relaxed).to_string());
+        metric("sessions", "gauge", "Sessions, connected or kept for a persistent client.", self.sessions.load(Relaxed).to_string());
+        metric("connections_total", "counter", "Accepted network connections.", self.connections_total.load(Relaxed).to_string());
+        metric("messages_received_total", "counter", "MQTT packets received.", self.messages_received.load(Relaxed).to_string());
+        metric("messages_sent_total", "counter", "MQTT packets sent.", self.messages_sent.load(Relaxed).to_string());
+        metric("publish_received_total", "counter", "PUBLISH packets received.", self.publish_received.load(Relaxed).to_string());
+        metric("publish_sent_total", "counter", "PUBLISH packets sent.", self.publish_sent.load(Relaxed).to_string());
+        metric("bytes_received_total", "counter", "Bytes received.", self.bytes_received.load(Relaxed).to_string());
+        metric("bytes_sent_total", "counter", "Bytes sent.", self.bytes_sent.load(Relaxed).to_string());
+        metric("subscriptions", "gauge", "Active subscriptions.", self.subscriptions.load(Relaxed).to_string());
+        metric("retained_messages", "gauge", "Retained messages.", self.retained.load(Relaxed).to_string());
+        let _ = writeln!(s, "# HELP firehose_broker_dropped_total Messages dropped and connections refused, by reason.");
+        let _ = writeln!(s, "# TYPE firehose_broker_dropped_total counter");
+        for r in Reason::ALL {
+            let _ = writeln!(s, "firehose_broker_dropped_total{{reason=\"{}\"}} {}", r.name(), self.dropped(r));
+        }
+        s
+    }
+}
