@@ -12,9 +12,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
-use rumqttd::protocol::{
-    ConnectProperties, LastWill, LastWillProperties, Login, Packet, Protocol,
-};
+use rumqttd::protocol::{ConnectProperties, LastWill, LastWillProperties, Login, Packet, Protocol};
 
 /// The protocol version a client connected with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,7 +133,11 @@ fn parse_body(version: Version, frame: &mut BytesMut, max: usize) -> Result<Pack
 
 /// Takes the next complete packet from `buf`, or `Ok(None)` when more bytes
 /// are needed. Only for packets after CONNECT.
-pub fn decode(version: Version, buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, DecodeError> {
+pub fn decode(
+    version: Version,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Option<Packet>, DecodeError> {
     let Some(total) = frame_len(buf, max)? else {
         return Ok(None);
     };
@@ -197,7 +199,8 @@ impl Cursor {
     }
     fn string(&mut self, what: &str) -> Result<String, ConnectError> {
         let b = self.bytes()?;
-        String::from_utf8(b.to_vec()).map_err(|_| ConnectError::Malformed(format!("{what} is not UTF-8")))
+        String::from_utf8(b.to_vec())
+            .map_err(|_| ConnectError::Malformed(format!("{what} is not UTF-8")))
     }
 }
 
@@ -228,7 +231,9 @@ pub fn parse_connect(frame: Bytes) -> Result<ConnectInfo, ConnectError> {
     let will_flag = flags & 0x04 != 0;
     let will_qos = (flags >> 3) & 3;
     if !will_flag && (flags & 0x38) != 0 {
-        return Err(ConnectError::Malformed("will QoS/retain set without a will".into()));
+        return Err(ConnectError::Malformed(
+            "will QoS/retain set without a will".into(),
+        ));
     }
     if will_qos == 3 {
         return Err(ConnectError::Malformed("will QoS 3".into()));
@@ -330,11 +335,50 @@ pub fn strip_properties(p: Packet) -> Packet {
 
 /// Appends the wire form of `packet` for a client of `version`.
 pub fn encode(version: Version, packet: Packet, out: &mut BytesMut) -> Result<usize, DecodeError> {
-    let r = match version {
+    // rumqttd's writers hit `unreachable!()` on codes their version lacks;
+    // callers use [`Refusal::code`], and a mistake costs one packet, not a task.
+    let start = out.len();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match version {
         Version::V5 => V5.write(packet, out),
         _ => V4.write(strip_properties(packet), out),
-    };
-    r.map_err(|e| DecodeError::Malformed(format!("cannot encode: {e}")))
+    }));
+    match r {
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(e)) => {
+            out.truncate(start);
+            Err(DecodeError::Malformed(format!("cannot encode: {e}")))
+        }
+        Err(_) => {
+            out.truncate(start);
+            Err(DecodeError::Malformed("encoder panicked".into()))
+        }
+    }
+}
+
+/// Why the broker refuses a CONNECT, independent of protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    UnsupportedVersion,
+    BadClientId,
+    BadCredentials,
+    NotAuthorized,
+    Busy,
+}
+
+impl Refusal {
+    /// The CONNACK code for a client of `version` (3.1.1: 1-5; 5: 0x84-0x89).
+    pub fn code(self, version: Version) -> rumqttd::protocol::ConnectReturnCode {
+        use rumqttd::protocol::ConnectReturnCode as C;
+        match (version, self) {
+            (Version::V5, Refusal::UnsupportedVersion) => C::UnsupportedProtocolVersion,
+            (Version::V5, Refusal::Busy) => C::ServerBusy,
+            (_, Refusal::UnsupportedVersion) => C::RefusedProtocolVersion,
+            (_, Refusal::Busy) => C::ServiceUnavailable,
+            (_, Refusal::BadClientId) => C::ClientIdentifierNotValid,
+            (_, Refusal::BadCredentials) => C::BadUserNamePassword,
+            (_, Refusal::NotAuthorized) => C::NotAuthorized,
+        }
+    }
 }
 
 /// QoS of an encoded PUBLISH, from its first byte.
@@ -410,13 +454,22 @@ mod tests {
             assert!(decode(Version::V5, &mut b, 1024).is_err(), "{byte1:#x}");
         }
         let mut b = BytesMut::from(&[0x80u8, 2, 0, 1][..]);
-        assert_eq!(decode(Version::V311, &mut b, 1024), Err(DecodeError::ReservedFlags(8)));
+        assert_eq!(
+            decode(Version::V311, &mut b, 1024),
+            Err(DecodeError::ReservedFlags(8))
+        );
     }
 
     #[test]
     fn remaining_length_limits() {
-        assert_eq!(frame_len(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01], usize::MAX), Err(DecodeError::BadLength));
-        assert!(matches!(frame_len(&[0x30, 0xff, 0xff, 0x7f], 1000), Err(DecodeError::TooLarge { .. })));
+        assert_eq!(
+            frame_len(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01], usize::MAX),
+            Err(DecodeError::BadLength)
+        );
+        assert!(matches!(
+            frame_len(&[0x30, 0xff, 0xff, 0x7f], 1000),
+            Err(DecodeError::TooLarge { .. })
+        ));
         assert_eq!(frame_len(&[0x30, 0x05, 1], 1000), Ok(None));
     }
 }

@@ -179,19 +179,29 @@ impl Config {
             ));
         }
         if self.limits.max_packet_size < 64 {
-            return Err(ConfigError::Invalid("max_packet_size must be at least 64 bytes".into()));
+            return Err(ConfigError::Invalid(
+                "max_packet_size must be at least 64 bytes".into(),
+            ));
         }
         if self.limits.max_connections == 0 {
-            return Err(ConfigError::Invalid("max_connections must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "max_connections must be at least 1".into(),
+            ));
         }
         if self.limits.max_inflight_messages == 0 {
-            return Err(ConfigError::Invalid("max_inflight_messages must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "max_inflight_messages must be at least 1".into(),
+            ));
         }
         if self.sys_interval_secs == 0 {
-            return Err(ConfigError::Invalid("sys_interval_secs must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "sys_interval_secs must be at least 1".into(),
+            ));
         }
         if self.limits.handshake_timeout_secs == 0 {
-            return Err(ConfigError::Invalid("handshake_timeout_secs must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "handshake_timeout_secs must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -377,7 +387,10 @@ mod tests {
         let c = a.to_config().unwrap();
         assert_eq!(c.limits.max_connections, 7);
         assert_eq!(c.sys_interval_secs, 3);
-        assert!(c.listeners.ws.is_empty(), "a configured listener replaces the defaults");
+        assert!(
+            c.listeners.ws.is_empty(),
+            "a configured listener replaces the defaults"
+        );
         let back: Config = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
     }

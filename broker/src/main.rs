@@ -14,8 +14,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FIREHOSE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn")),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
@@ -58,7 +59,10 @@ fn set_password(file: &std::path::Path, user: &str) -> Result<()> {
     }
     pf.set(user, &password)?;
     pf.save(file)?;
-    eprintln!("firehose-broker: password for {user:?} written to {}", file.display());
+    eprintln!(
+        "firehose-broker: password for {user:?} written to {}",
+        file.display()
+    );
     Ok(())
 }
 

@@ -80,14 +80,24 @@ impl Broker {
     pub async fn start(cfg: Config) -> Result<Broker, StartError> {
         let auth = Auth::new(cfg.auth.clone())?;
         let tls = match (&cfg.tls.cert, &cfg.tls.key) {
-            (Some(c), Some(k)) => Some(transport::tls_acceptor(c, k, cfg.tls.client_ca.as_deref())?),
+            (Some(c), Some(k)) => {
+                Some(transport::tls_acceptor(c, k, cfg.tls.client_ca.as_deref())?)
+            }
             _ => None,
         };
         let mut listeners: Vec<(Kind, TcpListener)> = Vec::new();
         let l = &cfg.listeners;
-        for (kind, addrs) in [(Kind::Mqtt, &l.mqtt), (Kind::Mqtts, &l.mqtts), (Kind::Ws, &l.ws), (Kind::Wss, &l.wss)] {
+        for (kind, addrs) in [
+            (Kind::Mqtt, &l.mqtt),
+            (Kind::Mqtts, &l.mqtts),
+            (Kind::Ws, &l.ws),
+            (Kind::Wss, &l.wss),
+        ] {
             for a in addrs {
-                listeners.push((kind, transport::bind(*a, kind).await.map_err(StartError::Bind)?));
+                listeners.push((
+                    kind,
+                    transport::bind(*a, kind).await.map_err(StartError::Bind)?,
+                ));
             }
         }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -120,7 +130,12 @@ impl Broker {
         tasks.spawn(sys_loop(shared.clone()));
         publish_sys(&shared);
         let p = shared.auth.policy();
-        tracing::info!(users = p.users(), acl = shared.cfg.auth.acl_file.is_some(), anonymous = shared.cfg.auth.allow_anonymous, "auth loaded");
+        tracing::info!(
+            users = p.users(),
+            acl = shared.cfg.auth.acl_file.is_some(),
+            anonymous = shared.cfg.auth.allow_anonymous,
+            "auth loaded"
+        );
         Ok(Broker {
             shared,
             shutdown_tx,
@@ -180,8 +195,16 @@ impl HttpHandler for Http {
     fn get(&self, path: &str) -> Option<(u16, &'static str, String)> {
         let path = path.split('?').next().unwrap_or("");
         match path {
-            "/healthz" => Some((200, "text/plain; charset=utf-8", format!("ok {}\n", crate::stats::VERSION))),
-            "/metrics" => Some((200, "text/plain; version=0.0.4; charset=utf-8", self.shared.stats.prometheus())),
+            "/healthz" => Some((
+                200,
+                "text/plain; charset=utf-8",
+                format!("ok {}\n", crate::stats::VERSION),
+            )),
+            "/metrics" => Some((
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.shared.stats.prometheus(),
+            )),
             "/stats.json" => {
                 let m: serde_json::Map<String, serde_json::Value> = self
                     .shared
@@ -190,7 +213,11 @@ impl HttpHandler for Http {
                     .into_iter()
                     .map(|(k, v)| (k, serde_json::Value::String(v)))
                     .collect();
-                Some((200, "application/json", serde_json::Value::Object(m).to_string()))
+                Some((
+                    200,
+                    "application/json",
+                    serde_json::Value::Object(m).to_string(),
+                ))
             }
             "/" | "/index.html" => Some((200, "text/html; charset=utf-8", PAGE.to_owned())),
             _ => None,
@@ -198,8 +225,15 @@ impl HttpHandler for Http {
     }
 }
 
-async fn accept_loop(kind: Kind, listener: TcpListener, tls: Option<Arc<TlsAcceptor>>, shared: Arc<Shared>) {
-    let http: Arc<dyn HttpHandler> = Arc::new(Http { shared: shared.clone() });
+async fn accept_loop(
+    kind: Kind,
+    listener: TcpListener,
+    tls: Option<Arc<TlsAcceptor>>,
+    shared: Arc<Shared>,
+) {
+    let http: Arc<dyn HttpHandler> = Arc::new(Http {
+        shared: shared.clone(),
+    });
     // Sockets still in a handshake or before CONNECT are capped too, so a
     // flood of idle sockets cannot exhaust memory or file descriptors.
     let handshakes = Arc::new(Semaphore::new(shared.cfg.limits.max_connections.max(64)));

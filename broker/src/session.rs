@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use rumqttd::protocol::{
-    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Filter, Packet, PubAck,
-    PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, Publish, QoS, SubAck, Subscribe,
-    SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
+    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Filter,
+    Packet, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, Publish, QoS,
+    SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
 };
 use rumqttd::Notification;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::auth::{Policy, Who};
-use crate::codec::{self, ConnectError, ConnectInfo, DecodeError, Version};
+use crate::codec::{self, ConnectError, ConnectInfo, DecodeError, Refusal, Version};
 use crate::router::Link;
 use crate::server::Shared;
 use crate::stats::Reason;
@@ -67,6 +67,12 @@ pub async fn serve(io: BoxIo, peer: SocketAddr, shared: Arc<Shared>) {
     let mut inbuf = BytesMut::with_capacity(4096);
     let read_connect = async {
         loop {
+            if inbuf.first().is_some_and(|b| *b != 0x10) {
+                return Err(format!(
+                    "first packet is not CONNECT (first byte {:#04x})",
+                    inbuf[0]
+                ));
+            }
             match codec::frame_len(&inbuf, limits.max_packet_size) {
                 Ok(Some(n)) => return Ok(inbuf.split_to(n).freeze()),
                 Ok(None) => {}
@@ -100,8 +106,10 @@ pub async fn serve(io: BoxIo, peer: SocketAddr, shared: Arc<Shared>) {
         Err(e) => {
             let (reason, code) = match &e {
                 ConnectError::Malformed(_) => (Reason::Malformed, None),
-                ConnectError::UnsupportedVersion(_) => (Reason::BadProtocol, Some(ConnectReturnCode::RefusedProtocolVersion)),
-                ConnectError::BadClientId(_) => (Reason::BadClientId, Some(ConnectReturnCode::ClientIdentifierNotValid)),
+                ConnectError::UnsupportedVersion(_) => {
+                    (Reason::BadProtocol, Some(Refusal::UnsupportedVersion))
+                }
+                ConnectError::BadClientId(_) => (Reason::BadClientId, Some(Refusal::BadClientId)),
             };
             shared.stats.count(reason);
             tracing::info!(%peer, error = %e, "CONNECT refused");
@@ -127,7 +135,7 @@ pub async fn serve(io: BoxIo, peer: SocketAddr, shared: Arc<Shared>) {
         if !allowed {
             shared.stats.count(Reason::BadClientId);
             tracing::info!(%peer, version = v.as_str(), "empty client id with a persistent session refused");
-            refuse(&mut writer, v, ConnectReturnCode::ClientIdentifierNotValid, &shared).await;
+            refuse(&mut writer, v, Refusal::BadClientId, &shared).await;
             return;
         }
         info.client_id = format!("auto-{:016x}", rand::random::<u64>());
@@ -140,8 +148,12 @@ pub async fn serve(io: BoxIo, peer: SocketAddr, shared: Arc<Shared>) {
         Ok(u) => u,
         Err(r) => {
             let (reason, code) = match r {
-                crate::auth::Refusal::BadCredentials => (Reason::BadCredentials, ConnectReturnCode::BadUserNamePassword),
-                crate::auth::Refusal::NotAuthorized => (Reason::NotAuthorized, ConnectReturnCode::NotAuthorized),
+                crate::auth::Refusal::BadCredentials => {
+                    (Reason::BadCredentials, Refusal::BadCredentials)
+                }
+                crate::auth::Refusal::NotAuthorized => {
+                    (Reason::NotAuthorized, Refusal::NotAuthorized)
+                }
             };
             shared.stats.count(reason);
             tracing::warn!(%peer, client_id = %info.client_id, user = ?who_log, reason = reason.name(), "login refused");
@@ -167,18 +179,20 @@ pub async fn serve(io: BoxIo, peer: SocketAddr, shared: Arc<Shared>) {
         if !policy.may_write(who, t) {
             shared.stats.count(Reason::AclWill);
             tracing::warn!(%peer, client_id = %info.client_id, will_topic = t, "will on a topic the client may not write; refused");
-            refuse(&mut writer, v, ConnectReturnCode::NotAuthorized, &shared).await;
+            refuse(&mut writer, v, Refusal::NotAuthorized, &shared).await;
             return;
         }
     }
 
     // Keepalive ceiling (mosquitto's max_keepalive).
     let max_ka = shared.cfg.limits.max_keepalive;
-    let (keep_alive, server_keep_alive) = if info.keep_alive > max_ka || (info.keep_alive == 0 && max_ka < 65535 && v == Version::V5) {
+    let (keep_alive, server_keep_alive) = if info.keep_alive > max_ka
+        || (info.keep_alive == 0 && max_ka < 65535 && v == Version::V5)
+    {
         if v != Version::V5 {
             shared.stats.count(Reason::BadClientId);
             tracing::info!(%peer, client_id = %info.client_id, keep_alive = info.keep_alive, max_keepalive = max_ka, "keepalive above max_keepalive; refused");
-            refuse(&mut writer, v, ConnectReturnCode::ClientIdentifierNotValid, &shared).await;
+            refuse(&mut writer, v, Refusal::BadClientId, &shared).await;
             return;
         }
         (max_ka, Some(max_ka))
@@ -191,7 +205,7 @@ pub async fn serve(io: BoxIo, peer: SocketAddr, shared: Arc<Shared>) {
     if connected >= shared.cfg.limits.max_connections as i64 {
         shared.stats.count(Reason::MaxConnections);
         tracing::warn!(%peer, connected, "max_connections reached; refusing");
-        refuse(&mut writer, v, ConnectReturnCode::ServerUnavailable, &shared).await;
+        refuse(&mut writer, v, Refusal::Busy, &shared).await;
         return;
     }
 
@@ -244,14 +258,9 @@ fn dispatch(mut pending: Pending, shared: Arc<Shared>) {
     }
 }
 
-async fn refuse(writer: &mut WriteHalf<BoxIo>, v: Version, code: ConnectReturnCode, shared: &Shared) {
+async fn refuse(writer: &mut WriteHalf<BoxIo>, v: Version, why: Refusal, shared: &Shared) {
     let mut out = BytesMut::new();
-    let code = match (v, code) {
-        // v3 has no "server busy"; v5 has no "server unavailable" meaning busy.
-        (Version::V5, ConnectReturnCode::ServerUnavailable) => ConnectReturnCode::ServerBusy,
-        (Version::V5, ConnectReturnCode::BadUserNamePassword) => ConnectReturnCode::BadUserNamePassword,
-        (_, c) => c,
-    };
+    let code = why.code(v);
     let ack = Packet::ConnAck(
         ConnAck {
             session_present: false,
@@ -312,7 +321,7 @@ async fn run(first: Pending, mut mailbox: mpsc::Receiver<Pending>, gen: u64, sha
             tracing::error!(client_id = %first.info.client_id, error = %e, "cannot open a router link; refusing");
             shared.stats.count(Reason::MaxConnections);
             let mut p = first;
-            refuse(&mut p.writer, p.info.version, ConnectReturnCode::ServerUnavailable, &shared).await;
+            refuse(&mut p.writer, p.info.version, Refusal::Busy, &shared).await;
             unregister(&shared, &p.info.client_id, gen, &mut mailbox);
             return;
         }
@@ -348,7 +357,8 @@ async fn run(first: Pending, mut mailbox: mpsc::Receiver<Pending>, gen: u64, sha
         match end {
             End::Takeover(next) => {
                 s.publish_will().await;
-                let resume = !next.info.clean_start && s.expiry.is_some() && next.info.version == s.version;
+                let resume =
+                    !next.info.clean_start && s.expiry.is_some() && next.info.version == s.version;
                 if resume {
                     conn = next;
                     present = true;
@@ -384,7 +394,13 @@ async fn run(first: Pending, mut mailbox: mpsc::Receiver<Pending>, gen: u64, sha
                             continue;
                         }
                         s.teardown().await;
-                        unregister_then_dispatch(&shared, &s.client_id, s.gen, &mut mailbox, Some(next));
+                        unregister_then_dispatch(
+                            &shared,
+                            &s.client_id,
+                            s.gen,
+                            &mut mailbox,
+                            Some(next),
+                        );
                         return;
                     }
                     None => {
@@ -465,16 +481,19 @@ impl Session {
             b.put_u16(w.topic.len() as u16);
             b.extend_from_slice(&w.topic);
             b.extend_from_slice(&w.message);
-            let props = info.will_properties.as_ref().map(|wp| rumqttd::protocol::PublishProperties {
-                payload_format_indicator: wp.payload_format_indicator,
-                message_expiry_interval: wp.message_expiry_interval,
-                topic_alias: None,
-                response_topic: wp.response_topic.clone(),
-                correlation_data: wp.correlation_data.clone(),
-                user_properties: wp.user_properties.clone(),
-                subscription_identifiers: Vec::new(),
-                content_type: wp.content_type.clone(),
-            });
+            let props =
+                info.will_properties
+                    .as_ref()
+                    .map(|wp| rumqttd::protocol::PublishProperties {
+                        payload_format_indicator: wp.payload_format_indicator,
+                        message_expiry_interval: wp.message_expiry_interval,
+                        topic_alias: None,
+                        response_topic: wp.response_topic.clone(),
+                        correlation_data: wp.correlation_data.clone(),
+                        user_properties: wp.user_properties.clone(),
+                        subscription_identifiers: Vec::new(),
+                        content_type: wp.content_type.clone(),
+                    });
             (Publish::deserialize(b.freeze()), props)
         });
         self.will_delay = info
@@ -511,7 +530,12 @@ impl Session {
     }
 
     /// The connected loop: socket in, router out, one task.
-    async fn connected(&mut self, conn: Pending, present: bool, mailbox: &mut mpsc::Receiver<Pending>) -> End {
+    async fn connected(
+        &mut self,
+        conn: Pending,
+        present: bool,
+        mailbox: &mut mpsc::Receiver<Pending>,
+    ) -> End {
         let mut wbuf = BytesMut::with_capacity(WRITE_CHUNK * 2);
         let mut wpos = 0usize;
         self.connack(&conn, present, &mut wbuf);
@@ -677,7 +701,12 @@ impl Session {
 
     /// Kept for a persistent client that left: drain the link into the
     /// queue until the client comes back or the session expires.
-    async fn parked(&mut self, expiry: Duration, will: bool, mailbox: &mut mpsc::Receiver<Pending>) -> Option<Pending> {
+    async fn parked(
+        &mut self,
+        expiry: Duration,
+        will: bool,
+        mailbox: &mut mpsc::Receiver<Pending>,
+    ) -> Option<Pending> {
         let end = tokio::time::sleep(expiry);
         tokio::pin!(end);
         let will_at = tokio::time::sleep(self.will_delay.min(expiry));
@@ -718,12 +747,16 @@ impl Session {
     fn fill(&mut self, wbuf: &mut BytesMut) {
         let max_inflight = self.shared.cfg.limits.max_inflight_messages as usize;
         while wbuf.len() < WRITE_CHUNK {
-            let Some(front) = self.queue.front() else { break };
+            let Some(front) = self.queue.front() else {
+                break;
+            };
             let qos = codec::encoded_qos(front);
             if qos > 0 && self.inflight.len() >= max_inflight {
                 break;
             }
-            let Some(msg) = self.queue.pop_front() else { break };
+            let Some(msg) = self.queue.pop_front() else {
+                break;
+            };
             self.queued_bytes -= msg.len();
             let start = wbuf.len();
             wbuf.extend_from_slice(&msg);
@@ -754,7 +787,8 @@ impl Session {
             return;
         }
         while !self.queue.is_empty()
-            && (self.queue.len() >= limits.max_queued_messages || self.queued_bytes + msg.len() > limits.max_queued_bytes)
+            && (self.queue.len() >= limits.max_queued_messages
+                || self.queued_bytes + msg.len() > limits.max_queued_bytes)
         {
             if let Some(old) = self.queue.pop_front() {
                 self.queued_bytes -= old.len();
@@ -788,7 +822,13 @@ impl Session {
                     if let Some(off) = codec::encoded_pkid_offset(&msg) {
                         let pkid = u16::from_be_bytes([msg[off], msg[off + 1]]);
                         if let Some(link) = self.link.as_mut() {
-                            let ack = Packet::PubAck(PubAck { pkid, reason: PubAckReason::Success }, None);
+                            let ack = Packet::PubAck(
+                                PubAck {
+                                    pkid,
+                                    reason: PubAckReason::Success,
+                                },
+                                None,
+                            );
                             let _ = link.tx.send(ack).await;
                         }
                     }
@@ -802,7 +842,12 @@ impl Session {
             Notification::DeviceAck(ack) => {
                 let p: Option<Packet> = Notification::DeviceAck(ack).into();
                 match p {
-                    Some(p @ (Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..) | Packet::PubRel(..))) => {
+                    Some(
+                        p @ (Packet::PubAck(..)
+                        | Packet::PubRec(..)
+                        | Packet::PubComp(..)
+                        | Packet::PubRel(..)),
+                    ) => {
                         if codec::encode(self.version, p, out).is_ok() {
                             self.shared.stats.messages_sent.fetch_add(1, Relaxed);
                         }
@@ -824,16 +869,25 @@ impl Session {
 
     /// Parses and handles every complete packet in `inbuf`. Returns
     /// `Some(end)` when the client disconnected cleanly.
-    async fn incoming(&mut self, inbuf: &mut BytesMut, out: &mut BytesMut, max: usize) -> Result<Option<End>, DecodeError> {
+    async fn incoming(
+        &mut self,
+        inbuf: &mut BytesMut,
+        out: &mut BytesMut,
+        max: usize,
+    ) -> Result<Option<End>, DecodeError> {
         let mut batch: Vec<Packet> = Vec::new();
         let mut end = None;
         let policy = self.shared.auth.policy();
         while end.is_none() {
             let meta = publish_meta(inbuf);
-            let Some(p) = codec::decode(self.version, inbuf, max)? else { break };
+            let Some(p) = codec::decode(self.version, inbuf, max)? else {
+                break;
+            };
             self.shared.stats.messages_received.fetch_add(1, Relaxed);
             match p {
-                Packet::Publish(publish, props) => self.on_publish(publish, props, meta, &policy, &mut batch, out)?,
+                Packet::Publish(publish, props) => {
+                    self.on_publish(publish, props, meta, &policy, &mut batch, out)?
+                }
                 Packet::PubAck(ack, _) => {
                     if let Some(i) = self.inflight.iter().position(|(p, _)| *p == ack.pkid) {
                         self.inflight.remove(i);
@@ -841,27 +895,56 @@ impl Session {
                 }
                 Packet::PubRel(rel, props) => {
                     if self.denied_qos2.remove(&rel.pkid) {
-                        let _ = codec::encode(self.version, Packet::PubComp(PubComp { pkid: rel.pkid, reason: PubCompReason::Success }, None), out);
+                        let _ = codec::encode(
+                            self.version,
+                            Packet::PubComp(
+                                PubComp {
+                                    pkid: rel.pkid,
+                                    reason: PubCompReason::Success,
+                                },
+                                None,
+                            ),
+                            out,
+                        );
                     } else {
                         batch.push(Packet::PubRel(rel, props));
                     }
                 }
                 Packet::PubRec(rec, _) => {
                     // We never send QoS 2; answer so a confused client is not stuck.
-                    let _ = codec::encode(self.version, Packet::PubRel(rumqttd::protocol::PubRel { pkid: rec.pkid, reason: rumqttd::protocol::PubRelReason::PacketIdentifierNotFound }, None), out);
+                    let _ = codec::encode(
+                        self.version,
+                        Packet::PubRel(
+                            rumqttd::protocol::PubRel {
+                                pkid: rec.pkid,
+                                reason: rumqttd::protocol::PubRelReason::PacketIdentifierNotFound,
+                            },
+                            None,
+                        ),
+                        out,
+                    );
                 }
                 Packet::PubComp(..) => {}
-                Packet::Subscribe(sub, props) => self.on_subscribe(sub, props, &policy, &mut batch, out),
+                Packet::Subscribe(sub, props) => {
+                    self.on_subscribe(sub, props, &policy, &mut batch, out)
+                }
                 Packet::Unsubscribe(unsub, _) => self.on_unsubscribe(unsub, &mut batch, out),
                 Packet::PingReq(_) => {
-                    let _ = codec::encode(self.version, Packet::PingResp(rumqttd::protocol::PingResp), out);
+                    let _ = codec::encode(
+                        self.version,
+                        Packet::PingResp(rumqttd::protocol::PingResp),
+                        out,
+                    );
                 }
                 Packet::Disconnect(d, _) => {
                     let will = d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
                     end = Some(End::Closed { will });
                 }
                 other => {
-                    return Err(DecodeError::Protocol(format!("unexpected packet {:?}", packet_name(&other))));
+                    return Err(DecodeError::Protocol(format!(
+                        "unexpected packet {:?}",
+                        packet_name(&other)
+                    )));
                 }
             }
         }
@@ -889,9 +972,12 @@ impl Session {
         let (qos, pkid) = meta;
         self.shared.stats.publish_received.fetch_add(1, Relaxed);
         if props.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
-            return Err(DecodeError::Protocol("topic alias used, but topic alias maximum is 0".into()));
+            return Err(DecodeError::Protocol(
+                "topic alias used, but topic alias maximum is 0".into(),
+            ));
         }
-        let topic_str = std::str::from_utf8(&publish.topic).map_err(|_| DecodeError::Malformed("topic is not UTF-8".into()))?;
+        let topic_str = std::str::from_utf8(&publish.topic)
+            .map_err(|_| DecodeError::Malformed("topic is not UTF-8".into()))?;
         let limits = self.shared.cfg.topic_limits();
         let allowed = match topic::validate_name(topic_str, limits) {
             Ok(()) => {
@@ -901,7 +987,9 @@ impl Session {
                     Some(Reason::AclPublish)
                 }
             }
-            Err(topic::TopicError::TooLong(_) | topic::TopicError::TooDeep(_)) => Some(Reason::TopicLimit),
+            Err(topic::TopicError::TooLong(_) | topic::TopicError::TooDeep(_)) => {
+                Some(Reason::TopicLimit)
+            }
             Err(e) => return Err(DecodeError::Malformed(format!("publish topic: {e}"))),
         };
         if let Some(reason) = allowed {
@@ -910,31 +998,58 @@ impl Session {
             if self.denied_logged.is_power_of_two() {
                 tracing::warn!(client_id = %self.client_id, user = ?self.user, topic = topic_str, reason = reason.name(), denied = self.denied_logged, "publish dropped");
             }
-            let v5_reason = if reason == Reason::TopicLimit { PubAckReason::TopicNameInvalid } else { PubAckReason::NotAuthorized };
+            let v5_reason = if reason == Reason::TopicLimit {
+                PubAckReason::TopicNameInvalid
+            } else {
+                PubAckReason::NotAuthorized
+            };
             match qos {
                 1 => {
-                    let r = if self.version == Version::V5 { v5_reason } else { PubAckReason::Success };
-                    let _ = codec::encode(self.version, Packet::PubAck(PubAck { pkid, reason: r }, None), out);
+                    let r = if self.version == Version::V5 {
+                        v5_reason
+                    } else {
+                        PubAckReason::Success
+                    };
+                    let _ = codec::encode(
+                        self.version,
+                        Packet::PubAck(PubAck { pkid, reason: r }, None),
+                        out,
+                    );
                 }
                 2 => {
-                    let r = if self.version == Version::V5 { PubRecReason::NotAuthorized } else { PubRecReason::Success };
+                    let r = if self.version == Version::V5 {
+                        PubRecReason::NotAuthorized
+                    } else {
+                        PubRecReason::Success
+                    };
                     if self.version != Version::V5 {
                         self.denied_qos2.insert(pkid);
                     }
-                    let _ = codec::encode(self.version, Packet::PubRec(PubRec { pkid, reason: r }, None), out);
+                    let _ = codec::encode(
+                        self.version,
+                        Packet::PubRec(PubRec { pkid, reason: r }, None),
+                        out,
+                    );
                 }
                 _ => {}
             }
             return Ok(());
         }
         if publish.retain {
-            let mut retained = self.shared.retained.lock().unwrap_or_else(|e| e.into_inner());
+            let mut retained = self
+                .shared
+                .retained
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             if publish.payload.is_empty() {
                 retained.remove(topic_str);
             } else if !retained.contains(topic_str) {
                 retained.insert(topic_str.to_owned());
             }
-            self.shared.stats.retained.store(retained.len() as i64, Relaxed);
+            self.shared
+                .stats
+                .retained
+                .store(retained.len() as i64, Relaxed);
         }
         batch.push(Packet::Publish(publish, props));
         Ok(())
@@ -956,16 +1071,33 @@ impl Session {
         let mut new_sys = Vec::new();
         for mut f in sub.filters {
             let inner = crate::auth::shared_inner(&f.path);
-            let code = if topic::validate_filter(inner, limits).is_err() || (f.path.starts_with("$share/") && inner == f.path) {
+            let code = if topic::validate_filter(inner, limits).is_err()
+                || (f.path.starts_with("$share/") && inner == f.path)
+            {
                 self.shared.stats.count(Reason::TopicLimit);
-                if v5 { SubscribeReasonCode::TopicFilterInvalid } else { SubscribeReasonCode::Failure }
+                if v5 {
+                    SubscribeReasonCode::TopicFilterInvalid
+                } else {
+                    SubscribeReasonCode::Failure
+                }
             } else if !policy.may_subscribe(self.who(), &f.path) {
                 self.shared.stats.count(Reason::AclSubscribe);
                 tracing::info!(client_id = %self.client_id, user = ?self.user, filter = %f.path, "subscription denied");
-                if v5 { SubscribeReasonCode::NotAuthorized } else { SubscribeReasonCode::Failure }
-            } else if !self.subs.contains_key(&f.path) && !self.sys_subs.contains(&f.path) && self.subs.len() + self.sys_subs.len() >= max_subs {
+                if v5 {
+                    SubscribeReasonCode::NotAuthorized
+                } else {
+                    SubscribeReasonCode::Failure
+                }
+            } else if !self.subs.contains_key(&f.path)
+                && !self.sys_subs.contains(&f.path)
+                && self.subs.len() + self.sys_subs.len() >= max_subs
+            {
                 self.shared.stats.count(Reason::TooManySubscriptions);
-                if v5 { SubscribeReasonCode::QuotaExceeded } else { SubscribeReasonCode::Failure }
+                if v5 {
+                    SubscribeReasonCode::QuotaExceeded
+                } else {
+                    SubscribeReasonCode::Failure
+                }
             } else if topic::is_system_filter(&f.path) {
                 if self.sys_subs.insert(f.path.clone()) {
                     self.shared.stats.subscriptions.fetch_add(1, Relaxed);
@@ -975,7 +1107,11 @@ impl Session {
             } else if !self.shared.admit_filter(&f.path) {
                 self.shared.stats.count(Reason::FilterTableFull);
                 tracing::warn!(client_id = %self.client_id, filter = %f.path, "filter table full (max_filters); subscription refused");
-                if v5 { SubscribeReasonCode::QuotaExceeded } else { SubscribeReasonCode::Failure }
+                if v5 {
+                    SubscribeReasonCode::QuotaExceeded
+                } else {
+                    SubscribeReasonCode::Failure
+                }
             } else {
                 if f.qos == QoS::ExactlyOnce {
                     f.qos = QoS::AtLeastOnce;
@@ -989,10 +1125,26 @@ impl Session {
             };
             codes.push(code);
         }
-        let _ = codec::encode(self.version, Packet::SubAck(SubAck { pkid: sub.pkid, return_codes: codes }, None), out);
+        let _ = codec::encode(
+            self.version,
+            Packet::SubAck(
+                SubAck {
+                    pkid: sub.pkid,
+                    return_codes: codes,
+                },
+                None,
+            ),
+            out,
+        );
         self.shared.stats.messages_sent.fetch_add(1, Relaxed);
         if !to_router.is_empty() {
-            batch.push(Packet::Subscribe(Subscribe { pkid: sub.pkid, filters: to_router }, props));
+            batch.push(Packet::Subscribe(
+                Subscribe {
+                    pkid: sub.pkid,
+                    filters: to_router,
+                },
+                props,
+            ));
         }
         if !new_sys.is_empty() {
             let snapshot = self.shared.sys.borrow().clone();
@@ -1016,19 +1168,46 @@ impl Session {
                 reasons.push(UnsubAckReason::NoSubscriptionExisted);
             }
         }
-        let _ = codec::encode(self.version, Packet::UnsubAck(UnsubAck { pkid: unsub.pkid, reasons }, None), out);
+        let _ = codec::encode(
+            self.version,
+            Packet::UnsubAck(
+                UnsubAck {
+                    pkid: unsub.pkid,
+                    reasons,
+                },
+                None,
+            ),
+            out,
+        );
         self.shared.stats.messages_sent.fetch_add(1, Relaxed);
         if !to_router.is_empty() {
-            batch.push(Packet::Unsubscribe(Unsubscribe { pkid: unsub.pkid, filters: to_router }, None));
+            batch.push(Packet::Unsubscribe(
+                Unsubscribe {
+                    pkid: unsub.pkid,
+                    filters: to_router,
+                },
+                None,
+            ));
         }
     }
 
-    fn deliver_sys(&mut self, snapshot: &crate::server::SysSnapshot, retain: bool, out: &mut BytesMut) {
+    fn deliver_sys(
+        &mut self,
+        snapshot: &crate::server::SysSnapshot,
+        retain: bool,
+        out: &mut BytesMut,
+    ) {
         let filters = self.sys_subs.clone();
         self.deliver_sys_filtered(snapshot, retain, out, &filters);
     }
 
-    fn deliver_sys_filtered(&mut self, snapshot: &crate::server::SysSnapshot, retain: bool, out: &mut BytesMut, filters: &HashSet<String>) {
+    fn deliver_sys_filtered(
+        &mut self,
+        snapshot: &crate::server::SysSnapshot,
+        retain: bool,
+        out: &mut BytesMut,
+        filters: &HashSet<String>,
+    ) {
         for (t, v) in snapshot.iter() {
             if filters.iter().any(|f| topic::matches(t, f)) {
                 let p = Publish::new(Bytes::from(t.clone()), v.clone(), retain);
@@ -1040,20 +1219,29 @@ impl Session {
     }
 
     async fn publish_will(&mut self) {
-        let Some((will, props)) = self.will.take() else { return };
+        let Some((will, props)) = self.will.take() else {
+            return;
+        };
         let topic = String::from_utf8_lossy(&will.topic).into_owned();
         if !self.shared.auth.policy().may_write(self.who(), &topic) {
             self.shared.stats.count(Reason::AclWill);
             return;
         }
         if will.retain {
-            let mut retained = self.shared.retained.lock().unwrap_or_else(|e| e.into_inner());
+            let mut retained = self
+                .shared
+                .retained
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             if will.payload.is_empty() {
                 retained.remove(&topic);
             } else {
                 retained.insert(topic.clone());
             }
-            self.shared.stats.retained.store(retained.len() as i64, Relaxed);
+            self.shared
+                .stats
+                .retained
+                .store(retained.len() as i64, Relaxed);
         }
         tracing::info!(client_id = %self.client_id, topic = %topic, "publishing will");
         if let Some(link) = self.link.as_mut() {

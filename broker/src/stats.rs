@@ -167,20 +167,56 @@ impl Stats {
     pub fn sys_topics(&self) -> Vec<(String, String)> {
         let mut v = vec![
             ("$SYS/broker/version".to_owned(), VERSION.to_owned()),
-            ("$SYS/broker/uptime".to_owned(), format!("{} seconds", self.uptime())),
-            ("$SYS/broker/clients/connected".to_owned(), self.clients_connected.load(Relaxed).to_string()),
-            ("$SYS/broker/clients/total".to_owned(), self.sessions.load(Relaxed).to_string()),
-            ("$SYS/broker/messages/received".to_owned(), self.messages_received.load(Relaxed).to_string()),
-            ("$SYS/broker/messages/sent".to_owned(), self.messages_sent.load(Relaxed).to_string()),
-            ("$SYS/broker/publish/messages/received".to_owned(), self.publish_received.load(Relaxed).to_string()),
-            ("$SYS/broker/publish/messages/sent".to_owned(), self.publish_sent.load(Relaxed).to_string()),
-            ("$SYS/broker/bytes/received".to_owned(), self.bytes_received.load(Relaxed).to_string()),
-            ("$SYS/broker/bytes/sent".to_owned(), self.bytes_sent.load(Relaxed).to_string()),
-            ("$SYS/broker/subscriptions/count".to_owned(), self.subscriptions.load(Relaxed).to_string()),
-            ("$SYS/broker/retained messages/count".to_owned(), self.retained.load(Relaxed).to_string()),
+            (
+                "$SYS/broker/uptime".to_owned(),
+                format!("{} seconds", self.uptime()),
+            ),
+            (
+                "$SYS/broker/clients/connected".to_owned(),
+                self.clients_connected.load(Relaxed).to_string(),
+            ),
+            (
+                "$SYS/broker/clients/total".to_owned(),
+                self.sessions.load(Relaxed).to_string(),
+            ),
+            (
+                "$SYS/broker/messages/received".to_owned(),
+                self.messages_received.load(Relaxed).to_string(),
+            ),
+            (
+                "$SYS/broker/messages/sent".to_owned(),
+                self.messages_sent.load(Relaxed).to_string(),
+            ),
+            (
+                "$SYS/broker/publish/messages/received".to_owned(),
+                self.publish_received.load(Relaxed).to_string(),
+            ),
+            (
+                "$SYS/broker/publish/messages/sent".to_owned(),
+                self.publish_sent.load(Relaxed).to_string(),
+            ),
+            (
+                "$SYS/broker/bytes/received".to_owned(),
+                self.bytes_received.load(Relaxed).to_string(),
+            ),
+            (
+                "$SYS/broker/bytes/sent".to_owned(),
+                self.bytes_sent.load(Relaxed).to_string(),
+            ),
+            (
+                "$SYS/broker/subscriptions/count".to_owned(),
+                self.subscriptions.load(Relaxed).to_string(),
+            ),
+            (
+                "$SYS/broker/retained messages/count".to_owned(),
+                self.retained.load(Relaxed).to_string(),
+            ),
         ];
         for r in Reason::ALL {
-            v.push((format!("$SYS/broker/dropped/{}", r.name()), self.dropped(r).to_string()));
+            v.push((
+                format!("$SYS/broker/dropped/{}", r.name()),
+                self.dropped(r).to_string(),
+            ));
         }
         v
     }
@@ -193,22 +229,87 @@ impl Stats {
             let _ = writeln!(s, "# TYPE firehose_broker_{name} {kind}");
             let _ = writeln!(s, "firehose_broker_{name} {value}");
         };
-        metric("uptime_seconds", "gauge", "Seconds since start.", self.uptime().to_string());
-        metric("clients_connected", "gauge", "Connected clients.", self.clients_connected.load(Relaxed).to_string());
-        metric("sessions", "gauge", "Sessions, connected or kept for a persistent client.", self.sessions.load(Relaxed).to_string());
-        metric("connections_total", "counter", "Accepted network connections.", self.connections_total.load(Relaxed).to_string());
-        metric("messages_received_total", "counter", "MQTT packets received.", self.messages_received.load(Relaxed).to_string());
-        metric("messages_sent_total", "counter", "MQTT packets sent.", self.messages_sent.load(Relaxed).to_string());
-        metric("publish_received_total", "counter", "PUBLISH packets received.", self.publish_received.load(Relaxed).to_string());
-        metric("publish_sent_total", "counter", "PUBLISH packets sent.", self.publish_sent.load(Relaxed).to_string());
-        metric("bytes_received_total", "counter", "Bytes received.", self.bytes_received.load(Relaxed).to_string());
-        metric("bytes_sent_total", "counter", "Bytes sent.", self.bytes_sent.load(Relaxed).to_string());
-        metric("subscriptions", "gauge", "Active subscriptions.", self.subscriptions.load(Relaxed).to_string());
-        metric("retained_messages", "gauge", "Retained messages.", self.retained.load(Relaxed).to_string());
+        metric(
+            "uptime_seconds",
+            "gauge",
+            "Seconds since start.",
+            self.uptime().to_string(),
+        );
+        metric(
+            "clients_connected",
+            "gauge",
+            "Connected clients.",
+            self.clients_connected.load(Relaxed).to_string(),
+        );
+        metric(
+            "sessions",
+            "gauge",
+            "Sessions, connected or kept for a persistent client.",
+            self.sessions.load(Relaxed).to_string(),
+        );
+        metric(
+            "connections_total",
+            "counter",
+            "Accepted network connections.",
+            self.connections_total.load(Relaxed).to_string(),
+        );
+        metric(
+            "messages_received_total",
+            "counter",
+            "MQTT packets received.",
+            self.messages_received.load(Relaxed).to_string(),
+        );
+        metric(
+            "messages_sent_total",
+            "counter",
+            "MQTT packets sent.",
+            self.messages_sent.load(Relaxed).to_string(),
+        );
+        metric(
+            "publish_received_total",
+            "counter",
+            "PUBLISH packets received.",
+            self.publish_received.load(Relaxed).to_string(),
+        );
+        metric(
+            "publish_sent_total",
+            "counter",
+            "PUBLISH packets sent.",
+            self.publish_sent.load(Relaxed).to_string(),
+        );
+        metric(
+            "bytes_received_total",
+            "counter",
+            "Bytes received.",
+            self.bytes_received.load(Relaxed).to_string(),
+        );
+        metric(
+            "bytes_sent_total",
+            "counter",
+            "Bytes sent.",
+            self.bytes_sent.load(Relaxed).to_string(),
+        );
+        metric(
+            "subscriptions",
+            "gauge",
+            "Active subscriptions.",
+            self.subscriptions.load(Relaxed).to_string(),
+        );
+        metric(
+            "retained_messages",
+            "gauge",
+            "Retained messages.",
+            self.retained.load(Relaxed).to_string(),
+        );
         let _ = writeln!(s, "# HELP firehose_broker_dropped_total Messages dropped and connections refused, by reason.");
         let _ = writeln!(s, "# TYPE firehose_broker_dropped_total counter");
         for r in Reason::ALL {
-            let _ = writeln!(s, "firehose_broker_dropped_total{{reason=\"{}\"}} {}", r.name(), self.dropped(r));
+            let _ = writeln!(
+                s,
+                "firehose_broker_dropped_total{{reason=\"{}\"}} {}",
+                r.name(),
+                self.dropped(r)
+            );
         }
         s
     }

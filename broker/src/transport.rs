@@ -78,7 +78,11 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 /// Builds the rustls acceptor from PEM files.
-pub fn tls_acceptor(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<TlsAcceptor, TlsError> {
+pub fn tls_acceptor(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<TlsAcceptor, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs: Vec<_> = rustls_pemfile::certs(&mut &read_pem(cert)?[..])
         .collect::<Result<_, _>>()
@@ -114,9 +118,12 @@ pub fn tls_acceptor(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result
                 })?;
                 roots.add(c).map_err(|e| TlsError::Rustls(e.to_string()))?;
             }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| TlsError::Rustls(e.to_string()))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| TlsError::Rustls(e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -162,7 +169,11 @@ pub async fn handshake(
 ) -> Result<Accepted, HandshakeError> {
     let io: BoxIo = match (kind.tls(), tls) {
         (true, Some(acc)) => Box::new(acc.accept(tcp).await.map_err(HandshakeError::Tls)?),
-        (true, None) => return Err(HandshakeError::Http("TLS listener without TLS settings".into())),
+        (true, None) => {
+            return Err(HandshakeError::Http(
+                "TLS listener without TLS settings".into(),
+            ))
+        }
         _ => Box::new(tcp),
     };
     if !kind.http() {
@@ -173,11 +184,17 @@ pub async fn handshake(
 
 const MAX_HEAD: usize = 16 * 1024;
 
-async fn upgrade(mut io: BoxIo, http: &dyn HttpHandler, max_packet: usize) -> Result<Accepted, HandshakeError> {
+async fn upgrade(
+    mut io: BoxIo,
+    http: &dyn HttpHandler,
+    max_packet: usize,
+) -> Result<Accepted, HandshakeError> {
     let mut buf = BytesMut::with_capacity(1024);
     let (head_len, req) = loop {
         if io.read_buf(&mut buf).await? == 0 {
-            return Err(HandshakeError::Http("connection closed before the request was complete".into()));
+            return Err(HandshakeError::Http(
+                "connection closed before the request was complete".into(),
+            ));
         }
         let mut headers = [httparse::EMPTY_HEADER; 48];
         let mut r = httparse::Request::new(&mut headers);
@@ -209,22 +226,49 @@ async fn upgrade(mut io: BoxIo, http: &dyn HttpHandler, max_packet: usize) -> Re
     }
     let path = req.path.split('?').next().unwrap_or("");
     if path != "/" && path != "/mqtt" {
-        respond(&mut io, 404, "text/plain", "MQTT over websockets is served on / and /mqtt\n").await?;
-        return Err(HandshakeError::Http(format!("websocket upgrade on unknown path {path:?}")));
+        respond(
+            &mut io,
+            404,
+            "text/plain",
+            "MQTT over websockets is served on / and /mqtt\n",
+        )
+        .await?;
+        return Err(HandshakeError::Http(format!(
+            "websocket upgrade on unknown path {path:?}"
+        )));
     }
     let Some(key) = req.key.as_deref().filter(|_| req.version13) else {
-        respond(&mut io, 400, "text/plain", "websocket upgrade needs Sec-WebSocket-Key and Sec-WebSocket-Version: 13\n").await?;
+        respond(
+            &mut io,
+            400,
+            "text/plain",
+            "websocket upgrade needs Sec-WebSocket-Key and Sec-WebSocket-Version: 13\n",
+        )
+        .await?;
         return Err(HandshakeError::Http("incomplete websocket upgrade".into()));
     };
     // Echo exactly one subprotocol the client asked for; none if it asked for none.
     let chosen = if req.protocols.is_empty() {
         None
     } else {
-        match req.protocols.iter().find(|p| p.as_str() == "mqtt" || p.as_str() == "mqttv3.1") {
+        match req
+            .protocols
+            .iter()
+            .find(|p| p.as_str() == "mqtt" || p.as_str() == "mqttv3.1")
+        {
             Some(p) => Some(p.clone()),
             None => {
-                respond(&mut io, 400, "text/plain", "supported websocket subprotocols: mqtt, mqttv3.1\n").await?;
-                return Err(HandshakeError::Http(format!("unsupported subprotocols {:?}", req.protocols)));
+                respond(
+                    &mut io,
+                    400,
+                    "text/plain",
+                    "supported websocket subprotocols: mqtt, mqttv3.1\n",
+                )
+                .await?;
+                return Err(HandshakeError::Http(format!(
+                    "unsupported subprotocols {:?}",
+                    req.protocols
+                )));
             }
         }
     };
@@ -243,7 +287,10 @@ async fn upgrade(mut io: BoxIo, http: &dyn HttpHandler, max_packet: usize) -> Re
         max_frame_size: Some(max_packet + 16),
         ..Default::default()
     };
-    let io: BoxIo = Box::new(Rewind { pre: leftover, inner: io });
+    let io: BoxIo = Box::new(Rewind {
+        pre: leftover,
+        inner: io,
+    });
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     Ok(Accepted::Mqtt(Box::new(WsIo::new(ws))))
 }
@@ -295,9 +342,11 @@ impl Request {
                 "upgrade" => req.upgrade |= v.to_ascii_lowercase().contains("websocket"),
                 "sec-websocket-key" => req.key = Some(v.trim().to_owned()),
                 "sec-websocket-version" => req.version13 = v.trim() == "13",
-                "sec-websocket-protocol" => req
-                    .protocols
-                    .extend(v.split(',').map(|p| p.trim().to_owned()).filter(|p| !p.is_empty())),
+                "sec-websocket-protocol" => req.protocols.extend(
+                    v.split(',')
+                        .map(|p| p.trim().to_owned())
+                        .filter(|p| !p.is_empty()),
+                ),
                 _ => {}
             }
         }
@@ -316,7 +365,11 @@ struct Rewind {
 }
 
 impl AsyncRead for Rewind {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if !self.pre.is_empty() {
             let n = self.pre.len().min(buf.remaining());
             buf.put_slice(&self.pre[..n]);
@@ -328,7 +381,11 @@ impl AsyncRead for Rewind {
 }
 
 impl AsyncWrite for Rewind {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -360,7 +417,11 @@ fn ws_err(e: tokio_tungstenite::tungstenite::Error) -> io::Error {
 }
 
 impl AsyncRead for WsIo {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         loop {
             if !self.pending.is_empty() {
                 let n = self.pending.len().min(buf.remaining());
@@ -386,7 +447,11 @@ impl AsyncRead for WsIo {
 }
 
 impl AsyncWrite for WsIo {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(ws_err)?;
         Pin::new(&mut self.ws)
             .start_send(Message::binary(buf.to_vec()))

@@ -130,7 +130,10 @@ impl AclFile {
         AclFile::parse(&text, path)
     }
 
-    fn rules<'s>(&'s self, who: Who<'s>) -> impl Iterator<Item = (Grant, std::borrow::Cow<'s, str>)> + 's {
+    fn rules<'s>(
+        &'s self,
+        who: Who<'s>,
+    ) -> impl Iterator<Item = (Grant, std::borrow::Cow<'s, str>)> + 's {
         let direct: &[Rule] = match who.user {
             None => &self.anonymous,
             Some(u) => self.users.get(u).map(Vec::as_slice).unwrap_or(&[]),
@@ -269,7 +272,11 @@ pattern read private/%c/#
     #[test]
     fn users_and_patterns() {
         let acl = AclFile::parse(FIREHOSE, Path::new("acl")).unwrap();
-        assert!(acl.check_topic(user("gerrit", "g"), "gerrit/openstack/nova/x", Access::Write));
+        assert!(acl.check_topic(
+            user("gerrit", "g"),
+            "gerrit/openstack/nova/x",
+            Access::Write
+        ));
         assert!(!acl.check_topic(user("gerrit", "g"), "nova/x", Access::Write));
         assert!(!acl.check_topic(user("Gerrit", "g"), "gerrit/x", Access::Write));
         assert!(acl.check_topic(user("bob", "b"), "clients/bob/x", Access::Write));

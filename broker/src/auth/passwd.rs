@@ -288,7 +288,10 @@ mod tests {
         g.set("Gerrit_Bridge", "pw").unwrap();
         let g2 = PasswordFile::parse(&g.render(), Path::new("t")).unwrap();
         assert!(g2.verify("Gerrit_Bridge", b"pw"));
-        assert!(!g2.verify("gerrit_bridge", b"pw"), "user names are case-sensitive");
+        assert!(
+            !g2.verify("gerrit_bridge", b"pw"),
+            "user names are case-sensitive"
+        );
         assert!(!g2.verify("Gerrit_Bridge", b"pW"));
     }
 
