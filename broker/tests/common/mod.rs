@@ -228,7 +228,7 @@ impl Sub {
     pub fn spawn(b: &BrokerProc, args: &[&str]) -> Sub {
         let tool = require("mosquitto_sub", "mosquitto-clients");
         let before = b.metric("firehose_broker_subscriptions");
-        let child = Command::new(tool)
+        let mut child = Command::new(tool)
             .args(["-h", "127.0.0.1", "-p", &b.port()])
             .args(args)
             .stdin(Stdio::null())
@@ -236,7 +236,14 @@ impl Sub {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn mosquitto_sub");
-        b.wait_metric("firehose_broker_subscriptions", before + 1);
+        // Subscribed (or already done, e.g. -C 1 satisfied by a retained message).
+        let deadline = Instant::now() + WAIT;
+        while b.metric("firehose_broker_subscriptions") <= before
+            && child.try_wait().expect("try_wait").is_none()
+        {
+            assert!(Instant::now() < deadline, "mosquitto_sub never subscribed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Sub { child: Some(child) }
     }
 
