@@ -575,6 +575,27 @@ impl Session {
         sys_rx.mark_unchanged();
         let max_packet = shared.cfg.limits.max_packet_size;
 
+        // Bytes that arrived right behind the CONNECT.
+        if !inbuf.is_empty() {
+            match self.incoming(&mut inbuf, &mut wbuf, max_packet).await {
+                Ok(None) => {}
+                Ok(Some(end)) => {
+                    let _ = writer.write_all(&wbuf).await;
+                    let _ = writer.shutdown().await;
+                    stats.clients_connected.fetch_sub(1, Relaxed);
+                    self.online = false;
+                    return end;
+                }
+                Err(e) => {
+                    stats.count(Reason::Malformed);
+                    tracing::warn!(client_id = %self.client_id, %peer, error = %e, "closing connection: bad packet");
+                    let _ = writer.shutdown().await;
+                    stats.clients_connected.fetch_sub(1, Relaxed);
+                    self.online = false;
+                    return End::Closed { will: true };
+                }
+            }
+        }
         let end = loop {
             if wpos == wbuf.len() {
                 wbuf.clear();
