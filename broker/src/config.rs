@@ -102,6 +102,10 @@ pub struct Limits {
     pub max_inflight_messages: u16,
     /// Distinct subscription filters the router will hold.
     pub max_filters: usize,
+    /// Size of one segment of a filter's log in the router (at least 2x max_packet_size).
+    pub router_segment_bytes: usize,
+    /// Segments per filter log: the burst the router absorbs is their product.
+    pub router_segments: usize,
     /// Seconds a v3 persistent session is kept after its client left.
     pub persistent_client_expiration_secs: u64,
 }
@@ -120,6 +124,8 @@ impl Default for Limits {
             max_queued_bytes: 16 * 1024 * 1024,
             max_inflight_messages: 20,
             max_filters: 100_000,
+            router_segment_bytes: 4 * 1024 * 1024,
+            router_segments: 8,
             persistent_client_expiration_secs: 86_400,
         }
     }

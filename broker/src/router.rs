@@ -45,15 +45,19 @@ pub struct Link {
 }
 
 impl RouterHandle {
-    /// Starts the router thread sized for `max_links` links.
-    pub fn start(max_links: usize) -> RouterHandle {
+    /// Starts the router thread sized for `max_links` links. Each filter's
+    /// log keeps `segment_bytes * segments` of recent messages (payloads are
+    /// shared, not copied, between filters). Sessions drain their links
+    /// eagerly, so the log only has to absorb a publisher's burst before the
+    /// subscribers' tasks run; a burst larger than that makes the router skip
+    /// ahead for everyone (it logs "Read cursor start jumped").
+    pub fn start(max_links: usize, segment_bytes: usize, segments: usize) -> RouterHandle {
         let config = RouterConfig {
             // One slot more than links: the router refuses at `>=`.
             max_connections: max_links + 1,
             max_outgoing_packet_count: 200,
-            // Each filter keeps at most 2 x 1 MiB of recent messages.
-            max_segment_size: 1024 * 1024,
-            max_segment_count: 2,
+            max_segment_size: segment_bytes.max(1024),
+            max_segment_count: segments.max(1),
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),

@@ -1,0 +1,148 @@
+//! Sessions: persistent sessions keep QoS 1 messages while the client is
+//! away (bounded by max_queued_messages, oldest dropped and counted),
+//! takeover by client id, and UNSUBSCRIBE answered right after a resume.
+
+mod common;
+use common::*;
+
+const BRIDGE: (&str, &str) = ("bridge", "secret");
+
+fn broker(extra: &[&str]) -> (BrokerProc, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = passwd_file(dir.path(), &[BRIDGE]);
+    let mut args = vec!["--passwd".to_owned(), pw.to_str().unwrap().to_owned()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    (BrokerProc::start(&refs), dir)
+}
+
+fn persistent(b: &BrokerProc, id: &str) -> (Raw, bool) {
+    let mut r = Raw::open(b.mqtt());
+    r.send(&connect(4, id, 60, false, None));
+    let (t, body) = r.read().expect("CONNACK");
+    assert_eq!(t, 0x20);
+    assert_eq!(body[1], 0);
+    (r, body[0] & 1 == 1)
+}
+
+fn publish_n(b: &BrokerProc, topic: &str, n: usize) {
+    let (mut p, _) = Raw::connect(b.mqtt(), 4, "publisher", Some(BRIDGE));
+    for i in 0..n {
+        p.send(&publish(4, topic.as_bytes(), format!("m{i}").as_bytes(), 1, (i + 1) as u16));
+        assert_eq!(p.read().unwrap().0, 0x40, "PUBACK");
+    }
+}
+
+/// Reads `n` QoS 1 publishes, acking each; returns the payloads.
+fn receive(r: &mut Raw, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let (t, body) = r.read().expect("publish");
+        if t & 0xf0 != 0x30 {
+            continue;
+        }
+        let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
+        let qos = (t >> 1) & 3;
+        let mut off = 2 + tl;
+        if qos > 0 {
+            let pkid = [body[off], body[off + 1]];
+            off += 2;
+            r.send(&[0x40, 2, pkid[0], pkid[1]]);
+        }
+        got.push(String::from_utf8_lossy(&body[off..]).into_owned());
+    }
+    got
+}
+
+#[test]
+fn persistent_session_gets_what_was_published_while_away() {
+    let (b, _d) = broker(&[]);
+    let (mut r, present) = persistent(&b, "keeper");
+    assert!(!present);
+    r.send(&subscribe(4, 1, "events/#", 1));
+    assert_eq!(r.read().unwrap().1, vec![0, 1, 1], "granted QoS 1");
+    drop(r);
+    b.wait_metric("firehose_broker_clients_connected", 0);
+    publish_n(&b, "events/x", 50);
+    let (mut r, present) = persistent(&b, "keeper");
+    assert!(present, "session present");
+    let got = receive(&mut r, 50);
+    assert_eq!(got, (0..50).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    // UNSUBSCRIBE after resume is honoured (rumqttd ignores it), and a
+    // filter never subscribed still gets its UNSUBACK.
+    r.send(&packet(0xa2, &[&[0, 9][..], &[0, 8], b"events/#"].concat()));
+    assert_eq!(r.read().unwrap(), (0xb0, vec![0, 9]));
+    r.send(&packet(0xa2, &[&[0, 10][..], &[0, 5], b"never"].concat()));
+    assert_eq!(r.read().unwrap(), (0xb0, vec![0, 10]));
+    publish_n(&b, "events/y", 1);
+    let canary = "canary";
+    let _ = canary;
+    r.send(&[0xc0, 0]);
+    assert_eq!(r.read().unwrap().0, 0xd0, "only PINGRESP: nothing delivered after unsubscribe");
+}
+
+#[test]
+fn offline_queue_is_bounded_oldest_dropped() {
+    let (b, _d) = broker(&["--max-queued-messages", "10"]);
+    let (mut r, _) = persistent(&b, "small");
+    r.send(&subscribe(4, 1, "q/#", 1));
+    r.read().unwrap();
+    drop(r);
+    b.wait_metric("firehose_broker_clients_connected", 0);
+    publish_n(&b, "q/x", 25);
+    b.wait_metric("firehose_broker_dropped_total{reason=\"queue_full\"}", 15);
+    let (mut r, present) = persistent(&b, "small");
+    assert!(present);
+    let got = receive(&mut r, 10);
+    assert_eq!(got, (15..25).map(|i| format!("m{i}")).collect::<Vec<_>>(), "the newest 10 are kept");
+    assert_eq!(b.dropped("queue_full"), 15);
+}
+
+#[test]
+fn takeover_closes_the_old_connection() {
+    let (b, _d) = broker(&[]);
+    let (mut old, _) = Raw::connect(b.mqtt(), 5, "same-id", None);
+    let (mut new, _) = Raw::connect(b.mqtt(), 5, "same-id", None);
+    let seen = old.read_until_closed();
+    assert_eq!(seen.first().map(|p| (p.0, p.1[0])), Some((0xe0, 0x8e)), "v5 old connection told 0x8E session taken over");
+    new.send(&[0xc0, 0]);
+    assert_eq!(new.read().unwrap().0, 0xd0);
+    // Clean session takeover of a persistent session starts afresh.
+    let (p, _) = persistent(&b, "mixed");
+    let (mut c, ack) = Raw::connect(b.mqtt(), 4, "mixed", None);
+    assert_eq!(ack, vec![0, 0], "no session present for clean session");
+    drop(p);
+    c.send(&[0xc0, 0]);
+    assert_eq!(c.read().unwrap().0, 0xd0);
+}
+
+#[test]
+fn slow_subscriber_does_not_slow_others() {
+    let (b, _d) = broker(&["--max-queued-messages", "100"]);
+    // Never reads.
+    let (mut slow, _) = Raw::connect(b.mqtt(), 4, "slow", None);
+    slow.send(&subscribe(4, 1, "fast/#", 0));
+    let (mut fast, _) = Raw::connect(b.mqtt(), 4, "fast", None);
+    fast.send(&subscribe(4, 1, "fast/#", 0));
+    assert_eq!(fast.read().unwrap().0, 0x90);
+    let (mut p, _) = Raw::connect(b.mqtt(), 4, "pub", Some(BRIDGE));
+    let payload = vec![b'p'; 64 * 1024];
+    // Rounds of 50: the fast subscriber takes each round in full before the
+    // next, while the slow one falls behind by everything.
+    for _round in 0..40 {
+        for _ in 0..50 {
+            p.send(&publish(4, b"fast/x", &payload, 0, 0));
+        }
+        p.send(&[0xc0, 0]);
+        assert_eq!(p.read().unwrap().0, 0xd0, "publisher never blocked");
+        let mut count = 0;
+        while count < 50 {
+            let Some((t, _)) = fast.read() else { panic!("fast subscriber starved in round {_round} at {count}; sent={} dropped={}; logs:\n{}", b.metric("firehose_broker_publish_sent_total"), b.dropped("queue_full"), b.logs()) };
+            if t & 0xf0 == 0x30 {
+                count += 1;
+            }
+        }
+    }
+    b.wait_metric("firehose_broker_dropped_total{reason=\"queue_full\"}", 1);
+    drop(slow);
+}
