@@ -18,12 +18,12 @@ pub enum RouterError {
     #[error("all {0} router slots are in use")]
     Full(usize),
     #[error("router refused the link: {0}")]
-    Link(#[from] LinkError),
+    Link(String),
     #[error("link builder task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
 
-type BuildFn = dyn Fn(&str) -> Result<(LinkTx, LinkRx, Notification), LinkError> + Send + Sync;
+type BuildFn = dyn Fn(&str) -> Result<(LinkTx, LinkRx, Notification), Box<LinkError>> + Send + Sync;
 
 /// Handle to the router thread.
 pub struct RouterHandle {
@@ -68,6 +68,7 @@ impl RouterHandle {
                 .clean_session(true)
                 .dynamic_filters(true)
                 .build()
+                .map_err(Box::new)
         };
         RouterHandle {
             build: Arc::new(build),
@@ -101,7 +102,7 @@ impl RouterHandle {
             Ok(Ok((tx, rx, _ack))) => Ok(Link { tx, rx, slot }),
             Ok(Err(e)) => {
                 self.give_back(slot);
-                Err(e.into())
+                Err(RouterError::Link(e.to_string()))
             }
             Err(e) => {
                 self.give_back(slot);

@@ -104,8 +104,15 @@ impl Broker {
         let stats = Arc::new(Stats::default());
         let (sys_tx, _) = watch::channel(Arc::new(Vec::new()));
         // Sessions (connected or parked) are bounded by 2x max_connections.
-        let segment = cfg.limits.router_segment_bytes.max(2 * cfg.limits.max_packet_size);
-        let router = RouterHandle::start(cfg.limits.max_connections * 2, segment, cfg.limits.router_segments);
+        let segment = cfg
+            .limits
+            .router_segment_bytes
+            .max(2 * cfg.limits.max_packet_size);
+        let router = RouterHandle::start(
+            cfg.limits.max_connections * 2,
+            segment,
+            cfg.limits.router_segments,
+        );
         let shared = Arc::new(Shared {
             cfg,
             stats,

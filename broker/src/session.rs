@@ -280,7 +280,7 @@ async fn refuse(writer: &mut WriteHalf<BoxIo>, v: Version, why: Refusal, shared:
 /// How a connected period ended.
 enum End {
     /// Another connection took the client id.
-    Takeover(Pending),
+    Takeover(Box<Pending>),
     /// The socket closed; `will` says whether the will must be published.
     Closed { will: bool },
     /// The broker is shutting down.
@@ -360,12 +360,12 @@ async fn run(first: Pending, mut mailbox: mpsc::Receiver<Pending>, gen: u64, sha
                 let resume =
                     !next.info.clean_start && s.expiry.is_some() && next.info.version == s.version;
                 if resume {
-                    conn = next;
+                    conn = *next;
                     present = true;
                     continue;
                 }
                 s.teardown().await;
-                unregister_then_dispatch(&shared, &s.client_id, s.gen, &mut mailbox, Some(next));
+                unregister_then_dispatch(&shared, &s.client_id, s.gen, &mut mailbox, Some(*next));
                 return;
             }
             End::Shutdown => {
@@ -632,7 +632,7 @@ impl Session {
                                 let _ = writer.flush().await;
                             }).await;
                         }
-                        break End::Takeover(next);
+                        break End::Takeover(Box::new(next));
                     }
                 }
                 r = reader.read_buf(&mut inbuf), if want_read => {
@@ -862,18 +862,17 @@ impl Session {
             }
             Notification::DeviceAck(ack) => {
                 let p: Option<Packet> = Notification::DeviceAck(ack).into();
-                match p {
-                    Some(
-                        p @ (Packet::PubAck(..)
-                        | Packet::PubRec(..)
-                        | Packet::PubComp(..)
-                        | Packet::PubRel(..)),
-                    ) => {
-                        if codec::encode(self.version, p, out).is_ok() {
-                            self.shared.stats.messages_sent.fetch_add(1, Relaxed);
-                        }
+                // CONNACK/SUBACK/UNSUBACK/PINGRESP: the edge answers those itself.
+                if let Some(
+                    p @ (Packet::PubAck(..)
+                    | Packet::PubRec(..)
+                    | Packet::PubComp(..)
+                    | Packet::PubRel(..)),
+                ) = p
+                {
+                    if codec::encode(self.version, p, out).is_ok() {
+                        self.shared.stats.messages_sent.fetch_add(1, Relaxed);
                     }
-                    _ => {} // CONNACK/SUBACK/UNSUBACK/PINGRESP: the edge answers those itself.
                 }
             }
             Notification::Unschedule => {

@@ -8,7 +8,10 @@ use std::process::Command;
 
 fn broker_with_users(extra: &[&str]) -> (BrokerProc, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let pw = passwd_file(dir.path(), &[("bridge", "secret"), ("Gerrit_Bridge", "pw2")]);
+    let pw = passwd_file(
+        dir.path(),
+        &[("bridge", "secret"), ("Gerrit_Bridge", "pw2")],
+    );
     let mut args = vec!["--passwd", pw.to_str().unwrap()];
     args.extend_from_slice(extra);
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -21,11 +24,30 @@ fn anonymous_reads_authenticated_writes_v311_and_v5() {
     let (b, _d) = broker_with_users(&[]);
     for v in ["mqttv311", "mqttv5"] {
         let sub = Sub::spawn(&b, &["-V", v, "-t", "gerrit/#", "-v", "-C", "1"]);
-        let out = mosquitto_pub(&b, &["-V", v, "-u", "Gerrit_Bridge", "-P", "pw2", "-q", "1", "-t", "gerrit/openstack/nova/comment-added", "-m", "{\"type\":\"comment-added\"}"]);
+        let out = mosquitto_pub(
+            &b,
+            &[
+                "-V",
+                v,
+                "-u",
+                "Gerrit_Bridge",
+                "-P",
+                "pw2",
+                "-q",
+                "1",
+                "-t",
+                "gerrit/openstack/nova/comment-added",
+                "-m",
+                "{\"type\":\"comment-added\"}",
+            ],
+        );
         assert!(out.status.success(), "{out:?}");
         let (code, stdout, _) = sub.output();
         assert_eq!(code, 0);
-        assert_eq!(stdout.trim(), "gerrit/openstack/nova/comment-added {\"type\":\"comment-added\"}");
+        assert_eq!(
+            stdout.trim(),
+            "gerrit/openstack/nova/comment-added {\"type\":\"comment-added\"}"
+        );
     }
 }
 
@@ -37,24 +59,41 @@ fn anonymous_publish_is_dropped_but_acknowledged() {
     let out = mosquitto_pub(&b, &["-q", "1", "-t", "x/denied", "-m", "no"]);
     assert!(out.status.success(), "{out:?}");
     // v5 QoS 1: PUBACK reason 0x87; mosquitto_pub reports it.
-    let out = mosquitto_pub(&b, &["-V", "mqttv5", "-q", "1", "-t", "x/denied", "-m", "no"]);
+    let out = mosquitto_pub(
+        &b,
+        &["-V", "mqttv5", "-q", "1", "-t", "x/denied", "-m", "no"],
+    );
     let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
     assert!(err.contains("not authori"), "v5 publisher told: {err}");
     assert_eq!(b.dropped("acl_publish"), 2);
-    let out = mosquitto_pub(&b, &["-u", "bridge", "-P", "secret", "-t", "x/ok", "-m", "yes"]);
+    let out = mosquitto_pub(
+        &b,
+        &["-u", "bridge", "-P", "secret", "-t", "x/ok", "-m", "yes"],
+    );
     assert!(out.status.success());
     let (_, stdout, _) = sub.output();
-    assert_eq!(stdout.trim(), "x/ok yes", "only the authenticated message arrives");
+    assert_eq!(
+        stdout.trim(),
+        "x/ok yes",
+        "only the authenticated message arrives"
+    );
 }
 
 #[test]
 fn wrong_password_and_case_sensitive_users() {
     let (b, _d) = broker_with_users(&[]);
-    for (u, p) in [("bridge", "nope"), ("gerrit_bridge", "pw2"), ("nobody", "x")] {
+    for (u, p) in [
+        ("bridge", "nope"),
+        ("gerrit_bridge", "pw2"),
+        ("nobody", "x"),
+    ] {
         let out = mosquitto_pub(&b, &["-u", u, "-P", p, "-t", "a", "-m", "x"]);
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
-        assert!(err.contains("not authorised") || err.contains("bad user name or password"), "{err}");
+        assert!(
+            err.contains("not authorised") || err.contains("bad user name or password"),
+            "{err}"
+        );
     }
     assert_eq!(b.dropped("bad_credentials"), 3);
     // Passwords never appear in the logs.
@@ -68,17 +107,67 @@ fn acl_file_rules() {
     std::fs::write(&acl, "topic read public/#\n\nuser bridge\ntopic readwrite public/#\ntopic write gerrit/#\n\npattern readwrite clients/%u/#\n").unwrap();
     let (b, _d) = broker_with_users(&["--acl", acl.to_str().unwrap()]);
     // Anonymous: may read public/#, not other topics.
-    let out = run(Command::new(require("mosquitto_sub", "mosquitto-clients")).args(["-h", "127.0.0.1", "-p", &b.port(), "-V", "mqttv5", "-t", "secret/#", "-C", "1", "-W", "1"]));
+    let out = run(
+        Command::new(require("mosquitto_sub", "mosquitto-clients")).args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &b.port(),
+            "-V",
+            "mqttv5",
+            "-t",
+            "secret/#",
+            "-C",
+            "1",
+            "-W",
+            "1",
+        ]),
+    );
     let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
     assert!(err.contains("denied"), "denied subscription: {out:?}");
     assert!(b.dropped("acl_subscribe") >= 1);
     let sub = Sub::spawn(&b, &["-t", "public/#", "-v", "-C", "1"]);
     // bridge may not write outside its rules...
-    let out = mosquitto_pub(&b, &["-V", "mqttv5", "-q", "1", "-u", "bridge", "-P", "secret", "-t", "nova/x", "-m", "no"]);
-    assert!(String::from_utf8_lossy(&out.stderr).to_lowercase().contains("not authori"));
+    let out = mosquitto_pub(
+        &b,
+        &[
+            "-V", "mqttv5", "-q", "1", "-u", "bridge", "-P", "secret", "-t", "nova/x", "-m", "no",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .to_lowercase()
+        .contains("not authori"));
     // ...and may through a pattern and a topic rule.
-    assert!(mosquitto_pub(&b, &["-u", "bridge", "-P", "secret", "-t", "clients/bridge/x", "-m", "p"]).status.success());
-    assert!(mosquitto_pub(&b, &["-u", "bridge", "-P", "secret", "-t", "public/news", "-m", "hello"]).status.success());
+    assert!(mosquitto_pub(
+        &b,
+        &[
+            "-u",
+            "bridge",
+            "-P",
+            "secret",
+            "-t",
+            "clients/bridge/x",
+            "-m",
+            "p"
+        ]
+    )
+    .status
+    .success());
+    assert!(mosquitto_pub(
+        &b,
+        &[
+            "-u",
+            "bridge",
+            "-P",
+            "secret",
+            "-t",
+            "public/news",
+            "-m",
+            "hello"
+        ]
+    )
+    .status
+    .success());
     let (_, out, _) = sub.output();
     assert_eq!(out.trim(), "public/news hello");
 }
@@ -86,12 +175,40 @@ fn acl_file_rules() {
 #[test]
 fn retained_messages_and_sys_topics() {
     let (b, _d) = broker_with_users(&["--sys-interval", "1"]);
-    assert!(mosquitto_pub(&b, &["-u", "bridge", "-P", "secret", "-r", "-q", "1", "-t", "firehose/status/gerrit/a", "-m", "up"]).status.success());
+    assert!(mosquitto_pub(
+        &b,
+        &[
+            "-u",
+            "bridge",
+            "-P",
+            "secret",
+            "-r",
+            "-q",
+            "1",
+            "-t",
+            "firehose/status/gerrit/a",
+            "-m",
+            "up"
+        ]
+    )
+    .status
+    .success());
     let sub = Sub::spawn(&b, &["-t", "firehose/status/#", "-v", "-C", "1"]);
     assert_eq!(sub.output().1.trim(), "firehose/status/gerrit/a up");
     b.wait_metric("firehose_broker_retained_messages", 1);
     // $SYS under mosquitto's names.
-    let sub = Sub::spawn(&b, &["-t", "$SYS/broker/version", "-t", "$SYS/broker/clients/connected", "-v", "-C", "2"]);
+    let sub = Sub::spawn(
+        &b,
+        &[
+            "-t",
+            "$SYS/broker/version",
+            "-t",
+            "$SYS/broker/clients/connected",
+            "-v",
+            "-C",
+            "2",
+        ],
+    );
     let (_, out, _) = sub.output();
     assert!(out.contains("$SYS/broker/version firehose-broker"), "{out}");
     assert!(out.contains("$SYS/broker/clients/connected "), "{out}");
@@ -99,13 +216,54 @@ fn retained_messages_and_sys_topics() {
     // receives only the ordinary message.
     let sub = Sub::spawn(&b, &["-t", "#", "-v", "-C", "2"]);
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    assert!(mosquitto_pub(&b, &["-u", "bridge", "-P", "secret", "-t", "plain/topic", "-m", "m"]).status.success());
+    assert!(mosquitto_pub(
+        &b,
+        &[
+            "-u",
+            "bridge",
+            "-P",
+            "secret",
+            "-t",
+            "plain/topic",
+            "-m",
+            "m"
+        ]
+    )
+    .status
+    .success());
     let (_, out, _) = sub.output();
     assert!(!out.contains("$SYS"), "{out}");
     assert!(out.contains("plain/topic m"), "{out}");
     // Clearing a retained message.
-    assert!(mosquitto_pub(&b, &["-u", "bridge", "-P", "secret", "-r", "-n", "-t", "firehose/status/gerrit/a"]).status.success());
-    let out = run(Command::new(require("mosquitto_sub", "mosquitto-clients")).args(["-h", "127.0.0.1", "-p", &b.port(), "-t", "firehose/status/#", "-C", "1", "-W", "1"]));
+    assert!(mosquitto_pub(
+        &b,
+        &[
+            "-u",
+            "bridge",
+            "-P",
+            "secret",
+            "-r",
+            "-n",
+            "-t",
+            "firehose/status/gerrit/a"
+        ]
+    )
+    .status
+    .success());
+    let out = run(
+        Command::new(require("mosquitto_sub", "mosquitto-clients")).args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &b.port(),
+            "-t",
+            "firehose/status/#",
+            "-C",
+            "1",
+            "-W",
+            "1",
+        ]),
+    );
     assert!(out.stdout.is_empty(), "retained message was cleared");
 }
 
@@ -114,7 +272,22 @@ fn wills_fire_only_where_the_client_may_write() {
     let (b, _d) = broker_with_users(&[]);
     let sub = Sub::spawn(&b, &["-t", "firehose/status/#", "-v", "-C", "1"]);
     let mut with_will = Command::new(require("mosquitto_sub", "mosquitto-clients"))
-        .args(["-h", "127.0.0.1", "-p", &b.port(), "-u", "bridge", "-P", "secret", "-t", "nothing", "--will-topic", "firehose/status/gerrit/x", "--will-payload", "down"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &b.port(),
+            "-u",
+            "bridge",
+            "-P",
+            "secret",
+            "-t",
+            "nothing",
+            "--will-topic",
+            "firehose/status/gerrit/x",
+            "--will-payload",
+            "down",
+        ])
         .spawn()
         .unwrap();
     b.wait_metric("firehose_broker_clients_connected", 2);
@@ -122,22 +295,103 @@ fn wills_fire_only_where_the_client_may_write() {
     let _ = with_will.wait();
     assert_eq!(sub.output().1.trim(), "firehose/status/gerrit/x down");
     // An anonymous client may not leave a will: refused at CONNECT.
-    let out = run(Command::new(require("mosquitto_sub", "mosquitto-clients")).args(["-h", "127.0.0.1", "-p", &b.port(), "-t", "a", "--will-topic", "w", "--will-payload", "x", "-C", "1", "-W", "2"]));
+    let out = run(
+        Command::new(require("mosquitto_sub", "mosquitto-clients")).args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &b.port(),
+            "-t",
+            "a",
+            "--will-topic",
+            "w",
+            "--will-payload",
+            "x",
+            "-C",
+            "1",
+            "-W",
+            "2",
+        ]),
+    );
     assert!(!out.status.success());
     assert_eq!(b.dropped("acl_will"), 1);
 }
 
 fn openssl(args: &[&str], dir: &std::path::Path) {
-    let out = run(Command::new(require("openssl", "openssl")).args(args).current_dir(dir));
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = run(Command::new(require("openssl", "openssl"))
+        .args(args)
+        .current_dir(dir));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Generates a CA and a server certificate for 127.0.0.1/localhost.
 pub fn make_certs(dir: &std::path::Path) {
-    openssl(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=firehose test CA"], dir);
-    openssl(&["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"], dir);
-    std::fs::write(dir.join("ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
-    openssl(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext"], dir);
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=firehose test CA",
+        ],
+        dir,
+    );
+    openssl(
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+        dir,
+    );
+    std::fs::write(
+        dir.join("ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
+        ],
+        dir,
+    );
 }
 
 #[test]
@@ -145,16 +399,58 @@ fn tls_listener_with_generated_ca() {
     let dir = tempfile::tempdir().unwrap();
     make_certs(dir.path());
     let p = |f: &str| dir.path().join(f).to_str().unwrap().to_owned();
-    let (b, _d) = broker_with_users(&["--mqtts", "127.0.0.1:0", "--cert", &p("server.pem"), "--key", &p("server.key")]);
+    let (b, _d) = broker_with_users(&[
+        "--mqtts",
+        "127.0.0.1:0",
+        "--cert",
+        &p("server.pem"),
+        "--key",
+        &p("server.key"),
+    ]);
     let tls_port = b.mqtts.expect("mqtts").port().to_string();
     for v in ["mqttv311", "mqttv5"] {
         let mut sub = Command::new(require("mosquitto_sub", "mosquitto-clients"))
-            .args(["-h", "127.0.0.1", "-p", &tls_port, "--cafile", &p("ca.pem"), "-V", v, "-t", "tls/#", "-v", "-C", "1", "-W", "15"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &tls_port,
+                "--cafile",
+                &p("ca.pem"),
+                "-V",
+                v,
+                "-t",
+                "tls/#",
+                "-v",
+                "-C",
+                "1",
+                "-W",
+                "15",
+            ])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         b.wait_metric("firehose_broker_subscriptions", 1);
-        let out = run(Command::new(require("mosquitto_pub", "mosquitto-clients")).args(["-h", "127.0.0.1", "-p", &tls_port, "--cafile", &p("ca.pem"), "-V", v, "-u", "bridge", "-P", "secret", "-t", "tls/x", "-m", "over tls"]));
+        let out = run(
+            Command::new(require("mosquitto_pub", "mosquitto-clients")).args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &tls_port,
+                "--cafile",
+                &p("ca.pem"),
+                "-V",
+                v,
+                "-u",
+                "bridge",
+                "-P",
+                "secret",
+                "-t",
+                "tls/x",
+                "-m",
+                "over tls",
+            ]),
+        );
         assert!(out.status.success(), "{out:?}");
         let mut s = String::new();
         std::io::Read::read_to_string(sub.stdout.as_mut().unwrap(), &mut s).unwrap();
@@ -162,11 +458,25 @@ fn tls_listener_with_generated_ca() {
         assert_eq!(s.trim(), "tls/x over tls");
         b.wait_log("client disconnected");
         let deadline = std::time::Instant::now() + WAIT;
-        while b.metric("firehose_broker_subscriptions") > 0 && std::time::Instant::now() < deadline {
+        while b.metric("firehose_broker_subscriptions") > 0 && std::time::Instant::now() < deadline
+        {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
     // A client that does not trust the CA is refused by TLS.
-    let out = run(Command::new(require("mosquitto_pub", "mosquitto-clients")).args(["-h", "127.0.0.1", "-p", &tls_port, "--capath", "/nonexistent", "-t", "a", "-m", "x"]));
+    let out = run(
+        Command::new(require("mosquitto_pub", "mosquitto-clients")).args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &tls_port,
+            "--capath",
+            "/nonexistent",
+            "-t",
+            "a",
+            "-m",
+            "x",
+        ]),
+    );
     assert!(!out.status.success());
 }

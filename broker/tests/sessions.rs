@@ -28,7 +28,13 @@ fn persistent(b: &BrokerProc, id: &str) -> (Raw, bool) {
 fn publish_n(b: &BrokerProc, topic: &str, n: usize) {
     let (mut p, _) = Raw::connect(b.mqtt(), 4, "publisher", Some(BRIDGE));
     for i in 0..n {
-        p.send(&publish(4, topic.as_bytes(), format!("m{i}").as_bytes(), 1, (i + 1) as u16));
+        p.send(&publish(
+            4,
+            topic.as_bytes(),
+            format!("m{i}").as_bytes(),
+            1,
+            (i + 1) as u16,
+        ));
         assert_eq!(p.read().unwrap().0, 0x40, "PUBACK");
     }
 }
@@ -75,10 +81,12 @@ fn persistent_session_gets_what_was_published_while_away() {
     r.send(&packet(0xa2, &[&[0, 10][..], &[0, 5], b"never"].concat()));
     assert_eq!(r.read().unwrap(), (0xb0, vec![0, 10]));
     publish_n(&b, "events/y", 1);
-    let canary = "canary";
-    let _ = canary;
     r.send(&[0xc0, 0]);
-    assert_eq!(r.read().unwrap().0, 0xd0, "only PINGRESP: nothing delivered after unsubscribe");
+    assert_eq!(
+        r.read().unwrap().0,
+        0xd0,
+        "only PINGRESP: nothing delivered after unsubscribe"
+    );
 }
 
 #[test]
@@ -94,7 +102,11 @@ fn offline_queue_is_bounded_oldest_dropped() {
     let (mut r, present) = persistent(&b, "small");
     assert!(present);
     let got = receive(&mut r, 10);
-    assert_eq!(got, (15..25).map(|i| format!("m{i}")).collect::<Vec<_>>(), "the newest 10 are kept");
+    assert_eq!(
+        got,
+        (15..25).map(|i| format!("m{i}")).collect::<Vec<_>>(),
+        "the newest 10 are kept"
+    );
     assert_eq!(b.dropped("queue_full"), 15);
 }
 
@@ -104,7 +116,11 @@ fn takeover_closes_the_old_connection() {
     let (mut old, _) = Raw::connect(b.mqtt(), 5, "same-id", None);
     let (mut new, _) = Raw::connect(b.mqtt(), 5, "same-id", None);
     let seen = old.read_until_closed();
-    assert_eq!(seen.first().map(|p| (p.0, p.1[0])), Some((0xe0, 0x8e)), "v5 old connection told 0x8E session taken over");
+    assert_eq!(
+        seen.first().map(|p| (p.0, p.1[0])),
+        Some((0xe0, 0x8e)),
+        "v5 old connection told 0x8E session taken over"
+    );
     new.send(&[0xc0, 0]);
     assert_eq!(new.read().unwrap().0, 0xd0);
     // Clean session takeover of a persistent session starts afresh.
@@ -137,7 +153,9 @@ fn slow_subscriber_does_not_slow_others() {
         assert_eq!(p.read().unwrap().0, 0xd0, "publisher never blocked");
         let mut count = 0;
         while count < 50 {
-            let Some((t, _)) = fast.read() else { panic!("fast subscriber starved in round {_round} at {count}; sent={} dropped={}; logs:\n{}", b.metric("firehose_broker_publish_sent_total"), b.dropped("queue_full"), b.logs()) };
+            let Some((t, _)) = fast.read() else {
+                panic!("fast subscriber starved in round {_round} at {count}; sent={} dropped={}; logs:\n{}", b.metric("firehose_broker_publish_sent_total"), b.dropped("queue_full"), b.logs())
+            };
             if t & 0xf0 == 0x30 {
                 count += 1;
             }

@@ -30,14 +30,20 @@ fn subprotocol_is_echoed_exactly() {
     let r = upgrade_response(&b, "/mqtt", Some("mqtt"));
     assert!(r.starts_with("HTTP/1.1 101"), "{r}");
     assert!(r.contains("Sec-WebSocket-Protocol: mqtt\r\n"), "{r}");
-    assert!(r.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), "{r}");
+    assert!(
+        r.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
+        "{r}"
+    );
     let r = upgrade_response(&b, "/", Some("mqttv3.1"));
     assert!(r.contains("Sec-WebSocket-Protocol: mqttv3.1\r\n"), "{r}");
     let r = upgrade_response(&b, "/mqtt", Some("foo, mqttv3.1"));
     assert!(r.contains("Sec-WebSocket-Protocol: mqttv3.1\r\n"), "{r}");
     let r = upgrade_response(&b, "/mqtt", None);
     assert!(r.starts_with("HTTP/1.1 101"), "{r}");
-    assert!(!r.to_lowercase().contains("sec-websocket-protocol"), "none asked, none sent: {r}");
+    assert!(
+        !r.to_lowercase().contains("sec-websocket-protocol"),
+        "none asked, none sent: {r}"
+    );
     let r = upgrade_response(&b, "/mqtt", Some("graphql-ws"));
     assert!(r.starts_with("HTTP/1.1 400"), "{r}");
     let r = upgrade_response(&b, "/elsewhere", Some("mqtt"));
@@ -61,25 +67,39 @@ fn http_endpoints() {
     let (s, body) = http_get(ws, "/stats.json");
     assert_eq!(s, 200);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert!(v["$SYS/broker/version"].as_str().unwrap().starts_with("firehose-broker"));
+    assert!(v["$SYS/broker/version"]
+        .as_str()
+        .unwrap()
+        .starts_with("firehose-broker"));
     assert_eq!(http_get(ws, "/nope").0, 404);
 }
 
 fn ws_client(b: &BrokerProc, proto: &str) -> tungstenite::WebSocket<TcpStream> {
     let s = TcpStream::connect(b.ws.unwrap()).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
-    let mut req = format!("ws://{}/mqtt", b.ws.unwrap()).into_client_request().unwrap();
-    req.headers_mut().insert("Sec-WebSocket-Protocol", proto.parse().unwrap());
+    let mut req = format!("ws://{}/mqtt", b.ws.unwrap())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", proto.parse().unwrap());
     let (ws, resp) = tungstenite::client(req, s).unwrap();
     assert_eq!(resp.headers()["sec-websocket-protocol"], proto);
     ws
 }
 
-fn read_mqtt(b: &BrokerProc, ws: &mut tungstenite::WebSocket<TcpStream>, acc: &mut Vec<u8>, want: usize) {
+fn read_mqtt(
+    b: &BrokerProc,
+    ws: &mut tungstenite::WebSocket<TcpStream>,
+    acc: &mut Vec<u8>,
+    want: usize,
+) {
     while acc.len() < want {
         match ws.read() {
             Ok(Message::Binary(m)) => acc.extend_from_slice(&m),
-            other => panic!("unexpected {other:?} after {acc:?}; broker logs:\n{}", b.logs()),
+            other => panic!(
+                "unexpected {other:?} after {acc:?}; broker logs:\n{}",
+                b.logs()
+            ),
         }
     }
 }
@@ -96,7 +116,8 @@ fn packets_split_and_packed_across_frames() {
     let s = subscribe(4, 1, "ws/#", 0);
     sub.send(Message::binary(c[..3].to_vec())).unwrap();
     sub.send(Message::binary(c[3..7].to_vec())).unwrap();
-    sub.send(Message::binary([&c[7..], &s[..]].concat())).unwrap();
+    sub.send(Message::binary([&c[7..], &s[..]].concat()))
+        .unwrap();
     let mut acc = Vec::new();
     read_mqtt(&b, &mut sub, &mut acc, 4 + 5);
     assert_eq!(&acc[..4], &[0x20, 2, 0, 0], "CONNACK");
@@ -107,7 +128,8 @@ fn packets_split_and_packed_across_frames() {
     let c = connect(3, "ws-pub", 60, true, Some(("bridge", "secret")));
     let p1 = publish(3, b"ws/a", b"one", 0, 0);
     let p2 = publish(3, b"ws/b", b"two", 0, 0);
-    publ.send(Message::binary([c, p1.clone(), p2.clone()].concat())).unwrap();
+    publ.send(Message::binary([c, p1.clone(), p2.clone()].concat()))
+        .unwrap();
     let mut acc2 = Vec::new();
     read_mqtt(&b, &mut publ, &mut acc2, 4);
     assert_eq!(&acc2[..4], &[0x20, 2, 0, 0]);
@@ -123,10 +145,18 @@ fn idle_sockets_do_not_block_handshakes() {
     std::fs::write(&cfg, "[limits]\nhandshake_timeout_secs = 1\n").unwrap();
     let b = BrokerProc::start(&["--config", cfg.to_str().unwrap()]);
     // Idle sockets on every listener: no bytes at all.
-    let idle: Vec<TcpStream> = (0..5).flat_map(|_| [TcpStream::connect(b.ws.unwrap()).unwrap(), TcpStream::connect(b.mqtt()).unwrap()]).collect();
+    let idle: Vec<TcpStream> = (0..5)
+        .flat_map(|_| {
+            [
+                TcpStream::connect(b.ws.unwrap()).unwrap(),
+                TcpStream::connect(b.mqtt()).unwrap(),
+            ]
+        })
+        .collect();
     // Others are served meanwhile.
     let mut ws = ws_client(&b, "mqtt");
-    ws.send(Message::binary(connect(4, "w", 60, true, None))).unwrap();
+    ws.send(Message::binary(connect(4, "w", 60, true, None)))
+        .unwrap();
     let mut acc = Vec::new();
     read_mqtt(&b, &mut ws, &mut acc, 4);
     assert_eq!(&acc[..4], &[0x20, 2, 0, 0]);

@@ -1,0 +1,138 @@
+//! Operator-facing behaviour: --print-config, --check-config, unsafe
+//! password-file permissions, the passwd subcommand, SIGHUP reload and a
+//! clean SIGTERM that tells v5 clients 0x8B.
+
+mod common;
+use common::*;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_firehose-broker"))
+}
+
+#[test]
+fn print_and_check_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("b.toml");
+    std::fs::write(
+        &cfg,
+        "[listeners]\nmqtt = [\"127.0.0.1:1999\"]\n[limits]\nmax_connections = 9\n",
+    )
+    .unwrap();
+    let out = run(bin().args([
+        "--config",
+        cfg.to_str().unwrap(),
+        "--max-queued-messages",
+        "7",
+        "--print-config",
+    ]));
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("max_connections = 9")
+            && text.contains("max_queued_messages = 7")
+            && text.contains("127.0.0.1:1999"),
+        "{text}"
+    );
+    // The env variable names the config file too.
+    let out = run(bin()
+        .env("FIREHOSE_BROKER_CONFIG", &cfg)
+        .arg("--print-config"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("max_connections = 9"));
+    // Bad config: non-zero exit and a readable reason.
+    std::fs::write(&cfg, "[limits]\nmax_conections = 9\n").unwrap();
+    let out = run(bin().args(["--config", cfg.to_str().unwrap(), "--check-config"]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_conections"));
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, "topic read #\nfrobnicate\n").unwrap();
+    let out = run(bin().args(["--acl", acl.to_str().unwrap(), "--check-config"]));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("acl:2"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn unsafe_password_file_is_refused_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = passwd_file(dir.path(), &[("u", "p")]);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(bin().args(["--passwd", pw.to_str().unwrap(), "--mqtt", "127.0.0.1:0"]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("chmod 0600"), "{err}");
+}
+
+#[test]
+fn passwd_subcommand_and_sighup_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("passwd");
+    let add = |user: &str, pass: &str| {
+        let mut c = bin()
+            .args(["passwd", pw.to_str().unwrap(), user])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{pass}\n").as_bytes())
+            .unwrap();
+        assert!(c.wait().unwrap().success());
+    };
+    add("first", "one");
+    let b = BrokerProc::start(&["--passwd", pw.to_str().unwrap()]);
+    assert!(
+        mosquitto_pub(&b, &["-u", "first", "-P", "one", "-t", "a", "-m", "x"])
+            .status
+            .success()
+    );
+    assert!(
+        !mosquitto_pub(&b, &["-u", "second", "-P", "two", "-t", "a", "-m", "x"])
+            .status
+            .success()
+    );
+    // A connected client survives the reload.
+    let (mut kept, _) = Raw::connect(b.mqtt(), 4, "kept", None);
+    add("second", "two");
+    b.signal("HUP");
+    b.wait_log("password and ACL files reloaded");
+    assert!(
+        mosquitto_pub(&b, &["-u", "second", "-P", "two", "-t", "a", "-m", "x"])
+            .status
+            .success()
+    );
+    // A broken file keeps the old users.
+    std::fs::write(&pw, "broken line\n").unwrap();
+    b.signal("HUP");
+    b.wait_log("reload failed");
+    assert!(
+        mosquitto_pub(&b, &["-u", "second", "-P", "two", "-t", "a", "-m", "x"])
+            .status
+            .success()
+    );
+    kept.send(&[0xc0, 0]);
+    assert_eq!(kept.read().unwrap().0, 0xd0);
+}
+
+#[test]
+fn sigterm_tells_v5_clients_and_exits_cleanly() {
+    let mut b = BrokerProc::start(&[]);
+    let (mut v5, _) = Raw::connect(b.mqtt(), 5, "v5", None);
+    let (mut v4, _) = Raw::connect(b.mqtt(), 4, "v4", None);
+    b.signal("TERM");
+    let seen = v5.read_until_closed();
+    assert_eq!(
+        seen.first().map(|p| (p.0, p.1[0])),
+        Some((0xe0, 0x8b)),
+        "0x8B server shutting down"
+    );
+    assert!(v4.read_until_closed().is_empty());
+    assert!(b.wait_exit().success());
+}
