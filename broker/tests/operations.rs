@@ -136,3 +136,10 @@ fn sigterm_tells_v5_clients_and_exits_cleanly() {
     assert!(v4.read_until_closed().is_empty());
     assert!(b.wait_exit().success());
 }
+
+#[test]
+fn shipped_sample_config_is_valid() {
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/broker.toml");
+    let out = run(bin().args(["--config", sample, "--check-config"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
