@@ -141,5 +141,9 @@ fn sigterm_tells_v5_clients_and_exits_cleanly() {
 fn shipped_sample_config_is_valid() {
     let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/broker.toml");
     let out = run(bin().args(["--config", sample, "--check-config"]));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
