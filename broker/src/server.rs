@@ -40,6 +40,18 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Keeps the retained-topic set (and its gauge) in step with a retained
+    /// publish: an empty payload clears the topic, as in the router.
+    pub fn track_retained(&self, topic: &str, clear: bool) {
+        let mut r = self.retained.lock().unwrap_or_else(|e| e.into_inner());
+        if clear {
+            r.remove(topic);
+        } else if !r.contains(topic) {
+            r.insert(topic.to_owned());
+        }
+        self.stats.retained.store(r.len() as i64, Relaxed);
+    }
+
     /// Records a filter the router will hold. False when the table is full:
     /// rumqttd never frees a filter, so the edge caps how many exist.
     pub fn admit_filter(&self, filter: &str) -> bool {

@@ -1056,20 +1056,8 @@ impl Session {
             return Ok(());
         }
         if publish.retain {
-            let mut retained = self
-                .shared
-                .retained
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if publish.payload.is_empty() {
-                retained.remove(topic_str);
-            } else if !retained.contains(topic_str) {
-                retained.insert(topic_str.to_owned());
-            }
             self.shared
-                .stats
-                .retained
-                .store(retained.len() as i64, Relaxed);
+                .track_retained(topic_str, publish.payload.is_empty());
         }
         batch.push(Packet::Publish(publish, props));
         Ok(())
@@ -1248,20 +1236,7 @@ impl Session {
             return;
         }
         if will.retain {
-            let mut retained = self
-                .shared
-                .retained
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if will.payload.is_empty() {
-                retained.remove(&topic);
-            } else {
-                retained.insert(topic.clone());
-            }
-            self.shared
-                .stats
-                .retained
-                .store(retained.len() as i64, Relaxed);
+            self.shared.track_retained(&topic, will.payload.is_empty());
         }
         tracing::info!(client_id = %self.client_id, topic = %topic, "publishing will");
         if let Some(link) = self.link.as_mut() {
