@@ -356,9 +356,13 @@ async fn run(first: Pending, mut mailbox: mpsc::Receiver<Pending>, gen: u64, sha
         let end = s.connected(conn, present, &mut mailbox).await;
         match end {
             End::Takeover(next) => {
-                s.publish_will().await;
                 let resume =
                     !next.info.clean_start && s.expiry.is_some() && next.info.version == s.version;
+                // A will with a delay is not sent when the session goes on
+                // in a new connection before the delay ends (MQTT 5, 3.1.3.2.2).
+                if !(resume && !s.will_delay.is_zero()) {
+                    s.publish_will().await;
+                }
                 if resume {
                     conn = *next;
                     present = true;

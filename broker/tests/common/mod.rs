@@ -137,6 +137,18 @@ impl BrokerProc {
         panic!("{sample} never reached {n} (now {})", self.metric(sample));
     }
 
+    /// Waits until a metric falls to at most `n`.
+    pub fn wait_metric_at_most(&self, sample: &str, n: u64) {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if self.metric(sample) <= n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{sample} never fell to {n} (now {})", self.metric(sample));
+    }
+
     pub fn dropped(&self, reason: &str) -> u64 {
         self.metric(&format!(
             "firehose_broker_dropped_total{{reason=\"{reason}\"}}"
@@ -226,10 +238,21 @@ pub struct Sub {
 
 impl Sub {
     pub fn spawn(b: &BrokerProc, args: &[&str]) -> Sub {
+        let mut all = vec![
+            "-h".to_owned(),
+            "127.0.0.1".to_owned(),
+            "-p".to_owned(),
+            b.port(),
+        ];
+        all.extend(args.iter().map(|s| s.to_string()));
+        Sub::spawn_args(b, &all)
+    }
+
+    /// Like `spawn`, with every argument given (host, port, TLS files).
+    pub fn spawn_args(b: &BrokerProc, args: &[String]) -> Sub {
         let tool = require("mosquitto_sub", "mosquitto-clients");
         let before = b.metric("firehose_broker_subscriptions");
         let mut child = Command::new(tool)
-            .args(["-h", "127.0.0.1", "-p", &b.port()])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -380,6 +403,66 @@ pub fn connect(
     packet(0x10, &b)
 }
 
+/// An MQTT 5 CONNECT with a session expiry interval and, optionally, a will
+/// `(topic, payload, will delay seconds)`.
+pub fn connect5(
+    client_id: &str,
+    clean: bool,
+    session_expiry: u32,
+    will: Option<(&str, &str, u32)>,
+    login: Option<(&str, &str)>,
+) -> Vec<u8> {
+    let mut b = Vec::new();
+    s16(b"MQTT", &mut b);
+    b.push(5);
+    let mut flags = if clean { 0x02 } else { 0 };
+    if will.is_some() {
+        flags |= 0x04;
+    }
+    if login.is_some() {
+        flags |= 0xC0;
+    }
+    b.push(flags);
+    b.extend_from_slice(&60u16.to_be_bytes());
+    let mut props = vec![0x11];
+    props.extend_from_slice(&session_expiry.to_be_bytes());
+    varint(props.len(), &mut b);
+    b.extend_from_slice(&props);
+    s16(client_id.as_bytes(), &mut b);
+    if let Some((topic, payload, delay)) = will {
+        let mut wp = vec![0x18];
+        wp.extend_from_slice(&delay.to_be_bytes());
+        varint(wp.len(), &mut b);
+        b.extend_from_slice(&wp);
+        s16(topic.as_bytes(), &mut b);
+        s16(payload.as_bytes(), &mut b);
+    }
+    if let Some((u, p)) = login {
+        s16(u.as_bytes(), &mut b);
+        s16(p.as_bytes(), &mut b);
+    }
+    packet(0x10, &b)
+}
+
+/// SUBSCRIBE with several filters at QoS 0.
+pub fn subscribe_many(level: u8, pkid: u16, filters: &[&str]) -> Vec<u8> {
+    let mut b = pkid.to_be_bytes().to_vec();
+    if level == 5 {
+        b.push(0);
+    }
+    for f in filters {
+        s16(f.as_bytes(), &mut b);
+        b.push(0);
+    }
+    packet(0x82, &b)
+}
+
+/// The reason codes of a SUBACK body.
+pub fn suback_codes(level: u8, body: &[u8]) -> Vec<u8> {
+    let skip = if level == 5 { 3 } else { 2 };
+    body[skip..].to_vec()
+}
+
 pub fn subscribe(level: u8, pkid: u16, filter: &str, qos: u8) -> Vec<u8> {
     let mut b = pkid.to_be_bytes().to_vec();
     if level == 5 {
@@ -510,4 +593,107 @@ impl Canary {
             }
         }
     }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = run(Command::new(require("openssl", "openssl"))
+        .args(args)
+        .current_dir(dir));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A key and a certificate signed by the test CA (`ca.pem`/`ca.key`):
+/// `<name>.key`, `<name>.pem`, with `ext` as the v3 extensions.
+fn signed_cert(dir: &Path, name: &str, subject: &str, ext: &str) {
+    let (key, csr, pem, extf) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+        format!("{name}.ext"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            subject,
+        ],
+    );
+    std::fs::write(dir.join(&extf), ext).unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &extf,
+        ],
+    );
+}
+
+/// Generates a test CA (`ca.pem`), a server certificate for
+/// 127.0.0.1/localhost (`server.pem`, `server.key`) and a client
+/// certificate (`client.pem`, `client.key`), all with openssl.
+pub fn make_certs(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=firehose test CA",
+        ],
+    );
+    signed_cert(
+        dir,
+        "server",
+        "/CN=localhost",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    );
+    signed_cert(
+        dir,
+        "client",
+        "/CN=firehose-test-client",
+        "extendedKeyUsage=clientAuth\n",
+    );
+}
+
+/// Path of `name` inside `dir` as a string, for command-line flags.
+pub fn path_str(dir: &Path, name: &str) -> String {
+    dir.join(name).to_string_lossy().into_owned()
 }

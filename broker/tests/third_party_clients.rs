@@ -1,0 +1,306 @@
+//! The broker driven by the clients people really use, beyond Debian's
+//! mosquitto tools: paho-mqtt (Python) and MQTT.js (Node) over websockets,
+//! MQTT.js over wss, rumqttc over TCP and websockets, and mosquitto_sub/pub
+//! against a TLS listener that requires client certificates.
+//!
+//! `./scripts/test` installs paho-mqtt (pip) and MQTT.js (`npm ci` in
+//! `broker/tests/js`); a missing one fails with the command that installs it.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+fn with_users(dir: &Path, extra: &[&str]) -> BrokerProc {
+    let pw = passwd_file(dir, &[("bridge", "secret")]);
+    let mut args = vec!["--passwd".to_owned(), pw.to_string_lossy().into_owned()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    BrokerProc::start(&refs)
+}
+
+fn tests_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests")
+}
+
+/// MQTT.js's folder, failing with the install command when it is missing.
+fn mqtt_js() -> PathBuf {
+    require("node", "nodejs");
+    let js = tests_dir().join("js");
+    assert!(
+        js.join("node_modules/mqtt").is_dir(),
+        "MQTT.js is not installed: run `npm ci --prefix {}` (./scripts/test does)",
+        js.display()
+    );
+    js
+}
+
+/// Runs `roundtrip.mjs` and returns its JSON report.
+fn mqtt_js_roundtrip(url: &str, mode: &str, ca: Option<&str>) -> serde_json::Value {
+    let js = mqtt_js();
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&js)
+        .arg("roundtrip.mjs")
+        .args([url, mode, "bridge", "secret"]);
+    if let Some(ca) = ca {
+        cmd.arg(ca);
+    }
+    let out = run(&mut cmd);
+    assert!(
+        out.status.success(),
+        "MQTT.js {mode} on {url} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("roundtrip.mjs prints one JSON line")
+}
+
+fn check_roundtrip(report: &serde_json::Value, mode: &str) {
+    assert_eq!(report["topic"], format!("js/{mode}"));
+    assert_eq!(report["payload"], format!("hello over {mode}"));
+    // Both connections negotiated exactly what they asked for ("" = none).
+    let want = if mode == "none" { "" } else { mode };
+    assert_eq!(
+        report["negotiated"],
+        serde_json::json!([want, want]),
+        "{report}"
+    );
+}
+
+#[test]
+fn mqtt_js_over_ws_each_subprotocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = with_users(dir.path(), &[]);
+    let ws = b.ws.expect("ws listener");
+    for mode in ["mqtt", "mqttv3.1", "none"] {
+        let report = mqtt_js_roundtrip(&format!("ws://{ws}/mqtt"), mode, None);
+        check_roundtrip(&report, mode);
+    }
+    // The same on "/" as on "/mqtt".
+    check_roundtrip(
+        &mqtt_js_roundtrip(&format!("ws://{ws}/"), "mqtt", None),
+        "mqtt",
+    );
+}
+
+#[test]
+fn mqtt_js_over_wss_each_subprotocol() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path());
+    let b = with_users(
+        dir.path(),
+        &[
+            "--wss",
+            "127.0.0.1:0",
+            "--cert",
+            &path_str(dir.path(), "server.pem"),
+            "--key",
+            &path_str(dir.path(), "server.key"),
+        ],
+    );
+    let wss = b.wss.expect("wss listener");
+    let ca = path_str(dir.path(), "ca.pem");
+    for mode in ["mqtt", "mqttv3.1", "none"] {
+        let report = mqtt_js_roundtrip(
+            &format!("wss://localhost:{}/mqtt", wss.port()),
+            mode,
+            Some(&ca),
+        );
+        check_roundtrip(&report, mode);
+    }
+}
+
+#[test]
+fn paho_mqtt_python_over_websockets() {
+    let python = require("python3", "python3");
+    let probe = run(Command::new(&python).args(["-c", "import paho.mqtt"]));
+    assert!(
+        probe.status.success(),
+        "paho-mqtt is not installed: run `pip install paho-mqtt==2.2.0` (./scripts/test does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let b = with_users(dir.path(), &[]);
+    let ws = b.ws.expect("ws listener");
+    let out = run(Command::new(&python)
+        .arg(tests_dir().join("paho_ws.py"))
+        .args(["127.0.0.1", &ws.port().to_string(), "bridge", "secret"]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "paho_ws.py failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("received paho/ws hello from paho"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("anonymous publish answered 0x87"),
+        "{stdout}"
+    );
+    assert_eq!(b.dropped("acl_publish"), 1);
+}
+
+/// rumqttc subscriber and publisher on one transport; returns what arrived.
+async fn rumqttc_roundtrip(
+    sub_opts: rumqttc::MqttOptions,
+    mut pub_opts: rumqttc::MqttOptions,
+) -> Vec<(String, Vec<u8>)> {
+    use rumqttc::{AsyncClient, Event, Packet, QoS};
+    let (sub, mut sub_loop) = AsyncClient::new(sub_opts, 10);
+    sub.subscribe("rumqttc/#", QoS::AtLeastOnce).await.unwrap();
+    // Wait for the SUBACK before publishing.
+    loop {
+        match sub_loop.poll().await {
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                assert_eq!(ack.return_codes.len(), 1);
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("subscriber: {e}"),
+        }
+    }
+    pub_opts.set_credentials("bridge", "secret");
+    let (publisher, mut pub_loop) = AsyncClient::new(pub_opts, 10);
+    for i in 0..3 {
+        publisher
+            .publish(
+                format!("rumqttc/{i}"),
+                QoS::AtLeastOnce,
+                false,
+                vec![i as u8; 3],
+            )
+            .await
+            .unwrap();
+    }
+    let pub_task = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < 3 {
+            match pub_loop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(e) => panic!("publisher: {e}"),
+            }
+        }
+    });
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        match sub_loop.poll().await {
+            Ok(Event::Incoming(Packet::Publish(p))) => got.push((p.topic, p.payload.to_vec())),
+            Ok(_) => {}
+            Err(e) => panic!("subscriber: {e}"),
+        }
+    }
+    pub_task.await.unwrap();
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rumqttc_over_tcp_and_websockets() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = with_users(dir.path(), &[]);
+    let want: Vec<(String, Vec<u8>)> = (0..3u8)
+        .map(|i| (format!("rumqttc/{i}"), vec![i; 3]))
+        .collect();
+    let tcp = b.mqtt();
+    let opts = |id: &str| {
+        let mut o = rumqttc::MqttOptions::new(id, tcp.ip().to_string(), tcp.port());
+        o.set_keep_alive(Duration::from_secs(30));
+        o
+    };
+    let got = tokio::time::timeout(WAIT, rumqttc_roundtrip(opts("rc-sub"), opts("rc-pub")))
+        .await
+        .expect("rumqttc over TCP finished");
+    assert_eq!(got, want);
+
+    let ws = b.ws.expect("ws listener");
+    let ws_opts = |id: &str| {
+        let mut o = rumqttc::MqttOptions::new(id, format!("ws://{ws}/mqtt"), ws.port());
+        o.set_transport(rumqttc::Transport::Ws);
+        o.set_keep_alive(Duration::from_secs(30));
+        o
+    };
+    let got = tokio::time::timeout(
+        WAIT,
+        rumqttc_roundtrip(ws_opts("rcw-sub"), ws_opts("rcw-pub")),
+    )
+    .await
+    .expect("rumqttc over websockets finished");
+    assert_eq!(got, want);
+}
+
+#[test]
+fn client_certificates_required_with_client_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path());
+    let p = |f: &str| path_str(dir.path(), f);
+    let b = with_users(
+        dir.path(),
+        &[
+            "--mqtts",
+            "127.0.0.1:0",
+            "--cert",
+            &p("server.pem"),
+            "--key",
+            &p("server.key"),
+            "--client-ca",
+            &p("ca.pem"),
+        ],
+    );
+    let port = b.mqtts.expect("mqtts listener").port().to_string();
+    let tls = |with_cert: bool, extra: &[&str]| {
+        let mut args: Vec<String> = ["-h", "127.0.0.1", "-p", &port, "--cafile", &p("ca.pem")]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        if with_cert {
+            args.extend([
+                "--cert".into(),
+                p("client.pem"),
+                "--key".into(),
+                p("client.key"),
+            ]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let mut sub = Sub::spawn_args(
+        &b,
+        &tls(true, &["-t", "mtls/#", "-v", "-C", "1", "-W", "15"]),
+    );
+    b.wait_metric("firehose_broker_subscriptions", 1);
+    let out = run(
+        Command::new(require("mosquitto_pub", "mosquitto-clients")).args(tls(
+            true,
+            &[
+                "-u",
+                "bridge",
+                "-P",
+                "secret",
+                "-t",
+                "mtls/x",
+                "-m",
+                "with a client cert",
+            ],
+        )),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let (code, stdout, _) = sub.output();
+    assert_eq!(code, 0);
+    assert_eq!(stdout.trim(), "mtls/x with a client cert");
+    // Without a client certificate the TLS handshake fails; the broker goes on.
+    let out = run(Command::new(require("mosquitto_pub", "mosquitto-clients"))
+        .args(tls(false, &["-t", "mtls/x", "-m", "no cert"])));
+    assert!(
+        !out.status.success(),
+        "a client without a certificate got in"
+    );
+    b.wait_metric(
+        "firehose_broker_dropped_total{reason=\"handshake_failed\"}",
+        1,
+    );
+    sub = Sub::spawn_args(&b, &tls(true, &["-t", "still/#", "-C", "1", "-W", "15"]));
+    b.wait_metric("firehose_broker_subscriptions", 1);
+    drop(sub);
+}
