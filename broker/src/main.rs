@@ -8,16 +8,22 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use firehose_broker::auth::{passwd, PasswordFile};
 use firehose_broker::config::{Args, Command};
-use firehose_broker::Broker;
+use firehose_broker::{stats, Broker};
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FIREHOSE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn")),
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+    let log_filter = tracing_subscriber::EnvFilter::try_from_env("FIREHOSE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr)
+                .with_filter(log_filter),
         )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+        .with(stats::RouterAlerts.with_filter(stats::RouterAlerts::filter()))
         .init();
     let args = Args::parse();
     let res = match args.command {
