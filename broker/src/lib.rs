@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod codec;
 pub mod config;
+pub mod connect;
 pub mod router;
 pub mod server;
 pub mod session;

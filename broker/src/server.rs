@@ -16,8 +16,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{Auth, AuthError};
 use crate::config::Config;
+use crate::connect;
 use crate::router::RouterHandle;
-use crate::session;
 use crate::stats::{Reason, Stats};
 use crate::transport::{self, Accepted, HttpHandler, Kind, TlsError};
 
@@ -30,7 +30,7 @@ pub struct Shared {
     pub stats: Arc<Stats>,
     pub auth: Auth,
     pub router: RouterHandle,
-    pub(crate) registry: Mutex<HashMap<String, session::Entry>>,
+    pub(crate) registry: Mutex<HashMap<String, connect::Entry>>,
     pub(crate) next_gen: AtomicU64,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) sys: watch::Sender<SysSnapshot>,
@@ -295,7 +295,7 @@ async fn accept_loop(
                     tracing::info!(listener = kind.as_str(), %peer, error = %e, "handshake failed");
                 }
                 Ok(Ok(Accepted::Answered)) => {}
-                Ok(Ok(Accepted::Mqtt(io))) => session::serve(io, peer, shared.clone()).await,
+                Ok(Ok(Accepted::Mqtt(io))) => connect::serve(io, peer, shared.clone()).await,
             }
             shared.open_sockets.fetch_sub(1, Relaxed);
         });

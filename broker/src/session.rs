@@ -22,12 +22,13 @@ use rumqttd::protocol::{
     SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
 };
 use rumqttd::Notification;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::auth::{Policy, Who};
-use crate::codec::{self, ConnectError, ConnectInfo, DecodeError, Refusal, Version};
+use crate::codec::{self, DecodeError, Refusal, Version};
+use crate::connect::{dispatch, refuse, Pending};
 use crate::router::Link;
 use crate::server::Shared;
 use crate::stats::Reason;
@@ -38,244 +39,6 @@ use crate::transport::BoxIo;
 const WRITE_CHUNK: usize = 64 * 1024;
 /// Stop reading from a client whose unread replies pile up beyond this.
 const MAX_PENDING_WRITE: usize = 1024 * 1024;
-
-/// A client that sent a valid CONNECT and passed authentication.
-pub struct Pending {
-    reader: ReadHalf<BoxIo>,
-    writer: WriteHalf<BoxIo>,
-    inbuf: BytesMut,
-    info: ConnectInfo,
-    user: Option<String>,
-    peer: SocketAddr,
-    /// Keepalive after applying `max_keepalive`.
-    keep_alive: u16,
-    /// Set when the server changed the client's keepalive (told to v5 clients).
-    server_keep_alive: Option<u16>,
-    assigned_id: bool,
-}
-
-/// Entry in the client-id registry.
-pub(crate) struct Entry {
-    gen: u64,
-    tx: mpsc::Sender<Pending>,
-}
-
-/// Serves one accepted MQTT byte stream from CONNECT to close.
-pub async fn serve(io: BoxIo, peer: SocketAddr, shared: Arc<Shared>) {
-    let (mut reader, mut writer) = tokio::io::split(io);
-    let limits = &shared.cfg.limits;
-    let mut inbuf = BytesMut::with_capacity(4096);
-    let read_connect = async {
-        loop {
-            if inbuf.first().is_some_and(|b| *b != 0x10) {
-                return Err(format!(
-                    "first packet is not CONNECT (first byte {:#04x})",
-                    inbuf[0]
-                ));
-            }
-            match codec::frame_len(&inbuf, limits.max_packet_size) {
-                Ok(Some(n)) => return Ok(inbuf.split_to(n).freeze()),
-                Ok(None) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-            match reader.read_buf(&mut inbuf).await {
-                Ok(0) => return Err("closed before CONNECT".to_owned()),
-                Ok(n) => {
-                    shared.stats.bytes_received.fetch_add(n as u64, Relaxed);
-                }
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-    };
-    let frame = match tokio::time::timeout(shared.cfg.handshake_timeout(), read_connect).await {
-        Err(_) => {
-            shared.stats.count(Reason::HandshakeTimeout);
-            tracing::debug!(%peer, "no CONNECT in time; closing");
-            return;
-        }
-        Ok(Err(reason)) => {
-            shared.stats.count(Reason::Malformed);
-            tracing::info!(%peer, %reason, "closing before CONNECT");
-            return;
-        }
-        Ok(Ok(f)) => f,
-    };
-    shared.stats.messages_received.fetch_add(1, Relaxed);
-    let info = match codec::parse_connect(frame) {
-        Ok(i) => i,
-        Err(e) => {
-            let (reason, code) = match &e {
-                ConnectError::Malformed(_) => (Reason::Malformed, None),
-                ConnectError::UnsupportedVersion(_) => {
-                    (Reason::BadProtocol, Some(Refusal::UnsupportedVersion))
-                }
-                ConnectError::BadClientId(_) => (Reason::BadClientId, Some(Refusal::BadClientId)),
-            };
-            shared.stats.count(reason);
-            tracing::info!(%peer, error = %e, "CONNECT refused");
-            if let Some(code) = code {
-                // The version is unknown or unusable here: answer in the 3.1.1 form.
-                refuse(&mut writer, Version::V311, code, &shared).await;
-            }
-            return;
-        }
-    };
-    let v = info.version;
-    let who_log = info.login.as_ref().map(|l| l.username.clone());
-
-    // Client id policy.
-    let mut info = info;
-    let mut assigned_id = false;
-    if info.client_id.is_empty() {
-        let allowed = match v {
-            Version::V5 => true,
-            Version::V311 => info.clean_start,
-            Version::V31 => false,
-        };
-        if !allowed {
-            shared.stats.count(Reason::BadClientId);
-            tracing::info!(%peer, version = v.as_str(), "empty client id with a persistent session refused");
-            refuse(&mut writer, v, Refusal::BadClientId, &shared).await;
-            return;
-        }
-        info.client_id = format!("auto-{:016x}", rand::random::<u64>());
-        assigned_id = true;
-    }
-
-    // Authentication.
-    let policy = shared.auth.policy();
-    let user = match policy.login(info.login.as_ref()) {
-        Ok(u) => u,
-        Err(r) => {
-            let (reason, code) = match r {
-                crate::auth::Refusal::BadCredentials => {
-                    (Reason::BadCredentials, Refusal::BadCredentials)
-                }
-                crate::auth::Refusal::NotAuthorized => {
-                    (Reason::NotAuthorized, Refusal::NotAuthorized)
-                }
-            };
-            shared.stats.count(reason);
-            tracing::warn!(%peer, client_id = %info.client_id, user = ?who_log, reason = reason.name(), "login refused");
-            refuse(&mut writer, v, code, &shared).await;
-            return;
-        }
-    };
-
-    // Will: a valid topic the client may write to.
-    if let Some(w) = &info.will {
-        let ok_topic = std::str::from_utf8(&w.topic)
-            .ok()
-            .filter(|t| topic::validate_name(t, shared.cfg.topic_limits()).is_ok());
-        let Some(t) = ok_topic else {
-            shared.stats.count(Reason::Malformed);
-            tracing::info!(%peer, client_id = %info.client_id, "will topic invalid; closing");
-            return;
-        };
-        let who = Who {
-            user: user.as_deref(),
-            client_id: &info.client_id,
-        };
-        if !policy.may_write(who, t) {
-            shared.stats.count(Reason::AclWill);
-            tracing::warn!(%peer, client_id = %info.client_id, will_topic = t, "will on a topic the client may not write; refused");
-            refuse(&mut writer, v, Refusal::NotAuthorized, &shared).await;
-            return;
-        }
-    }
-
-    // Keepalive ceiling (mosquitto's max_keepalive).
-    let max_ka = shared.cfg.limits.max_keepalive;
-    let (keep_alive, server_keep_alive) = if info.keep_alive > max_ka
-        || (info.keep_alive == 0 && max_ka < 65535 && v == Version::V5)
-    {
-        if v != Version::V5 {
-            shared.stats.count(Reason::BadClientId);
-            tracing::info!(%peer, client_id = %info.client_id, keep_alive = info.keep_alive, max_keepalive = max_ka, "keepalive above max_keepalive; refused");
-            refuse(&mut writer, v, Refusal::BadClientId, &shared).await;
-            return;
-        }
-        (max_ka, Some(max_ka))
-    } else {
-        (info.keep_alive, None)
-    };
-
-    // Capacity.
-    let connected = shared.stats.clients_connected.load(Relaxed);
-    if connected >= shared.cfg.limits.max_connections as i64 {
-        shared.stats.count(Reason::MaxConnections);
-        tracing::warn!(%peer, connected, "max_connections reached; refusing");
-        refuse(&mut writer, v, Refusal::Busy, &shared).await;
-        return;
-    }
-
-    let pending = Pending {
-        reader,
-        writer,
-        inbuf,
-        info,
-        user,
-        peer,
-        keep_alive,
-        server_keep_alive,
-        assigned_id,
-    };
-    dispatch(pending, shared);
-}
-
-/// Hands a connection to the session task for its client id, starting one
-/// if there is none.
-fn dispatch(mut pending: Pending, shared: Arc<Shared>) {
-    loop {
-        let id = pending.info.client_id.clone();
-        let mut reg = shared.registry.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = reg.get(&id) {
-            match entry.tx.try_send(pending) {
-                Ok(()) => return,
-                Err(mpsc::error::TrySendError::Full(p)) => {
-                    // Several takeovers at once: the newest wins, the others are closed.
-                    drop(reg);
-                    tracing::info!(client_id = %id, "takeover already in progress; closing this connection");
-                    drop(p);
-                    return;
-                }
-                Err(mpsc::error::TrySendError::Closed(p)) => {
-                    reg.remove(&id);
-                    pending = p;
-                    continue;
-                }
-            }
-        }
-        let (tx, rx) = mpsc::channel(1);
-        let gen = shared.next_gen.fetch_add(1, Relaxed);
-        reg.insert(id.clone(), Entry { gen, tx });
-        drop(reg);
-        let shared2 = shared.clone();
-        tokio::spawn(async move {
-            run(pending, rx, gen, shared2).await;
-        });
-        return;
-    }
-}
-
-async fn refuse(writer: &mut WriteHalf<BoxIo>, v: Version, why: Refusal, shared: &Shared) {
-    let mut out = BytesMut::new();
-    let code = why.code(v);
-    let ack = Packet::ConnAck(
-        ConnAck {
-            session_present: false,
-            code,
-        },
-        None,
-    );
-    if codec::encode(v, ack, &mut out).is_ok() {
-        let _ = writer.write_all(&out).await;
-        let _ = writer.flush().await;
-        shared.stats.bytes_sent.fetch_add(out.len() as u64, Relaxed);
-        shared.stats.messages_sent.fetch_add(1, Relaxed);
-    }
-    let _ = writer.shutdown().await;
-}
 
 /// How a connected period ended.
 enum End {
@@ -314,7 +77,12 @@ struct Session {
     denied_logged: u64,
 }
 
-async fn run(first: Pending, mut mailbox: mpsc::Receiver<Pending>, gen: u64, shared: Arc<Shared>) {
+pub(crate) async fn run(
+    first: Pending,
+    mut mailbox: mpsc::Receiver<Pending>,
+    gen: u64,
+    shared: Arc<Shared>,
+) {
     let link = match shared.router.link().await {
         Ok(l) => l,
         Err(e) => {
@@ -360,7 +128,7 @@ async fn run(first: Pending, mut mailbox: mpsc::Receiver<Pending>, gen: u64, sha
                     !next.info.clean_start && s.expiry.is_some() && next.info.version == s.version;
                 // A will with a delay is not sent when the session goes on
                 // in a new connection before the delay ends (MQTT 5, 3.1.3.2.2).
-                if !(resume && !s.will_delay.is_zero()) {
+                if !resume || s.will_delay.is_zero() {
                     s.publish_will().await;
                 }
                 if resume {
@@ -577,142 +345,93 @@ impl Session {
         let mut shutdown = shared.shutdown.clone();
         let mut sys_rx = shared.sys.subscribe();
         sys_rx.mark_unchanged();
-        let max_packet = shared.cfg.limits.max_packet_size;
 
         // Bytes that arrived right behind the CONNECT.
-        if !inbuf.is_empty() {
-            match self.incoming(&mut inbuf, &mut wbuf, max_packet).await {
-                Ok(None) => {}
-                Ok(Some(end)) => {
-                    let _ = writer.write_all(&wbuf).await;
-                    let _ = writer.shutdown().await;
-                    stats.clients_connected.fetch_sub(1, Relaxed);
-                    self.online = false;
-                    return end;
+        let early = if inbuf.is_empty() {
+            None
+        } else {
+            self.take_input(&mut inbuf, &mut wbuf, wpos, &mut writer, peer)
+                .await
+        };
+        let end = if let Some(end) = early {
+            end
+        } else {
+            loop {
+                if wpos == wbuf.len() {
+                    wbuf.clear();
+                    wpos = 0;
+                    self.fill(&mut wbuf);
                 }
-                Err(e) => {
-                    stats.count(Reason::Malformed);
-                    tracing::warn!(client_id = %self.client_id, %peer, error = %e, "closing connection: bad packet");
-                    let _ = writer.shutdown().await;
-                    stats.clients_connected.fetch_sub(1, Relaxed);
-                    self.online = false;
-                    return End::Closed { will: true };
-                }
-            }
-        }
-        let end = loop {
-            if wpos == wbuf.len() {
-                wbuf.clear();
-                wpos = 0;
-                self.fill(&mut wbuf);
-            }
-            let link = match self.link.as_mut() {
-                Some(l) => l,
-                None => break End::Closed { will: true },
-            };
-            let want_read = wbuf.len() - wpos < MAX_PENDING_WRITE;
-            tokio::select! {
-                biased;
-                _ = shutdown.changed() => {
-                    if self.version == Version::V5 {
-                        let mut out = BytesMut::new();
-                        let _ = codec::encode(self.version, Packet::Disconnect(Disconnect { reason_code: DisconnectReasonCode::ServerShuttingDown }, None), &mut out);
-                        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                            let _ = writer.write_all(&wbuf[wpos..]).await;
-                            let _ = writer.write_all(&out).await;
-                            let _ = writer.flush().await;
-                        }).await;
+                let link = match self.link.as_mut() {
+                    Some(l) => l,
+                    None => break End::Closed { will: true },
+                };
+                let want_read = wbuf.len() - wpos < MAX_PENDING_WRITE;
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => {
+                        let bye = self.disconnect_packet(DisconnectReasonCode::ServerShuttingDown);
+                        last_write(&mut writer, &wbuf[wpos..], &bye).await;
+                        break End::Shutdown;
                     }
-                    break End::Shutdown;
-                }
-                next = mailbox.recv() => {
-                    if let Some(next) = next {
-                        tracing::info!(client_id = %self.client_id, old = %peer, new = %next.peer, "session taken over");
-                        if self.version == Version::V5 {
-                            let mut out = BytesMut::new();
-                            let _ = codec::encode(self.version, Packet::Disconnect(Disconnect { reason_code: DisconnectReasonCode::SessionTakenOver }, None), &mut out);
-                            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                                let _ = writer.write_all(&out).await;
-                                let _ = writer.flush().await;
-                            }).await;
+                    next = mailbox.recv() => {
+                        if let Some(next) = next {
+                            tracing::info!(client_id = %self.client_id, old = %peer, new = %next.peer, "session taken over");
+                            let bye = self.disconnect_packet(DisconnectReasonCode::SessionTakenOver);
+                            last_write(&mut writer, &[], &bye).await;
+                            break End::Takeover(Box::new(next));
                         }
-                        break End::Takeover(Box::new(next));
                     }
-                }
-                r = reader.read_buf(&mut inbuf), if want_read => {
-                    match r {
-                        Ok(0) => break End::Closed { will: true },
-                        Ok(n) => {
-                            stats.bytes_received.fetch_add(n as u64, Relaxed);
-                            if let Some(ka) = ka {
-                                deadline.as_mut().reset(Instant::now() + ka);
-                            }
-                            match self.incoming(&mut inbuf, &mut wbuf, max_packet).await {
-                                Ok(None) => {}
-                                Ok(Some(end)) => {
-                                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                                        let _ = writer.write_all(&wbuf[wpos..]).await;
-                                        let _ = writer.flush().await;
-                                    }).await;
+                    r = reader.read_buf(&mut inbuf), if want_read => {
+                        match r {
+                            Ok(0) => break End::Closed { will: true },
+                            Ok(n) => {
+                                stats.bytes_received.fetch_add(n as u64, Relaxed);
+                                if let Some(ka) = ka {
+                                    deadline.as_mut().reset(Instant::now() + ka);
+                                }
+                                if let Some(end) = self.take_input(&mut inbuf, &mut wbuf, wpos, &mut writer, peer).await {
                                     break end;
                                 }
-                                Err(e) => {
-                                    let reason = match e { DecodeError::TooLarge { .. } => Reason::PacketTooLarge, _ => Reason::Malformed };
-                                    stats.count(reason);
-                                    tracing::warn!(client_id = %self.client_id, %peer, error = %e, reason = e.label(), "closing connection: bad packet");
-                                    if self.version == Version::V5 {
-                                        let code = match e {
-                                            DecodeError::TooLarge { .. } => DisconnectReasonCode::PacketTooLarge,
-                                            DecodeError::Protocol(_) | DecodeError::ForbiddenType(_) => DisconnectReasonCode::ProtocolError,
-                                            _ => DisconnectReasonCode::MalformedPacket,
-                                        };
-                                        let _ = codec::encode(self.version, Packet::Disconnect(Disconnect { reason_code: code }, None), &mut wbuf);
-                                        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                                            let _ = writer.write_all(&wbuf[wpos..]).await;
-                                            let _ = writer.flush().await;
-                                        }).await;
-                                    }
-                                    break End::Closed { will: true };
-                                }
                             }
-                        }
-                        Err(e) => {
-                            tracing::debug!(client_id = %self.client_id, %peer, error = %e, "read failed");
-                            break End::Closed { will: true };
-                        }
-                    }
-                }
-                n = link.rx.next() => {
-                    match n {
-                        Ok(Some(n)) => self.notification(n, &mut wbuf).await,
-                        Ok(None) => {}
-                        Err(e) => {
-                            tracing::warn!(client_id = %self.client_id, error = %e, "router link closed");
-                            break End::Closed { will: true };
-                        }
-                    }
-                }
-                w = writer.write(&wbuf[wpos..]), if wpos < wbuf.len() => {
-                    match w {
-                        Ok(0) | Err(_) => break End::Closed { will: true },
-                        Ok(n) => {
-                            wpos += n;
-                            stats.bytes_sent.fetch_add(n as u64, Relaxed);
-                            if wpos == wbuf.len() && writer.flush().await.is_err() {
+                            Err(e) => {
+                                tracing::debug!(client_id = %self.client_id, %peer, error = %e, "read failed");
                                 break End::Closed { will: true };
                             }
                         }
                     }
-                }
-                _ = &mut deadline, if ka.is_some() => {
-                    stats.count(Reason::KeepaliveTimeout);
-                    tracing::info!(client_id = %self.client_id, %peer, keep_alive, "keepalive expired; closing");
-                    break End::Closed { will: true };
-                }
-                r = sys_rx.changed(), if !self.sys_subs.is_empty() => {
-                    if r.is_ok() {
-                        let snapshot = sys_rx.borrow_and_update().clone();
-                        self.deliver_sys(&snapshot, false, &mut wbuf);
+                    n = link.rx.next() => {
+                        match n {
+                            Ok(Some(n)) => self.notification(n, &mut wbuf).await,
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::warn!(client_id = %self.client_id, error = %e, "router link closed");
+                                break End::Closed { will: true };
+                            }
+                        }
+                    }
+                    w = writer.write(&wbuf[wpos..]), if wpos < wbuf.len() => {
+                        match w {
+                            Ok(0) | Err(_) => break End::Closed { will: true },
+                            Ok(n) => {
+                                wpos += n;
+                                stats.bytes_sent.fetch_add(n as u64, Relaxed);
+                                if wpos == wbuf.len() && writer.flush().await.is_err() {
+                                    break End::Closed { will: true };
+                                }
+                            }
+                        }
+                    }
+                    _ = &mut deadline, if ka.is_some() => {
+                        stats.count(Reason::KeepaliveTimeout);
+                        tracing::info!(client_id = %self.client_id, %peer, keep_alive, "keepalive expired; closing");
+                        break End::Closed { will: true };
+                    }
+                    r = sys_rx.changed(), if !self.sys_subs.is_empty() => {
+                        if r.is_ok() {
+                            let snapshot = sys_rx.borrow_and_update().clone();
+                            self.deliver_sys(&snapshot, false, &mut wbuf);
+                        }
                     }
                 }
             }
@@ -722,6 +441,54 @@ impl Session {
         self.online = false;
         tracing::info!(client_id = %self.client_id, %peer, reason = match &end { End::Takeover(_) => "takeover", End::Closed { will: true } => "connection lost", End::Closed { will: false } => "disconnect", End::Shutdown => "shutdown" }, "client disconnected");
         end
+    }
+
+    /// Runs the packets waiting in `inbuf`. Returns how the connection ends
+    /// when a packet ends it (DISCONNECT, or a bad packet: counted, logged,
+    /// told to v5 clients), after a last write of what is pending.
+    async fn take_input(
+        &mut self,
+        inbuf: &mut BytesMut,
+        wbuf: &mut BytesMut,
+        wpos: usize,
+        writer: &mut WriteHalf<BoxIo>,
+        peer: SocketAddr,
+    ) -> Option<End> {
+        let max_packet = self.shared.cfg.limits.max_packet_size;
+        match self.incoming(inbuf, wbuf, max_packet).await {
+            Ok(None) => None,
+            Ok(Some(end)) => {
+                last_write(writer, &wbuf[wpos..], &[]).await;
+                Some(end)
+            }
+            Err(e) => {
+                let (reason, code) = match e {
+                    DecodeError::TooLarge { .. } => {
+                        (Reason::PacketTooLarge, DisconnectReasonCode::PacketTooLarge)
+                    }
+                    DecodeError::Protocol(_) | DecodeError::ForbiddenType(_) => {
+                        (Reason::Malformed, DisconnectReasonCode::ProtocolError)
+                    }
+                    _ => (Reason::Malformed, DisconnectReasonCode::MalformedPacket),
+                };
+                self.shared.stats.count(reason);
+                tracing::warn!(client_id = %self.client_id, %peer, error = %e, reason = e.label(), "closing connection: bad packet");
+                let bye = self.disconnect_packet(code);
+                last_write(writer, &wbuf[wpos..], &bye).await;
+                Some(End::Closed { will: true })
+            }
+        }
+    }
+
+    /// A DISCONNECT with `code` for v5 clients; nothing for older ones,
+    /// which have no server DISCONNECT.
+    fn disconnect_packet(&self, code: DisconnectReasonCode) -> BytesMut {
+        let mut out = BytesMut::new();
+        if self.version == Version::V5 {
+            let bye = Packet::Disconnect(Disconnect { reason_code: code }, None);
+            let _ = codec::encode(self.version, bye, &mut out);
+        }
+        out
     }
 
     /// Kept for a persistent client that left: drain the link into the
@@ -1264,6 +1031,18 @@ impl Session {
         self.inflight.clear();
         self.shared.stats.sessions.fetch_sub(1, Relaxed);
     }
+}
+
+/// The last bytes for a connection about to close: what is still pending,
+/// then `last` (a DISCONNECT, say). A client that does not read gets one
+/// second, so closing never waits on it.
+async fn last_write(writer: &mut WriteHalf<BoxIo>, pending: &[u8], last: &[u8]) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = writer.write_all(pending).await;
+        let _ = writer.write_all(last).await;
+        let _ = writer.flush().await;
+    })
+    .await;
 }
 
 /// QoS and packet id of a PUBLISH at the front of `buf` (zeros otherwise).

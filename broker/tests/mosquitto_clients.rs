@@ -215,7 +215,17 @@ fn retained_messages_and_sys_topics() {
     // '#' never matches $SYS: with $SYS updating every second, '#' still
     // receives only the ordinary message.
     let sub = Sub::spawn(&b, &["-t", "#", "-v", "-C", "2"]);
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Wait for one $SYS tick after '#' subscribed: the first $SYS message
+    // is the snapshot sent on SUBSCRIBE, the second is a tick.
+    let (mut sys, _) = Raw::connect(b.mqtt(), 4, "sys-tick", None);
+    sys.send(&subscribe(4, 1, "$SYS/broker/uptime", 0));
+    let mut publishes = 0;
+    while publishes < 2 {
+        let (t, _) = sys.read().expect("$SYS update");
+        if t & 0xf0 == 0x30 {
+            publishes += 1;
+        }
+    }
     assert!(mosquitto_pub(
         &b,
         &[
