@@ -147,3 +147,23 @@ fn shipped_sample_config_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn no_flags_no_config_listens_on_loopback_defaults() {
+    let out = run(bin()
+        .env_remove("FIREHOSE_BROKER_CONFIG")
+        .arg("--print-config"));
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let listeners: toml::Value = toml::from_str(&text).expect("--print-config prints TOML");
+    assert_eq!(
+        listeners["listeners"]["mqtt"],
+        toml::Value::Array(vec!["127.0.0.1:1883".into()]),
+        "{text}"
+    );
+    assert_eq!(
+        listeners["listeners"]["ws"],
+        toml::Value::Array(vec!["127.0.0.1:8080".into()]),
+        "{text}"
+    );
+}
