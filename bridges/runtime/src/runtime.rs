@@ -1,0 +1,496 @@
+//! The publishing runtime: one source future on one side, one broker
+//! connection on the other, the spool in between.
+//!
+//! ```text
+//!  source ──Events──▶ mpsc ──▶ Spool (memory [+ disk]) ──▶ PUBLISH QoS 1 ──▶ broker
+//!     ▲                           ▲ ack(seq)                    │
+//!     └── Event::ack resolved ────┴───────────── PUBACK(pkid) ◀─┘
+//! ```
+//!
+//! Everything a source hands over is spooled first, then published with our
+//! own packet ids; a PUBACK removes it from the spool and resolves the
+//! event's acknowledgement. When the connection drops, everything not
+//! acknowledged is sent again on the next one (same payload, same id), after
+//! a capped, jittered backoff. Meanwhile the source keeps running and the
+//! spool keeps filling (up to its cap). The bridge's status is a retained
+//! message, with a retained last will saying "down".
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use firehose::status::{State, Status};
+use rumqttc::mqttbytes::v4::{Disconnect, Packet, PingReq, Publish as PublishPacket};
+use rumqttc::mqttbytes::QoS;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+use crate::config::Publish;
+use crate::deadletter::DeadLetters;
+use crate::mqtt::{ConnectOptions, Connection, MqttError};
+use crate::source::{Event, Events, SourceContext, Upstream};
+use crate::spool::{Record, Spool, SpoolError};
+use crate::stats::Stats;
+
+/// How long a shutdown waits for the spool to drain to the broker.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Events taken from the source queue per wakeup.
+const BATCH: usize = 256;
+/// Status refresh (counters) when nothing else changes.
+const STATUS_EVERY: Duration = Duration::from_secs(60);
+
+/// Errors that stop a bridge.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("metrics listener {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+    #[error("source failed: {0}")]
+    Source(String),
+}
+
+/// A bridge: its name (`gerrit`, `nova`, ...) and publishing config.
+pub struct Bridge {
+    name: &'static str,
+    version: &'static str,
+    cfg: Publish,
+    stats: Arc<Stats>,
+}
+
+/// How a connected period ended.
+enum Ended {
+    Lost(MqttError),
+    Finished,
+}
+
+impl Bridge {
+    /// A bridge named `name` (used in topics, ids and metrics).
+    pub fn new(name: &'static str, version: &'static str, cfg: Publish) -> Bridge {
+        Bridge {
+            name,
+            version,
+            cfg,
+            stats: Arc::new(Stats::default()),
+        }
+    }
+
+    /// The bridge's counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Runs `source` until it finishes (a replay) or SIGTERM/SIGINT, then
+    /// flushes the spool to the broker and says "down".
+    pub async fn run<F, Fut>(self, source: F) -> Result<(), RuntimeError>
+    where
+        F: FnOnce(SourceContext) -> Fut,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let (spool, recovered) = match &self.cfg.spool {
+            Some(dir) => {
+                let (s, r) = Spool::open(dir, self.cfg.spool_max_bytes)?;
+                (s, Some(r))
+            }
+            None => (Spool::memory(self.cfg.spool_max_bytes), None),
+        };
+        if let Some(r) = recovered {
+            tracing::info!(spool = %self.cfg.spool.as_deref().unwrap_or_else(|| std::path::Path::new("")).display(), recovered = r.events, corrupt = r.corrupt, "spool opened");
+        }
+        self.stats.pending.store(spool.len() as i64, Relaxed);
+        if let Some(addr) = self.cfg.metrics {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| RuntimeError::Metrics { addr, source })?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            tracing::info!(addr = %bound, "metrics listening");
+            tokio::spawn(crate::metrics::serve(listener, self.stats.clone(), self.name));
+        }
+
+        let (tx, rx) = mpsc::channel(1024);
+        let (upstream_tx, upstream_rx) = watch::channel(Upstream::default());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let ctx = SourceContext::new(
+            Events {
+                tx,
+                stats: self.stats.clone(),
+            },
+            Arc::new(upstream_tx),
+            DeadLetters::new(&self.cfg.dead_letter),
+            stop_rx,
+            self.cfg.payload,
+            self.cfg.base_topic.clone(),
+        );
+        let source_task = tokio::spawn(source(ctx));
+        let stop_tx = Arc::new(stop_tx);
+        spawn_signals(stop_tx.clone()).map_err(RuntimeError::Signal)?;
+
+        let started = firehose::envelope::rfc3339(time::OffsetDateTime::now_utc());
+        let status_topic = firehose::topic::status(self.name, &self.cfg.instance);
+        let mut p = Publisher {
+            cfg: self.cfg.clone(),
+            stats: self.stats.clone(),
+            spool,
+            rx,
+            rx_open: true,
+            ackers: HashMap::new(),
+            inflight: HashMap::new(),
+            next_pkid: 1,
+            stopping: stop_tx.subscribe(),
+            upstream: upstream_rx,
+            status_topic,
+            bridge: self.name,
+            version: self.version,
+            started,
+            dropped_logged: 0,
+        };
+        p.run().await;
+        p.spool.sync()?;
+        // The source may still be reading; it was told to stop.
+        let _ = stop_tx.send(true);
+        match tokio::time::timeout(Duration::from_secs(5), source_task).await {
+            Ok(Ok(Err(e))) => return Err(RuntimeError::Source(e)),
+            Ok(Err(e)) => return Err(RuntimeError::Source(e.to_string())),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// SIGTERM / SIGINT set the stop flag.
+fn spawn_signals(stop: Arc<watch::Sender<bool>>) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: flushing and stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: flushing and stopping"),
+        }
+        let _ = stop.send(true);
+    });
+    Ok(())
+}
+
+struct Publisher {
+    cfg: Publish,
+    stats: Arc<Stats>,
+    spool: Spool,
+    rx: mpsc::Receiver<Event>,
+    rx_open: bool,
+    ackers: HashMap<u64, oneshot::Sender<()>>,
+    /// pkid -> spool seq (0 for our own status messages).
+    inflight: HashMap<u16, u64>,
+    next_pkid: u16,
+    stopping: watch::Receiver<bool>,
+    upstream: watch::Receiver<Upstream>,
+    status_topic: String,
+    bridge: &'static str,
+    version: &'static str,
+    started: String,
+    dropped_logged: u64,
+}
+
+impl Publisher {
+    fn done(&self) -> bool {
+        (*self.stopping.borrow() || !self.rx_open) && self.spool.is_empty()
+    }
+
+    fn status(&self, state: State) -> Vec<u8> {
+        let up = self.upstream.borrow().clone();
+        let state = match state {
+            State::Up if !up.connected => State::Degraded,
+            s => s,
+        };
+        let s = Status {
+            state,
+            version: format!("firehose-{} {}", self.bridge, self.version),
+            host: crate::config::hostname(),
+            started: self.started.clone(),
+            upstream_connected: up.connected,
+            upstream_error: up.error,
+            last_event: self.stats.last_event(),
+            counters: self.stats.counters(),
+        };
+        serde_json::to_vec(&s).unwrap_or_default()
+    }
+
+    /// Takes an event from the source into the spool.
+    fn accept(&mut self, ev: Event) {
+        let rec = Record {
+            topic: ev.topic,
+            payload: ev.payload,
+            retain: ev.retain,
+        };
+        match self.spool.push(rec) {
+            Ok((seq, dropped)) => {
+                if let Some(a) = ev.ack {
+                    self.ackers.insert(seq, a);
+                }
+                if dropped > 0 {
+                    self.stats.dropped.fetch_add(dropped as u64, Relaxed);
+                    self.dropped_logged += dropped as u64;
+                    let oldest = self.spool.oldest();
+                    self.ackers.retain(|s, _| *s >= oldest);
+                    if self.dropped_logged.is_power_of_two() || dropped > 1 {
+                        tracing::warn!(dropped_total = self.stats.dropped.load(Relaxed), max_bytes = self.cfg.spool_max_bytes, "spool full: oldest events dropped");
+                    }
+                }
+            }
+            Err(e) => {
+                // The disk failed: keep going in memory, loudly.
+                tracing::error!(error = %e, "spool write failed; event kept in memory only");
+            }
+        }
+        self.stats.pending.store(self.spool.len() as i64, Relaxed);
+    }
+
+    /// Drains what the source queued, without waiting.
+    fn accept_ready(&mut self) {
+        for _ in 0..BATCH {
+            match self.rx.try_recv() {
+                Ok(ev) => self.accept(ev),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.rx_open = false;
+                    break;
+                }
+            }
+        }
+    }
+
+    fn alloc_pkid(&mut self) -> u16 {
+        loop {
+            let p = self.next_pkid;
+            self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+            if !self.inflight.contains_key(&p) {
+                return p;
+            }
+        }
+    }
+
+    fn encode(&mut self, topic: &str, payload: bytes::Bytes, retain: bool, seq: u64, out: &mut BytesMut) {
+        let qos1 = self.cfg.qos == 1 || seq == 0;
+        let mut p = PublishPacket::from_bytes(topic, if qos1 { QoS::AtLeastOnce } else { QoS::AtMostOnce }, payload);
+        p.retain = retain;
+        if qos1 {
+            p.pkid = self.alloc_pkid();
+            self.inflight.insert(p.pkid, seq);
+        }
+        let _ = p.write(out);
+        if !qos1 {
+            self.acked(seq);
+        }
+    }
+
+    fn acked(&mut self, seq: u64) {
+        if seq == 0 {
+            return;
+        }
+        self.spool.ack(seq);
+        self.stats.published.fetch_add(1, Relaxed);
+        self.stats.pending.store(self.spool.len() as i64, Relaxed);
+        if let Some(a) = self.ackers.remove(&seq) {
+            let _ = a.send(());
+        }
+    }
+
+    async fn run(&mut self) {
+        let mut backoff = Backoff::default();
+        let opts = |me: &Publisher| ConnectOptions {
+            client_id: me.cfg.client_id.clone(),
+            username: me.cfg.url.username.clone(),
+            password: me.cfg.url.password.clone(),
+            keep_alive: me.cfg.keep_alive,
+            will: Some((me.status_topic.clone(), me.status(State::Down))),
+        };
+        loop {
+            if self.done() {
+                return;
+            }
+            let o = opts(self);
+            let url = self.cfg.url.clone();
+            let tls = self.cfg.tls.clone();
+            let connect = Connection::open(&url, tls.as_ref(), &o, Duration::from_secs(10));
+            tokio::pin!(connect);
+            let flush_deadline = Instant::now() + FLUSH_TIMEOUT;
+            let res = loop {
+                tokio::select! {
+                    r = &mut connect => break Some(r),
+                    ev = self.rx.recv(), if self.rx_open => match ev {
+                        Some(ev) => { self.accept(ev); self.accept_ready(); }
+                        None => self.rx_open = false,
+                    },
+                    _ = self.stopping.changed() => {}
+                    _ = tokio::time::sleep_until(flush_deadline), if *self.stopping.borrow() => break None,
+                }
+                if self.done() {
+                    return;
+                }
+            };
+            let Some(res) = res else {
+                tracing::warn!(pending = self.spool.len(), spool = ?self.cfg.spool, "broker unreachable at shutdown; undelivered events stay in the spool");
+                return;
+            };
+            match res {
+                Ok(conn) => {
+                    tracing::info!(broker = %self.cfg.url, client_id = %self.cfg.client_id, pending = self.spool.len(), "connected to the broker");
+                    backoff.reset();
+                    self.stats.broker_connected.store(1, Relaxed);
+                    let ended = self.connected(conn).await;
+                    self.stats.broker_connected.store(0, Relaxed);
+                    match ended {
+                        Ended::Finished => return,
+                        Ended::Lost(e) => {
+                            tracing::warn!(broker = %self.cfg.url, error = %e, pending = self.spool.len(), "broker connection lost; reconnecting");
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(broker = %self.cfg.url, error = %e, attempt = backoff.attempts() + 1, pending = self.spool.len(), "cannot connect to the broker");
+                }
+            }
+            self.stats.broker_reconnects.fetch_add(1, Relaxed);
+            let delay = backoff.next_delay();
+            let wake = Instant::now() + delay;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(wake) => break,
+                    ev = self.rx.recv(), if self.rx_open => match ev {
+                        Some(ev) => { self.accept(ev); self.accept_ready(); }
+                        None => self.rx_open = false,
+                    },
+                    _ = self.stopping.changed() => break,
+                }
+            }
+        }
+    }
+
+    /// Publishes until the connection drops or the work is done.
+    async fn connected(&mut self, mut conn: Connection) -> Ended {
+        self.spool.rewind();
+        self.inflight.clear();
+        let mut out = BytesMut::new();
+        let status = self.status(State::Up);
+        let topic = self.status_topic.clone();
+        self.encode(&topic, status.into(), true, 0, &mut out);
+        let mut ping = tokio::time::interval(self.cfg.keep_alive);
+        ping.reset();
+        let mut ping_outstanding = false;
+        let mut status_tick = tokio::time::interval(STATUS_EVERY);
+        status_tick.reset();
+        let mut checkpoint = tokio::time::interval(Duration::from_millis(200));
+        let mut flush_deadline: Option<Instant> = None;
+        let mut upstream = self.upstream.clone();
+        loop {
+            // Fill the in-flight window.
+            while self.inflight.len() < self.cfg.max_inflight {
+                let Some((seq, rec)) = self.spool.next_unsent() else {
+                    break;
+                };
+                self.encode(&rec.topic, rec.payload, rec.retain, seq, &mut out);
+            }
+            if !out.is_empty() {
+                let w = tokio::time::timeout(self.cfg.keep_alive, conn.send(&out)).await;
+                out.clear();
+                match w {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Ended::Lost(e),
+                    Err(_) => return Ended::Lost(MqttError::Timeout(self.cfg.keep_alive)),
+                }
+            }
+            if self.done() {
+                self.goodbye(&mut conn).await;
+                return Ended::Finished;
+            }
+            if *self.stopping.borrow() && flush_deadline.is_none() {
+                flush_deadline = Some(Instant::now() + FLUSH_TIMEOUT);
+                tracing::info!(pending = self.spool.len(), "flushing the spool before exit");
+            }
+            tokio::select! {
+                biased;
+                p = conn.recv() => match p {
+                    Ok(Packet::PubAck(a)) => {
+                        if let Some(seq) = self.inflight.remove(&a.pkid) {
+                            self.acked(seq);
+                        }
+                    }
+                    Ok(Packet::PingResp) => ping_outstanding = false,
+                    Ok(_) => {}
+                    Err(e) => return Ended::Lost(e),
+                },
+                ev = self.rx.recv(), if self.rx_open && flush_deadline.is_none() => match ev {
+                    Some(ev) => { self.accept(ev); self.accept_ready(); }
+                    None => self.rx_open = false,
+                },
+                _ = ping.tick() => {
+                    if ping_outstanding {
+                        return Ended::Lost(MqttError::Timeout(self.cfg.keep_alive));
+                    }
+                    ping_outstanding = true;
+                    let _ = PingReq.write(&mut out);
+                }
+                r = upstream.changed() => {
+                    if r.is_ok() {
+                        let up = upstream.borrow_and_update().clone();
+                        tracing::info!(upstream_connected = up.connected, error = ?up.error, "source state changed");
+                        let status = self.status(State::Up);
+                        self.encode(&topic, status.into(), true, 0, &mut out);
+                    }
+                }
+                _ = status_tick.tick() => {
+                    let status = self.status(State::Up);
+                    self.encode(&topic, status.into(), true, 0, &mut out);
+                }
+                _ = checkpoint.tick() => {
+                    if let Err(e) = self.spool.checkpoint() {
+                        tracing::error!(error = %e, "spool checkpoint failed");
+                    }
+                }
+                _ = self.stopping.changed() => {}
+                _ = async { if let Some(d) = flush_deadline { tokio::time::sleep_until(d).await } }, if flush_deadline.is_some() => {
+                    tracing::warn!(pending = self.spool.len(), "flush timed out; undelivered events stay in the spool");
+                    self.goodbye(&mut conn).await;
+                    return Ended::Finished;
+                }
+            }
+        }
+    }
+
+    /// A clean exit: retained "down", then DISCONNECT (so the will is not needed).
+    async fn goodbye(&mut self, conn: &mut Connection) {
+        let mut out = BytesMut::new();
+        let status = self.status(State::Down);
+        let topic = self.status_topic.clone();
+        self.encode(&topic, status.into(), true, 0, &mut out);
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            if conn.send(&out).await.is_err() {
+                return;
+            }
+            // Wait for the status PUBACK so "down" is on the broker.
+            while let Ok(p) = conn.recv().await {
+                if let Packet::PubAck(a) = p {
+                    match self.inflight.remove(&a.pkid) {
+                        Some(0) => break,
+                        Some(seq) => self.acked(seq),
+                        None => {}
+                    }
+                }
+            }
+        })
+        .await;
+        let mut out = BytesMut::new();
+        let _ = Disconnect.write(&mut out);
+        let _ = conn.send(&out).await;
+        tracing::info!(published = self.stats.published.load(Relaxed), pending = self.spool.len(), "disconnected from the broker");
+    }
+}

@@ -1,0 +1,87 @@
+//! The runtime's counters: what `/metrics` exports and the status message
+//! carries. One instance per bridge process, shared by the source and the
+//! publisher.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+/// Counters for one bridge.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Events the source read.
+    pub read: AtomicU64,
+    /// Events the broker acknowledged.
+    pub published: AtomicU64,
+    /// Events waiting in the spool (gauge).
+    pub pending: AtomicI64,
+    /// Source input that was not an event (dead-lettered).
+    pub malformed: AtomicU64,
+    /// Events lost because the spool was full.
+    pub dropped: AtomicU64,
+    /// Broker reconnections.
+    pub broker_reconnects: AtomicU64,
+    /// Source reconnections.
+    pub source_reconnects: AtomicU64,
+    /// 1 while connected to the broker.
+    pub broker_connected: AtomicI64,
+    /// 1 while connected to the source.
+    pub source_connected: AtomicI64,
+    /// When the source last read an event (RFC 3339).
+    last_event: std::sync::Mutex<Option<String>>,
+}
+
+impl Stats {
+    /// Counts one event read from the source.
+    pub fn event_read(&self) {
+        self.read.fetch_add(1, Relaxed);
+        let now = firehose::envelope::rfc3339(time::OffsetDateTime::now_utc());
+        *self.last_event.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
+    }
+
+    /// When the last event was read.
+    pub fn last_event(&self) -> Option<String> {
+        self.last_event
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records whether the source is connected.
+    pub fn set_source_connected(&self, up: bool) {
+        self.source_connected.store(up as i64, Relaxed);
+    }
+
+    /// Snapshot for the status message.
+    pub fn counters(&self) -> firehose::status::Counters {
+        firehose::status::Counters {
+            read: self.read.load(Relaxed),
+            published: self.published.load(Relaxed),
+            pending: self.pending.load(Relaxed).max(0) as u64,
+            malformed: self.malformed.load(Relaxed),
+            dropped: self.dropped.load(Relaxed),
+            reconnects: self.broker_reconnects.load(Relaxed)
+                + self.source_reconnects.load(Relaxed),
+        }
+    }
+
+    /// Prometheus text exposition, every sample labelled with the bridge.
+    pub fn prometheus(&self, bridge: &str) -> String {
+        let mut s = String::new();
+        let mut one = |name: &str, kind: &str, help: &str, labels: &str, v: i64| {
+            let _ = writeln!(s, "# HELP firehose_bridge_{name} {help}");
+            let _ = writeln!(s, "# TYPE firehose_bridge_{name} {kind}");
+            let _ = writeln!(s, "firehose_bridge_{name}{{bridge=\"{bridge}\"{labels}}} {v}");
+        };
+        let g = |a: &AtomicU64| a.load(Relaxed) as i64;
+        one("events_read_total", "counter", "Events read from the source.", "", g(&self.read));
+        one("events_published_total", "counter", "Events the broker acknowledged.", "", g(&self.published));
+        one("events_spooled", "gauge", "Events waiting in the spool.", "", self.pending.load(Relaxed));
+        one("events_malformed_total", "counter", "Source input that was not an event (dead-lettered).", "", g(&self.malformed));
+        one("events_dropped_total", "counter", "Events lost because the spool was full.", "", g(&self.dropped));
+        one("broker_reconnects_total", "counter", "Reconnections to the broker.", "", g(&self.broker_reconnects));
+        one("source_reconnects_total", "counter", "Reconnections to the source.", "", g(&self.source_reconnects));
+        one("broker_connected", "gauge", "1 while connected to the broker.", "", self.broker_connected.load(Relaxed));
+        one("source_connected", "gauge", "1 while connected to the source.", "", self.source_connected.load(Relaxed));
+        s
+    }
+}

@@ -1,0 +1,192 @@
+//! `gerrit stream-events` output: one JSON object per line.
+//!
+//! Parsed leniently, because what Gerrit prints changed over the years:
+//! `change.number` is a string on 2.x and an integer later, old events lack
+//! `eventCreatedOn`, the webhooks plugin writes `"project": {"name": ...}`.
+//! Unknown event types are fine: they are published under their own name.
+
+use serde_json::value::RawValue;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::envelope::{stable_id, CloudEvent};
+use crate::topic;
+
+/// Why a line is not a gerrit event.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("line is not UTF-8")]
+    NotUtf8,
+    #[error("line is not JSON: {0}")]
+    NotJson(String),
+    #[error("line is JSON but not an object")]
+    NotObject,
+    #[error("event has no \"type\"")]
+    NoType,
+}
+
+/// One gerrit event, with its original text kept for raw mode and `data`.
+#[derive(Debug, Clone)]
+pub struct GerritEvent {
+    text: Box<RawValue>,
+    value: Value,
+    kind: String,
+}
+
+impl GerritEvent {
+    /// Parses one line (without its newline; a trailing `\r` is ignored).
+    pub fn parse(line: &[u8]) -> Result<GerritEvent, ParseError> {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let s = std::str::from_utf8(line).map_err(|_| ParseError::NotUtf8)?;
+        let text: Box<RawValue> = serde_json::from_str(s.trim_end())
+            .map_err(|e| ParseError::NotJson(e.to_string()))?;
+        let value: Value =
+            serde_json::from_str(text.get()).map_err(|e| ParseError::NotJson(e.to_string()))?;
+        if !value.is_object() {
+            return Err(ParseError::NotObject);
+        }
+        let kind = value
+            .get("type")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .ok_or(ParseError::NoType)?
+            .to_owned();
+        Ok(GerritEvent { text, value, kind })
+    }
+
+    /// The event type, e.g. `comment-added`.
+    pub fn event_type(&self) -> &str {
+        &self.kind
+    }
+
+    /// The whole event as JSON.
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
+    /// The event exactly as gerrit printed it.
+    pub fn text(&self) -> &str {
+        self.text.get()
+    }
+
+    /// The project, as germqtt found it: top-level `project` (a string, or
+    /// an object with `name` from the webhooks plugin), else
+    /// `change.project`, else `refUpdate.project`; `project-created` names
+    /// it in `projectName`. Empty when the event has none.
+    pub fn project(&self) -> String {
+        let v = &self.value;
+        let name = |p: &Value| match p {
+            Value::String(s) => Some(s.clone()),
+            Value::Object(o) => o.get("name").and_then(Value::as_str).map(str::to_owned),
+            _ => None,
+        };
+        v.get("project")
+            .and_then(name)
+            .or_else(|| v.pointer("/change/project").and_then(name))
+            .or_else(|| v.pointer("/refUpdate/project").and_then(name))
+            .or_else(|| v.get("projectName").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    /// The change number, whether gerrit wrote it as a string or an integer.
+    pub fn change_number(&self) -> Option<String> {
+        match self.value.pointer("/change/number")? {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+
+    /// When the event happened: `eventCreatedOn` (epoch seconds, number or
+    /// string), when present.
+    pub fn created(&self) -> Option<OffsetDateTime> {
+        let secs = match self.value.get("eventCreatedOn")? {
+            Value::Number(n) => n.as_i64()?,
+            Value::String(s) => s.parse().ok()?,
+            _ => return None,
+        };
+        OffsetDateTime::from_unix_timestamp(secs).ok()
+    }
+
+    /// What the event is about: the change number, else the ref name, else
+    /// the project.
+    pub fn subject(&self) -> Option<String> {
+        self.change_number()
+            .or_else(|| {
+                self.value
+                    .pointer("/refUpdate/refName")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .or_else(|| Some(self.project()).filter(|p| !p.is_empty()))
+    }
+
+    /// `gerrit/<project>/<event-type>`.
+    pub fn topic(&self) -> String {
+        topic::gerrit(&self.project(), &self.kind)
+    }
+
+    /// Stable id: derived from the line, so two bridges on the same gerrit
+    /// give the same event the same id.
+    pub fn id(&self) -> String {
+        stable_id("gerrit", self.text().as_bytes())
+    }
+
+    /// The CloudEvents envelope. `received` is used when the event does not
+    /// say when it happened.
+    pub fn to_cloudevent(&self, source: &str, received: OffsetDateTime) -> CloudEvent {
+        CloudEvent::new(
+            self.id(),
+            source,
+            format!("gerrit.{}", self.kind),
+            self.created().unwrap_or(received),
+            self.subject(),
+            self.text.clone(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn number_as_string_or_int_and_project_shapes() {
+        let a = GerritEvent::parse(br#"{"type":"x","change":{"project":"a/b","number":"12"}}"#).unwrap();
+        assert_eq!(a.change_number().as_deref(), Some("12"));
+        assert_eq!(a.topic(), "gerrit/a/b/x");
+        let b = GerritEvent::parse(br#"{"type":"x","project":{"name":"p"},"change":{"number":12}}"#).unwrap();
+        assert_eq!(b.change_number().as_deref(), Some("12"));
+        assert_eq!(b.topic(), "gerrit/p/x");
+        let c = GerritEvent::parse(br#"{"type":"project-created","projectName":"new/one"}"#).unwrap();
+        assert_eq!(c.topic(), "gerrit/new/one/project-created");
+        let d = GerritEvent::parse(br#"{"type":"ref-updated","refUpdate":{"project":"r","refName":"refs/heads/m"}}"#).unwrap();
+        assert_eq!(d.topic(), "gerrit/r/ref-updated");
+        assert_eq!(d.subject().as_deref(), Some("refs/heads/m"));
+    }
+
+    #[test]
+    fn bad_lines() {
+        assert_eq!(GerritEvent::parse(b"\xff\xfe").unwrap_err(), ParseError::NotUtf8);
+        assert!(matches!(GerritEvent::parse(b"{\"type\":"), Err(ParseError::NotJson(_))));
+        assert_eq!(GerritEvent::parse(b"[1]").unwrap_err(), ParseError::NotObject);
+        assert_eq!(GerritEvent::parse(b"{\"a\":1}").unwrap_err(), ParseError::NoType);
+        assert!(GerritEvent::parse(b"{\"type\":\"x\"}\r").is_ok());
+    }
+
+    #[test]
+    fn every_fixture_line_parses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/gerrit/stream-events.jsonl");
+        let text = std::fs::read(path).expect("fixtures/gerrit/stream-events.jsonl in the repo");
+        let mut n = 0;
+        for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let ev = GerritEvent::parse(line).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(line)));
+            assert!(ev.topic().starts_with("gerrit/"));
+            assert_eq!(ev.text().as_bytes(), line, "text kept byte for byte");
+            let ce = ev.to_cloudevent("ssh://gerrit", OffsetDateTime::UNIX_EPOCH);
+            assert_eq!(ce.kind, format!("gerrit.{}", ev.event_type()));
+            n += 1;
+        }
+        assert_eq!(n, 26);
+    }
+}

@@ -1,0 +1,53 @@
+//! The Firehose event model, shared by every bridge that publishes and every
+//! program that subscribes.
+//!
+//! - [`topic`]: the topic names, compatible with the original firehose
+//!   (`gerrit/<project>/<event-type>`, `nova/<deployment>/...`, ...).
+//! - [`envelope`]: the CloudEvents 1.0 structured-JSON envelope, with ids
+//!   derived from the source event so redundant bridges agree.
+//! - [`status`]: the retained liveness message each bridge keeps on
+//!   `firehose/status/<bridge>/<instance>`.
+//! - [`gerrit`]: `gerrit stream-events` lines, parsed leniently across
+//!   Gerrit versions.
+//! - [`PayloadMode`]: CloudEvents, or byte-for-byte what the original
+//!   publisher sent (for existing consumers).
+
+pub mod envelope;
+pub mod gerrit;
+pub mod status;
+pub mod topic;
+
+pub use envelope::CloudEvent;
+
+/// What a bridge puts in the MQTT payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadMode {
+    /// A CloudEvents 1.0 structured JSON envelope around the source event.
+    #[default]
+    Cloudevents,
+    /// Exactly the bytes the original publisher (germqtt, lpmqtt, ...) sent.
+    Raw,
+}
+
+impl std::str::FromStr for PayloadMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cloudevents" => Ok(PayloadMode::Cloudevents),
+            "raw" => Ok(PayloadMode::Raw),
+            other => Err(format!(
+                "unknown payload mode {other:?}: use \"cloudevents\" or \"raw\""
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for PayloadMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PayloadMode::Cloudevents => "cloudevents",
+            PayloadMode::Raw => "raw",
+        })
+    }
+}
