@@ -2,8 +2,7 @@
 //! every crash path of rumqttd 0.20 (../shared/notes/rumqttd-0.20.md) has a
 //! case here, and a canary subscriber keeps receiving throughout.
 
-mod common;
-use common::*;
+use firehose_testkit::*;
 
 fn broker() -> (BrokerProc, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();

@@ -4,8 +4,7 @@
 //! `max_filters` (refusals counted), and resident memory stops growing.
 //! Bounded: a fixed number of rounds of a fixed number of connections.
 
-mod common;
-use common::*;
+use firehose_testkit::*;
 
 const ROUNDS: usize = 4;
 const PER_ROUND: usize = 1500;

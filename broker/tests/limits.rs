@@ -2,8 +2,7 @@
 //! depth, the router's filter table; and the MQTT 5 session timers (session
 //! expiry, will delay). Every refusal is answered with its code and counted.
 
-mod common;
-use common::*;
+use firehose_testkit::*;
 
 const BRIDGE: (&str, &str) = ("bridge", "secret");
 

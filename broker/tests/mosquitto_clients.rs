@@ -2,8 +2,7 @@
 //! anonymous read-only, authenticated publishers, ACL files, retained
 //! messages, wills, `$SYS`, and TLS with a CA the test generates.
 
-mod common;
-use common::*;
+use firehose_testkit::*;
 use std::process::Command;
 
 fn broker_with_users(extra: &[&str]) -> (BrokerProc, tempfile::TempDir) {

@@ -1,8 +1,7 @@
 //! MQTT 3.1, 3.1.1 and 5 on the same port; keepalive rules; every refusal
 //! gets its CONNACK code.
 
-mod common;
-use common::*;
+use firehose_testkit::*;
 
 #[test]
 fn three_versions_on_one_port() {

@@ -2,8 +2,7 @@
 //! password-file permissions, the passwd subcommand, SIGHUP reload and a
 //! clean SIGTERM that tells v5 clients 0x8B.
 
-mod common;
-use common::*;
+use firehose_testkit::*;
 use std::io::Write;
 use std::process::{Command, Stdio};
 

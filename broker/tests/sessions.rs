@@ -2,8 +2,7 @@
 //! away (bounded by max_queued_messages, oldest dropped and counted),
 //! takeover by client id, and UNSUBSCRIBE answered right after a resume.
 
-mod common;
-use common::*;
+use firehose_testkit::*;
 
 const BRIDGE: (&str, &str) = ("bridge", "secret");
 

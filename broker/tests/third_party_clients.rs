@@ -6,8 +6,7 @@
 //! `./scripts/test` installs paho-mqtt (pip) and MQTT.js (`npm ci` in
 //! `broker/tests/js`); a missing one fails with the command that installs it.
 
-mod common;
-use common::*;
+use firehose_testkit::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

@@ -2,8 +2,7 @@
 //! expect, MQTT packets split across or packed into binary frames, the
 //! HTTP endpoints, and handshake timeouts that never block other clients.
 
-mod common;
-use common::*;
+use firehose_testkit::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, Message};

@@ -1,8 +1,8 @@
-//! Shared helpers for the integration tests: start the real
-//! `firehose-broker` binary on loopback ports it picks itself, find real
-//! client tools (failing with an install hint when one is missing), and
-//! speak raw MQTT for the bad-input cases.
-#![allow(dead_code)]
+//! The harness every Firehose integration test shares: start the real
+//! binaries (`firehose-broker`, the bridges) on loopback ports they pick
+//! themselves, find real client tools and services (failing with an install
+//! hint when one is missing, never skipping), and speak raw MQTT for the
+//! bad-input cases.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -14,6 +14,24 @@ use std::time::{Duration, Instant};
 /// Upper bound for anything a test waits on. Never a timing assertion:
 /// only a guard so a broken test ends instead of hanging.
 pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A binary of this workspace, from the target directory the tests run
+/// from (`cargo test --workspace` builds every binary first).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary inside target/<profile>/deps");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is not built: run `cargo build --workspace` first (./scripts/test does)",
+        p.display()
+    );
+    p
+}
 
 /// A broker process; killed on drop.
 pub struct BrokerProc {
@@ -36,7 +54,7 @@ impl BrokerProc {
 
     /// Starts the broker with exactly these flags.
     pub fn start_exact(args: &[&str]) -> BrokerProc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_firehose-broker"))
+        let mut child = Command::new(bin("firehose-broker"))
             .args(args)
             .env("FIREHOSE_LOG", "info,rumqttd=warn")
             .stdin(Stdio::null())
