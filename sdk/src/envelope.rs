@@ -106,7 +106,9 @@ mod tests {
         assert_eq!(json["subject"], "30623");
         assert_eq!(json["id"].as_str().unwrap().len(), 32);
         // The data is the source's own text, escapes included.
-        assert!(String::from_utf8(ev.to_json()).unwrap().contains(r#""data":{"a":1,"b":"\u0027"}"#));
+        assert!(String::from_utf8(ev.to_json())
+            .unwrap()
+            .contains(r#""data":{"a":1,"b":"\u0027"}"#));
     }
 
     #[test]

@@ -38,8 +38,8 @@ impl GerritEvent {
     pub fn parse(line: &[u8]) -> Result<GerritEvent, ParseError> {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let s = std::str::from_utf8(line).map_err(|_| ParseError::NotUtf8)?;
-        let text: Box<RawValue> = serde_json::from_str(s.trim_end())
-            .map_err(|e| ParseError::NotJson(e.to_string()))?;
+        let text: Box<RawValue> =
+            serde_json::from_str(s.trim_end()).map_err(|e| ParseError::NotJson(e.to_string()))?;
         let value: Value =
             serde_json::from_str(text.get()).map_err(|e| ParseError::NotJson(e.to_string()))?;
         if !value.is_object() {
@@ -84,7 +84,11 @@ impl GerritEvent {
             .and_then(name)
             .or_else(|| v.pointer("/change/project").and_then(name))
             .or_else(|| v.pointer("/refUpdate/project").and_then(name))
-            .or_else(|| v.get("projectName").and_then(Value::as_str).map(str::to_owned))
+            .or_else(|| {
+                v.get("projectName")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
             .unwrap_or_default()
     }
 
@@ -152,35 +156,58 @@ mod tests {
 
     #[test]
     fn number_as_string_or_int_and_project_shapes() {
-        let a = GerritEvent::parse(br#"{"type":"x","change":{"project":"a/b","number":"12"}}"#).unwrap();
+        let a = GerritEvent::parse(br#"{"type":"x","change":{"project":"a/b","number":"12"}}"#)
+            .unwrap();
         assert_eq!(a.change_number().as_deref(), Some("12"));
         assert_eq!(a.topic(), "gerrit/a/b/x");
-        let b = GerritEvent::parse(br#"{"type":"x","project":{"name":"p"},"change":{"number":12}}"#).unwrap();
+        let b =
+            GerritEvent::parse(br#"{"type":"x","project":{"name":"p"},"change":{"number":12}}"#)
+                .unwrap();
         assert_eq!(b.change_number().as_deref(), Some("12"));
         assert_eq!(b.topic(), "gerrit/p/x");
-        let c = GerritEvent::parse(br#"{"type":"project-created","projectName":"new/one"}"#).unwrap();
+        let c =
+            GerritEvent::parse(br#"{"type":"project-created","projectName":"new/one"}"#).unwrap();
         assert_eq!(c.topic(), "gerrit/new/one/project-created");
-        let d = GerritEvent::parse(br#"{"type":"ref-updated","refUpdate":{"project":"r","refName":"refs/heads/m"}}"#).unwrap();
+        let d = GerritEvent::parse(
+            br#"{"type":"ref-updated","refUpdate":{"project":"r","refName":"refs/heads/m"}}"#,
+        )
+        .unwrap();
         assert_eq!(d.topic(), "gerrit/r/ref-updated");
         assert_eq!(d.subject().as_deref(), Some("refs/heads/m"));
     }
 
     #[test]
     fn bad_lines() {
-        assert_eq!(GerritEvent::parse(b"\xff\xfe").unwrap_err(), ParseError::NotUtf8);
-        assert!(matches!(GerritEvent::parse(b"{\"type\":"), Err(ParseError::NotJson(_))));
-        assert_eq!(GerritEvent::parse(b"[1]").unwrap_err(), ParseError::NotObject);
-        assert_eq!(GerritEvent::parse(b"{\"a\":1}").unwrap_err(), ParseError::NoType);
+        assert_eq!(
+            GerritEvent::parse(b"\xff\xfe").unwrap_err(),
+            ParseError::NotUtf8
+        );
+        assert!(matches!(
+            GerritEvent::parse(b"{\"type\":"),
+            Err(ParseError::NotJson(_))
+        ));
+        assert_eq!(
+            GerritEvent::parse(b"[1]").unwrap_err(),
+            ParseError::NotObject
+        );
+        assert_eq!(
+            GerritEvent::parse(b"{\"a\":1}").unwrap_err(),
+            ParseError::NoType
+        );
         assert!(GerritEvent::parse(b"{\"type\":\"x\"}\r").is_ok());
     }
 
     #[test]
     fn every_fixture_line_parses() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/gerrit/stream-events.jsonl");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fixtures/gerrit/stream-events.jsonl"
+        );
         let text = std::fs::read(path).expect("fixtures/gerrit/stream-events.jsonl in the repo");
         let mut n = 0;
         for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let ev = GerritEvent::parse(line).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(line)));
+            let ev = GerritEvent::parse(line)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(line)));
             assert!(ev.topic().starts_with("gerrit/"));
             assert_eq!(ev.text().as_bytes(), line, "text kept byte for byte");
             let ce = ev.to_cloudevent("ssh://gerrit", OffsetDateTime::UNIX_EPOCH);

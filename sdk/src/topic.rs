@@ -19,7 +19,11 @@ pub fn level(s: &str) -> String {
 /// `gerrit/<project>/<event-type>`; the project keeps its slashes and may
 /// be empty (germqtt published `gerrit//<type>` for events with no project).
 pub fn gerrit(project: &str, event_type: &str) -> String {
-    format!("gerrit/{}/{}", level(project), level(&event_type.replace('/', "_")))
+    format!(
+        "gerrit/{}/{}",
+        level(project),
+        level(&event_type.replace('/', "_"))
+    )
 }
 
 /// `launchpad/<project>/<event-type>/<bug>`, stopping at the first missing
@@ -95,7 +99,10 @@ mod tests {
 
     #[test]
     fn compatible_with_the_original_firehose() {
-        assert_eq!(gerrit("openstack/nova", "comment-added"), "gerrit/openstack/nova/comment-added");
+        assert_eq!(
+            gerrit("openstack/nova", "comment-added"),
+            "gerrit/openstack/nova/comment-added"
+        );
         assert_eq!(gerrit("", "project-created"), "gerrit//project-created");
         assert_eq!(
             launchpad(Some("nova"), Some("bug"), Some("1680938")),
@@ -106,12 +113,18 @@ mod tests {
             ansible_playbook("6b3b", &["action", "finish", "OK"]),
             "ansible/playbook/6b3b/action/finish/OK"
         );
-        assert_eq!(nova("cell1", "instance.create.end"), "nova/cell1/instance/create/end");
+        assert_eq!(
+            nova("cell1", "instance.create.end"),
+            "nova/cell1/instance/create/end"
+        );
         assert_eq!(
             nova("cell1", "compute.instance.create.end"),
             "nova/cell1/compute/instance/create/end"
         );
-        assert_eq!(status("gerrit", "review-1"), "firehose/status/gerrit/review-1");
+        assert_eq!(
+            status("gerrit", "review-1"),
+            "firehose/status/gerrit/review-1"
+        );
         assert_eq!(with_base("", "gerrit/a/b"), "gerrit/a/b");
         assert_eq!(with_base("site/", "gerrit/a/b"), "site/gerrit/a/b");
     }

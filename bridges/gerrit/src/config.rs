@@ -70,7 +70,8 @@ impl GerritConfig {
             self.known_hosts.clone_from(&a.known_hosts);
         }
         if a.host_key_fingerprint.is_some() {
-            self.host_key_fingerprint.clone_from(&a.host_key_fingerprint);
+            self.host_key_fingerprint
+                .clone_from(&a.host_key_fingerprint);
         }
         self.insecure_accept_host_key |= a.insecure_accept_host_key;
         if let Some(n) = a.max_line_bytes {

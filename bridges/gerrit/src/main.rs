@@ -94,7 +94,10 @@ fn run(cli: Cli) -> Result<()> {
             (Some(live), _) => bridge.run(move |ctx| source::live(ctx, live)).await,
             (None, Some(path)) => {
                 let uri = match &src.gerrit {
-                    Some(g) => g.parse::<Target>().map(|t| t.source_uri()).unwrap_or_else(|_| g.clone()),
+                    Some(g) => g
+                        .parse::<Target>()
+                        .map(|t| t.source_uri())
+                        .unwrap_or_else(|_| g.clone()),
                     None => format!("file:{path}"),
                 };
                 bridge
@@ -114,12 +117,17 @@ fn live_source(src: &GerritConfig) -> Result<Live> {
     };
     let target: Target = url.parse()?;
     let Some(key_path) = &src.ssh_key else {
-        bail!("--gerrit needs --ssh-key FILE (the private key Gerrit knows for {})", target.user);
+        bail!(
+            "--gerrit needs --ssh-key FILE (the private key Gerrit knows for {})",
+            target.user
+        );
     };
     let key = ssh::load_key(key_path)?;
     let host_key = if let Some(fp) = &src.host_key_fingerprint {
         if !fp.starts_with("SHA256:") {
-            bail!("--host-key-fingerprint {fp:?}: expected SHA256:... as `ssh-keygen -lf` prints it");
+            bail!(
+                "--host-key-fingerprint {fp:?}: expected SHA256:... as `ssh-keygen -lf` prints it"
+            );
         }
         HostKeyCheck::Fingerprint(fp.clone())
     } else if src.insecure_accept_host_key {

@@ -51,10 +51,16 @@ pub async fn handle_line(ctx: &SourceContext, source_uri: &str, line: Line) -> b
                 (b, len, e.to_string())
             }
         },
-        Line::TooLong { prefix, len } => (prefix, len, "line longer than --max-line-bytes".to_owned()),
+        Line::TooLong { prefix, len } => {
+            (prefix, len, "line longer than --max-line-bytes".to_owned())
+        }
         Line::CutOff(b) => {
             let len = b.len();
-            (b, len, "line cut off (stream ended before its newline)".to_owned())
+            (
+                b,
+                len,
+                "line cut off (stream ended before its newline)".to_owned(),
+            )
         }
     };
     ctx.malformed("gerrit", &reason, &bytes, len);
@@ -62,7 +68,12 @@ pub async fn handle_line(ctx: &SourceContext, source_uri: &str, line: Line) -> b
 }
 
 /// Publishes a JSON-lines file (or stdin for `-`), then returns.
-pub async fn replay(ctx: SourceContext, path: String, source_uri: String, max_line_bytes: usize) -> Result<(), String> {
+pub async fn replay(
+    ctx: SourceContext,
+    path: String,
+    source_uri: String,
+    max_line_bytes: usize,
+) -> Result<(), String> {
     let mut input: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if path == "-" {
         Box::new(tokio::io::stdin())
     } else {
@@ -81,7 +92,11 @@ pub async fn replay(ctx: SourceContext, path: String, source_uri: String, max_li
             .read(&mut buf)
             .await
             .map_err(|e| format!("--replay {path}: {e}"))?;
-        let batch = if n == 0 { lines.finish().into_iter().collect() } else { lines.push(&buf[..n]) };
+        let batch = if n == 0 {
+            lines.finish().into_iter().collect()
+        } else {
+            lines.push(&buf[..n])
+        };
         for line in batch {
             n_lines += 1;
             if !handle_line(&ctx, &source_uri, line).await {
@@ -140,7 +155,12 @@ pub async fn live(ctx: SourceContext, src: Live) -> Result<(), String> {
 }
 
 /// Reads the channel until it ends; returns why it ended.
-async fn pump(ctx: &SourceContext, source_uri: &str, mut stream: ssh::Stream, max_line_bytes: usize) -> String {
+async fn pump(
+    ctx: &SourceContext,
+    source_uri: &str,
+    mut stream: ssh::Stream,
+    max_line_bytes: usize,
+) -> String {
     let mut lines = Lines::new(max_line_bytes);
     let mut shutdown = ctx.shutdown.clone();
     let mut exit: Option<String> = None;
@@ -151,6 +171,7 @@ async fn pump(ctx: &SourceContext, source_uri: &str, mut stream: ssh::Stream, ma
         };
         match msg {
             Some(ChannelMsg::Data { data }) => {
+                tracing::trace!(bytes = data.len(), "stream data");
                 for line in lines.push(&data) {
                     if !handle_line(ctx, source_uri, line).await {
                         return "runtime stopped".to_owned();

@@ -36,7 +36,9 @@ pub enum SshError {
     Target(String),
     #[error("SSH key {path}: {reason}")]
     Key { path: PathBuf, reason: String },
-    #[error("SSH key {path} is readable by group or others (mode {mode:o}); run: chmod 0600 {path}")]
+    #[error(
+        "SSH key {path} is readable by group or others (mode {mode:o}); run: chmod 0600 {path}"
+    )]
     KeyMode { path: PathBuf, mode: u32 },
     #[error("cannot reach {target}: {reason}")]
     Connect { target: String, reason: String },
@@ -103,7 +105,10 @@ struct Handler {
 impl client::Handler for Handler {
     type Error = russh::Error;
 
-    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
         let key = match key {
             PublicKeyOrCertificate::PublicKey { key, .. } => key,
             PublicKeyOrCertificate::Certificate(_) => {
@@ -233,18 +238,19 @@ async fn open_inner(
         target: target.to_string(),
         reason,
     };
-    let mut session = match client::connect(config, (target.host.as_str(), target.port), handler).await {
-        Ok(s) => s,
-        Err(e) => {
-            if let Some(why) = refusal.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                return Err(SshError::HostKey(why));
+    let mut session =
+        match client::connect(config, (target.host.as_str(), target.port), handler).await {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(why) = refusal.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    return Err(SshError::HostKey(why));
+                }
+                return Err(SshError::Connect {
+                    target: target.to_string(),
+                    reason: e.to_string(),
+                });
             }
-            return Err(SshError::Connect {
-                target: target.to_string(),
-                reason: e.to_string(),
-            });
-        }
-    };
+        };
     let hash = session
         .best_supported_rsa_hash()
         .await
@@ -281,7 +287,10 @@ mod tests {
     #[test]
     fn targets() {
         let t: Target = "ssh://bot@review.example.org".parse().unwrap();
-        assert_eq!((t.user.as_str(), t.host.as_str(), t.port), ("bot", "review.example.org", 29418));
+        assert_eq!(
+            (t.user.as_str(), t.host.as_str(), t.port),
+            ("bot", "review.example.org", 29418)
+        );
         let t: Target = "ssh://bot@127.0.0.1:2222".parse().unwrap();
         assert_eq!(t.port, 2222);
         assert_eq!(t.source_uri(), "ssh://127.0.0.1:2222");

@@ -205,10 +205,13 @@ impl PublishConfig {
             .client_id
             .clone()
             .unwrap_or_else(|| format!("firehose-{bridge}-{instance}"));
-        let dead_letter = self.dead_letter.clone().unwrap_or_else(|| match &self.spool {
-            Some(dir) => dir.join("dead-letter.jsonl"),
-            None => PathBuf::from(format!("firehose-{bridge}.dead-letter.jsonl")),
-        });
+        let dead_letter = self
+            .dead_letter
+            .clone()
+            .unwrap_or_else(|| match &self.spool {
+                Some(dir) => dir.join("dead-letter.jsonl"),
+                None => PathBuf::from(format!("firehose-{bridge}.dead-letter.jsonl")),
+            });
         Ok(Publish {
             url,
             tls,
@@ -288,10 +291,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pw = dir.path().join("pw");
         std::fs::write(&pw, "secret\n").unwrap();
-        let mut c: FileConfig<toml::Table> = toml::from_str(
-            "[publish]\nbroker = \"mqtt://b:1\"\nqos = 0\n[source]\nx = 1\n",
-        )
-        .unwrap();
+        let mut c: FileConfig<toml::Table> =
+            toml::from_str("[publish]\nbroker = \"mqtt://b:1\"\nqos = 0\n[source]\nx = 1\n")
+                .unwrap();
         c.publish.apply(&PublishArgs {
             qos: Some(1),
             username: Some("u".into()),

@@ -94,19 +94,34 @@ mod tests {
     fn split_across_pushes_limits_and_cut_off() {
         let mut l = Lines::new(8);
         assert_eq!(l.push(b"ab"), vec![]);
-        assert_eq!(l.push(b"c\nde\n"), vec![Line::Complete(b"abc".to_vec()), Line::Complete(b"de".to_vec())]);
+        assert_eq!(
+            l.push(b"c\nde\n"),
+            vec![
+                Line::Complete(b"abc".to_vec()),
+                Line::Complete(b"de".to_vec())
+            ]
+        );
         let got = l.push(b"0123456789abc\nok\n");
         assert_eq!(
             got,
             vec![
-                Line::TooLong { prefix: b"01234567".to_vec(), len: 13 },
+                Line::TooLong {
+                    prefix: b"01234567".to_vec(),
+                    len: 13
+                },
                 Line::Complete(b"ok".to_vec())
             ]
         );
         // Over the limit across several pushes.
         assert_eq!(l.push(b"0123456"), vec![]);
         assert_eq!(l.push(b"789"), vec![]);
-        assert_eq!(l.push(b"x\n"), vec![Line::TooLong { prefix: b"01234567".to_vec(), len: 11 }]);
+        assert_eq!(
+            l.push(b"x\n"),
+            vec![Line::TooLong {
+                prefix: b"01234567".to_vec(),
+                len: 11
+            }]
+        );
         assert_eq!(l.push(b"{\"half"), vec![]);
         assert_eq!(l.finish(), Some(Line::CutOff(b"{\"half".to_vec())));
         assert_eq!(l.finish(), None);

@@ -59,7 +59,10 @@ pub enum MqttError {
     #[error("broker URL {0:?}: {1}")]
     Url(String, &'static str),
     #[error("cannot reach {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("TLS: {0}")]
     Tls(String),
     #[error("CA file {path}: {reason}")]
@@ -147,7 +150,9 @@ impl std::str::FromStr for BrokerUrl {
             Scheme::Wss => 443,
         };
         let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed [ in host"))?;
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| bad("unclosed [ in host"))?;
             let port = match after.strip_prefix(':') {
                 Some(p) => p.parse().map_err(|_| bad("port is not a number"))?,
                 None => default_port,
@@ -155,7 +160,10 @@ impl std::str::FromStr for BrokerUrl {
             (h.to_owned(), port)
         } else {
             match hostport.rsplit_once(':') {
-                Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad("port is not a number"))?),
+                Some((h, p)) => (
+                    h.to_owned(),
+                    p.parse().map_err(|_| bad("port is not a number"))?,
+                ),
                 None => (hostport.to_owned(), default_port),
             }
         };
@@ -166,7 +174,11 @@ impl std::str::FromStr for BrokerUrl {
             scheme,
             host,
             port,
-            path: if path.is_empty() { "/mqtt".to_owned() } else { path.to_owned() },
+            path: if path.is_empty() {
+                "/mqtt".to_owned()
+            } else {
+                path.to_owned()
+            },
             username,
             password,
         })
@@ -334,10 +346,18 @@ impl Connection {
         connect.keep_alive = opts.keep_alive.as_secs().min(u16::MAX as u64) as u16;
         connect.clean_session = true;
         if let Some(u) = &opts.username {
-            connect.login = Some(Login::new(u.clone(), opts.password.clone().unwrap_or_default()));
+            connect.login = Some(Login::new(
+                u.clone(),
+                opts.password.clone().unwrap_or_default(),
+            ));
         }
         if let Some((topic, payload)) = &opts.will {
-            connect.last_will = Some(LastWill::new(topic.clone(), payload.clone(), QoS::AtLeastOnce, true));
+            connect.last_will = Some(LastWill::new(
+                topic.clone(),
+                payload.clone(),
+                QoS::AtLeastOnce,
+                true,
+            ));
         }
         let mut out = BytesMut::new();
         connect.write(&mut out).map_err(MqttError::Codec)?;
@@ -421,9 +441,16 @@ mod tests {
         assert_eq!((u.host.as_str(), u.port), ("127.0.0.1", 1884));
         assert_eq!(u.username.as_deref(), Some("bridge"));
         assert_eq!(u.password.as_deref(), Some("s@cret"));
-        assert_eq!(u.to_string(), "mqtt://bridge@127.0.0.1:1884", "no password shown");
+        assert_eq!(
+            u.to_string(),
+            "mqtt://bridge@127.0.0.1:1884",
+            "no password shown"
+        );
         let u: BrokerUrl = "wss://[::1]/x".parse().unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("::1", 443, "/x"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("::1", 443, "/x")
+        );
         let u: BrokerUrl = "ws://h".parse().unwrap();
         assert_eq!(u.path, "/mqtt");
         let e = "http://a:b@h".parse::<BrokerUrl>().unwrap_err().to_string();

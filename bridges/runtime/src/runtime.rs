@@ -113,7 +113,11 @@ impl Bridge {
                 .map_err(|source| RuntimeError::Metrics { addr, source })?;
             let bound = listener.local_addr().unwrap_or(addr);
             tracing::info!(addr = %bound, "metrics listening");
-            tokio::spawn(crate::metrics::serve(listener, self.stats.clone(), self.name));
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                self.stats.clone(),
+                self.name,
+            ));
         }
 
         let (tx, rx) = mpsc::channel(1024);
@@ -242,7 +246,11 @@ impl Publisher {
                     let oldest = self.spool.oldest();
                     self.ackers.retain(|s, _| *s >= oldest);
                     if self.dropped_logged.is_power_of_two() || dropped > 1 {
-                        tracing::warn!(dropped_total = self.stats.dropped.load(Relaxed), max_bytes = self.cfg.spool_max_bytes, "spool full: oldest events dropped");
+                        tracing::warn!(
+                            dropped_total = self.stats.dropped.load(Relaxed),
+                            max_bytes = self.cfg.spool_max_bytes,
+                            "spool full: oldest events dropped"
+                        );
                     }
                 }
             }
@@ -278,9 +286,24 @@ impl Publisher {
         }
     }
 
-    fn encode(&mut self, topic: &str, payload: bytes::Bytes, retain: bool, seq: u64, out: &mut BytesMut) {
+    fn encode(
+        &mut self,
+        topic: &str,
+        payload: bytes::Bytes,
+        retain: bool,
+        seq: u64,
+        out: &mut BytesMut,
+    ) {
         let qos1 = self.cfg.qos == 1 || seq == 0;
-        let mut p = PublishPacket::from_bytes(topic, if qos1 { QoS::AtLeastOnce } else { QoS::AtMostOnce }, payload);
+        let mut p = PublishPacket::from_bytes(
+            topic,
+            if qos1 {
+                QoS::AtLeastOnce
+            } else {
+                QoS::AtMostOnce
+            },
+            payload,
+        );
         p.retain = retain;
         if qos1 {
             p.pkid = self.alloc_pkid();
@@ -491,6 +514,10 @@ impl Publisher {
         let mut out = BytesMut::new();
         let _ = Disconnect.write(&mut out);
         let _ = conn.send(&out).await;
-        tracing::info!(published = self.stats.published.load(Relaxed), pending = self.spool.len(), "disconnected from the broker");
+        tracing::info!(
+            published = self.stats.published.load(Relaxed),
+            pending = self.spool.len(),
+            "disconnected from the broker"
+        );
     }
 }

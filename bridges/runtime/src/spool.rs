@@ -136,10 +136,7 @@ impl Spool {
                 }
             }
         }
-        spool
-            .records
-            .make_contiguous()
-            .sort_by_key(|(seq, _)| *seq);
+        spool.records.make_contiguous().sort_by_key(|(seq, _)| *seq);
         rec.events = spool.records.len();
         spool.next_seq = last_seq + 1;
         spool.send_from = spool.records.front().map_or(spool.next_seq, |r| r.0);
@@ -292,7 +289,11 @@ impl Spool {
 
 impl Disk {
     fn append(&mut self, seq: u64, r: &Record) -> Result<(), SpoolError> {
-        if self.writer.as_ref().map_or(true, |(_, n)| *n >= SEGMENT_BYTES) {
+        if self
+            .writer
+            .as_ref()
+            .map_or(true, |(_, n)| *n >= SEGMENT_BYTES)
+        {
             if let Some((mut w, _)) = self.writer.take() {
                 let _ = w.flush();
             }
@@ -441,7 +442,13 @@ mod tests {
         f.write_all(&[0, 0, 0, 50, 1, 2]).unwrap();
         drop(f);
         let (mut s, r) = Spool::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(r, Recovered { events: 4, corrupt: 1 });
+        assert_eq!(
+            r,
+            Recovered {
+                events: 4,
+                corrupt: 1
+            }
+        );
         let got: Vec<Record> = std::iter::from_fn(|| s.next_unsent().map(|r| r.1)).collect();
         assert_eq!(got, (2..6).map(rec).collect::<Vec<_>>());
         // New events continue the sequence in a new segment.

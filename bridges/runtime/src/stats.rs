@@ -59,8 +59,7 @@ impl Stats {
             pending: self.pending.load(Relaxed).max(0) as u64,
             malformed: self.malformed.load(Relaxed),
             dropped: self.dropped.load(Relaxed),
-            reconnects: self.broker_reconnects.load(Relaxed)
-                + self.source_reconnects.load(Relaxed),
+            reconnects: self.broker_reconnects.load(Relaxed) + self.source_reconnects.load(Relaxed),
         }
     }
 
@@ -70,18 +69,75 @@ impl Stats {
         let mut one = |name: &str, kind: &str, help: &str, labels: &str, v: i64| {
             let _ = writeln!(s, "# HELP firehose_bridge_{name} {help}");
             let _ = writeln!(s, "# TYPE firehose_bridge_{name} {kind}");
-            let _ = writeln!(s, "firehose_bridge_{name}{{bridge=\"{bridge}\"{labels}}} {v}");
+            let _ = writeln!(
+                s,
+                "firehose_bridge_{name}{{bridge=\"{bridge}\"{labels}}} {v}"
+            );
         };
         let g = |a: &AtomicU64| a.load(Relaxed) as i64;
-        one("events_read_total", "counter", "Events read from the source.", "", g(&self.read));
-        one("events_published_total", "counter", "Events the broker acknowledged.", "", g(&self.published));
-        one("events_spooled", "gauge", "Events waiting in the spool.", "", self.pending.load(Relaxed));
-        one("events_malformed_total", "counter", "Source input that was not an event (dead-lettered).", "", g(&self.malformed));
-        one("events_dropped_total", "counter", "Events lost because the spool was full.", "", g(&self.dropped));
-        one("broker_reconnects_total", "counter", "Reconnections to the broker.", "", g(&self.broker_reconnects));
-        one("source_reconnects_total", "counter", "Reconnections to the source.", "", g(&self.source_reconnects));
-        one("broker_connected", "gauge", "1 while connected to the broker.", "", self.broker_connected.load(Relaxed));
-        one("source_connected", "gauge", "1 while connected to the source.", "", self.source_connected.load(Relaxed));
+        one(
+            "events_read_total",
+            "counter",
+            "Events read from the source.",
+            "",
+            g(&self.read),
+        );
+        one(
+            "events_published_total",
+            "counter",
+            "Events the broker acknowledged.",
+            "",
+            g(&self.published),
+        );
+        one(
+            "events_spooled",
+            "gauge",
+            "Events waiting in the spool.",
+            "",
+            self.pending.load(Relaxed),
+        );
+        one(
+            "events_malformed_total",
+            "counter",
+            "Source input that was not an event (dead-lettered).",
+            "",
+            g(&self.malformed),
+        );
+        one(
+            "events_dropped_total",
+            "counter",
+            "Events lost because the spool was full.",
+            "",
+            g(&self.dropped),
+        );
+        one(
+            "broker_reconnects_total",
+            "counter",
+            "Reconnections to the broker.",
+            "",
+            g(&self.broker_reconnects),
+        );
+        one(
+            "source_reconnects_total",
+            "counter",
+            "Reconnections to the source.",
+            "",
+            g(&self.source_reconnects),
+        );
+        one(
+            "broker_connected",
+            "gauge",
+            "1 while connected to the broker.",
+            "",
+            self.broker_connected.load(Relaxed),
+        );
+        one(
+            "source_connected",
+            "gauge",
+            "1 while connected to the source.",
+            "",
+            self.source_connected.load(Relaxed),
+        );
         s
     }
 }

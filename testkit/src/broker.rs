@@ -1,0 +1,290 @@
+//! The broker under test and the mosquitto tools that drive it.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::process::*;
+
+/// A broker process; killed on drop. Derefs to [`Proc`] for logs and signals.
+pub struct BrokerProc {
+    proc_: Proc,
+    pub mqtt: Option<SocketAddr>,
+    pub mqtts: Option<SocketAddr>,
+    pub ws: Option<SocketAddr>,
+    pub wss: Option<SocketAddr>,
+}
+
+impl std::ops::Deref for BrokerProc {
+    type Target = Proc;
+    fn deref(&self) -> &Proc {
+        &self.proc_
+    }
+}
+
+impl std::ops::DerefMut for BrokerProc {
+    fn deref_mut(&mut self) -> &mut Proc {
+        &mut self.proc_
+    }
+}
+
+impl BrokerProc {
+    /// Starts the broker with plain MQTT and websocket listeners on free
+    /// loopback ports plus `extra` flags.
+    pub fn start(extra: &[&str]) -> BrokerProc {
+        let mut args = vec!["--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        BrokerProc::start_exact(&args)
+    }
+
+    /// Starts the broker with exactly these flags.
+    pub fn start_exact(args: &[&str]) -> BrokerProc {
+        let proc_ = Proc::spawn(
+            "firehose-broker",
+            Command::new(bin("firehose-broker"))
+                .args(args)
+                .env("FIREHOSE_LOG", "info,rumqttd=warn"),
+        );
+        let mut b = BrokerProc {
+            proc_,
+            mqtt: None,
+            mqtts: None,
+            ws: None,
+            wss: None,
+        };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match b.proc_.lines.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => panic!("broker did not start; logs:\n{}", b.logs()),
+            };
+            if line.contains("firehose-broker:") {
+                panic!("broker failed to start: {line}");
+            }
+            if line.contains("auth loaded") {
+                break;
+            }
+            if !line.contains("listening") {
+                continue;
+            }
+            let kind = field(&line, "listener");
+            let addr: Option<SocketAddr> = field(&line, "addr").and_then(|a| a.parse().ok());
+            match (kind.as_deref(), addr) {
+                (Some("mqtt"), Some(a)) if b.mqtt.is_none() => b.mqtt = Some(a),
+                (Some("mqtts"), Some(a)) if b.mqtts.is_none() => b.mqtts = Some(a),
+                (Some("ws"), Some(a)) if b.ws.is_none() => b.ws = Some(a),
+                (Some("wss"), Some(a)) if b.wss.is_none() => b.wss = Some(a),
+                _ => {}
+            }
+        }
+        b
+    }
+
+    pub fn mqtt(&self) -> SocketAddr {
+        self.mqtt.expect("mqtt listener")
+    }
+    pub fn port(&self) -> String {
+        self.mqtt().port().to_string()
+    }
+
+    /// Reads one Prometheus sample from /metrics on the ws listener.
+    pub fn metric(&self, sample: &str) -> u64 {
+        metric_at(self.ws.expect("ws listener"), sample)
+            .unwrap_or_else(|body| panic!("no sample {sample} in /metrics:\n{body}"))
+    }
+
+    /// Waits until a metric reaches at least `n`.
+    pub fn wait_metric(&self, sample: &str, n: u64) {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if self.metric(sample) >= n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{sample} never reached {n} (now {})", self.metric(sample));
+    }
+
+    /// Waits until a metric falls to at most `n`.
+    pub fn wait_metric_at_most(&self, sample: &str, n: u64) {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if self.metric(sample) <= n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{sample} never fell to {n} (now {})", self.metric(sample));
+    }
+
+    pub fn dropped(&self, reason: &str) -> u64 {
+        self.metric(&format!(
+            "firehose_broker_dropped_total{{reason=\"{reason}\"}}"
+        ))
+    }
+}
+
+/// One Prometheus sample from `http://addr/metrics`, or the whole body
+/// when the sample is not there.
+pub fn metric_at(addr: SocketAddr, sample: &str) -> Result<u64, String> {
+    let (_, body) = http_get(addr, "/metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|r| r.trim().parse().ok()))
+        .ok_or(body)
+}
+
+fn field(line: &str, name: &str) -> Option<String> {
+    let key = format!("{name}=");
+    let start = line.find(&key)? + key.len();
+    let rest = &line[start..];
+    let v: String = if let Some(r) = rest.strip_prefix('"') {
+        r.chars().take_while(|c| *c != '"').collect()
+    } else {
+        rest.chars().take_while(|c| !c.is_whitespace()).collect()
+    };
+    Some(v)
+}
+
+/// Spawns `mosquitto_sub` and waits until the broker has its subscription.
+pub struct Sub {
+    child: Option<Child>,
+}
+
+impl Sub {
+    pub fn spawn(b: &BrokerProc, args: &[&str]) -> Sub {
+        let mut all = vec![
+            "-h".to_owned(),
+            "127.0.0.1".to_owned(),
+            "-p".to_owned(),
+            b.port(),
+        ];
+        all.extend(args.iter().map(|s| s.to_string()));
+        Sub::spawn_args(b, &all)
+    }
+
+    /// Like `spawn`, with every argument given (host, port, TLS files).
+    pub fn spawn_args(b: &BrokerProc, args: &[String]) -> Sub {
+        let tool = require("mosquitto_sub", "mosquitto-clients");
+        let before = b.metric("firehose_broker_subscriptions");
+        let mut child = Command::new(tool)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mosquitto_sub");
+        // Subscribed (or already done, e.g. -C 1 satisfied by a retained message).
+        let deadline = Instant::now() + WAIT;
+        while b.metric("firehose_broker_subscriptions") <= before
+            && child.try_wait().expect("try_wait").is_none()
+        {
+            assert!(Instant::now() < deadline, "mosquitto_sub never subscribed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Sub { child: Some(child) }
+    }
+
+    /// Waits for exit (use -C/-W so it ends) and returns stdout.
+    pub fn output(mut self) -> (i32, String, String) {
+        let mut child = self.child.take().expect("child");
+        // Drain the pipes while waiting: a full pipe would block the child.
+        let drain = |r: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                if let Some(mut r) = r {
+                    let _ = r.read_to_end(&mut v);
+                }
+                String::from_utf8_lossy(&v).into_owned()
+            })
+        };
+        let out = drain(
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        );
+        let err = drain(
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        );
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("try_wait") {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break child.wait().expect("wait");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        (
+            status.code().unwrap_or(-1),
+            out.join().unwrap_or_default(),
+            err.join().unwrap_or_default(),
+        )
+    }
+}
+
+impl Drop for Sub {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn mosquitto_pub(b: &BrokerProc, args: &[&str]) -> Output {
+    let tool = require("mosquitto_pub", "mosquitto-clients");
+    run(Command::new(tool)
+        .args(["-h", "127.0.0.1", "-p", &b.port()])
+        .args(args))
+}
+
+/// Writes a password file with Debian's mosquitto_passwd (mode 0600).
+pub fn passwd_file(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
+    let tool = require("mosquitto_passwd", "mosquitto");
+    let p = dir.join("passwd");
+    for (i, (u, pw)) in users.iter().enumerate() {
+        let mut c = Command::new(&tool);
+        if i == 0 {
+            c.arg("-c");
+        }
+        let out = run(c.args(["-b", p.to_str().unwrap(), u, pw]));
+        assert!(out.status.success(), "mosquitto_passwd: {out:?}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+/// Minimal HTTP GET; returns (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+// ---- raw MQTT -------------------------------------------------------------

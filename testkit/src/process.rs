@@ -1,0 +1,203 @@
+//! Running things: this workspace's binaries, external tools (with an
+//! install hint when missing), and commands under a time limit.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Upper bound for anything a test waits on. Never a timing assertion:
+/// only a guard so a broken test ends instead of hanging.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A binary of this workspace, from the target directory the tests run
+/// from (`cargo test --workspace` builds every binary first).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary inside target/<profile>/deps");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is not built: run `cargo build --workspace` first (./scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+/// The path of a required external tool, or a panic naming the package.
+pub fn require(tool: &str, package: &str) -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join(tool);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("{tool} not found: install it with `apt-get install {package}` (the README test command does this)");
+}
+
+/// Runs a command with a time limit and returns its output.
+pub fn run(cmd: &mut Command) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "{cmd:?} did not finish; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A child process whose stderr is kept line by line (for `wait_log`) and
+/// whose stdout is kept too; killed on drop.
+pub struct Proc {
+    name: String,
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+    stdout: Arc<Mutex<Vec<String>>>,
+    /// Every stderr line as it arrives, for start-up parsing.
+    pub lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Proc {
+    /// Spawns `cmd` (stdin null, stdout and stderr captured).
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (err, out) = (child.stderr.take(), child.stdout.take());
+        let l2 = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err.expect("stderr"))
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line.clone());
+                l2.lock().unwrap().push(line);
+            }
+        });
+        let o2 = stdout.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out.expect("stdout"))
+                .lines()
+                .map_while(Result::ok)
+            {
+                o2.lock().unwrap().push(line);
+            }
+        });
+        Proc {
+            name: name.to_owned(),
+            child,
+            logs,
+            stdout,
+            lines: rx,
+        }
+    }
+
+    /// Everything it logged (stderr) so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Everything it printed on stdout so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// How many stderr lines contain `needle`.
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until a stderr line contains `needle`.
+    pub fn wait_log(&self, needle: &str) {
+        self.wait_log_count(needle, 1)
+    }
+
+    /// Waits until `n` stderr lines contain `needle`.
+    pub fn wait_log_count(&self, needle: &str, n: usize) {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if self.count_log(needle) >= n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "{}: fewer than {n} log lines with {needle:?}; logs:\n{}",
+            self.name,
+            self.logs()
+        );
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (TERM, HUP, KILL, ...).
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(st.success());
+    }
+
+    /// Waits for the process to exit and returns its status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{} did not exit; logs:\n{}", self.name, self.logs());
+    }
+
+    /// Resident memory, in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
