@@ -60,6 +60,9 @@ pub struct PublishArgs {
     /// Append input that is not an event to this JSON-lines file.
     #[arg(long, value_name = "FILE")]
     pub dead_letter: Option<PathBuf>,
+    /// On SIGTERM, how long to keep trying to deliver what is spooled.
+    #[arg(long, value_name = "SECONDS")]
+    pub flush_timeout: Option<u64>,
 }
 
 /// The `[publish]` table.
@@ -83,6 +86,8 @@ pub struct PublishConfig {
     pub keep_alive_secs: u64,
     /// Publishes in flight (sent, not yet acknowledged) at once.
     pub max_inflight: usize,
+    /// On SIGTERM, seconds to keep trying to deliver what is spooled.
+    pub flush_timeout: u64,
 }
 
 impl Default for PublishConfig {
@@ -103,6 +108,7 @@ impl Default for PublishConfig {
             dead_letter: None,
             keep_alive_secs: 30,
             max_inflight: 100,
+            flush_timeout: 10,
         }
     }
 }
@@ -177,6 +183,7 @@ impl PublishConfig {
         set_opt(&mut self.metrics, &a.metrics);
         set_opt(&mut self.instance, &a.instance);
         set_opt(&mut self.dead_letter, &a.dead_letter);
+        set(&mut self.flush_timeout, &a.flush_timeout);
     }
 
     /// Checks everything and reads the files it names.
@@ -226,6 +233,7 @@ impl PublishConfig {
             dead_letter,
             keep_alive: std::time::Duration::from_secs(self.keep_alive_secs.clamp(5, 3600)),
             max_inflight: self.max_inflight.clamp(1, 65_000),
+            flush_timeout: std::time::Duration::from_secs(self.flush_timeout),
         })
     }
 }
@@ -247,6 +255,7 @@ pub struct Publish {
     pub dead_letter: PathBuf,
     pub keep_alive: std::time::Duration,
     pub max_inflight: usize,
+    pub flush_timeout: std::time::Duration,
 }
 
 /// The first line of a password file that only its owner may read.

@@ -36,8 +36,6 @@ use crate::source::{Event, Events, SourceContext, Upstream};
 use crate::spool::{Record, Spool, SpoolError};
 use crate::stats::Stats;
 
-/// How long a shutdown waits for the spool to drain to the broker.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Events taken from the source queue per wakeup.
 const BATCH: usize = 256;
 /// Status refresh (counters) when nothing else changes.
@@ -262,7 +260,8 @@ impl Publisher {
         self.stats.pending.store(self.spool.len() as i64, Relaxed);
     }
 
-    /// Drains what the source queued, without waiting.
+    /// Drains what the source queued, without waiting, and hands the batch
+    /// to the OS (so a killed bridge finds it in the spool).
     fn accept_ready(&mut self) {
         for _ in 0..BATCH {
             match self.rx.try_recv() {
@@ -273,6 +272,9 @@ impl Publisher {
                     break;
                 }
             }
+        }
+        if let Err(e) = self.spool.flush() {
+            tracing::error!(error = %e, "spool write failed");
         }
     }
 
@@ -345,7 +347,7 @@ impl Publisher {
             let tls = self.cfg.tls.clone();
             let connect = Connection::open(&url, tls.as_ref(), &o, Duration::from_secs(10));
             tokio::pin!(connect);
-            let flush_deadline = Instant::now() + FLUSH_TIMEOUT;
+            let flush_deadline = Instant::now() + self.cfg.flush_timeout;
             let res = loop {
                 tokio::select! {
                     r = &mut connect => break Some(r),
@@ -436,7 +438,7 @@ impl Publisher {
                 return Ended::Finished;
             }
             if *self.stopping.borrow() && flush_deadline.is_none() {
-                flush_deadline = Some(Instant::now() + FLUSH_TIMEOUT);
+                flush_deadline = Some(Instant::now() + self.cfg.flush_timeout);
                 tracing::info!(pending = self.spool.len(), "flushing the spool before exit");
             }
             tokio::select! {

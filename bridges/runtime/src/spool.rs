@@ -269,6 +269,23 @@ impl Spool {
         Ok(())
     }
 
+    /// Hands appended records to the OS, so they survive the bridge being
+    /// killed (not a machine crash: that is what [`Spool::sync`] is for).
+    pub fn flush(&mut self) -> Result<(), SpoolError> {
+        if let Some(Disk {
+            writer: Some((w, _)),
+            dir,
+            ..
+        }) = self.disk.as_mut()
+        {
+            w.flush().map_err(|source| SpoolError::File {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
     /// Flushes and syncs to disk (before exit).
     pub fn sync(&mut self) -> Result<(), SpoolError> {
         self.checkpoint()?;

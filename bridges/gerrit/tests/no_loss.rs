@@ -1,0 +1,220 @@
+//! No loss: events keep their place in the spool while the broker is down
+//! (restarted mid-stream) and across a killed bridge, and reach a
+//! persistent-session subscriber; duplicates, if any, carry the same id.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use firehose_testkit::*;
+
+const BRIDGE: (&str, &str) = ("gerrit-bridge", "bridge-pw");
+const EVENTS: usize = 300;
+
+/// `n` distinct gerrit events, one per line.
+fn events_file(dir: &Path, n: usize) -> std::path::PathBuf {
+    let mut text = String::new();
+    for i in 0..n {
+        text.push_str(&format!(
+            "{{\"type\":\"comment-added\",\"change\":{{\"project\":\"load/test\",\"number\":{i}}},\"eventCreatedOn\":{}}}\n",
+            1_700_000_000 + i
+        ));
+    }
+    let p = dir.join("events.jsonl");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn bridge_pwfile(dir: &Path) -> std::path::PathBuf {
+    let p = dir.join("bridge.pass");
+    std::fs::write(&p, format!("{}\n", BRIDGE.1)).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+fn broker_on(port: u16, passwd: &Path) -> BrokerProc {
+    BrokerProc::start_exact(&[
+        "--mqtt",
+        &format!("127.0.0.1:{port}"),
+        "--ws",
+        "127.0.0.1:0",
+        "--passwd",
+        passwd.to_str().unwrap(),
+    ])
+}
+
+/// A persistent-session (clean session off) QoS 1 subscriber on `gerrit/#`
+/// that acks what it gets and counts CloudEvents ids.
+struct Subscriber {
+    raw: Raw,
+    /// id -> (times seen, first payload)
+    seen: HashMap<String, (usize, Vec<u8>)>,
+    received: usize,
+}
+
+impl Subscriber {
+    fn connect(port: u16) -> Raw {
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut r = Raw::open(addr);
+        r.send(&connect(4, "persistent-sub", 30, false, None));
+        let (t, body) = r.read().expect("CONNACK");
+        assert_eq!((t, body[1]), (0x20, 0));
+        r.send(&subscribe(4, 1, "gerrit/#", 1));
+        loop {
+            let (t, _) = r.read().expect("SUBACK");
+            if t == 0x90 {
+                return r;
+            }
+        }
+    }
+
+    fn new(port: u16) -> Subscriber {
+        Subscriber {
+            raw: Subscriber::connect(port),
+            seen: HashMap::new(),
+            received: 0,
+        }
+    }
+
+    /// Reads until `n` distinct ids were seen; false if the connection ended.
+    fn read_until(&mut self, n: usize) -> bool {
+        while self.seen.len() < n {
+            let Some((t, body)) = self.raw.read() else {
+                return false;
+            };
+            if t & 0xf0 != 0x30 {
+                continue;
+            }
+            let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
+            let mut off = 2 + tl;
+            if (t >> 1) & 3 > 0 {
+                let pkid = [body[off], body[off + 1]];
+                self.raw.send(&[0x40, 2, pkid[0], pkid[1]]);
+                off += 2;
+            }
+            let payload = body[off..].to_vec();
+            let ev: serde_json::Value = serde_json::from_slice(&payload).expect("CloudEvents JSON");
+            let id = ev["id"].as_str().expect("id").to_owned();
+            self.received += 1;
+            let e = self.seen.entry(id).or_insert((0, payload.clone()));
+            e.0 += 1;
+            assert_eq!(e.1, payload, "a duplicate is the same message, same id");
+        }
+        true
+    }
+
+    fn duplicates(&self) -> usize {
+        self.received - self.seen.len()
+    }
+}
+
+#[test]
+fn broker_restart_while_events_flow_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let with_bridge = passwd_file(&a, &[BRIDGE]);
+    let without = passwd_file(&b, &[("someone-else", "pw")]);
+    let pw = dir.path().join("passwd-active");
+    std::fs::copy(&with_bridge, &pw).unwrap();
+    let port = free_port();
+    let b1 = broker_on(port, &pw);
+    let mut sub = Subscriber::new(port);
+
+    let file = events_file(dir.path(), EVENTS);
+    let sshd = Sshd::start(
+        dir.path(),
+        &format!(
+            "while read l; do echo \"$l\"; sleep 0.01; done < {}; sleep 60",
+            file.display()
+        ),
+    );
+    let br = Proc::spawn(
+        "firehose-gerrit",
+        Command::new(bin("firehose-gerrit"))
+            .args(["--gerrit", &sshd.url(), "--known-hosts"])
+            .arg(&sshd.known_hosts)
+            .arg("--ssh-key")
+            .arg(&sshd.user_key)
+            .args(["--broker", &format!("mqtt://{}@127.0.0.1:{port}", BRIDGE.0)])
+            .arg("--password-file")
+            .arg(bridge_pwfile(dir.path()))
+            .args(["--instance", "noloss"]),
+    );
+    assert!(sub.read_until(60), "first 60 events");
+    // The broker dies hard while events flow.
+    drop(b1);
+    br.wait_log("broker connection lost");
+    // A new broker on the same port that does not know the bridge yet, so the
+    // subscriber is back before the bridge can publish again.
+    std::fs::copy(&without, &pw).unwrap();
+    let b2 = broker_on(port, &pw);
+    sub.raw = Subscriber::connect(port);
+    br.wait_log("broker refused the connection");
+    std::fs::copy(&with_bridge, &pw).unwrap();
+    b2.signal("HUP");
+    let deadline = Instant::now() + WAIT * 2;
+    while sub.seen.len() < EVENTS {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {EVENTS} ids arrived",
+            sub.seen.len()
+        );
+        assert!(sub.read_until(EVENTS), "subscriber lost its connection");
+    }
+    eprintln!(
+        "broker restart: {EVENTS} events, {} received, {} duplicates",
+        sub.received,
+        sub.duplicates()
+    );
+    assert_eq!(sub.seen.len(), EVENTS);
+}
+
+#[test]
+fn spooled_events_survive_a_killed_bridge() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = passwd_file(dir.path(), &[BRIDGE]);
+    let port = free_port();
+    let file = events_file(dir.path(), 50);
+    let spool = dir.path().join("spool");
+    let bridge = |source: &Path| {
+        Proc::spawn(
+            "firehose-gerrit",
+            Command::new(bin("firehose-gerrit"))
+                .arg("--replay")
+                .arg(source)
+                .args(["--broker", &format!("mqtt://{}@127.0.0.1:{port}", BRIDGE.0)])
+                .arg("--password-file")
+                .arg(bridge_pwfile(dir.path()))
+                .arg("--spool")
+                .arg(&spool)
+                .args(["--instance", "spool"]),
+        )
+    };
+    // No broker yet: the bridge reads all 50 events into its spool...
+    let first = bridge(&file);
+    first.wait_log("replay read to the end");
+    first.wait_log("cannot connect to the broker");
+    // ...and is killed without a chance to flush.
+    first.signal("KILL");
+    drop(first);
+    let b = broker_on(port, &pw);
+    let mut sub = Subscriber::new(port);
+    // Restarted with nothing new to read, it delivers what the spool kept.
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let mut second = bridge(&empty);
+    second.wait_log("spool opened");
+    assert!(second.logs().contains("recovered=50"), "{}", second.logs());
+    assert!(sub.read_until(50), "all 50 spooled events");
+    assert!(second.wait_exit().success());
+    drop(b);
+    eprintln!(
+        "killed bridge: 50 events, {} received, {} duplicates",
+        sub.received,
+        sub.duplicates()
+    );
+}
