@@ -1,0 +1,106 @@
+//! Configuration: the TOML file (by flag or FIREHOSE_GERRIT_CONFIG), flags
+//! over it, `--check-config`, and errors that name the fix.
+
+use std::path::Path;
+use std::process::Command;
+
+use firehose_testkit::*;
+
+fn gerrit() -> Command {
+    Command::new(bin("firehose-gerrit"))
+}
+
+fn write_0600(p: &Path, text: &str) {
+    std::fs::write(p, text).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn stderr(cmd: &mut Command) -> (bool, String) {
+    let out = run(cmd);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
+    )
+}
+
+#[test]
+fn check_config_from_file_env_and_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = run(Command::new(require("ssh-keygen", "openssh-client"))
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(d.join("id"))
+        .current_dir(d));
+    assert!(out.status.success());
+    std::fs::write(d.join("known_hosts"), "").unwrap();
+    write_0600(&d.join("pass"), "pw\n");
+    let cfg = d.join("gerrit.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[publish]\nbroker = \"mqtt://bot@127.0.0.1:1\"\npassword_file = \"{p}\"\n\
+             [source]\ngerrit = \"ssh://bot@review.example.org\"\nssh_key = \"{k}\"\nknown_hosts = \"{kh}\"\n",
+            p = d.join("pass").display(),
+            k = d.join("id").display(),
+            kh = d.join("known_hosts").display()
+        ),
+    )
+    .unwrap();
+    let (ok, text) = stderr(gerrit().arg("--config").arg(&cfg).arg("--check-config"));
+    assert!(ok, "{text}");
+    assert!(text.contains("configuration OK"), "{text}");
+    assert!(text.contains("ssh://bot@review.example.org:29418"), "{text}");
+    assert!(!text.contains("pw"), "the password never shows: {text}");
+    // The environment names the file too; a flag overrides it.
+    let (ok, text) = stderr(
+        gerrit()
+            .env("FIREHOSE_GERRIT_CONFIG", &cfg)
+            .args(["--broker", "mqtts://bot@127.0.0.1:8883", "--check-config"]),
+    );
+    assert!(ok, "{text}");
+    assert!(text.contains("mqtts://bot@127.0.0.1:8883"), "{text}");
+
+    // Errors name the fix.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.join("pass"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, text) = stderr(gerrit().arg("--config").arg(&cfg).arg("--check-config"));
+    assert!(!ok);
+    assert!(text.contains("chmod 0600"), "{text}");
+    std::fs::set_permissions(d.join("pass"), std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let (ok, text) = stderr(
+        gerrit()
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--known-hosts")
+            .arg(d.join("missing"))
+            .arg("--check-config"),
+    );
+    assert!(!ok);
+    assert!(text.contains("ssh-keyscan -p 29418 review.example.org"), "{text}");
+
+    std::fs::set_permissions(d.join("id"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, text) = stderr(gerrit().arg("--config").arg(&cfg).arg("--check-config"));
+    assert!(!ok);
+    assert!(text.contains("chmod 0600"), "{text}");
+
+    std::fs::write(&cfg, "[source]\ngerit = \"typo\"\n").unwrap();
+    let (ok, text) = stderr(gerrit().arg("--config").arg(&cfg).arg("--check-config"));
+    assert!(!ok);
+    assert!(text.contains("unknown field") && text.contains("gerit"), "{text}");
+
+    let (ok, text) = stderr(gerrit().arg("--check-config"));
+    assert!(!ok);
+    assert!(text.contains("--gerrit ssh://USER@HOST"), "{text}");
+}
+
+#[test]
+fn shipped_sample_config_parses() {
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/gerrit.toml");
+    let (_, text) = stderr(gerrit().arg("--config").arg(&sample).arg("--check-config"));
+    // The sample names files that exist only on a real host: the error is
+    // about those files, never about the config's syntax.
+    assert!(!text.contains("unknown field") && !text.contains("expected"), "{text}");
+    assert!(text.contains("/etc/firehose/gerrit.pass"), "{text}");
+}
