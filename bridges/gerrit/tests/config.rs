@@ -50,14 +50,17 @@ fn check_config_from_file_env_and_flags() {
     let (ok, text) = stderr(gerrit().arg("--config").arg(&cfg).arg("--check-config"));
     assert!(ok, "{text}");
     assert!(text.contains("configuration OK"), "{text}");
-    assert!(text.contains("ssh://bot@review.example.org:29418"), "{text}");
+    assert!(
+        text.contains("ssh://bot@review.example.org:29418"),
+        "{text}"
+    );
     assert!(!text.contains("pw"), "the password never shows: {text}");
     // The environment names the file too; a flag overrides it.
-    let (ok, text) = stderr(
-        gerrit()
-            .env("FIREHOSE_GERRIT_CONFIG", &cfg)
-            .args(["--broker", "mqtts://bot@127.0.0.1:8883", "--check-config"]),
-    );
+    let (ok, text) = stderr(gerrit().env("FIREHOSE_GERRIT_CONFIG", &cfg).args([
+        "--broker",
+        "mqtts://bot@127.0.0.1:8883",
+        "--check-config",
+    ]));
     assert!(ok, "{text}");
     assert!(text.contains("mqtts://bot@127.0.0.1:8883"), "{text}");
 
@@ -78,7 +81,10 @@ fn check_config_from_file_env_and_flags() {
             .arg("--check-config"),
     );
     assert!(!ok);
-    assert!(text.contains("ssh-keyscan -p 29418 review.example.org"), "{text}");
+    assert!(
+        text.contains("ssh-keyscan -p 29418 review.example.org"),
+        "{text}"
+    );
 
     std::fs::set_permissions(d.join("id"), std::fs::Permissions::from_mode(0o644)).unwrap();
     let (ok, text) = stderr(gerrit().arg("--config").arg(&cfg).arg("--check-config"));
@@ -88,7 +94,10 @@ fn check_config_from_file_env_and_flags() {
     std::fs::write(&cfg, "[source]\ngerit = \"typo\"\n").unwrap();
     let (ok, text) = stderr(gerrit().arg("--config").arg(&cfg).arg("--check-config"));
     assert!(!ok);
-    assert!(text.contains("unknown field") && text.contains("gerit"), "{text}");
+    assert!(
+        text.contains("unknown field") && text.contains("gerit"),
+        "{text}"
+    );
 
     let (ok, text) = stderr(gerrit().arg("--check-config"));
     assert!(!ok);
@@ -101,6 +110,9 @@ fn shipped_sample_config_parses() {
     let (_, text) = stderr(gerrit().arg("--config").arg(&sample).arg("--check-config"));
     // The sample names files that exist only on a real host: the error is
     // about those files, never about the config's syntax.
-    assert!(!text.contains("unknown field") && !text.contains("expected"), "{text}");
+    assert!(
+        !text.contains("unknown field") && !text.contains("expected"),
+        "{text}"
+    );
     assert!(text.contains("/etc/firehose/gerrit.pass"), "{text}");
 }

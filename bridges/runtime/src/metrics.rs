@@ -18,12 +18,25 @@ pub async fn serve(listener: TcpListener, stats: Arc<Stats>, bridge: &'static st
         };
         let stats = stats.clone();
         tokio::spawn(async move {
-            let mut req = [0u8; 2048];
-            let n = match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut req)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
+            // Read the request head (bounded in size and time).
+            let mut req = Vec::with_capacity(1024);
+            let head = async {
+                let mut chunk = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => req.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                true
             };
-            let line = String::from_utf8_lossy(&req[..n]);
+            if !matches!(
+                tokio::time::timeout(Duration::from_secs(5), head).await,
+                Ok(true)
+            ) {
+                return;
+            }
+            let line = String::from_utf8_lossy(&req);
             let path = line.split_whitespace().nth(1).unwrap_or("/");
             let (code, body) = match path {
                 "/metrics" => ("200 OK", stats.prometheus(bridge)),

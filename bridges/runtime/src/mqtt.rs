@@ -310,7 +310,17 @@ impl Connection {
             let s = tokio_rustls::TlsConnector::from(cfg.clone())
                 .connect(name, tcp)
                 .await
-                .map_err(|e| MqttError::Tls(e.to_string()))?;
+                .map_err(|e| {
+                    let e = e.to_string();
+                    let hint = if e.contains("UnknownIssuer") {
+                        " (the broker's certificate is not signed by a CA we trust: pass --ca FILE)"
+                    } else if e.contains("NotValidForName") {
+                        " (the certificate does not name this host: use the name it was issued for)"
+                    } else {
+                        ""
+                    };
+                    MqttError::Tls(format!("{e}{hint}"))
+                })?;
             Box::new(s)
         } else {
             Box::new(tcp)

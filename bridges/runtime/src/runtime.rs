@@ -55,6 +55,8 @@ pub enum RuntimeError {
     Signal(std::io::Error),
     #[error("source failed: {0}")]
     Source(String),
+    #[error("{0} event(s) not delivered and lost (no --spool to keep them)")]
+    Undelivered(usize),
 }
 
 /// A bridge: its name (`gerrit`, `nova`, ...) and publishing config.
@@ -154,9 +156,11 @@ impl Bridge {
             version: self.version,
             started,
             dropped_logged: 0,
+            finish_by: None,
         };
         p.run().await;
         p.spool.sync()?;
+        let undelivered = p.spool.len();
         // The source may still be reading; it was told to stop.
         let _ = stop_tx.send(true);
         match tokio::time::timeout(Duration::from_secs(5), source_task).await {
@@ -164,7 +168,18 @@ impl Bridge {
             Ok(Err(e)) => return Err(RuntimeError::Source(e.to_string())),
             _ => {}
         }
+        if undelivered > 0 && self.cfg.spool.is_none() {
+            return Err(RuntimeError::Undelivered(undelivered));
+        }
         Ok(())
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no deadline.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -200,9 +215,23 @@ struct Publisher {
     version: &'static str,
     started: String,
     dropped_logged: u64,
+    /// Set once the bridge is finishing (SIGTERM, or the source ended):
+    /// the last moment to deliver what is spooled.
+    finish_by: Option<Instant>,
 }
 
 impl Publisher {
+    /// The delivery deadline once the bridge is finishing, else `None`.
+    fn finish_deadline(&mut self) -> Option<Instant> {
+        if self.finish_by.is_none() && (*self.stopping.borrow() || !self.rx_open) {
+            self.finish_by = Some(Instant::now() + self.cfg.flush_timeout);
+            if !self.spool.is_empty() {
+                tracing::info!(pending = self.spool.len(), timeout = ?self.cfg.flush_timeout, "delivering what is spooled before exit");
+            }
+        }
+        self.finish_by
+    }
+
     fn done(&self) -> bool {
         (*self.stopping.borrow() || !self.rx_open) && self.spool.is_empty()
     }
@@ -347,8 +376,8 @@ impl Publisher {
             let tls = self.cfg.tls.clone();
             let connect = Connection::open(&url, tls.as_ref(), &o, Duration::from_secs(10));
             tokio::pin!(connect);
-            let flush_deadline = Instant::now() + self.cfg.flush_timeout;
             let res = loop {
+                let deadline = self.finish_deadline();
                 tokio::select! {
                     r = &mut connect => break Some(r),
                     ev = self.rx.recv(), if self.rx_open => match ev {
@@ -356,7 +385,7 @@ impl Publisher {
                         None => self.rx_open = false,
                     },
                     _ = self.stopping.changed() => {}
-                    _ = tokio::time::sleep_until(flush_deadline), if *self.stopping.borrow() => break None,
+                    _ = sleep_until_opt(deadline), if deadline.is_some() => break None,
                 }
                 if self.done() {
                     return;
@@ -388,6 +417,7 @@ impl Publisher {
             let delay = backoff.next_delay();
             let wake = Instant::now() + delay;
             loop {
+                let deadline = self.finish_deadline();
                 tokio::select! {
                     _ = tokio::time::sleep_until(wake) => break,
                     ev = self.rx.recv(), if self.rx_open => match ev {
@@ -395,6 +425,10 @@ impl Publisher {
                         None => self.rx_open = false,
                     },
                     _ = self.stopping.changed() => break,
+                    _ = sleep_until_opt(deadline), if deadline.is_some() => {
+                        tracing::warn!(pending = self.spool.len(), "broker unreachable; undelivered events stay in the spool");
+                        return;
+                    }
                 }
             }
         }
@@ -414,7 +448,6 @@ impl Publisher {
         let mut status_tick = tokio::time::interval(STATUS_EVERY);
         status_tick.reset();
         let mut checkpoint = tokio::time::interval(Duration::from_millis(200));
-        let mut flush_deadline: Option<Instant> = None;
         let mut upstream = self.upstream.clone();
         loop {
             // Fill the in-flight window.
@@ -437,10 +470,7 @@ impl Publisher {
                 self.goodbye(&mut conn).await;
                 return Ended::Finished;
             }
-            if *self.stopping.borrow() && flush_deadline.is_none() {
-                flush_deadline = Some(Instant::now() + self.cfg.flush_timeout);
-                tracing::info!(pending = self.spool.len(), "flushing the spool before exit");
-            }
+            let flush_deadline = self.finish_deadline();
             tokio::select! {
                 biased;
                 p = conn.recv() => match p {
@@ -453,7 +483,7 @@ impl Publisher {
                     Ok(_) => {}
                     Err(e) => return Ended::Lost(e),
                 },
-                ev = self.rx.recv(), if self.rx_open && flush_deadline.is_none() => match ev {
+                ev = self.rx.recv(), if self.rx_open => match ev {
                     Some(ev) => { self.accept(ev); self.accept_ready(); }
                     None => self.rx_open = false,
                 },
@@ -482,7 +512,7 @@ impl Publisher {
                     }
                 }
                 _ = self.stopping.changed() => {}
-                _ = async { if let Some(d) = flush_deadline { tokio::time::sleep_until(d).await } }, if flush_deadline.is_some() => {
+                _ = sleep_until_opt(flush_deadline), if flush_deadline.is_some() => {
                     tracing::warn!(pending = self.spool.len(), "flush timed out; undelivered events stay in the spool");
                     self.goodbye(&mut conn).await;
                     return Ended::Finished;

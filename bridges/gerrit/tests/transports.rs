@@ -1,0 +1,167 @@
+//! The runtime's options on the real binaries: websockets and TLS to the
+//! broker (with --ca), --base-topic, --qos 0, --metrics, replay from stdin,
+//! and event types nobody has heard of.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use firehose_testkit::*;
+
+const BRIDGE: (&str, &str) = ("gerrit-bridge", "bridge-pw");
+
+fn pwfile(dir: &std::path::Path) -> std::path::PathBuf {
+    let p = dir.join("bridge.pass");
+    std::fs::write(&p, format!("{}\n", BRIDGE.1)).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+const GOOD: &str = r#"{"type":"comment-added","change":{"project":"a/b","number":7}}"#;
+const NEW_TYPE: &str = r#"{"type":"brand-new-event","project":"a/b","eventCreatedOn":1700000000}"#;
+
+#[test]
+fn websockets_base_topic_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = passwd_file(dir.path(), &[BRIDGE]);
+    let b = BrokerProc::start(&["--passwd", pw.to_str().unwrap()]);
+    let events = dir.path().join("events");
+    std::fs::write(&events, format!("{GOOD}\nnot json\n{NEW_TYPE}\n")).unwrap();
+    let sshd = Sshd::start(dir.path(), &format!("cat {}; sleep 60", events.display()));
+    let sub = Sub::spawn(&b, &["-t", "site1/#", "-v", "-C", "2"]);
+    let br = Proc::spawn(
+        "firehose-gerrit",
+        Command::new(bin("firehose-gerrit"))
+            .args(["--gerrit", &sshd.url(), "--ssh-key"])
+            .arg(&sshd.user_key)
+            .arg("--known-hosts")
+            .arg(&sshd.known_hosts)
+            .args([
+                "--broker",
+                &format!("ws://{}@{}/mqtt", BRIDGE.0, b.ws.unwrap()),
+            ])
+            .arg("--password-file")
+            .arg(pwfile(dir.path()))
+            .args([
+                "--base-topic",
+                "site1/",
+                "--payload",
+                "raw",
+                "--metrics",
+                "127.0.0.1:0",
+            ])
+            .arg("--dead-letter")
+            .arg(dir.path().join("dl.jsonl")),
+    );
+    let (_, out, _) = sub.output();
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        vec![
+            format!("site1/gerrit/a/b/comment-added {GOOD}"),
+            format!("site1/gerrit/a/b/brand-new-event {NEW_TYPE}")
+        ]
+    );
+    br.wait_log("metrics listening");
+    let addr = br
+        .logs()
+        .lines()
+        .find(|l| l.contains("metrics listening"))
+        .and_then(|l| l.split("addr=").nth(1))
+        .and_then(|a| a.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .expect("metrics address in the log");
+    let m = |name: &str| {
+        metric_at(
+            addr,
+            &format!("firehose_bridge_{name}{{bridge=\"gerrit\"}}"),
+        )
+        .unwrap_or_else(|b| panic!("{name}: {b}"))
+    };
+    let deadline = Instant::now() + WAIT;
+    while m("events_published_total") < 2 {
+        assert!(Instant::now() < deadline, "published never reached 2");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(m("events_read_total"), 2);
+    assert_eq!(m("events_malformed_total"), 1);
+    assert_eq!(m("events_spooled"), 0);
+    assert_eq!(m("events_dropped_total"), 0);
+    assert_eq!(m("broker_connected"), 1);
+    assert_eq!(m("source_connected"), 1);
+    assert_eq!(m("broker_reconnects_total"), 0);
+}
+
+#[test]
+fn tls_with_ca_qos0_and_replay_from_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path());
+    let pw = passwd_file(dir.path(), &[BRIDGE]);
+    let b = BrokerProc::start(&[
+        "--passwd",
+        pw.to_str().unwrap(),
+        "--mqtts",
+        "127.0.0.1:0",
+        "--cert",
+        &path_str(dir.path(), "server.pem"),
+        "--key",
+        &path_str(dir.path(), "server.key"),
+    ]);
+    let tls = b.mqtts.expect("mqtts listener");
+    let sub = Sub::spawn(&b, &["-t", "gerrit/#", "-v", "-C", "2"]);
+    let mut child = Command::new(bin("firehose-gerrit"))
+        .args(["--replay", "-", "--payload", "raw", "--qos", "0"])
+        .args([
+            "--broker",
+            &format!("mqtts://{}@localhost:{}", BRIDGE.0, tls.port()),
+        ])
+        .arg("--ca")
+        .arg(dir.path().join("ca.pem"))
+        .arg("--password-file")
+        .arg(pwfile(dir.path()))
+        .arg("--dead-letter")
+        .arg(dir.path().join("dl.jsonl"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{GOOD}\n{NEW_TYPE}").unwrap();
+    drop(stdin);
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replay from stdin did not finish"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success());
+    let (_, out, _) = sub.output();
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(out.contains("gerrit/a/b/brand-new-event"), "{out}");
+
+    // Without the CA the broker's certificate is not trusted; the replayed
+    // event cannot be delivered and, with no spool to keep it, the exit
+    // status says so.
+    let one = dir.path().join("one.jsonl");
+    std::fs::write(&one, format!("{GOOD}\n")).unwrap();
+    let out = run(Command::new(bin("firehose-gerrit"))
+        .arg("--replay")
+        .arg(&one)
+        .args(["--flush-timeout", "1"])
+        .args([
+            "--broker",
+            &format!("mqtts://{}@localhost:{}", BRIDGE.0, tls.port()),
+        ])
+        .arg("--password-file")
+        .arg(pwfile(dir.path())));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("TLS") && err.contains("certificate"), "{err}");
+    assert!(!out.status.success(), "undelivered events are an error");
+    assert!(err.contains("1 event(s) not delivered"), "{err}");
+}
