@@ -201,3 +201,12 @@ impl Drop for Proc {
         let _ = self.child.wait();
     }
 }
+
+/// Writes a file only its owner may read (mode 0600), as password and key
+/// files must be.
+pub fn private_file(path: &Path, contents: &str) -> PathBuf {
+    std::fs::write(path, contents).expect("write private file");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 0600");
+    path.to_owned()
+}

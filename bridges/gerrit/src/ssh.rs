@@ -172,20 +172,15 @@ impl client::Handler for Handler {
 
 /// Loads a private key, refusing one that others may read (as ssh does).
 pub fn load_key(path: &Path) -> Result<Arc<PrivateKey>, SshError> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path).map_err(|e| SshError::Key {
+    let open = firehose_bridge::config::too_open(path).map_err(|e| SshError::Key {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    if let Some(mode) = open {
+        return Err(SshError::KeyMode {
             path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(SshError::KeyMode {
-                path: path.to_owned(),
-                mode,
-            });
-        }
+            mode,
+        });
     }
     russh::keys::load_secret_key(path, None)
         .map(Arc::new)

@@ -10,12 +10,6 @@ fn gerrit() -> Command {
     Command::new(bin("firehose-gerrit"))
 }
 
-fn write_0600(p: &Path, text: &str) {
-    std::fs::write(p, text).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
 fn stderr(cmd: &mut Command) -> (bool, String) {
     let out = run(cmd);
     (
@@ -34,7 +28,7 @@ fn check_config_from_file_env_and_flags() {
         .current_dir(d));
     assert!(out.status.success());
     std::fs::write(d.join("known_hosts"), "").unwrap();
-    write_0600(&d.join("pass"), "pw\n");
+    private_file(&d.join("pass"), "pw\n");
     let cfg = d.join("gerrit.toml");
     std::fs::write(
         &cfg,

@@ -58,18 +58,11 @@ fn fixture_lines() -> Vec<Vec<u8>> {
 /// A broker that knows the bridge's user, and the bridge's password file.
 fn broker(dir: &Path, extra: &[&str]) -> (BrokerProc, PathBuf) {
     let pw = passwd_file(dir, &[BRIDGE]);
-    let pwfile = dir.join("bridge.pass");
-    std::fs::write(&pwfile, format!("{}\n", BRIDGE.1)).unwrap();
-    set_mode(&pwfile, 0o600);
+    let pwfile = private_file(&dir.join("bridge.pass"), &format!("{}\n", BRIDGE.1));
     let mut args = vec!["--passwd".to_owned(), pw.to_string_lossy().into_owned()];
     args.extend(extra.iter().map(|s| s.to_string()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     (BrokerProc::start(&refs), pwfile)
-}
-
-fn set_mode(p: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
 /// Starts firehose-gerrit publishing to `b` with `args`.

@@ -27,11 +27,7 @@ fn events_file(dir: &Path, n: usize) -> std::path::PathBuf {
 }
 
 fn bridge_pwfile(dir: &Path) -> std::path::PathBuf {
-    let p = dir.join("bridge.pass");
-    std::fs::write(&p, format!("{}\n", BRIDGE.1)).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    p
+    private_file(&dir.join("bridge.pass"), &format!("{}\n", BRIDGE.1))
 }
 
 fn broker_on(port: u16, passwd: &Path) -> BrokerProc {

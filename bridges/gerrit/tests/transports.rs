@@ -11,11 +11,7 @@ use firehose_testkit::*;
 const BRIDGE: (&str, &str) = ("gerrit-bridge", "bridge-pw");
 
 fn pwfile(dir: &std::path::Path) -> std::path::PathBuf {
-    let p = dir.join("bridge.pass");
-    std::fs::write(&p, format!("{}\n", BRIDGE.1)).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    p
+    private_file(&dir.join("bridge.pass"), &format!("{}\n", BRIDGE.1))
 }
 
 const GOOD: &str = r#"{"type":"comment-added","change":{"project":"a/b","number":7}}"#;

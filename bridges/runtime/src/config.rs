@@ -258,22 +258,25 @@ pub struct Publish {
     pub flush_timeout: std::time::Duration,
 }
 
+/// The mode of a secret file (password, private key) when group or others
+/// may read it, `None` when only its owner can.
+pub fn too_open(path: &Path) -> std::io::Result<Option<u32>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    Ok((mode & 0o077 != 0).then_some(mode))
+}
+
 /// The first line of a password file that only its owner may read.
 fn read_password(path: &Path) -> Result<String, ConfigError> {
-    let meta = std::fs::metadata(path).map_err(|e| ConfigError::Password {
+    let open = too_open(path).map_err(|e| ConfigError::Password {
         path: path.to_owned(),
         reason: e.to_string(),
     })?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(ConfigError::PasswordMode {
-                path: path.to_owned(),
-                mode,
-            });
-        }
+    if let Some(mode) = open {
+        return Err(ConfigError::PasswordMode {
+            path: path.to_owned(),
+            mode,
+        });
     }
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Password {
         path: path.to_owned(),
