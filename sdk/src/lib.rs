@@ -9,11 +9,14 @@
 //!   `firehose/status/<bridge>/<instance>`.
 //! - [`gerrit`]: `gerrit stream-events` lines, parsed leniently across
 //!   Gerrit versions.
+//! - [`nova`]: nova notifications as they sit on RabbitMQ (oslo 2.0 envelope
+//!   or bare), versioned or legacy payloads, service status.
 //! - [`PayloadMode`]: CloudEvents, or byte-for-byte what the original
 //!   publisher sent (for existing consumers).
 
 pub mod envelope;
 pub mod gerrit;
+pub mod nova;
 pub mod status;
 pub mod topic;
 

@@ -7,11 +7,15 @@
 pub mod broker;
 pub mod certs;
 pub mod process;
+pub mod rabbitmq;
 pub mod raw;
 pub mod sshd;
+pub mod subscriber;
 
 pub use broker::*;
 pub use certs::*;
 pub use process::*;
+pub use rabbitmq::*;
 pub use raw::*;
 pub use sshd::*;
+pub use subscriber::*;

@@ -2,7 +2,6 @@
 //! (restarted mid-stream) and across a killed bridge, and reach a
 //! persistent-session subscriber; duplicates, if any, carry the same id.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -41,71 +40,6 @@ fn broker_on(port: u16, passwd: &Path) -> BrokerProc {
     ])
 }
 
-/// A persistent-session (clean session off) QoS 1 subscriber on `gerrit/#`
-/// that acks what it gets and counts CloudEvents ids.
-struct Subscriber {
-    raw: Raw,
-    /// id -> (times seen, first payload)
-    seen: HashMap<String, (usize, Vec<u8>)>,
-    received: usize,
-}
-
-impl Subscriber {
-    fn connect(port: u16) -> Raw {
-        let addr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut r = Raw::open(addr);
-        r.send(&connect(4, "persistent-sub", 30, false, None));
-        let (t, body) = r.read().expect("CONNACK");
-        assert_eq!((t, body[1]), (0x20, 0));
-        r.send(&subscribe(4, 1, "gerrit/#", 1));
-        loop {
-            let (t, _) = r.read().expect("SUBACK");
-            if t == 0x90 {
-                return r;
-            }
-        }
-    }
-
-    fn new(port: u16) -> Subscriber {
-        Subscriber {
-            raw: Subscriber::connect(port),
-            seen: HashMap::new(),
-            received: 0,
-        }
-    }
-
-    /// Reads until `n` distinct ids were seen; false if the connection ended.
-    fn read_until(&mut self, n: usize) -> bool {
-        while self.seen.len() < n {
-            let Some((t, body)) = self.raw.read() else {
-                return false;
-            };
-            if t & 0xf0 != 0x30 {
-                continue;
-            }
-            let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
-            let mut off = 2 + tl;
-            if (t >> 1) & 3 > 0 {
-                let pkid = [body[off], body[off + 1]];
-                self.raw.send(&[0x40, 2, pkid[0], pkid[1]]);
-                off += 2;
-            }
-            let payload = body[off..].to_vec();
-            let ev: serde_json::Value = serde_json::from_slice(&payload).expect("CloudEvents JSON");
-            let id = ev["id"].as_str().expect("id").to_owned();
-            self.received += 1;
-            let e = self.seen.entry(id).or_insert((0, payload.clone()));
-            e.0 += 1;
-            assert_eq!(e.1, payload, "a duplicate is the same message, same id");
-        }
-        true
-    }
-
-    fn duplicates(&self) -> usize {
-        self.received - self.seen.len()
-    }
-}
-
 #[test]
 fn broker_restart_while_events_flow_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -118,7 +52,7 @@ fn broker_restart_while_events_flow_loses_nothing() {
     std::fs::copy(&with_bridge, &pw).unwrap();
     let port = free_port();
     let b1 = broker_on(port, &pw);
-    let mut sub = Subscriber::new(port);
+    let mut sub = Subscriber::new(port, "gerrit/#");
 
     let file = events_file(dir.path(), EVENTS);
     let sshd = Sshd::start(
@@ -148,7 +82,7 @@ fn broker_restart_while_events_flow_loses_nothing() {
     // subscriber is back before the bridge can publish again.
     std::fs::copy(&without, &pw).unwrap();
     let b2 = broker_on(port, &pw);
-    sub.raw = Subscriber::connect(port);
+    sub.raw = Subscriber::connect(port, "gerrit/#");
     br.wait_log("broker refused the connection");
     std::fs::copy(&with_bridge, &pw).unwrap();
     b2.signal("HUP");
@@ -198,7 +132,7 @@ fn spooled_events_survive_a_killed_bridge() {
     first.signal("KILL");
     drop(first);
     let b = broker_on(port, &pw);
-    let mut sub = Subscriber::new(port);
+    let mut sub = Subscriber::new(port, "gerrit/#");
     // Restarted with nothing new to read, it delivers what the spool kept.
     let empty = dir.path().join("empty.jsonl");
     std::fs::write(&empty, "").unwrap();

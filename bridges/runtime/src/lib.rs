@@ -24,10 +24,11 @@ pub mod deadletter;
 pub mod lines;
 pub mod metrics;
 pub mod mqtt;
+pub mod print;
 pub mod runtime;
 pub mod source;
 pub mod spool;
 pub mod stats;
 
-pub use runtime::Bridge;
+pub use runtime::{Bridge, PrintFormat};
 pub use source::{Event, SourceContext};

@@ -65,6 +65,28 @@ pub struct Bridge {
     version: &'static str,
     cfg: Publish,
     stats: Arc<Stats>,
+    print: Option<PrintFormat>,
+}
+
+/// `--print`: write normalized events to stdout instead of publishing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrintFormat {
+    /// One JSON object per line.
+    Json,
+    /// One YAML document per event.
+    Yaml,
+}
+
+impl std::str::FromStr for PrintFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "json" => Ok(PrintFormat::Json),
+            "yaml" => Ok(PrintFormat::Yaml),
+            o => Err(format!("--print {o:?}: use json or yaml")),
+        }
+    }
 }
 
 /// How a connected period ended.
@@ -81,7 +103,15 @@ impl Bridge {
             version,
             cfg,
             stats: Arc::new(Stats::default()),
+            print: None,
         }
+    }
+
+    /// Prints events to stdout instead of publishing them (an operator
+    /// checking a setup). No broker, no spool, no status.
+    pub fn print_only(mut self, format: PrintFormat) -> Bridge {
+        self.print = Some(format);
+        self
     }
 
     /// The bridge's counters.
@@ -120,9 +150,40 @@ impl Bridge {
             ));
         }
 
-        let (tx, rx) = mpsc::channel(1024);
+        let (tx, mut rx) = mpsc::channel(1024);
         let (upstream_tx, upstream_rx) = watch::channel(Upstream::default());
         let (stop_tx, stop_rx) = watch::channel(false);
+        if let Some(format) = self.print {
+            let ctx = SourceContext::new(
+                Events {
+                    tx,
+                    stats: self.stats.clone(),
+                },
+                Arc::new(upstream_tx),
+                DeadLetters::new(&self.cfg.dead_letter),
+                stop_rx,
+                self.cfg.payload,
+                self.cfg.base_topic.clone(),
+            );
+            let source_task = tokio::spawn(source(ctx));
+            let stop_tx = Arc::new(stop_tx);
+            spawn_signals(stop_tx.clone()).map_err(RuntimeError::Signal)?;
+            let mut stopping = stop_tx.subscribe();
+            loop {
+                tokio::select! {
+                    ev = rx.recv() => match ev {
+                        Some(ev) => crate::print::event(format, ev),
+                        None => break,
+                    },
+                    _ = stopping.changed() => break,
+                }
+            }
+            let _ = stop_tx.send(true);
+            return match tokio::time::timeout(Duration::from_secs(5), source_task).await {
+                Ok(Ok(Err(e))) => Err(RuntimeError::Source(e)),
+                _ => Ok(()),
+            };
+        }
         let ctx = SourceContext::new(
             Events {
                 tx,

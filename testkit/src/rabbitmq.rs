@@ -1,0 +1,118 @@
+//! A private RabbitMQ node on a free loopback port, with its own node name
+//! and data directory, as `../shared/notes/test-services.md` describes.
+//! Needs Debian's `rabbitmq-server` (`./scripts/test` installs it).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::process::*;
+use crate::sshd::free_port;
+
+const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+const CTL: &str = "/usr/lib/rabbitmq/bin/rabbitmqctl";
+
+/// A running RabbitMQ node; stopped on drop.
+pub struct RabbitMq {
+    proc_: Option<Proc>,
+    dir: PathBuf,
+    pub node: String,
+    pub port: u16,
+    dist_port: u16,
+}
+
+impl RabbitMq {
+    /// Starts a node with its data under `dir`.
+    pub fn start(dir: &Path) -> RabbitMq {
+        assert!(
+            Path::new(SERVER).exists(),
+            "{SERVER} is missing: install Debian's rabbitmq-server (./scripts/test does)"
+        );
+        std::fs::create_dir_all(dir).expect("rabbitmq dir");
+        std::fs::write(dir.join("plugins"), "[].\n").expect("plugins file");
+        let mut r = RabbitMq {
+            proc_: None,
+            dir: dir.to_owned(),
+            node: format!("firehose-{}-{}@localhost", std::process::id(), free_port()),
+            port: free_port(),
+            dist_port: free_port(),
+        };
+        r.boot();
+        r
+    }
+
+    fn env(&self, cmd: &mut Command) {
+        cmd.env(
+            "HOME",
+            std::env::var("HOME").unwrap_or_else(|_| "/root".into()),
+        )
+        .env("RABBITMQ_NODENAME", &self.node)
+        .env("RABBITMQ_NODE_PORT", self.port.to_string())
+        .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+        .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+        .env("RABBITMQ_MNESIA_BASE", self.dir.join("mnesia"))
+        .env("RABBITMQ_LOG_BASE", self.dir.join("log"))
+        .env("RABBITMQ_ENABLED_PLUGINS_FILE", self.dir.join("plugins"));
+    }
+
+    fn boot(&mut self) {
+        let mut cmd = Command::new(SERVER);
+        self.env(&mut cmd);
+        self.proc_ = Some(Proc::spawn("rabbitmq-server", &mut cmd));
+        // await_startup fails at once until the node registered with epmd.
+        let deadline = Instant::now() + WAIT * 3;
+        loop {
+            let mut ctl = Command::new(CTL);
+            self.env(&mut ctl);
+            let out = run(ctl.args(["-q", "-n", &self.node, "await_startup", "--timeout", "10"]));
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "RabbitMQ did not start: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.proc_.as_ref().map(|p| p.logs()).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// `amqp://guest:guest@127.0.0.1:PORT/%2f`.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Stops the node (its data stays).
+    pub fn stop(&mut self) {
+        let mut ctl = Command::new(CTL);
+        self.env(&mut ctl);
+        let _ = run(ctl.args(["-q", "-n", &self.node, "stop"]));
+        if let Some(mut p) = self.proc_.take() {
+            p.wait_exit();
+        }
+    }
+
+    /// Starts it again on the same port with the same data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.boot();
+    }
+
+    /// Runs rabbitmqctl against this node.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let mut ctl = Command::new(CTL);
+        self.env(&mut ctl);
+        let out = run(ctl.arg("-q").arg("-n").arg(&self.node).args(args));
+        assert!(out.status.success(), "rabbitmqctl {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for RabbitMq {
+    fn drop(&mut self) {
+        if self.proc_.is_some() {
+            self.stop();
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! A subscriber for the no-loss tests: persistent session, QoS 1, counts
+//! CloudEvents ids and checks that a duplicate is byte-for-byte the same.
+
+use std::collections::HashMap;
+
+use crate::raw::*;
+
+/// A persistent-session (clean session off) QoS 1 subscriber that acks
+/// what it gets and counts CloudEvents ids, for the no-loss tests.
+pub struct Subscriber {
+    pub raw: Raw,
+    /// id -> (times seen, first payload)
+    pub seen: HashMap<String, (usize, Vec<u8>)>,
+    pub received: usize,
+}
+
+impl Subscriber {
+    /// Connects as "persistent-sub" and subscribes to `filter` at QoS 1.
+    pub fn connect(port: u16, filter: &str) -> Raw {
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut r = Raw::open(addr);
+        r.send(&connect(4, "persistent-sub", 30, false, None));
+        let (t, body) = r.read().expect("CONNACK");
+        assert_eq!((t, body[1]), (0x20, 0));
+        r.send(&subscribe(4, 1, filter, 1));
+        loop {
+            let (t, _) = r.read().expect("SUBACK");
+            if t == 0x90 {
+                return r;
+            }
+        }
+    }
+
+    pub fn new(port: u16, filter: &str) -> Subscriber {
+        Subscriber {
+            raw: Subscriber::connect(port, filter),
+            seen: HashMap::new(),
+            received: 0,
+        }
+    }
+
+    /// Reads until `n` distinct ids were seen; false if the connection ended.
+    pub fn read_until(&mut self, n: usize) -> bool {
+        while self.seen.len() < n {
+            let Some((t, body)) = self.raw.read() else {
+                return false;
+            };
+            if t & 0xf0 != 0x30 {
+                continue;
+            }
+            let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
+            let mut off = 2 + tl;
+            if (t >> 1) & 3 > 0 {
+                let pkid = [body[off], body[off + 1]];
+                self.raw.send(&[0x40, 2, pkid[0], pkid[1]]);
+                off += 2;
+            }
+            let payload = body[off..].to_vec();
+            let ev: serde_json::Value = serde_json::from_slice(&payload).expect("CloudEvents JSON");
+            let id = ev["id"].as_str().expect("id").to_owned();
+            self.received += 1;
+            let e = self.seen.entry(id).or_insert((0, payload.clone()));
+            e.0 += 1;
+            assert_eq!(e.1, payload, "a duplicate is the same message, same id");
+        }
+        true
+    }
+
+    /// Messages received more than once.
+    pub fn duplicates(&self) -> usize {
+        self.received - self.seen.len()
+    }
+}
