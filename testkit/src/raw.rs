@@ -155,6 +155,11 @@ impl Raw {
     pub fn open(addr: SocketAddr) -> Raw {
         let s = TcpStream::connect(addr).expect("connect");
         s.set_read_timeout(Some(WAIT)).unwrap();
+        Raw::from_stream(s)
+    }
+
+    /// Wraps a connected socket.
+    pub fn from_stream(s: TcpStream) -> Raw {
         Raw { s, buf: Vec::new() }
     }
 

@@ -17,16 +17,24 @@ pub struct Subscriber {
 impl Subscriber {
     /// Connects as "persistent-sub" and subscribes to `filter` at QoS 1.
     pub fn connect(port: u16, filter: &str) -> Raw {
-        let addr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut r = Raw::open(addr);
+        Subscriber::try_connect(port, filter).expect("subscriber connects")
+    }
+
+    /// Like [`Subscriber::connect`], `None` when the broker is not there.
+    pub fn try_connect(port: u16, filter: &str) -> Option<Raw> {
+        let s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(crate::process::WAIT)).ok()?;
+        let mut r = Raw::from_stream(s);
         r.send(&connect(4, "persistent-sub", 30, false, None));
-        let (t, body) = r.read().expect("CONNACK");
-        assert_eq!((t, body[1]), (0x20, 0));
+        let (t, body) = r.read()?;
+        if (t, body.get(1)) != (0x20, Some(&0)) {
+            return None;
+        }
         r.send(&subscribe(4, 1, filter, 1));
         loop {
-            let (t, _) = r.read().expect("SUBACK");
+            let (t, _) = r.read()?;
             if t == 0x90 {
-                return r;
+                return Some(r);
             }
         }
     }
@@ -57,7 +65,10 @@ impl Subscriber {
             }
             let payload = body[off..].to_vec();
             let ev: serde_json::Value = serde_json::from_slice(&payload).expect("CloudEvents JSON");
-            let id = ev["id"].as_str().expect("id").to_owned();
+            // Retained state (a service's up/down) is not an event: no id.
+            let Some(id) = ev["id"].as_str().map(str::to_owned) else {
+                continue;
+            };
             self.received += 1;
             let e = self.seen.entry(id).or_insert((0, payload.clone()));
             e.0 += 1;

@@ -1,0 +1,226 @@
+//! Fault tests with 10,000 notifications: RabbitMQ restarted while they
+//! flow, and the broker restarted while they flow. A persistent-session
+//! subscriber must see every message_id at least once; the duplicate count
+//! is printed. Bounded: every wait has a deadline.
+
+mod common;
+use common::*;
+use firehose_testkit::*;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const N: usize = 10_000;
+
+/// `N` notifications made from the smallest fixtures, each with its own
+/// message_id.
+fn notifications() -> Vec<AmqpMessage> {
+    let mut fx = all_fixtures();
+    fx.sort_by_key(|m| m.body.len());
+    fx.truncate(12);
+    (0..N)
+        .map(|i| {
+            let m = &fx[i % fx.len()];
+            let mut inner = m.inner();
+            inner["message_id"] = serde_json::Value::String(format!("fault-{i:05}"));
+            let outer: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
+            let body = if outer.get("oslo.message").is_some() {
+                serde_json::json!({"oslo.version": "2.0", "oslo.message": inner.to_string()})
+                    .to_string()
+            } else {
+                inner.to_string()
+            };
+            AmqpMessage {
+                exchange: m.exchange.clone(),
+                routing_key: m.routing_key.clone(),
+                body: body.into_bytes(),
+            }
+        })
+        .collect()
+}
+
+/// Publishes everything in batches with confirms, retrying a batch (at
+/// least once, as nova would) while RabbitMQ is away.
+fn spawn_publisher(url: String, msgs: Vec<AmqpMessage>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(180);
+        for batch in msgs.chunks(200) {
+            while let Err(e) = rt.block_on(publish_async(&url, batch, true)) {
+                assert!(Instant::now() < deadline, "publisher gave up: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    })
+}
+
+/// A subscriber thread that reconnects whenever its connection ends and
+/// stops once every id was seen (or at the deadline).
+struct SubThread {
+    handle: std::thread::JoinHandle<Subscriber>,
+    connections: Arc<AtomicUsize>,
+    seen: Arc<AtomicUsize>,
+}
+
+fn spawn_subscriber(port: u16, stop: Arc<AtomicBool>) -> SubThread {
+    let connections = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let (c2, s2) = (connections.clone(), seen.clone());
+    let mut sub = Subscriber::new(port, "nova/#");
+    connections.fetch_add(1, SeqCst);
+    let handle = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(240);
+        while sub.seen.len() < N && Instant::now() < deadline && !stop.load(SeqCst) {
+            let target = (sub.seen.len() + 100).min(N);
+            if sub.read_until(target) {
+                s2.store(sub.seen.len(), SeqCst);
+                continue;
+            }
+            // Connection lost: come back as soon as a broker listens.
+            loop {
+                if let Some(r) = Subscriber::try_connect(port, "nova/#") {
+                    sub.raw = r;
+                    c2.fetch_add(1, SeqCst);
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return sub;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        sub
+    });
+    SubThread {
+        handle,
+        connections,
+        seen,
+    }
+}
+
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn broker_on(port: u16, passwd: &std::path::Path) -> BrokerProc {
+    BrokerProc::start_exact(&[
+        "--mqtt",
+        &format!("127.0.0.1:{port}"),
+        "--ws",
+        "127.0.0.1:0",
+        "--passwd",
+        passwd.to_str().unwrap(),
+        "--max-queued-messages",
+        "100000",
+    ])
+}
+
+fn finish(sub: SubThread, what: &str) {
+    let sub = sub.handle.join().expect("subscriber thread");
+    let missing: Vec<String> = (0..N)
+        .map(|i| format!("fault-{i:05}"))
+        .filter(|id| !sub.seen.contains_key(id))
+        .take(5)
+        .collect();
+    eprintln!(
+        "{what}: {N} notifications, {} received, {} distinct, {} duplicates",
+        sub.received,
+        sub.seen.len(),
+        sub.duplicates()
+    );
+    assert!(
+        missing.is_empty(),
+        "{what}: never arrived (first 5): {missing:?}"
+    );
+}
+
+#[test]
+fn rabbitmq_restart_while_notifications_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rabbit = RabbitMq::start(&dir.path().join("rabbit"));
+    declare(&rabbit.url(), "nova", true, &[]);
+    let port = free_port();
+    let passwd = passwd_file(dir.path(), &[BRIDGE]);
+    let _b = broker_on(port, &passwd);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sub = spawn_subscriber(port, stop.clone());
+    let br = bridge(
+        &rabbit,
+        &format!("127.0.0.1:{port}"),
+        &bridge_password(dir.path()),
+        dir.path(),
+        "cell1",
+        &[],
+    );
+    br.wait_log("consuming nova notifications");
+    let publisher = spawn_publisher(rabbit.url(), notifications());
+    wait_for(
+        "2,000 notifications before the restart",
+        Duration::from_secs(120),
+        || {
+            assert!(!sub.handle.is_finished(), "the subscriber stopped early");
+            sub.seen.load(SeqCst) >= 2_000
+        },
+    );
+    rabbit.restart();
+    br.wait_log_count("consuming nova notifications", 2);
+    publisher.join().expect("publisher");
+    finish(sub, "RabbitMQ restart");
+}
+
+#[test]
+fn broker_restart_while_notifications_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    let rabbit = RabbitMq::start(&dir.path().join("rabbit"));
+    declare(&rabbit.url(), "nova", true, &[]);
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let with_bridge = passwd_file(&a, &[BRIDGE]);
+    let without = passwd_file(&b, &[("someone-else", "pw")]);
+    let active = dir.path().join("passwd");
+    std::fs::copy(&with_bridge, &active).unwrap();
+    let port = free_port();
+    let b1 = broker_on(port, &active);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sub = spawn_subscriber(port, stop.clone());
+    let br = bridge(
+        &rabbit,
+        &format!("127.0.0.1:{port}"),
+        &bridge_password(dir.path()),
+        dir.path(),
+        "cell1",
+        &[],
+    );
+    br.wait_log("consuming nova notifications");
+    let publisher = spawn_publisher(rabbit.url(), notifications());
+    wait_for(
+        "2,000 notifications before the restart",
+        Duration::from_secs(120),
+        || {
+            assert!(!sub.handle.is_finished(), "the subscriber stopped early");
+            sub.seen.load(SeqCst) >= 2_000
+        },
+    );
+    drop(b1);
+    br.wait_log("broker connection lost");
+    // The new broker refuses the bridge until the subscriber is back (the
+    // broker keeps no sessions across a restart).
+    std::fs::copy(&without, &active).unwrap();
+    let b2 = broker_on(port, &active);
+    wait_for("the subscriber to reconnect", WAIT, || {
+        sub.connections.load(SeqCst) >= 2
+    });
+    std::fs::copy(&with_bridge, &active).unwrap();
+    b2.signal("HUP");
+    publisher.join().expect("publisher");
+    finish(sub, "broker restart");
+}
