@@ -1,0 +1,251 @@
+//! Operating firehose-nova: several deployments from one config file, each
+//! reconnecting on its own; `--print json|yaml`; `--check-config` and
+//! errors that name the fix.
+
+mod common;
+use common::*;
+use firehose_testkit::*;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn two_deployments_from_the_config_file_reconnect_on_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let rabbit = RabbitMq::start(&dir.path().join("rabbit"));
+    rabbit.ctl(&["add_vhost", "region2"]);
+    rabbit.ctl(&[
+        "set_permissions",
+        "-p",
+        "region2",
+        "guest",
+        ".*",
+        ".*",
+        ".*",
+    ]);
+    let url2 = format!("amqp://guest:guest@127.0.0.1:{}/region2", rabbit.port);
+    declare(&rabbit.url(), "nova", false, &[]);
+    declare(&url2, "nova", false, &[]);
+    let (b, pw) = broker(dir.path());
+    let hosts = private_file(
+        &dir.path().join("hosts"),
+        "rabbit.example 123\n127.0.0.1 guest\n",
+    );
+    let cfg = dir.path().join("nova.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[publish]\nbroker = \"mqtt://{u}@{m}\"\npassword_file = \"{pw}\"\npayload = \"raw\"\n\
+             [[source.deployments]]\nname = \"cell1\"\namqp = \"{a1}\"\n\
+             [[source.deployments]]\nname = \"region2\"\namqp = \"amqp://guest@127.0.0.1:{port}/region2\"\nhosts_file = \"{hosts}\"\nqueue = \"firehose-r2\"\n",
+            u = BRIDGE.0,
+            m = b.mqtt(),
+            pw = pw.display(),
+            a1 = rabbit.url(),
+            port = rabbit.port,
+            hosts = hosts.display(),
+        ),
+    )
+    .unwrap();
+    let br = Proc::spawn(
+        "firehose-nova",
+        Command::new(bin("firehose-nova"))
+            .env("FIREHOSE_NOVA_CONFIG", &cfg)
+            .arg("--dead-letter")
+            .arg(dir.path().join("dl.jsonl")),
+    );
+    br.wait_log_count("consuming nova notifications", 2);
+    let fx = fixtures("legacy.jsonl");
+    let sub = Sub::spawn(
+        &b,
+        &[
+            "-t",
+            "nova/+/compute/instance/delete/end",
+            "-v",
+            "-C",
+            "2",
+            "-W",
+            "20",
+        ],
+    );
+    amqp_publish(&rabbit.url(), &fx[..1], false);
+    amqp_publish(&url2, &fx[..1], false);
+    let (_, out, _) = sub.output();
+    let topics: std::collections::BTreeSet<&str> =
+        out.lines().filter_map(|l| l.split(' ').next()).collect();
+    assert_eq!(
+        topics.into_iter().collect::<Vec<_>>(),
+        vec![
+            "nova/cell1/compute/instance/delete/end",
+            "nova/region2/compute/instance/delete/end"
+        ]
+    );
+    // Only region2's connections are closed: only region2 reconnects, and
+    // cell1 keeps flowing meanwhile.
+    rabbit.ctl(&[
+        "close_all_connections",
+        "--vhost",
+        "region2",
+        "test: region2 goes away",
+    ]);
+    wait_for("region2 to reconnect", || {
+        br.logs()
+            .lines()
+            .filter(|l| l.contains("consuming nova notifications") && l.contains("region2"))
+            .count()
+            >= 2
+    });
+    let lost: Vec<String> = br
+        .logs()
+        .lines()
+        .filter(|l| l.contains("reconnecting"))
+        .map(str::to_owned)
+        .collect();
+    assert!(lost.iter().all(|l| l.contains("region2")), "{lost:?}");
+    assert_eq!(
+        br.logs()
+            .lines()
+            .filter(|l| l.contains("consuming nova notifications") && l.contains("cell1"))
+            .count(),
+        1,
+        "cell1 never reconnected"
+    );
+    let sub = Sub::spawn(
+        &b,
+        &[
+            "-t",
+            "nova/+/compute/instance/update",
+            "-v",
+            "-C",
+            "2",
+            "-W",
+            "20",
+        ],
+    );
+    amqp_publish(&rabbit.url(), &fx[1..2], false);
+    amqp_publish(&url2, &fx[1..2], false);
+    assert_eq!(sub.output().1.lines().count(), 2);
+}
+
+#[test]
+fn print_json_and_yaml_instead_of_publishing() {
+    let dir = tempfile::tempdir().unwrap();
+    let rabbit = RabbitMq::start(&dir.path().join("rabbit"));
+    declare(&rabbit.url(), "nova", false, &[]);
+    let fx = fixtures("versioned.jsonl");
+    for format in ["json", "yaml"] {
+        // No broker at all: --print never connects to one.
+        let mut br = Proc::spawn(
+            "firehose-nova",
+            Command::new(bin("firehose-nova"))
+                .args([
+                    "--amqp",
+                    &rabbit.url(),
+                    "--deployment",
+                    "cell1",
+                    "--print",
+                    format,
+                ])
+                .args(["--broker", "mqtt://127.0.0.1:1"]),
+        );
+        br.wait_log("consuming nova notifications");
+        amqp_publish(&rabbit.url(), &fx[..3], false);
+        let want_topics: Vec<String> = fx[..3].iter().map(|m| m.expected_topic("cell1")).collect();
+        wait_for("three printed events", || {
+            let out = br.stdout_lines().join("\n");
+            want_topics.iter().all(|t| out.contains(t.as_str()))
+        });
+        let out = br.stdout_lines();
+        if format == "json" {
+            let first: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
+            assert_eq!(first["topic"], want_topics[0]);
+            assert_eq!(first["retain"], false);
+            assert_eq!(first["payload"]["id"], fx[0].inner()["message_id"]);
+        } else {
+            let text = out.join("\n");
+            assert!(text.starts_with("---\ntopic: nova/cell1/"), "{text}");
+            assert!(
+                text.contains("specversion: '1.0'") || text.contains("specversion: \"1.0\""),
+                "{text}"
+            );
+        }
+        br.signal("TERM");
+        assert!(br.wait_exit().success(), "{}", br.logs());
+        assert_eq!(
+            queue_depth(&rabbit, "firehose.cell1"),
+            (0, 0),
+            "printed messages are acked"
+        );
+    }
+}
+
+#[test]
+fn check_config_and_errors_that_name_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let nova = |args: &[&str]| {
+        let out = run(Command::new(bin("firehose-nova")).args(args));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let pass = private_file(&d.join("amqp.pass"), "hunter2\n");
+    let (ok, text) = nova(&[
+        "--amqp",
+        "amqp://nova@rabbit.example:5672/%2f",
+        "--amqp-password-file",
+        pass.to_str().unwrap(),
+        "--deployment",
+        "cell1",
+        "--check-config",
+    ]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("configuration OK")
+            && text.contains("cell1 (amqp://nova@rabbit.example:5672/%2f)"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "the password never shows");
+
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, text) = nova(&[
+        "--amqp",
+        "amqp://nova@rabbit.example/%2f",
+        "--amqp-password-file",
+        pass.to_str().unwrap(),
+        "--deployment",
+        "cell1",
+        "--check-config",
+    ]);
+    assert!(!ok);
+    assert!(text.contains("chmod 0600"), "{text}");
+
+    let (ok, text) = nova(&["--check-config"]);
+    assert!(!ok);
+    assert!(text.contains("--amqp URL --deployment NAME"), "{text}");
+    let (ok, text) = nova(&["--amqp", "amqp://a@b/%2f", "--check-config"]);
+    assert!(!ok);
+    assert!(text.contains("--deployment NAME"), "{text}");
+
+    let sample = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nova.toml");
+    let (_, text) = nova(&["--config", sample.to_str().unwrap(), "--check-config"]);
+    assert!(
+        !text.contains("unknown field") && !text.contains("expected"),
+        "{text}"
+    );
+    assert!(
+        text.contains("/etc/firehose/"),
+        "the sample's files are the only problem: {text}"
+    );
+}
