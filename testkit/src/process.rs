@@ -14,6 +14,10 @@ pub const WAIT: Duration = Duration::from_secs(20);
 /// A binary of this workspace, from the target directory the tests run
 /// from (`cargo test --workspace` builds every binary first).
 pub fn bin(name: &str) -> PathBuf {
+    // A benchmark points here at its own (release) directory.
+    if let Some(dir) = std::env::var_os("FIREHOSE_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
     let dir = exe
