@@ -323,28 +323,25 @@ impl Publisher {
             payload: ev.payload,
             retain: ev.retain,
         };
-        match self.spool.push(rec) {
-            Ok((seq, dropped)) => {
-                if let Some(a) = ev.ack {
-                    self.ackers.insert(seq, a);
-                }
-                if dropped > 0 {
-                    self.stats.dropped.fetch_add(dropped as u64, Relaxed);
-                    self.dropped_logged += dropped as u64;
-                    let oldest = self.spool.oldest();
-                    self.ackers.retain(|s, _| *s >= oldest);
-                    if self.dropped_logged.is_power_of_two() || dropped > 1 {
-                        tracing::warn!(
-                            dropped_total = self.stats.dropped.load(Relaxed),
-                            max_bytes = self.cfg.spool_max_bytes,
-                            "spool full: oldest events dropped"
-                        );
-                    }
-                }
-            }
-            Err(e) => {
-                // The disk failed: keep going in memory, loudly.
-                tracing::error!(error = %e, "spool write failed; event kept in memory only");
+        let pushed = self.spool.push(rec);
+        if let Some(a) = ev.ack {
+            self.ackers.insert(pushed.seq, a);
+        }
+        if let Some(e) = pushed.disk_error {
+            // The disk failed: keep going in memory, loudly.
+            tracing::error!(error = %e, "spool write failed; event held in memory only");
+        }
+        if pushed.dropped > 0 {
+            self.stats.dropped.fetch_add(pushed.dropped as u64, Relaxed);
+            self.dropped_logged += pushed.dropped as u64;
+            let oldest = self.spool.oldest();
+            self.ackers.retain(|s, _| *s >= oldest);
+            if self.dropped_logged.is_power_of_two() || pushed.dropped > 1 {
+                tracing::warn!(
+                    dropped_total = self.stats.dropped.load(Relaxed),
+                    max_bytes = self.cfg.spool_max_bytes,
+                    "spool full: oldest events dropped"
+                );
             }
         }
         self.stats.pending.store(self.spool.len() as i64, Relaxed);

@@ -53,6 +53,17 @@ pub struct Recovered {
     pub corrupt: usize,
 }
 
+/// What [`Spool::push`] did.
+#[derive(Debug)]
+pub struct Pushed {
+    /// The event's sequence number.
+    pub seq: u64,
+    /// Old events dropped to make room (the spool is full).
+    pub dropped: usize,
+    /// The disk write failed; the event is held in memory only.
+    pub disk_error: Option<SpoolError>,
+}
+
 /// Rotate to a new segment file beyond this size.
 const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
 const HEADER: usize = 4 + 4;
@@ -150,17 +161,20 @@ impl Spool {
         Ok((spool, rec))
     }
 
-    /// Adds an event; returns its sequence number and how many old events
-    /// were dropped to make room.
-    pub fn push(&mut self, r: Record) -> Result<(u64, usize), SpoolError> {
+    /// Adds an event; says its sequence number, how many old events were
+    /// dropped to make room, and whether the disk took it.
+    pub fn push(&mut self, r: Record) -> Pushed {
         let seq = self.next_seq;
         self.next_seq += 1;
-        if let Some(d) = self.disk.as_mut() {
-            d.append(seq, &r)?;
-        }
+        // A disk that fails does not lose the event: it stays in memory.
+        let disk_error = self.disk.as_mut().and_then(|d| d.append(seq, &r).err());
         self.bytes += r.size();
         self.records.push_back((seq, r));
-        Ok((seq, self.trim_to_cap()))
+        Pushed {
+            seq,
+            dropped: self.trim_to_cap(),
+            disk_error,
+        }
     }
 
     /// Drops the oldest events while over the cap (never the newest).
@@ -409,7 +423,7 @@ mod tests {
     fn memory_order_ack_rewind() {
         let mut s = Spool::memory(1 << 20);
         for i in 0..5 {
-            s.push(rec(i)).unwrap();
+            s.push(rec(i));
         }
         let sent: Vec<u64> = std::iter::from_fn(|| s.next_unsent().map(|r| r.0)).collect();
         assert_eq!(sent, vec![1, 2, 3, 4, 5]);
@@ -430,7 +444,7 @@ mod tests {
         let mut s = Spool::memory(rec(0).size() * 3);
         let mut dropped = 0;
         for i in 0..10 {
-            dropped += s.push(rec(i)).unwrap().1;
+            dropped += s.push(rec(i)).dropped;
         }
         assert_eq!(dropped, 7);
         assert_eq!(s.next_unsent().unwrap().1, rec(7));
@@ -443,7 +457,7 @@ mod tests {
             let (mut s, r) = Spool::open(dir.path(), 1 << 20).unwrap();
             assert_eq!(r, Recovered::default());
             for i in 0..6 {
-                s.push(rec(i)).unwrap();
+                s.push(rec(i));
             }
             s.ack(1);
             s.ack(2);
@@ -469,7 +483,7 @@ mod tests {
         let got: Vec<Record> = std::iter::from_fn(|| s.next_unsent().map(|r| r.1)).collect();
         assert_eq!(got, (2..6).map(rec).collect::<Vec<_>>());
         // New events continue the sequence in a new segment.
-        let (seq, _) = s.push(rec(9)).unwrap();
+        let seq = s.push(rec(9)).seq;
         assert_eq!(seq, 7);
         for seq in 3..=7 {
             s.ack(seq);
