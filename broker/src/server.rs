@@ -195,7 +195,8 @@ impl Broker {
         let _ = self.shutdown_tx.send(true);
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
-        for _ in 0..50 {
+        // Sessions deliver what they still have (up to 2 s each, at once).
+        for _ in 0..150 {
             if self.shared.stats.clients_connected.load(Relaxed) <= 0 {
                 break;
             }

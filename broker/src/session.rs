@@ -37,6 +37,8 @@ use crate::transport::BoxIo;
 
 /// Largest chunk moved from the queue into the write buffer at once.
 const WRITE_CHUNK: usize = 64 * 1024;
+/// How long a shutdown keeps delivering to a client before closing it.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 /// Stop reading from a client whose unread replies pile up beyond this.
 const MAX_PENDING_WRITE: usize = 1024 * 1024;
 
@@ -370,6 +372,7 @@ impl Session {
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => {
+                        self.drain_for_shutdown(&mut writer, &mut wbuf, &mut wpos).await;
                         let bye = self.disconnect_packet(DisconnectReasonCode::ServerShuttingDown);
                         last_write(&mut writer, &wbuf[wpos..], &bye).await;
                         break End::Shutdown;
@@ -532,6 +535,62 @@ impl Session {
                     Err(_) => return None,
                 }
             }
+        }
+    }
+
+    /// Shutting down: hands the client what the router still has for it
+    /// and what is queued (the broker keeps nothing once it exits), for at
+    /// most [`SHUTDOWN_DRAIN`], then returns with `wbuf` still to write.
+    async fn drain_for_shutdown(
+        &mut self,
+        writer: &mut WriteHalf<BoxIo>,
+        wbuf: &mut BytesMut,
+        wpos: &mut usize,
+    ) {
+        let deadline = Instant::now() + SHUTDOWN_DRAIN;
+        while Instant::now() < deadline {
+            // Whatever the router forwards until it has been quiet a moment.
+            while let Some(link) = self.link.as_mut() {
+                match tokio::time::timeout(Duration::from_millis(50), link.rx.next()).await {
+                    Ok(Ok(Some(n))) => self.notification(n, wbuf).await,
+                    Ok(Ok(None)) if Instant::now() < deadline => {}
+                    _ => break,
+                }
+            }
+            self.fill_all(wbuf);
+            let pending = &wbuf[*wpos..];
+            if pending.is_empty() && self.queue.is_empty() {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, writer.write_all(pending)).await {
+                Ok(Ok(())) => {
+                    self.shared
+                        .stats
+                        .bytes_sent
+                        .fetch_add(pending.len() as u64, Relaxed);
+                    wbuf.clear();
+                    *wpos = 0;
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Moves every queued message into the write buffer, ignoring the
+    /// in-flight window (the last delivery before shutdown).
+    fn fill_all(&mut self, wbuf: &mut BytesMut) {
+        while let Some(msg) = self.queue.pop_front() {
+            self.queued_bytes -= msg.len();
+            let start = wbuf.len();
+            wbuf.extend_from_slice(&msg);
+            if codec::encoded_qos(&msg) > 0 {
+                let pkid = self.alloc_pkid();
+                patch_publish(&mut wbuf[start..], pkid, false);
+                self.inflight.push_back((pkid, msg));
+            }
+            self.shared.stats.publish_sent.fetch_add(1, Relaxed);
+            self.shared.stats.messages_sent.fetch_add(1, Relaxed);
         }
     }
 

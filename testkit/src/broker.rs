@@ -285,3 +285,52 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 // ---- raw MQTT -------------------------------------------------------------
+
+impl BrokerProc {
+    /// A broker on a fixed MQTT port (so a restart comes back on the same
+    /// address), reading `passwd`, plus `extra` flags.
+    pub fn on_port(port: u16, passwd: &Path, extra: &[&str]) -> BrokerProc {
+        let mqtt = format!("127.0.0.1:{port}");
+        let mut args = vec!["--mqtt", &mqtt, "--ws", "127.0.0.1:0", "--passwd"];
+        let pw = passwd.to_string_lossy().into_owned();
+        args.push(&pw);
+        args.extend_from_slice(extra);
+        BrokerProc::start_exact(&args)
+    }
+}
+
+/// The password file of a broker that is restarted in a test: it either
+/// knows the bridge's user or does not (so a fresh broker can keep the
+/// bridge out until a subscriber is back), switched with SIGHUP.
+pub struct PasswdSwitch {
+    /// The file the broker reads.
+    pub active: PathBuf,
+    with: PathBuf,
+    without: PathBuf,
+}
+
+impl PasswdSwitch {
+    /// Starts out admitting `user`.
+    pub fn new(dir: &Path, user: (&str, &str)) -> PasswdSwitch {
+        let (a, b) = (dir.join("passwd-with"), dir.join("passwd-without"));
+        std::fs::create_dir_all(&a).expect("mkdir");
+        std::fs::create_dir_all(&b).expect("mkdir");
+        let s = PasswdSwitch {
+            active: dir.join("passwd-active"),
+            with: passwd_file(&a, &[user]),
+            without: passwd_file(&b, &[("someone-else", "pw")]),
+        };
+        s.admit();
+        s
+    }
+
+    /// The file knows the user (send SIGHUP to a running broker).
+    pub fn admit(&self) {
+        std::fs::copy(&self.with, &self.active).expect("copy passwd");
+    }
+
+    /// The file does not know the user.
+    pub fn refuse(&self) {
+        std::fs::copy(&self.without, &self.active).expect("copy passwd");
+    }
+}

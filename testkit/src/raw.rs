@@ -177,6 +177,11 @@ impl Raw {
         (r, body)
     }
 
+    /// Sends, reporting (not panicking on) a connection the server closed.
+    pub fn try_send(&mut self, bytes: &[u8]) -> bool {
+        self.s.write_all(bytes).is_ok()
+    }
+
     pub fn send(&mut self, bytes: &[u8]) {
         self.s.write_all(bytes).expect("write");
     }

@@ -58,23 +58,34 @@ impl Subscriber {
             }
             let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
             let mut off = 2 + tl;
+            let mut puback = None;
             if (t >> 1) & 3 > 0 {
-                let pkid = [body[off], body[off + 1]];
-                self.raw.send(&[0x40, 2, pkid[0], pkid[1]]);
+                puback = Some([0x40, 2, body[off], body[off + 1]]);
                 off += 2;
             }
             let payload = body[off..].to_vec();
-            let ev: serde_json::Value = serde_json::from_slice(&payload).expect("CloudEvents JSON");
-            // Retained state (a service's up/down) is not an event: no id.
-            let Some(id) = ev["id"].as_str().map(str::to_owned) else {
-                continue;
-            };
-            self.received += 1;
-            let e = self.seen.entry(id).or_insert((0, payload.clone()));
-            e.0 += 1;
-            assert_eq!(e.1, payload, "a duplicate is the same message, same id");
+            // Counted first: it arrived, whether or not the ack gets back.
+            self.record(&payload);
+            if let Some(ack) = puback {
+                if !self.raw.try_send(&ack) {
+                    return false;
+                }
+            }
         }
         true
+    }
+
+    /// Counts one CloudEvents payload by id (retained state has no id and
+    /// is not counted); a duplicate must be byte-for-byte the first one.
+    fn record(&mut self, payload: &[u8]) {
+        let ev: serde_json::Value = serde_json::from_slice(payload).expect("CloudEvents JSON");
+        let Some(id) = ev["id"].as_str().map(str::to_owned) else {
+            return;
+        };
+        self.received += 1;
+        let e = self.seen.entry(id).or_insert((0, payload.to_vec()));
+        e.0 += 1;
+        assert_eq!(e.1, payload, "a duplicate is the same message, same id");
     }
 
     /// Messages received more than once.

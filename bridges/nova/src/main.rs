@@ -1,6 +1,5 @@
 //! `firehose-nova`: flags, config file, logging; the work is in the library.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -44,22 +43,8 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FIREHOSE_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,lapin=warn,amq_protocol=warn")
-            }),
-        )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("firehose-nova: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    firehose_bridge::cli::init_logging("info,lapin=warn,amq_protocol=warn");
+    firehose_bridge::cli::exit("firehose-nova", run(Cli::parse()))
 }
 
 fn run(cli: Cli) -> Result<()> {

@@ -110,19 +110,6 @@ fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn broker_on(port: u16, passwd: &std::path::Path) -> BrokerProc {
-    BrokerProc::start_exact(&[
-        "--mqtt",
-        &format!("127.0.0.1:{port}"),
-        "--ws",
-        "127.0.0.1:0",
-        "--passwd",
-        passwd.to_str().unwrap(),
-        "--max-queued-messages",
-        "100000",
-    ])
-}
-
 fn finish(sub: SubThread, what: &str) {
     let sub = sub.handle.join().expect("subscriber thread");
     let missing: Vec<String> = (0..N)
@@ -142,85 +129,93 @@ fn finish(sub: SubThread, what: &str) {
     );
 }
 
-#[test]
-fn rabbitmq_restart_while_notifications_flow() {
+/// What both fault tests share: RabbitMQ with nova's exchange (durable, so
+/// a restart keeps it), a broker on a fixed port, the persistent subscriber,
+/// the bridge and the publisher, with 2,000 notifications through already.
+struct Flow {
+    _dir: tempfile::TempDir,
+    rabbit: RabbitMq,
+    port: u16,
+    pw: PasswdSwitch,
+    broker: Option<BrokerProc>,
+    sub: SubThread,
+    bridge: Proc,
+    publisher: std::thread::JoinHandle<()>,
+}
+
+/// The subscriber may fall behind a burst: the broker keeps it all.
+const QUEUE_ALL: &[&str] = &["--max-queued-messages", "100000"];
+
+fn start_flow() -> Flow {
     let dir = tempfile::tempdir().unwrap();
-    let mut rabbit = RabbitMq::start(&dir.path().join("rabbit"));
+    let rabbit = RabbitMq::start(&dir.path().join("rabbit"));
     declare(&rabbit.url(), "nova", true, &[]);
+    let pw = PasswdSwitch::new(dir.path(), BRIDGE);
     let port = free_port();
-    let passwd = passwd_file(dir.path(), &[BRIDGE]);
-    let _b = broker_on(port, &passwd);
-    let stop = Arc::new(AtomicBool::new(false));
-    let sub = spawn_subscriber(port, stop.clone());
-    let br = bridge(
+    let broker = BrokerProc::on_port(port, &pw.active, QUEUE_ALL);
+    let sub = spawn_subscriber(port, Arc::new(AtomicBool::new(false)));
+    let mqtt = format!("127.0.0.1:{port}");
+    let bridge = bridge(
         &rabbit,
-        &format!("127.0.0.1:{port}"),
+        &mqtt,
         &bridge_password(dir.path()),
         dir.path(),
         "cell1",
         &[],
     );
-    br.wait_log("consuming nova notifications");
+    bridge.wait_log("consuming nova notifications");
     let publisher = spawn_publisher(rabbit.url(), notifications());
     wait_for(
-        "2,000 notifications before the restart",
+        "2,000 notifications before the fault",
         Duration::from_secs(120),
         || {
             assert!(!sub.handle.is_finished(), "the subscriber stopped early");
             sub.seen.load(SeqCst) >= 2_000
         },
     );
-    rabbit.restart();
-    br.wait_log_count("consuming nova notifications", 2);
-    publisher.join().expect("publisher");
-    finish(sub, "RabbitMQ restart");
+    Flow {
+        _dir: dir,
+        rabbit,
+        port,
+        pw,
+        broker: Some(broker),
+        sub,
+        bridge,
+        publisher,
+    }
+}
+
+impl Flow {
+    fn finish(self, what: &str) {
+        self.publisher.join().expect("publisher");
+        finish(self.sub, what);
+    }
+}
+
+#[test]
+fn rabbitmq_restart_while_notifications_flow() {
+    let mut f = start_flow();
+    f.rabbit.restart();
+    f.bridge.wait_log_count("consuming nova notifications", 2);
+    f.finish("RabbitMQ restart");
 }
 
 #[test]
 fn broker_restart_while_notifications_flow() {
-    let dir = tempfile::tempdir().unwrap();
-    let rabbit = RabbitMq::start(&dir.path().join("rabbit"));
-    declare(&rabbit.url(), "nova", true, &[]);
-    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    std::fs::create_dir_all(&a).unwrap();
-    std::fs::create_dir_all(&b).unwrap();
-    let with_bridge = passwd_file(&a, &[BRIDGE]);
-    let without = passwd_file(&b, &[("someone-else", "pw")]);
-    let active = dir.path().join("passwd");
-    std::fs::copy(&with_bridge, &active).unwrap();
-    let port = free_port();
-    let b1 = broker_on(port, &active);
-    let stop = Arc::new(AtomicBool::new(false));
-    let sub = spawn_subscriber(port, stop.clone());
-    let br = bridge(
-        &rabbit,
-        &format!("127.0.0.1:{port}"),
-        &bridge_password(dir.path()),
-        dir.path(),
-        "cell1",
-        &[],
-    );
-    br.wait_log("consuming nova notifications");
-    let publisher = spawn_publisher(rabbit.url(), notifications());
-    wait_for(
-        "2,000 notifications before the restart",
-        Duration::from_secs(120),
-        || {
-            assert!(!sub.handle.is_finished(), "the subscriber stopped early");
-            sub.seen.load(SeqCst) >= 2_000
-        },
-    );
-    drop(b1);
-    br.wait_log("broker connection lost");
+    let mut f = start_flow();
+    // A clean stop: the broker delivers what it accepted, then exits.
+    let mut b1 = f.broker.take().expect("broker");
+    b1.signal("TERM");
+    assert!(b1.wait_exit().success());
+    f.bridge.wait_log("broker connection lost");
     // The new broker refuses the bridge until the subscriber is back (the
     // broker keeps no sessions across a restart).
-    std::fs::copy(&without, &active).unwrap();
-    let b2 = broker_on(port, &active);
+    f.pw.refuse();
+    let b2 = BrokerProc::on_port(f.port, &f.pw.active, QUEUE_ALL);
     wait_for("the subscriber to reconnect", WAIT, || {
-        sub.connections.load(SeqCst) >= 2
+        f.sub.connections.load(SeqCst) >= 2
     });
-    std::fs::copy(&with_bridge, &active).unwrap();
+    f.pw.admit();
     b2.signal("HUP");
-    publisher.join().expect("publisher");
-    finish(sub, "broker restart");
+    f.finish("broker restart");
 }

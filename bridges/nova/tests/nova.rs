@@ -267,14 +267,7 @@ fn broker_away_pauses_consumption_nothing_acked_nothing_dropped() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     // The broker comes: everything is delivered, then acked.
-    let b = BrokerProc::start_exact(&[
-        "--mqtt",
-        &format!("127.0.0.1:{port}"),
-        "--ws",
-        "127.0.0.1:0",
-        "--passwd",
-        passwd.to_str().unwrap(),
-    ]);
+    let b = BrokerProc::on_port(port, &passwd, &[]);
     let deadline = std::time::Instant::now() + WAIT * 2;
     while queue_depth(&rabbit, "firehose.cell1") != (0, 0) {
         assert!(

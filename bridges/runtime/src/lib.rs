@@ -19,6 +19,7 @@
 //! ```
 
 pub mod backoff;
+pub mod cli;
 pub mod config;
 pub mod deadletter;
 pub mod lines;

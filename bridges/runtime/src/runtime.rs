@@ -126,6 +126,27 @@ impl Bridge {
         F: FnOnce(SourceContext) -> Fut,
         Fut: Future<Output = Result<(), String>> + Send + 'static,
     {
+        let (tx, rx) = mpsc::channel(1024);
+        let (upstream_tx, upstream_rx) = watch::channel(Upstream::default());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stop_tx = Arc::new(stop_tx);
+        let ctx = SourceContext::new(
+            Events {
+                tx,
+                stats: self.stats.clone(),
+            },
+            Arc::new(upstream_tx),
+            DeadLetters::new(&self.cfg.dead_letter),
+            stop_rx,
+            self.cfg.payload,
+            self.cfg.base_topic.clone(),
+        );
+        if let Some(format) = self.print {
+            let source_task = tokio::spawn(source(ctx));
+            spawn_signals(stop_tx.clone()).map_err(RuntimeError::Signal)?;
+            print_events(format, rx, &stop_tx).await;
+            return join_source(source_task).await;
+        }
         let (spool, recovered) = match &self.cfg.spool {
             Some(dir) => {
                 let (s, r) = Spool::open(dir, self.cfg.spool_max_bytes)?;
@@ -150,53 +171,7 @@ impl Bridge {
             ));
         }
 
-        let (tx, mut rx) = mpsc::channel(1024);
-        let (upstream_tx, upstream_rx) = watch::channel(Upstream::default());
-        let (stop_tx, stop_rx) = watch::channel(false);
-        if let Some(format) = self.print {
-            let ctx = SourceContext::new(
-                Events {
-                    tx,
-                    stats: self.stats.clone(),
-                },
-                Arc::new(upstream_tx),
-                DeadLetters::new(&self.cfg.dead_letter),
-                stop_rx,
-                self.cfg.payload,
-                self.cfg.base_topic.clone(),
-            );
-            let source_task = tokio::spawn(source(ctx));
-            let stop_tx = Arc::new(stop_tx);
-            spawn_signals(stop_tx.clone()).map_err(RuntimeError::Signal)?;
-            let mut stopping = stop_tx.subscribe();
-            loop {
-                tokio::select! {
-                    ev = rx.recv() => match ev {
-                        Some(ev) => crate::print::event(format, ev),
-                        None => break,
-                    },
-                    _ = stopping.changed() => break,
-                }
-            }
-            let _ = stop_tx.send(true);
-            return match tokio::time::timeout(Duration::from_secs(5), source_task).await {
-                Ok(Ok(Err(e))) => Err(RuntimeError::Source(e)),
-                _ => Ok(()),
-            };
-        }
-        let ctx = SourceContext::new(
-            Events {
-                tx,
-                stats: self.stats.clone(),
-            },
-            Arc::new(upstream_tx),
-            DeadLetters::new(&self.cfg.dead_letter),
-            stop_rx,
-            self.cfg.payload,
-            self.cfg.base_topic.clone(),
-        );
         let source_task = tokio::spawn(source(ctx));
-        let stop_tx = Arc::new(stop_tx);
         spawn_signals(stop_tx.clone()).map_err(RuntimeError::Signal)?;
 
         let started = firehose::envelope::rfc3339(time::OffsetDateTime::now_utc());
@@ -224,16 +199,43 @@ impl Bridge {
         let undelivered = p.spool.len();
         // The source may still be reading; it was told to stop.
         let _ = stop_tx.send(true);
-        match tokio::time::timeout(Duration::from_secs(5), source_task).await {
-            Ok(Ok(Err(e))) => return Err(RuntimeError::Source(e)),
-            Ok(Err(e)) => return Err(RuntimeError::Source(e.to_string())),
-            _ => {}
-        }
+        join_source(source_task).await?;
         if undelivered > 0 && self.cfg.spool.is_none() {
             return Err(RuntimeError::Undelivered(undelivered));
         }
         Ok(())
     }
+}
+
+/// Waits (a little) for a source told to stop, and passes on its failure.
+async fn join_source(
+    task: tokio::task::JoinHandle<Result<(), String>>,
+) -> Result<(), RuntimeError> {
+    match tokio::time::timeout(Duration::from_secs(5), task).await {
+        Ok(Ok(Err(e))) => Err(RuntimeError::Source(e)),
+        Ok(Err(e)) => Err(RuntimeError::Source(e.to_string())),
+        _ => Ok(()),
+    }
+}
+
+/// `--print`: events to stdout until the source ends or a signal; then the
+/// source is told to stop.
+async fn print_events(
+    format: PrintFormat,
+    mut rx: mpsc::Receiver<Event>,
+    stop_tx: &watch::Sender<bool>,
+) {
+    let mut stopping = stop_tx.subscribe();
+    loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => crate::print::event(format, ev),
+                None => break,
+            },
+            _ = stopping.changed() => break,
+        }
+    }
+    let _ = stop_tx.send(true);
 }
 
 /// Sleeps until `at`, or forever when there is no deadline.
