@@ -166,3 +166,28 @@ fn no_flags_no_config_listens_on_loopback_defaults() {
         "{text}"
     );
 }
+
+#[test]
+fn sigterm_delivers_what_was_queued_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = passwd_file(dir.path(), &[("bridge", "secret")]);
+    let mut b = BrokerProc::start(&["--passwd", pw.to_str().unwrap()]);
+    // A QoS 1 subscriber that never acks: 20 in flight, the rest queued.
+    let (mut sub, _) = Raw::connect(b.mqtt(), 5, "slow", None);
+    sub.send(&subscribe(5, 1, "drain/#", 1));
+    assert_eq!(sub.read().expect("SUBACK").0, 0x90);
+    let (mut p, _) = Raw::connect(b.mqtt(), 4, "pub", Some(("bridge", "secret")));
+    for i in 1..=100u16 {
+        p.send(&publish(4, b"drain/x", format!("m{i}").as_bytes(), 1, i));
+        assert_eq!(p.read().expect("PUBACK").0, 0x40);
+    }
+    b.signal("TERM");
+    let seen = sub.read_until_closed();
+    let publishes = seen.iter().filter(|(t, _)| t & 0xf0 == 0x30).count();
+    assert_eq!(
+        publishes, 100,
+        "everything accepted is delivered before the close"
+    );
+    assert_eq!(seen.last().map(|p| (p.0, p.1[0])), Some((0xe0, 0x8b)));
+    assert!(b.wait_exit().success());
+}
