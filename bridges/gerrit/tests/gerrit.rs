@@ -447,3 +447,36 @@ fn sigterm_flushes_and_says_down() {
     let down = wait_status(&b, "down");
     assert_eq!(down["counters"]["published"], 26, "{down}");
 }
+
+#[test]
+fn the_event_types_the_fixtures_lack() {
+    // reviewer-deleted, dropped-output (no project: germqtt's empty level)
+    // and the old draft-published, shaped as cmd-stream-events.txt says.
+    let dir = tempfile::tempdir().unwrap();
+    let (b, pwfile) = broker(dir.path(), &[]);
+    let lines = [
+        r#"{"type":"reviewer-deleted","change":{"project":"openstack/nova","number":"5"},"reviewer":{"name":"R"},"eventCreatedOn":1700000000}"#,
+        r#"{"type":"dropped-output","eventCreatedOn":1700000001}"#,
+        r#"{"type":"draft-published","change":{"project":"openstack/nova","number":6},"patchSet":{"number":1}}"#,
+    ];
+    let file = dir.path().join("rare.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let sub = subscribe(&b, 3);
+    let mut br = bridge(
+        &b,
+        &pwfile,
+        dir.path(),
+        &["--replay", file.to_str().unwrap(), "--payload", "raw"],
+    );
+    let got = messages(sub);
+    assert!(br.wait_exit().success());
+    let topics: Vec<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        topics,
+        vec![
+            "gerrit/openstack/nova/reviewer-deleted",
+            "gerrit//dropped-output",
+            "gerrit/openstack/nova/draft-published"
+        ]
+    );
+}
