@@ -303,3 +303,92 @@ fn client_certificates_required_with_client_ca() {
     b.wait_metric("firehose_broker_subscriptions", 1);
     drop(sub);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_and_wills_on_websockets_and_tls() {
+    use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, Transport};
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path());
+    let b = with_users(
+        dir.path(),
+        &[
+            "--mqtts",
+            "127.0.0.1:0",
+            "--cert",
+            &path_str(dir.path(), "server.pem"),
+            "--key",
+            &path_str(dir.path(), "server.key"),
+        ],
+    );
+    // A retained message, published over plain TCP.
+    let out = mosquitto_pub(
+        &b,
+        &[
+            "-u", "bridge", "-P", "secret", "-r", "-t", "ret/x", "-m", "kept",
+        ],
+    );
+    assert!(out.status.success());
+    b.wait_metric("firehose_broker_retained_messages", 1);
+
+    // Read back over websockets.
+    let ws = b.ws.expect("ws listener");
+    let mut o = MqttOptions::new("ws-reader", format!("ws://{ws}/mqtt"), ws.port());
+    o.set_transport(Transport::Ws);
+    let (c, mut el) = AsyncClient::new(o, 10);
+    c.subscribe("ret/#", QoS::AtMostOnce).await.unwrap();
+    let got = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Event::Incoming(Packet::Publish(p)) = el.poll().await.expect("ws reader") {
+                return p;
+            }
+        }
+    })
+    .await
+    .expect("retained message over websockets");
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..], got.retain),
+        ("ret/x", &b"kept"[..], true)
+    );
+
+    // Over TLS, with mosquitto_sub.
+    let tls = b.mqtts.expect("mqtts listener").port().to_string();
+    let out = run(
+        Command::new(require("mosquitto_sub", "mosquitto-clients")).args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &tls,
+            "--cafile",
+            &path_str(dir.path(), "ca.pem"),
+            "-t",
+            "ret/#",
+            "-v",
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ]),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ret/x kept");
+
+    // A will set over websockets fires when that connection dies.
+    let sub = Sub::spawn(&b, &["-t", "wills/#", "-v", "-C", "1", "-W", "15"]);
+    let mut o = MqttOptions::new("ws-will", format!("ws://{ws}/mqtt"), ws.port());
+    o.set_transport(Transport::Ws);
+    o.set_credentials("bridge", "secret");
+    o.set_last_will(LastWill::new("wills/ws", "gone", QoS::AtLeastOnce, false));
+    let (_c, mut el) = AsyncClient::new(o, 10);
+    let task = tokio::spawn(async move {
+        loop {
+            if el.poll().await.is_err() {
+                return;
+            }
+        }
+    });
+    b.wait_log("client connected client_id=ws-will");
+    task.abort(); // the socket closes without DISCONNECT
+    let (_, out, _) = tokio::task::spawn_blocking(move || sub.output())
+        .await
+        .unwrap();
+    assert_eq!(out.trim(), "wills/ws gone");
+}
