@@ -149,7 +149,7 @@ impl Spool {
         }
         spool.records.make_contiguous().sort_by_key(|(seq, _)| *seq);
         rec.events = spool.records.len();
-        spool.next_seq = last_seq + 1;
+        spool.next_seq = last_seq.saturating_add(1);
         spool.send_from = spool.records.front().map_or(spool.next_seq, |r| r.0);
         spool.disk = Some(Disk {
             dir: dir.to_owned(),
@@ -448,6 +448,33 @@ mod tests {
         }
         assert_eq!(dropped, 7);
         assert_eq!(s.next_unsent().unwrap().1, rec(7));
+    }
+
+    #[test]
+    fn garbage_segments_never_panic() {
+        let mut x: u64 = 7;
+        for round in 0..200 {
+            let len = (round * 37) % 400;
+            let data: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let (records, corrupt) = decode_segment(&data);
+            assert!(records.is_empty() || corrupt <= 1);
+        }
+        // A garbage file in a spool directory is counted, not delivered.
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join("00000000000000000001.spool"),
+            b"\x00\x00\x01\x00garbage",
+        )
+        .unwrap();
+        let (s, r) = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!((r.events, r.corrupt, s.len()), (0, 1, 0));
     }
 
     #[test]
