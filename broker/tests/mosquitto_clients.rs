@@ -341,59 +341,25 @@ fn tls_listener_with_generated_ca() {
     ]);
     let tls_port = b.mqtts.expect("mqtts").port().to_string();
     for v in ["mqttv311", "mqttv5"] {
-        let mut sub = Command::new(require("mosquitto_sub", "mosquitto-clients"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &tls_port,
-                "--cafile",
-                &p("ca.pem"),
-                "-V",
-                v,
-                "-t",
-                "tls/#",
-                "-v",
-                "-C",
-                "1",
-                "-W",
-                "15",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        b.wait_metric("firehose_broker_subscriptions", 1);
+        let tls = |rest: &[&str]| -> Vec<String> {
+            let mut a = vec!["-h", "127.0.0.1", "-p", &tls_port, "--cafile"]
+                .into_iter()
+                .map(str::to_owned)
+                .collect::<Vec<_>>();
+            a.push(p("ca.pem"));
+            a.extend(["-V".to_owned(), v.to_owned()]);
+            a.extend(rest.iter().map(|s| s.to_string()));
+            a
+        };
+        let sub = Sub::spawn_args(&b, &tls(&["-t", "tls/#", "-v", "-C", "1", "-W", "15"]));
         let out = run(
-            Command::new(require("mosquitto_pub", "mosquitto-clients")).args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &tls_port,
-                "--cafile",
-                &p("ca.pem"),
-                "-V",
-                v,
-                "-u",
-                "bridge",
-                "-P",
-                "secret",
-                "-t",
-                "tls/x",
-                "-m",
-                "over tls",
-            ]),
+            Command::new(require("mosquitto_pub", "mosquitto-clients")).args(tls(&[
+                "-u", "bridge", "-P", "secret", "-t", "tls/x", "-m", "over tls",
+            ])),
         );
         assert!(out.status.success(), "{out:?}");
-        let mut s = String::new();
-        std::io::Read::read_to_string(sub.stdout.as_mut().unwrap(), &mut s).unwrap();
-        let _ = sub.wait();
-        assert_eq!(s.trim(), "tls/x over tls");
-        b.wait_log("client disconnected");
-        let deadline = std::time::Instant::now() + WAIT;
-        while b.metric("firehose_broker_subscriptions") > 0 && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        assert_eq!(sub.output().1.trim(), "tls/x over tls");
+        b.wait_metric_at_most("firehose_broker_subscriptions", 0);
     }
     // A client that does not trust the CA is refused by TLS.
     let out = run(

@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::process::*;
 
@@ -98,26 +98,20 @@ impl BrokerProc {
 
     /// Waits until a metric reaches at least `n`.
     pub fn wait_metric(&self, sample: &str, n: u64) {
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if self.metric(sample) >= n {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("{sample} never reached {n} (now {})", self.metric(sample));
+        wait_until(
+            WAIT,
+            || self.metric(sample) >= n,
+            || format!("{sample} to reach {n} (now {})", self.metric(sample)),
+        );
     }
 
     /// Waits until a metric falls to at most `n`.
     pub fn wait_metric_at_most(&self, sample: &str, n: u64) {
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if self.metric(sample) <= n {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("{sample} never fell to {n} (now {})", self.metric(sample));
+        wait_until(
+            WAIT,
+            || self.metric(sample) <= n,
+            || format!("{sample} to fall to {n} (now {})", self.metric(sample)),
+        );
     }
 
     pub fn dropped(&self, reason: &str) -> u64 {
@@ -177,56 +171,25 @@ impl Sub {
             .spawn()
             .expect("spawn mosquitto_sub");
         // Subscribed (or already done, e.g. -C 1 satisfied by a retained message).
-        let deadline = Instant::now() + WAIT;
-        while b.metric("firehose_broker_subscriptions") <= before
-            && child.try_wait().expect("try_wait").is_none()
-        {
-            assert!(Instant::now() < deadline, "mosquitto_sub never subscribed");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(
+            WAIT,
+            || {
+                b.metric("firehose_broker_subscriptions") > before
+                    || child.try_wait().expect("try_wait").is_some()
+            },
+            || "mosquitto_sub to subscribe".to_owned(),
+        );
         Sub { child: Some(child) }
     }
 
-    /// Waits for exit (use -C/-W so it ends) and returns stdout.
+    /// Waits for exit (use -C/-W so it ends) and returns (code, stdout, stderr).
     pub fn output(mut self) -> (i32, String, String) {
-        let mut child = self.child.take().expect("child");
-        // Drain the pipes while waiting: a full pipe would block the child.
-        let drain = |r: Option<Box<dyn Read + Send>>| {
-            std::thread::spawn(move || {
-                let mut v = Vec::new();
-                if let Some(mut r) = r {
-                    let _ = r.read_to_end(&mut v);
-                }
-                String::from_utf8_lossy(&v).into_owned()
-            })
-        };
-        let out = drain(
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        );
-        let err = drain(
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        );
-        let deadline = Instant::now() + WAIT;
-        let status = loop {
-            if let Some(s) = child.try_wait().expect("try_wait") {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                break child.wait().expect("wait");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
+        let child = self.child.take().expect("child");
+        let (out, _) = finish(child, WAIT);
         (
-            status.code().unwrap_or(-1),
-            out.join().unwrap_or_default(),
-            err.join().unwrap_or_default(),
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     }
 }

@@ -11,6 +11,41 @@ use std::time::{Duration, Instant};
 /// only a guard so a broken test ends instead of hanging.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// Polls `check` every `every` until it gives a value, and panics with
+/// `what()` once `limit` has passed. The one way tests wait: on the thing
+/// itself (a message, a port, a log line, a count), never on the clock.
+pub fn poll_every<T>(
+    every: Duration,
+    limit: Duration,
+    mut check: impl FnMut() -> Option<T>,
+    what: impl FnOnce() -> String,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for {}", what());
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// [`poll_every`] at 20 ms.
+pub fn poll<T>(
+    limit: Duration,
+    check: impl FnMut() -> Option<T>,
+    what: impl FnOnce() -> String,
+) -> T {
+    poll_every(Duration::from_millis(20), limit, check, what)
+}
+
+/// Waits until `cond` holds (see [`poll_every`]).
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool, what: impl FnOnce() -> String) {
+    poll(limit, || cond().then_some(()), what)
+}
+
 /// A binary of this workspace, from the target directory the tests run
 /// from (`cargo test --workspace` builds every binary first).
 pub fn bin(name: &str) -> PathBuf {
@@ -46,27 +81,55 @@ pub fn require(tool: &str, package: &str) -> PathBuf {
 
 /// Runs a command with a time limit and returns its output.
 pub fn run(cmd: &mut Command) -> Output {
-    let mut child = cmd
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("output");
+    let (out, killed) = finish(child, WAIT);
+    assert!(
+        !killed,
+        "{cmd:?} did not finish; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Waits up to `limit` for `child` to exit, reading its stdout and stderr
+/// meanwhile (a full pipe would block it forever), and kills it at the
+/// limit. Returns its output and whether it had to be killed.
+pub fn finish(mut child: Child, limit: Duration) -> (Output, bool) {
+    fn drain<R: std::io::Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut v);
+            }
+            v
+        })
+    }
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let deadline = Instant::now() + limit;
+    let mut killed = false;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
         }
-        if Instant::now() > deadline {
+        if Instant::now() >= deadline {
             let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "{cmd:?} did not finish; stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            killed = true;
+            break child.wait().expect("wait");
         }
         std::thread::sleep(Duration::from_millis(10));
-    }
+    };
+    let output = Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    };
+    (output, killed)
 }
 
 /// A child process whose stderr is kept line by line (for `wait_log`) and
@@ -148,18 +211,40 @@ impl Proc {
 
     /// Waits until `n` stderr lines contain `needle`.
     pub fn wait_log_count(&self, needle: &str, n: usize) {
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if self.count_log(needle) >= n {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "{}: fewer than {n} log lines with {needle:?}; logs:\n{}",
-            self.name,
-            self.logs()
+        wait_until(
+            WAIT,
+            || self.count_log(needle) >= n,
+            || {
+                format!(
+                    "{}: {n} log lines with {needle:?}; logs:\n{}",
+                    self.name,
+                    self.logs()
+                )
+            },
         );
+    }
+
+    /// The address a bridge's `--metrics 127.0.0.1:0` bound, from its
+    /// "metrics listening" log line (waiting for it).
+    pub fn metrics_addr(&self) -> std::net::SocketAddr {
+        poll(
+            WAIT,
+            || {
+                self.logs()
+                    .lines()
+                    .find(|l| l.contains("metrics listening"))
+                    .and_then(|l| l.split("addr=").nth(1))
+                    .and_then(|a| a.split_whitespace().next())
+                    .and_then(|a| a.parse().ok())
+            },
+            || {
+                format!(
+                    "{} to log its metrics address; logs:\n{}",
+                    self.name,
+                    self.logs()
+                )
+            },
+        )
     }
 
     pub fn pid(&self) -> u32 {
@@ -177,14 +262,14 @@ impl Proc {
 
     /// Waits for the process to exit and returns its status.
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                return s;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("{} did not exit; logs:\n{}", self.name, self.logs());
+        let name = self.name.clone();
+        let logs = self.logs.clone();
+        let child = &mut self.child;
+        poll(
+            WAIT,
+            || child.try_wait().expect("try_wait"),
+            || format!("{name} to exit; logs:\n{}", logs.lock().unwrap().join("\n")),
+        )
     }
 
     /// Resident memory, in KiB (from /proc).

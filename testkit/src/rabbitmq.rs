@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::process::*;
 use crate::sshd::free_port;
@@ -60,22 +60,26 @@ impl RabbitMq {
         self.env(&mut cmd);
         self.proc_ = Some(Proc::spawn("rabbitmq-server", &mut cmd));
         // await_startup fails at once until the node registered with epmd.
-        let deadline = Instant::now() + WAIT * 3;
-        loop {
-            let mut ctl = Command::new(CTL);
-            self.env(&mut ctl);
-            let out = run(ctl.args(["-q", "-n", &self.node, "await_startup", "--timeout", "10"]));
-            if out.status.success() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "RabbitMQ did not start: {}\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                self.proc_.as_ref().map(|p| p.logs()).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        let last_error = std::cell::RefCell::new(String::new());
+        poll_every(
+            Duration::from_millis(500),
+            WAIT * 3,
+            || {
+                let mut ctl = Command::new(CTL);
+                self.env(&mut ctl);
+                let out =
+                    run(ctl.args(["-q", "-n", &self.node, "await_startup", "--timeout", "10"]));
+                *last_error.borrow_mut() = String::from_utf8_lossy(&out.stderr).into_owned();
+                out.status.success().then_some(())
+            },
+            || {
+                format!(
+                    "RabbitMQ to start: {}\n{}",
+                    last_error.borrow(),
+                    self.proc_.as_ref().map(|p| p.logs()).unwrap_or_default()
+                )
+            },
+        );
     }
 
     /// `amqp://guest:guest@127.0.0.1:PORT/%2f`.

@@ -6,7 +6,6 @@
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use crate::process::*;
 
@@ -41,7 +40,8 @@ fn keygen(path: &Path) {
 
 impl Sshd {
     /// Starts sshd in `dir`; every login runs `force_command` (a shell
-    /// command line) instead of what the client asked for.
+    /// command line) instead of what the client asked for. End it with
+    /// `exec cat >/dev/null` to hold the stream open until the client goes.
     pub fn start(dir: &Path, force_command: &str) -> Sshd {
         let sshd = require("sshd", "openssh-server");
         std::fs::create_dir_all("/run/sshd").expect("mkdir /run/sshd (privilege separation dir)");
@@ -81,15 +81,11 @@ impl Sshd {
                 .arg(&config),
         );
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let deadline = Instant::now() + WAIT;
-        while TcpStream::connect(addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "sshd did not start; logs:\n{}",
-                proc_.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(
+            WAIT,
+            || TcpStream::connect(addr).is_ok(),
+            || format!("sshd to listen; logs:\n{}", proc_.logs()),
+        );
         let known_hosts = dir.join("known_hosts");
         let mut parts = host_pub.split_whitespace();
         let (kind, key) = (parts.next().expect("key type"), parts.next().expect("key"));
@@ -129,4 +125,47 @@ impl Sshd {
     pub fn logs(&self) -> String {
         self.proc_.logs()
     }
+
+    /// Stops sshd and every session it serves (each runs in its own sshd
+    /// child), so clients see their connections end and new ones refused.
+    pub fn stop(&mut self) {
+        let pid = self.proc_.pid();
+        for child in children(pid) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.to_string()])
+                .status();
+        }
+        self.proc_.signal("TERM");
+        self.proc_.wait_exit();
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        for child in children(self.proc_.pid()) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &child.to_string()])
+                .status();
+        }
+    }
+}
+
+/// Processes whose parent is `pid` (from /proc).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    // pid (comm) state ppid ...: comm may hold spaces, so
+                    // read after the last ')'.
+                    let rest = &s[s.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
 }

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
 use futures_util::StreamExt;
 use lapin::options::{
@@ -141,14 +141,6 @@ async fn bare(url: &str, count: usize, prefetch: u16) -> Result<Duration> {
     Ok(start.elapsed())
 }
 
-fn metrics_addr(logs: &str) -> Option<std::net::SocketAddr> {
-    logs.lines()
-        .find(|l| l.contains("metrics listening"))
-        .and_then(|l| l.split("addr=").nth(1))
-        .and_then(|a| a.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     let exe = std::env::current_exe()?;
@@ -178,26 +170,18 @@ fn main() -> Result<()> {
             .arg(dir.path().join("dl.jsonl"))
             .args(["--metrics", "127.0.0.1:0"]),
     );
-    let addr = loop {
-        if let Some(a) = metrics_addr(&bridge.logs()) {
-            break a;
-        }
-        if start.elapsed() > Duration::from_secs(30) {
-            bail!("bridge did not start: {}", bridge.logs());
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let addr = bridge.metrics_addr();
     let sample = "firehose_bridge_events_published_total{bridge=\"nova\"}";
-    loop {
-        let n = firehose_testkit::metric_at(addr, sample).unwrap_or(0);
-        if n as usize >= args.count {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(300) {
-            bail!("bridge published only {n} of {}", args.count);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    // Polled every 5 ms: the measurement's resolution.
+    firehose_testkit::poll_every(
+        Duration::from_millis(5),
+        Duration::from_secs(300),
+        || {
+            (firehose_testkit::metric_at(addr, sample).unwrap_or(0) as usize >= args.count)
+                .then_some(())
+        },
+        || format!("firehose-nova to publish {} notifications", args.count),
+    );
     let bridge_time = start.elapsed();
     let rate = |d: Duration| args.count as f64 / d.as_secs_f64();
     println!(

@@ -4,7 +4,6 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::Instant;
 
 use firehose_testkit::*;
 
@@ -24,7 +23,10 @@ fn websockets_base_topic_and_metrics() {
     let b = BrokerProc::start(&["--passwd", pw.to_str().unwrap()]);
     let events = dir.path().join("events");
     std::fs::write(&events, format!("{GOOD}\nnot json\n{NEW_TYPE}\n")).unwrap();
-    let sshd = Sshd::start(dir.path(), &format!("cat {}; sleep 60", events.display()));
+    let sshd = Sshd::start(
+        dir.path(),
+        &format!("cat {}; exec cat >/dev/null", events.display()),
+    );
     let sub = Sub::spawn(&b, &["-t", "site1/#", "-v", "-C", "2"]);
     let br = Proc::spawn(
         "firehose-gerrit",
@@ -58,15 +60,7 @@ fn websockets_base_topic_and_metrics() {
             format!("site1/gerrit/a/b/brand-new-event {NEW_TYPE}")
         ]
     );
-    br.wait_log("metrics listening");
-    let addr = br
-        .logs()
-        .lines()
-        .find(|l| l.contains("metrics listening"))
-        .and_then(|l| l.split("addr=").nth(1))
-        .and_then(|a| a.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .expect("metrics address in the log");
+    let addr = br.metrics_addr();
     let m = |name: &str| {
         metric_at(
             addr,
@@ -74,11 +68,11 @@ fn websockets_base_topic_and_metrics() {
         )
         .unwrap_or_else(|b| panic!("{name}: {b}"))
     };
-    let deadline = Instant::now() + WAIT;
-    while m("events_published_total") < 2 {
-        assert!(Instant::now() < deadline, "published never reached 2");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_until(
+        WAIT,
+        || m("events_published_total") >= 2,
+        || "2 events published".into(),
+    );
     assert_eq!(m("events_read_total"), 2);
     assert_eq!(m("events_malformed_total"), 1);
     assert_eq!(m("events_spooled"), 0);
@@ -118,25 +112,20 @@ fn tls_with_ca_qos0_and_replay_from_stdin() {
         .arg("--dead-letter")
         .arg(dir.path().join("dl.jsonl"))
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     writeln!(stdin, "{GOOD}\n{NEW_TYPE}").unwrap();
     drop(stdin);
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replay from stdin did not finish"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    assert!(status.success());
+    let (done, killed) = finish(child, WAIT);
+    assert!(!killed, "replay from stdin did not finish");
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
     let (_, out, _) = sub.output();
     assert_eq!(out.lines().count(), 2, "{out}");
     assert!(out.contains("gerrit/a/b/brand-new-event"), "{out}");

@@ -48,12 +48,20 @@ fn spawn_publisher(url: String, msgs: Vec<AmqpMessage>) -> std::thread::JoinHand
             .enable_all()
             .build()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(180);
         for batch in msgs.chunks(200) {
-            while let Err(e) = rt.block_on(publish_async(&url, batch, true)) {
-                assert!(Instant::now() < deadline, "publisher gave up: {e}");
-                std::thread::sleep(Duration::from_millis(200));
-            }
+            let last = std::cell::RefCell::new(String::new());
+            poll_every(
+                Duration::from_millis(200),
+                Duration::from_secs(120),
+                || match rt.block_on(publish_async(&url, batch, true)) {
+                    Ok(()) => Some(()),
+                    Err(e) => {
+                        *last.borrow_mut() = e.to_string();
+                        None
+                    }
+                },
+                || format!("a batch through (last error: {})", last.borrow()),
+            );
         }
     })
 }
@@ -99,14 +107,6 @@ fn spawn_subscriber(port: u16, stop: Arc<AtomicBool>) -> SubThread {
         handle,
         connections,
         seen,
-    }
-}
-
-fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -165,13 +165,13 @@ fn start_flow() -> Flow {
     );
     bridge.wait_log("consuming nova notifications");
     let publisher = spawn_publisher(rabbit.url(), notifications());
-    wait_for(
-        "2,000 notifications before the fault",
+    wait_until(
         Duration::from_secs(120),
         || {
             assert!(!sub.handle.is_finished(), "the subscriber stopped early");
             sub.seen.load(SeqCst) >= 2_000
         },
+        || "2,000 notifications before the fault".into(),
     );
     Flow {
         _dir: dir,
@@ -212,9 +212,11 @@ fn broker_restart_while_notifications_flow() {
     // broker keeps no sessions across a restart).
     f.pw.refuse();
     let b2 = BrokerProc::on_port(f.port, &f.pw.active, QUEUE_ALL);
-    wait_for("the subscriber to reconnect", WAIT, || {
-        f.sub.connections.load(SeqCst) >= 2
-    });
+    wait_until(
+        WAIT,
+        || f.sub.connections.load(SeqCst) >= 2,
+        || "the subscriber to reconnect".into(),
+    );
     f.pw.admit();
     b2.signal("HUP");
     f.finish("broker restart");

@@ -221,17 +221,7 @@ fn bad_bodies_are_dead_lettered_acked_and_the_rest_published() {
     assert!(reasons[2].contains("no event_type"));
     assert!(reasons[3].contains("max_body_bytes"));
     // Acked (they never loop) and copied to the dead-letter exchange.
-    let deadline = std::time::Instant::now() + WAIT;
-    while queue_depth(&rabbit, "firehose.cell1") != (0, 0) || queue_depth(&rabbit, "dead").0 < 4 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "queues: {:?} {:?}",
-            queue_depth(&rabbit, "firehose.cell1"),
-            queue_depth(&rabbit, "dead")
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert_eq!(queue_depth(&rabbit, "dead").0, 4);
+    wait_queues(&rabbit, &[("firehose.cell1", (0, 0)), ("dead", (4, 0))]);
 }
 
 #[test]
@@ -257,25 +247,9 @@ fn broker_away_pauses_consumption_nothing_acked_nothing_dropped() {
     let many: Vec<AmqpMessage> = (0..10).flat_map(|_| fx.clone()).collect();
     amqp_publish(&rabbit.url(), &many, false);
     // No broker: the bridge holds `prefetch` messages, unacked; the rest wait.
-    let deadline = std::time::Instant::now() + WAIT;
-    while queue_depth(&rabbit, "firehose.cell1") != (140, 20) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "queue: {:?}",
-            queue_depth(&rabbit, "firehose.cell1")
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_queues(&rabbit, &[("firehose.cell1", (140, 20))]);
     // The broker comes: everything is delivered, then acked.
     let b = BrokerProc::on_port(port, &passwd, &[]);
-    let deadline = std::time::Instant::now() + WAIT * 2;
-    while queue_depth(&rabbit, "firehose.cell1") != (0, 0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "queue: {:?}",
-            queue_depth(&rabbit, "firehose.cell1")
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_queues(&rabbit, &[("firehose.cell1", (0, 0))]);
     b.wait_metric("firehose_broker_publish_received_total", 160);
 }

@@ -7,15 +7,6 @@ use common::*;
 use firehose_testkit::*;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn two_deployments_from_the_config_file_reconnect_on_their_own() {
@@ -96,13 +87,17 @@ fn two_deployments_from_the_config_file_reconnect_on_their_own() {
         "region2",
         "test: region2 goes away",
     ]);
-    wait_for("region2 to reconnect", || {
-        br.logs()
-            .lines()
-            .filter(|l| l.contains("consuming nova notifications") && l.contains("region2"))
-            .count()
-            >= 2
-    });
+    wait_until(
+        WAIT,
+        || {
+            br.logs()
+                .lines()
+                .filter(|l| l.contains("consuming nova notifications") && l.contains("region2"))
+                .count()
+                >= 2
+        },
+        || "region2 to reconnect".into(),
+    );
     let lost: Vec<String> = br
         .logs()
         .lines()
@@ -159,10 +154,14 @@ fn print_json_and_yaml_instead_of_publishing() {
         br.wait_log("consuming nova notifications");
         amqp_publish(&rabbit.url(), &fx[..3], false);
         let want_topics: Vec<String> = fx[..3].iter().map(|m| m.expected_topic("cell1")).collect();
-        wait_for("three printed events", || {
-            let out = br.stdout_lines().join("\n");
-            want_topics.iter().all(|t| out.contains(t.as_str()))
-        });
+        wait_until(
+            WAIT,
+            || {
+                let out = br.stdout_lines().join("\n");
+                want_topics.iter().all(|t| out.contains(t.as_str()))
+            },
+            || "three printed events".into(),
+        );
         let out = br.stdout_lines();
         if format == "json" {
             let first: serde_json::Value = serde_json::from_str(&out[0]).unwrap();

@@ -183,6 +183,27 @@ pub fn queue_depth(rabbit: &RabbitMq, queue: &str) -> (u64, u64) {
         .unwrap_or((0, 0))
 }
 
+/// Waits until each `(queue, (ready, unacknowledged))` holds, as
+/// rabbitmqctl reports it.
+pub fn wait_queues(rabbit: &RabbitMq, want: &[(&str, (u64, u64))]) {
+    poll_every(
+        std::time::Duration::from_millis(100),
+        WAIT * 2,
+        || {
+            want.iter()
+                .all(|(q, w)| queue_depth(rabbit, q) == *w)
+                .then_some(())
+        },
+        || {
+            let now: Vec<_> = want
+                .iter()
+                .map(|(q, _)| (*q, queue_depth(rabbit, q)))
+                .collect();
+            format!("queues {want:?}, now {now:?}")
+        },
+    );
+}
+
 /// A broker that knows the bridge's user; the bridge's password file.
 pub fn broker(dir: &Path) -> (BrokerProc, PathBuf) {
     let pw = passwd_file(dir, &[BRIDGE]);
