@@ -6,9 +6,7 @@ use firehose_testkit::*;
 
 fn broker() -> (BrokerProc, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let pw = passwd_file(dir.path(), &[("bridge", "secret")]);
-    let b = BrokerProc::start(&["--passwd", pw.to_str().unwrap()]);
-    (b, dir)
+    (BrokerProc::with_users(dir.path(), &[BRIDGE], &[]), dir)
 }
 
 const BRIDGE: (&str, &str) = ("bridge", "secret");

@@ -9,16 +9,13 @@ const BRIDGE: (&str, &str) = ("bridge", "secret");
 /// A broker with a password file and `limits` as the `[limits]` table.
 fn broker(limits: &str) -> (BrokerProc, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let pw = passwd_file(dir.path(), &[BRIDGE]);
     let cfg = dir.path().join("broker.toml");
     std::fs::write(&cfg, format!("[limits]\n{limits}\n")).unwrap();
-    let b = BrokerProc::start(&[
-        "--passwd",
-        pw.to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-    ]);
-    (b, dir)
+    let cfg = cfg.to_string_lossy().into_owned();
+    (
+        BrokerProc::with_users(dir.path(), &[BRIDGE], &["--config", &cfg]),
+        dir,
+    )
 }
 
 fn suback(r: &mut Raw, level: u8) -> Vec<u8> {

@@ -7,15 +7,8 @@ use std::process::Command;
 
 fn broker_with_users(extra: &[&str]) -> (BrokerProc, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let pw = passwd_file(
-        dir.path(),
-        &[("bridge", "secret"), ("Gerrit_Bridge", "pw2")],
-    );
-    let mut args = vec!["--passwd", pw.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    (BrokerProc::start(&refs), dir)
+    let users = [("bridge", "secret"), ("Gerrit_Bridge", "pw2")];
+    (BrokerProc::with_users(dir.path(), &users, extra), dir)
 }
 
 #[test]

@@ -20,8 +20,11 @@ fn three_versions_on_one_port() {
 #[test]
 fn refusals_have_connack_codes() {
     let dir = tempfile::tempdir().unwrap();
-    let pw = passwd_file(dir.path(), &[("bridge", "secret")]);
-    let b = BrokerProc::start(&["--passwd", pw.to_str().unwrap(), "--max-keepalive", "100"]);
+    let b = BrokerProc::with_users(
+        dir.path(),
+        &[("bridge", "secret")],
+        &["--max-keepalive", "100"],
+    );
     let cases: Vec<(&str, Vec<u8>, u8)> = vec![
         ("unknown level", connect(7, "x", 60, true, None), 0x01),
         (

@@ -170,8 +170,7 @@ fn no_flags_no_config_listens_on_loopback_defaults() {
 #[test]
 fn sigterm_delivers_what_was_queued_first() {
     let dir = tempfile::tempdir().unwrap();
-    let pw = passwd_file(dir.path(), &[("bridge", "secret")]);
-    let mut b = BrokerProc::start(&["--passwd", pw.to_str().unwrap()]);
+    let mut b = BrokerProc::with_users(dir.path(), &[("bridge", "secret")], &[]);
     // A QoS 1 subscriber that never acks: 20 in flight, the rest queued.
     let (mut sub, _) = Raw::connect(b.mqtt(), 5, "slow", None);
     sub.send(&subscribe(5, 1, "drain/#", 1));

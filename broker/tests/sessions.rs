@@ -8,11 +8,7 @@ const BRIDGE: (&str, &str) = ("bridge", "secret");
 
 fn broker(extra: &[&str]) -> (BrokerProc, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let pw = passwd_file(dir.path(), &[BRIDGE]);
-    let mut args = vec!["--passwd".to_owned(), pw.to_str().unwrap().to_owned()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    (BrokerProc::start(&refs), dir)
+    (BrokerProc::with_users(dir.path(), &[BRIDGE], extra), dir)
 }
 
 fn persistent(b: &BrokerProc, id: &str) -> (Raw, bool) {

@@ -12,11 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 fn with_users(dir: &Path, extra: &[&str]) -> BrokerProc {
-    let pw = passwd_file(dir, &[("bridge", "secret")]);
-    let mut args = vec!["--passwd".to_owned(), pw.to_string_lossy().into_owned()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    BrokerProc::start(&refs)
+    BrokerProc::with_users(dir, &[("bridge", "secret")], extra)
 }
 
 fn tests_dir() -> PathBuf {

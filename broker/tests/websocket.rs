@@ -106,8 +106,7 @@ fn read_mqtt(
 #[test]
 fn packets_split_and_packed_across_frames() {
     let dir = tempfile::tempdir().unwrap();
-    let pw = passwd_file(dir.path(), &[("bridge", "secret")]);
-    let b = BrokerProc::start(&["--passwd", pw.to_str().unwrap()]);
+    let b = BrokerProc::with_users(dir.path(), &[("bridge", "secret")], &[]);
     // Subscriber: CONNECT split over three frames, SUBSCRIBE in the same
     // frame as the CONNECT's tail.
     let mut sub = ws_client(&b, "mqtt");

@@ -250,6 +250,16 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 // ---- raw MQTT -------------------------------------------------------------
 
 impl BrokerProc {
+    /// A broker whose password file (written into `dir` with Debian's
+    /// mosquitto_passwd) knows `users`: plain MQTT and websocket listeners
+    /// on free ports, plus `extra` flags.
+    pub fn with_users(dir: &Path, users: &[(&str, &str)], extra: &[&str]) -> BrokerProc {
+        let pw = passwd_file(dir, users).to_string_lossy().into_owned();
+        let mut args = vec!["--passwd", pw.as_str()];
+        args.extend_from_slice(extra);
+        BrokerProc::start(&args)
+    }
+
     /// A broker on a fixed MQTT port (so a restart comes back on the same
     /// address), reading `passwd`, plus `extra` flags.
     pub fn on_port(port: u16, passwd: &Path, extra: &[&str]) -> BrokerProc {
@@ -260,6 +270,11 @@ impl BrokerProc {
         args.extend_from_slice(extra);
         BrokerProc::start_exact(&args)
     }
+}
+
+/// A bridge's `--password-file` (mode 0600) in `dir` holding `password`.
+pub fn bridge_password_file(dir: &Path, password: &str) -> PathBuf {
+    private_file(&dir.join("bridge.pass"), &format!("{password}\n"))
 }
 
 /// The password file of a broker that is restarted in a test: it either

@@ -56,12 +56,10 @@ fn fixture_lines() -> Vec<Vec<u8>> {
 
 /// A broker that knows the bridge's user, and the bridge's password file.
 fn broker(dir: &Path, extra: &[&str]) -> (BrokerProc, PathBuf) {
-    let pw = passwd_file(dir, &[BRIDGE]);
-    let pwfile = private_file(&dir.join("bridge.pass"), &format!("{}\n", BRIDGE.1));
-    let mut args = vec!["--passwd".to_owned(), pw.to_string_lossy().into_owned()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    (BrokerProc::start(&refs), pwfile)
+    (
+        BrokerProc::with_users(dir, &[BRIDGE], extra),
+        bridge_password_file(dir, BRIDGE.1),
+    )
 }
 
 /// Starts firehose-gerrit publishing to `b` with `args`.

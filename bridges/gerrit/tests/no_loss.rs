@@ -24,10 +24,6 @@ fn events_file(dir: &Path, n: usize) -> std::path::PathBuf {
     p
 }
 
-fn bridge_pwfile(dir: &Path) -> std::path::PathBuf {
-    private_file(&dir.join("bridge.pass"), &format!("{}\n", BRIDGE.1))
-}
-
 #[test]
 fn broker_restart_while_events_flow_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -59,7 +55,7 @@ fn broker_restart_while_events_flow_loses_nothing() {
             .arg(&sshd.user_key)
             .args(["--broker", &format!("mqtt://{}@127.0.0.1:{port}", BRIDGE.0)])
             .arg("--password-file")
-            .arg(bridge_pwfile(dir.path()))
+            .arg(bridge_password_file(dir.path(), BRIDGE.1))
             .args(["--instance", "noloss", "--metrics", "127.0.0.1:0"]),
     );
     assert!(sub.read_until(100), "first 100 events");
@@ -110,7 +106,7 @@ fn spooled_events_survive_a_killed_bridge() {
                 .arg(source)
                 .args(["--broker", &format!("mqtt://{}@127.0.0.1:{port}", BRIDGE.0)])
                 .arg("--password-file")
-                .arg(bridge_pwfile(dir.path()))
+                .arg(bridge_password_file(dir.path(), BRIDGE.1))
                 .arg("--spool")
                 .arg(&spool)
                 .args(["--instance", "spool"]),

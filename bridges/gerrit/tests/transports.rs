@@ -9,18 +9,13 @@ use firehose_testkit::*;
 
 const BRIDGE: (&str, &str) = ("gerrit-bridge", "bridge-pw");
 
-fn pwfile(dir: &std::path::Path) -> std::path::PathBuf {
-    private_file(&dir.join("bridge.pass"), &format!("{}\n", BRIDGE.1))
-}
-
 const GOOD: &str = r#"{"type":"comment-added","change":{"project":"a/b","number":7}}"#;
 const NEW_TYPE: &str = r#"{"type":"brand-new-event","project":"a/b","eventCreatedOn":1700000000}"#;
 
 #[test]
 fn websockets_base_topic_and_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    let pw = passwd_file(dir.path(), &[BRIDGE]);
-    let b = BrokerProc::start(&["--passwd", pw.to_str().unwrap()]);
+    let b = BrokerProc::with_users(dir.path(), &[BRIDGE], &[]);
     let events = dir.path().join("events");
     std::fs::write(&events, format!("{GOOD}\nnot json\n{NEW_TYPE}\n")).unwrap();
     let sshd = Sshd::start(
@@ -40,7 +35,7 @@ fn websockets_base_topic_and_metrics() {
                 &format!("ws://{}@{}/mqtt", BRIDGE.0, b.ws.unwrap()),
             ])
             .arg("--password-file")
-            .arg(pwfile(dir.path()))
+            .arg(bridge_password_file(dir.path(), BRIDGE.1))
             .args([
                 "--base-topic",
                 "site1/",
@@ -86,17 +81,18 @@ fn websockets_base_topic_and_metrics() {
 fn tls_with_ca_qos0_and_replay_from_stdin() {
     let dir = tempfile::tempdir().unwrap();
     make_certs(dir.path());
-    let pw = passwd_file(dir.path(), &[BRIDGE]);
-    let b = BrokerProc::start(&[
-        "--passwd",
-        pw.to_str().unwrap(),
-        "--mqtts",
-        "127.0.0.1:0",
-        "--cert",
-        &path_str(dir.path(), "server.pem"),
-        "--key",
-        &path_str(dir.path(), "server.key"),
-    ]);
+    let b = BrokerProc::with_users(
+        dir.path(),
+        &[BRIDGE],
+        &[
+            "--mqtts",
+            "127.0.0.1:0",
+            "--cert",
+            &path_str(dir.path(), "server.pem"),
+            "--key",
+            &path_str(dir.path(), "server.key"),
+        ],
+    );
     let tls = b.mqtts.expect("mqtts listener");
     let sub = Sub::spawn(&b, &["-t", "gerrit/#", "-v", "-C", "2"]);
     let mut child = Command::new(bin("firehose-gerrit"))
@@ -108,7 +104,7 @@ fn tls_with_ca_qos0_and_replay_from_stdin() {
         .arg("--ca")
         .arg(dir.path().join("ca.pem"))
         .arg("--password-file")
-        .arg(pwfile(dir.path()))
+        .arg(bridge_password_file(dir.path(), BRIDGE.1))
         .arg("--dead-letter")
         .arg(dir.path().join("dl.jsonl"))
         .stdin(Stdio::piped())
@@ -144,7 +140,7 @@ fn tls_with_ca_qos0_and_replay_from_stdin() {
             &format!("mqtts://{}@localhost:{}", BRIDGE.0, tls.port()),
         ])
         .arg("--password-file")
-        .arg(pwfile(dir.path())));
+        .arg(bridge_password_file(dir.path(), BRIDGE.1)));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("TLS") && err.contains("certificate"), "{err}");
     assert!(!out.status.success(), "undelivered events are an error");

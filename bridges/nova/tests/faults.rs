@@ -158,7 +158,7 @@ fn start_flow() -> Flow {
     let bridge = bridge(
         &rabbit,
         &mqtt,
-        &bridge_password(dir.path()),
+        &bridge_password_file(dir.path(), BRIDGE.1),
         dir.path(),
         "cell1",
         &[],

@@ -233,7 +233,7 @@ fn broker_away_pauses_consumption_nothing_acked_nothing_dropped() {
     let pw_dir = dir.path().join("pw");
     std::fs::create_dir_all(&pw_dir).unwrap();
     let passwd = passwd_file(&pw_dir, &[BRIDGE]);
-    let pwfile = bridge_password(dir.path());
+    let pwfile = bridge_password_file(dir.path(), BRIDGE.1);
     let br = bridge(
         &rabbit,
         &format!("127.0.0.1:{port}"),

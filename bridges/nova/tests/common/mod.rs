@@ -206,13 +206,10 @@ pub fn wait_queues(rabbit: &RabbitMq, want: &[(&str, (u64, u64))]) {
 
 /// A broker that knows the bridge's user; the bridge's password file.
 pub fn broker(dir: &Path) -> (BrokerProc, PathBuf) {
-    let pw = passwd_file(dir, &[BRIDGE]);
-    let b = BrokerProc::start(&["--passwd", pw.to_str().unwrap()]);
-    (b, bridge_password(dir))
-}
-
-pub fn bridge_password(dir: &Path) -> PathBuf {
-    private_file(&dir.join("bridge.pass"), &format!("{}\n", BRIDGE.1))
+    (
+        BrokerProc::with_users(dir, &[BRIDGE], &[]),
+        bridge_password_file(dir, BRIDGE.1),
+    )
 }
 
 /// Starts firehose-nova for one deployment.
