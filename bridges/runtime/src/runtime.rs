@@ -191,6 +191,7 @@ impl Bridge {
             bridge: self.name,
             version: self.version,
             started,
+            host: crate::config::hostname(),
             dropped_logged: 0,
             finish_by: None,
         };
@@ -277,6 +278,8 @@ struct Publisher {
     bridge: &'static str,
     version: &'static str,
     started: String,
+    /// This machine's name, read once at start.
+    host: String,
     dropped_logged: u64,
     /// Set once the bridge is finishing (SIGTERM, or the source ended):
     /// the last moment to deliver what is spooled.
@@ -308,7 +311,7 @@ impl Publisher {
         let s = Status {
             state,
             version: format!("firehose-{} {}", self.bridge, self.version),
-            host: crate::config::hostname(),
+            host: self.host.clone(),
             started: self.started.clone(),
             upstream_connected: up.connected,
             upstream_error: up.error,
@@ -347,6 +350,18 @@ impl Publisher {
             }
         }
         self.stats.pending.store(self.spool.len() as i64, Relaxed);
+    }
+
+    /// What `rx.recv()` gave: an event (and whatever else is queued), or the
+    /// end of the source.
+    fn received(&mut self, ev: Option<Event>) {
+        match ev {
+            Some(ev) => {
+                self.accept(ev);
+                self.accept_ready();
+            }
+            None => self.rx_open = false,
+        }
     }
 
     /// Drains what the source queued, without waiting, and hands the batch
@@ -440,10 +455,7 @@ impl Publisher {
                 let deadline = self.finish_deadline();
                 tokio::select! {
                     r = &mut connect => break Some(r),
-                    ev = self.rx.recv(), if self.rx_open => match ev {
-                        Some(ev) => { self.accept(ev); self.accept_ready(); }
-                        None => self.rx_open = false,
-                    },
+                    ev = self.rx.recv(), if self.rx_open => self.received(ev),
                     _ = self.stopping.changed() => {}
                     _ = sleep_until_opt(deadline), if deadline.is_some() => break None,
                 }
@@ -480,10 +492,7 @@ impl Publisher {
                 let deadline = self.finish_deadline();
                 tokio::select! {
                     _ = tokio::time::sleep_until(wake) => break,
-                    ev = self.rx.recv(), if self.rx_open => match ev {
-                        Some(ev) => { self.accept(ev); self.accept_ready(); }
-                        None => self.rx_open = false,
-                    },
+                    ev = self.rx.recv(), if self.rx_open => self.received(ev),
                     _ = self.stopping.changed() => break,
                     _ = sleep_until_opt(deadline), if deadline.is_some() => {
                         tracing::warn!(pending = self.spool.len(), "broker unreachable; undelivered events stay in the spool");
@@ -543,10 +552,7 @@ impl Publisher {
                     Ok(_) => {}
                     Err(e) => return Ended::Lost(e),
                 },
-                ev = self.rx.recv(), if self.rx_open => match ev {
-                    Some(ev) => { self.accept(ev); self.accept_ready(); }
-                    None => self.rx_open = false,
-                },
+                ev = self.rx.recv(), if self.rx_open => self.received(ev),
                 _ = ping.tick() => {
                     if ping_outstanding {
                         return Ended::Lost(MqttError::Timeout(self.cfg.keep_alive));
