@@ -11,6 +11,13 @@ fn broker_with_users(extra: &[&str]) -> (BrokerProc, tempfile::TempDir) {
     (BrokerProc::with_users(dir.path(), &users, extra), dir)
 }
 
+/// mosquitto_pub as the "bridge" user; true when it succeeded.
+fn publish_as_bridge(b: &BrokerProc, args: &[&str]) -> bool {
+    let mut all = vec!["-u", "bridge", "-P", "secret"];
+    all.extend_from_slice(args);
+    mosquitto_pub(b, &all).status.success()
+}
+
 #[test]
 fn anonymous_reads_authenticated_writes_v311_and_v5() {
     let (b, _d) = broker_with_users(&[]);
@@ -130,36 +137,11 @@ fn acl_file_rules() {
         .to_lowercase()
         .contains("not authori"));
     // ...and may through a pattern and a topic rule.
-    assert!(mosquitto_pub(
+    assert!(publish_as_bridge(
         &b,
-        &[
-            "-u",
-            "bridge",
-            "-P",
-            "secret",
-            "-t",
-            "clients/bridge/x",
-            "-m",
-            "p"
-        ]
-    )
-    .status
-    .success());
-    assert!(mosquitto_pub(
-        &b,
-        &[
-            "-u",
-            "bridge",
-            "-P",
-            "secret",
-            "-t",
-            "public/news",
-            "-m",
-            "hello"
-        ]
-    )
-    .status
-    .success());
+        &["-t", "clients/bridge/x", "-m", "p"]
+    ));
+    assert!(publish_as_bridge(&b, &["-t", "public/news", "-m", "hello"]));
     let (_, out, _) = sub.output();
     assert_eq!(out.trim(), "public/news hello");
 }
@@ -167,13 +149,9 @@ fn acl_file_rules() {
 #[test]
 fn retained_messages_and_sys_topics() {
     let (b, _d) = broker_with_users(&["--sys-interval", "1"]);
-    assert!(mosquitto_pub(
+    assert!(publish_as_bridge(
         &b,
         &[
-            "-u",
-            "bridge",
-            "-P",
-            "secret",
             "-r",
             "-q",
             "1",
@@ -182,9 +160,7 @@ fn retained_messages_and_sys_topics() {
             "-m",
             "up"
         ]
-    )
-    .status
-    .success());
+    ));
     let sub = Sub::spawn(&b, &["-t", "firehose/status/#", "-v", "-C", "1"]);
     assert_eq!(sub.output().1.trim(), "firehose/status/gerrit/a up");
     b.wait_metric("firehose_broker_retained_messages", 1);
@@ -218,40 +194,15 @@ fn retained_messages_and_sys_topics() {
             publishes += 1;
         }
     }
-    assert!(mosquitto_pub(
-        &b,
-        &[
-            "-u",
-            "bridge",
-            "-P",
-            "secret",
-            "-t",
-            "plain/topic",
-            "-m",
-            "m"
-        ]
-    )
-    .status
-    .success());
+    assert!(publish_as_bridge(&b, &["-t", "plain/topic", "-m", "m"]));
     let (_, out, _) = sub.output();
     assert!(!out.contains("$SYS"), "{out}");
     assert!(out.contains("plain/topic m"), "{out}");
     // Clearing a retained message.
-    assert!(mosquitto_pub(
+    assert!(publish_as_bridge(
         &b,
-        &[
-            "-u",
-            "bridge",
-            "-P",
-            "secret",
-            "-r",
-            "-n",
-            "-t",
-            "firehose/status/gerrit/a"
-        ]
-    )
-    .status
-    .success());
+        &["-r", "-n", "-t", "firehose/status/gerrit/a"]
+    ));
     let out = run(
         Command::new(require("mosquitto_sub", "mosquitto-clients")).args([
             "-h",
