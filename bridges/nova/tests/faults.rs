@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use firehose_testkit::*;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -74,7 +74,7 @@ struct SubThread {
     seen: Arc<AtomicUsize>,
 }
 
-fn spawn_subscriber(port: u16, stop: Arc<AtomicBool>) -> SubThread {
+fn spawn_subscriber(port: u16) -> SubThread {
     let connections = Arc::new(AtomicUsize::new(0));
     let seen = Arc::new(AtomicUsize::new(0));
     let (c2, s2) = (connections.clone(), seen.clone());
@@ -82,7 +82,7 @@ fn spawn_subscriber(port: u16, stop: Arc<AtomicBool>) -> SubThread {
     connections.fetch_add(1, SeqCst);
     let handle = std::thread::spawn(move || {
         let deadline = Instant::now() + Duration::from_secs(240);
-        while sub.seen.len() < N && Instant::now() < deadline && !stop.load(SeqCst) {
+        while sub.seen.len() < N && Instant::now() < deadline {
             let target = (sub.seen.len() + 100).min(N);
             if sub.read_until(target) {
                 s2.store(sub.seen.len(), SeqCst);
@@ -153,7 +153,7 @@ fn start_flow() -> Flow {
     let pw = PasswdSwitch::new(dir.path(), BRIDGE);
     let port = free_port();
     let broker = BrokerProc::on_port(port, &pw.active, QUEUE_ALL);
-    let sub = spawn_subscriber(port, Arc::new(AtomicBool::new(false)));
+    let sub = spawn_subscriber(port);
     let mqtt = format!("127.0.0.1:{port}");
     let bridge = bridge(
         &rabbit,
