@@ -100,12 +100,14 @@ pub struct Limits {
     pub max_queued_bytes: usize,
     /// QoS 1 messages sent to a client and not yet acknowledged.
     pub max_inflight_messages: u16,
-    /// Distinct subscription filters the router will hold.
+    /// Distinct subscription filters held at once (a filter is freed when
+    /// its last subscriber leaves).
     pub max_filters: usize,
-    /// Size of one segment of a filter's log in the router (at least 2x max_packet_size).
-    pub router_segment_bytes: usize,
-    /// Segments per filter log: the burst the router absorbs is their product.
-    pub router_segments: usize,
+    /// Retained messages held at once; a retained publish over it is
+    /// delivered but not retained, and counted (`retained_full`).
+    pub max_retained_messages: usize,
+    /// Bytes (topic + payload) of retained messages held at once.
+    pub max_retained_bytes: usize,
     /// Seconds a v3 persistent session is kept after its client left.
     pub persistent_client_expiration_secs: u64,
 }
@@ -124,8 +126,8 @@ impl Default for Limits {
             max_queued_bytes: 16 * 1024 * 1024,
             max_inflight_messages: 20,
             max_filters: 100_000,
-            router_segment_bytes: 4 * 1024 * 1024,
-            router_segments: 8,
+            max_retained_messages: 100_000,
+            max_retained_bytes: 256 * 1024 * 1024,
             persistent_client_expiration_secs: 86_400,
         }
     }
@@ -310,9 +312,14 @@ pub struct RunArgs {
     /// Largest keepalive a client may use; v5 clients asking for more are told this one.
     #[arg(long, value_name = "SECONDS")]
     pub max_keepalive: Option<u16>,
-    /// Messages queued per slow or offline client before the oldest are dropped.
+    /// Messages queued per slow or offline client before the oldest are dropped
+    /// (each drop counted as queue_full) [default: 1000].
     #[arg(long, value_name = "N")]
     pub max_queued_messages: Option<usize>,
+    /// Bytes (topic + payload) queued per slow or offline client before the
+    /// oldest are dropped [default: 16777216].
+    #[arg(long, value_name = "BYTES")]
+    pub max_queued_bytes: Option<usize>,
     /// Seconds between $SYS updates.
     #[arg(long, value_name = "SECONDS")]
     pub sys_interval: Option<u64>,
@@ -359,6 +366,9 @@ impl RunArgs {
         }
         if let Some(v) = self.max_queued_messages {
             c.limits.max_queued_messages = v;
+        }
+        if let Some(v) = self.max_queued_bytes {
+            c.limits.max_queued_bytes = v;
         }
         if let Some(v) = self.sys_interval {
             c.sys_interval_secs = v;

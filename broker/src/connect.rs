@@ -46,7 +46,8 @@ pub(crate) struct Entry {
     /// Tells this task's entry from a successor's with the same id.
     pub(crate) gen: u64,
     /// The session task's mailbox for takeovers and resumes.
-    pub(crate) tx: mpsc::Sender<Pending>,
+    /// (Boxed: the channel allocates a block of slots up front.)
+    pub(crate) tx: mpsc::Sender<Box<Pending>>,
 }
 
 /// Serves one accepted MQTT byte stream from CONNECT to close.
@@ -198,7 +199,7 @@ pub async fn serve(io: BoxIo, peer: SocketAddr, shared: Arc<Shared>) {
         return;
     }
 
-    let pending = Pending {
+    let pending = Box::new(Pending {
         reader,
         writer,
         inbuf,
@@ -208,13 +209,13 @@ pub async fn serve(io: BoxIo, peer: SocketAddr, shared: Arc<Shared>) {
         keep_alive,
         server_keep_alive,
         assigned_id,
-    };
+    });
     dispatch(pending, shared);
 }
 
 /// Hands a connection to the session task for its client id, starting one
 /// if there is none.
-pub(crate) fn dispatch(mut pending: Pending, shared: Arc<Shared>) {
+pub(crate) fn dispatch(mut pending: Box<Pending>, shared: Arc<Shared>) {
     loop {
         let id = pending.info.client_id.clone();
         let mut reg = shared.registry.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,13 +1,15 @@
 //! `firehose-broker`: the public MQTT event bus of the Firehose suite.
 //!
-//! The rumqttd router does the routing; everything on the network side of
-//! it is ours (see `ARCHITECTURE.md`):
+//! rumqttd's protocol codecs parse MQTT 3.1.1 and 5 packets; everything
+//! else is ours (see `ARCHITECTURE.md`):
 //!
 //! - [`transport`]: listeners, TLS, websocket upgrade, HTTP endpoints;
 //! - [`codec`]: framing and validation of every packet before rumqttd sees it;
 //! - [`auth`]: mosquitto password and ACL files;
-//! - [`session`]: one task per client session (queue, in-flight, will, takeover);
-//! - [`router`]: the embedded router and the pooled links to it;
+//! - [`session`]: one task per client session (in-flight, will, takeover);
+//! - [`router`]: subscriptions, retained messages, fan-out into outboxes;
+//! - [`outbox`]: a session's bounded queue and the publisher pushback;
+//! - [`message`]: a shared published message and its wire form;
 //! - [`stats`]: counters for `$SYS`, `/metrics` and the web page;
 //! - [`server`]: wires it all together.
 
@@ -15,6 +17,8 @@ pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod connect;
+pub mod message;
+pub mod outbox;
 pub mod router;
 pub mod server;
 pub mod session;

@@ -8,14 +8,14 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use firehose_broker::auth::{passwd, PasswordFile};
 use firehose_broker::config::{Args, Command};
-use firehose_broker::{stats, Broker};
+use firehose_broker::Broker;
 
 fn main() -> ExitCode {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::Layer as _;
     let log_filter = tracing_subscriber::EnvFilter::try_from_env("FIREHOSE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
@@ -23,7 +23,6 @@ fn main() -> ExitCode {
                 .with_writer(std::io::stderr)
                 .with_filter(log_filter),
         )
-        .with(stats::RouterAlerts.with_filter(stats::RouterAlerts::filter()))
         .init();
     let args = Args::parse();
     let res = match args.command {

@@ -1,131 +1,687 @@
-//! The embedded rumqttd router and the links the edge opens to it.
+//! The router: who is subscribed to what, which messages are retained, and
+//! the fan-out of every accepted publish into the matching sessions' queues.
 //!
-//! Every session gets one local link, built with a *pooled* internal id
-//! (`f<slot>`), never the client's id. That keeps rumqttd's per-client-id
-//! memory (the graveyard) bounded by the number of slots, keeps takeover
-//! entirely in the edge (so the router's takeover crash path is never hit),
-//! and lets client ids contain characters the router refuses (`/`, `+`, ...).
-//! Links are always clean: session persistence lives in the edge.
+//! Subscriptions and retained messages live in one tree of topic levels.
+//! A publish walks it once (exact level, `+`, `#`), collects the matching
+//! subscriptions, merges a session's overlapping ones into one delivery
+//! (highest QoS, MQTT-3.3.4-2) and pushes a pointer to the shared
+//! [`Message`] into each [`Outbox`], in the publisher's own task. There is
+//! no log between publisher and subscriber that could be overtaken: once
+//! the publish returns, every matching session holds the message or has
+//! counted it against its own queue limit. A node that holds nothing any
+//! more is removed, so filters and topics are freed with their last holder.
+//!
+//! This replaces the rumqttd router the broker embedded before: its per-filter
+//! logs were overtaken under bursts (messages lost, QoS 1 included), cost
+//! 32 MiB of log per filter, and were never freed (see ARCHITECTURE.md).
 
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
-use rumqttd::{Notification, Router, RouterConfig};
+use crate::auth::Policy;
+use crate::message::Message;
+use crate::outbox::{Delivery, Outbox, Pushed};
+use crate::stats::{Reason, Stats};
 
-/// Errors opening a link.
-#[derive(Debug, thiserror::Error)]
-pub enum RouterError {
-    #[error("all {0} router slots are in use")]
-    Full(usize),
-    #[error("router refused the link: {0}")]
-    Link(String),
-    #[error("link builder task failed: {0}")]
-    Join(#[from] tokio::task::JoinError),
+/// One session's subscription to one filter.
+#[derive(Debug, Clone)]
+pub struct Sub {
+    pub outbox: Arc<Outbox>,
+    /// Granted QoS.
+    pub qos: u8,
+    /// MQTT 5 no-local: never receive one's own publishes.
+    pub no_local: bool,
+    /// MQTT 5 retain-as-published: keep the retain flag on live messages.
+    pub retain_as_published: bool,
+    /// MQTT 5 subscription identifier (0: none).
+    pub id: u32,
 }
 
-type BuildFn = dyn Fn(&str) -> Result<(LinkTx, LinkRx, Notification), Box<LinkError>> + Send + Sync;
-
-/// Handle to the router thread.
-pub struct RouterHandle {
-    build: Arc<BuildFn>,
-    slots: Mutex<SlotPool>,
+/// Why a subscription was not added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("the filter table is full (max_filters)")]
+    TableFull,
 }
 
-struct SlotPool {
-    free: Vec<usize>,
-    next: usize,
-    max: usize,
+/// Limits of the router's tables.
+#[derive(Debug, Clone, Copy)]
+pub struct RouterLimits {
+    /// Distinct filters held at once.
+    pub max_filters: usize,
+    /// Retained messages held at once.
+    pub max_retained_messages: usize,
+    /// Bytes (topic + payload) of retained messages held at once.
+    pub max_retained_bytes: usize,
 }
 
-/// A link plus the slot it occupies; give it back with [`RouterHandle::release`].
-pub struct Link {
-    pub tx: LinkTx,
-    pub rx: LinkRx,
-    pub slot: usize,
+#[derive(Debug)]
+struct Group {
+    name: Box<str>,
+    members: Vec<Sub>,
+    next: AtomicUsize,
 }
 
-impl RouterHandle {
-    /// Starts the router thread sized for `max_links` links. Each filter's
-    /// log keeps `segment_bytes * segments` of recent messages (payloads are
-    /// shared, not copied, between filters). Sessions drain their links
-    /// eagerly, so the log only has to absorb a publisher's burst before the
-    /// subscribers' tasks run; a burst larger than that makes the router skip
-    /// ahead for everyone (it logs "Read cursor start jumped").
-    pub fn start(max_links: usize, segment_bytes: usize, segments: usize) -> RouterHandle {
-        let config = RouterConfig {
-            // One slot more than links: the router refuses at `>=`.
-            max_connections: max_links + 1,
-            max_outgoing_packet_count: 200,
-            max_segment_size: segment_bytes.max(1024),
-            max_segment_count: segments.max(1),
-            custom_segment: None,
-            initialized_filters: None,
-            shared_subscriptions_strategy: Default::default(),
-        };
-        let router_tx = Router::new(0, config).spawn();
-        let build = move |id: &str| {
-            LinkBuilder::new(id, router_tx.clone())
-                .clean_session(true)
-                .dynamic_filters(true)
-                .build()
-                .map_err(Box::new)
-        };
-        RouterHandle {
-            build: Arc::new(build),
-            slots: Mutex::new(SlotPool {
-                free: Vec::new(),
-                next: 0,
-                max: max_links,
-            }),
+#[derive(Debug, Default)]
+struct Node {
+    children: HashMap<Box<str>, Node>,
+    subs: Vec<Sub>,
+    groups: Vec<Group>,
+    retained: Option<Arc<Message>>,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty()
+            && self.subs.is_empty()
+            && self.groups.is_empty()
+            && self.retained.is_none()
+    }
+
+    fn holds_filter(&self) -> bool {
+        !self.subs.is_empty() || !self.groups.is_empty()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Tree {
+    root: Node,
+    filters: usize,
+    retained: usize,
+    retained_bytes: usize,
+}
+
+/// The subscription table and retained store. Cheap to share: publishes
+/// take a read lock, (un)subscribes and retained updates a write lock.
+#[derive(Debug)]
+pub struct Router {
+    tree: RwLock<Tree>,
+    limits: RouterLimits,
+    stats: Arc<Stats>,
+}
+
+/// A subscription split into its shared-subscription group and filter.
+fn split_shared(filter: &str) -> (Option<&str>, &str) {
+    match filter
+        .strip_prefix("$share/")
+        .and_then(|r| r.split_once('/'))
+    {
+        Some((g, f)) => (Some(g), f),
+        None => (None, filter),
+    }
+}
+
+/// A matching target found while walking the tree.
+struct Hit<'a> {
+    sub: &'a Sub,
+}
+
+impl Router {
+    /// An empty router.
+    pub fn new(limits: RouterLimits, stats: Arc<Stats>) -> Router {
+        Router {
+            tree: RwLock::new(Tree::default()),
+            limits,
+            stats,
         }
     }
 
-    fn take_slot(&self) -> Result<usize, RouterError> {
-        let mut p = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = p.free.pop() {
-            return Ok(s);
-        }
-        if p.next >= p.max {
-            return Err(RouterError::Full(p.max));
-        }
-        p.next += 1;
-        Ok(p.next - 1)
+    fn read(&self) -> RwLockReadGuard<'_, Tree> {
+        self.tree.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Opens a link. `LinkBuilder::build` blocks on the router, so it runs
-    /// on the blocking pool.
-    pub async fn link(&self) -> Result<Link, RouterError> {
-        let slot = self.take_slot()?;
-        let build = self.build.clone();
-        let res = tokio::task::spawn_blocking(move || build(&format!("f{slot}"))).await;
-        match res {
-            Ok(Ok((tx, rx, _ack))) => Ok(Link { tx, rx, slot }),
-            Ok(Err(e)) => {
-                self.give_back(slot);
-                Err(RouterError::Link(e.to_string()))
-            }
-            Err(e) => {
-                self.give_back(slot);
-                Err(e.into())
-            }
+    fn write(&self) -> RwLockWriteGuard<'_, Tree> {
+        self.tree.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Distinct filters held.
+    pub fn filters(&self) -> usize {
+        self.read().filters
+    }
+
+    /// Retained messages held.
+    pub fn retained(&self) -> usize {
+        self.read().retained
+    }
+
+    /// Adds (or replaces) `sub` for `filter` (`$share/<group>/<filter>` for a
+    /// shared subscription). Returns the retained messages the filter matches
+    /// (none for shared subscriptions, as MQTT 5 says); the caller decides,
+    /// by retain handling, whether to send them.
+    pub fn subscribe(&self, filter: &str, sub: Sub) -> Result<Vec<Arc<Message>>, SubscribeError> {
+        let (group, inner) = split_shared(filter);
+        let mut t = self.write();
+        let Tree { root, filters, .. } = &mut *t;
+        // Refuse a new distinct filter when the table is full, before
+        // creating any node.
+        let exists = find(root, inner).is_some_and(|n| n.holds_filter());
+        if !exists && *filters >= self.limits.max_filters {
+            return Err(SubscribeError::TableFull);
         }
-    }
-
-    fn give_back(&self, slot: usize) {
-        let mut p = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        p.free.push(slot);
-    }
-
-    /// Tells the router the link is gone and frees its slot. The router
-    /// handles events in order, so the slot can be reused at once.
-    pub async fn release(&self, mut link: Link) {
-        let bye = rumqttd::protocol::Packet::Disconnect(
-            rumqttd::protocol::Disconnect {
-                reason_code: rumqttd::protocol::DisconnectReasonCode::NormalDisconnection,
+        let node = inner.split('/').fold(&mut *root, |n, level| {
+            n.children.entry(level.into()).or_default()
+        });
+        let was_filter = node.holds_filter();
+        let key = sub.outbox.key;
+        match group {
+            None => match node.subs.iter_mut().find(|s| s.outbox.key == key) {
+                Some(s) => *s = sub,
+                None => node.subs.push(sub),
             },
-            None,
+            Some(g) => {
+                let i = match node.groups.iter().position(|x| &*x.name == g) {
+                    Some(i) => i,
+                    None => {
+                        node.groups.push(Group {
+                            name: g.into(),
+                            members: Vec::new(),
+                            next: AtomicUsize::new(0),
+                        });
+                        node.groups.len() - 1
+                    }
+                };
+                let members = &mut node.groups[i].members;
+                match members.iter_mut().find(|s| s.outbox.key == key) {
+                    Some(s) => *s = sub,
+                    None => members.push(sub),
+                }
+            }
+        }
+        if !was_filter {
+            *filters += 1;
+            self.stats.filters.store(*filters as i64, Relaxed);
+        }
+        let mut retained = Vec::new();
+        if group.is_none() {
+            let levels: Vec<&str> = inner.split('/').collect();
+            collect_retained(root, &levels, 0, &mut retained);
+        }
+        Ok(retained)
+    }
+
+    /// Removes the session `key` from `filter`. True if it was there.
+    pub fn unsubscribe(&self, filter: &str, key: u64) -> bool {
+        let (group, inner) = split_shared(filter);
+        let levels: Vec<&str> = inner.split('/').collect();
+        let mut t = self.write();
+        let Tree { root, filters, .. } = &mut *t;
+        let mut found = false;
+        prune(root, &levels, &mut |node| {
+            let before = node.holds_filter();
+            match group {
+                None => {
+                    if let Some(i) = node.subs.iter().position(|s| s.outbox.key == key) {
+                        node.subs.swap_remove(i);
+                        found = true;
+                    }
+                }
+                Some(g) => {
+                    if let Some(gi) = node.groups.iter().position(|x| &*x.name == g) {
+                        let members = &mut node.groups[gi].members;
+                        if let Some(i) = members.iter().position(|s| s.outbox.key == key) {
+                            members.swap_remove(i);
+                            found = true;
+                        }
+                        if members.is_empty() {
+                            node.groups.swap_remove(gi);
+                        }
+                    }
+                }
+            }
+            if before && !node.holds_filter() {
+                *filters -= 1;
+            }
+        });
+        self.stats.filters.store(*filters as i64, Relaxed);
+        found
+    }
+
+    /// Fans `msg` out to every matching session. Queues that are filling
+    /// faster than their live reader drains them are added to `pressure`:
+    /// the publisher waits on them before reading more ([`Outbox::wait_for_space`]).
+    /// A retained publish also updates the retained store (an empty payload
+    /// deletes; over the caps it is refused and counted, but still delivered
+    /// live). Returns the number of sessions it was queued for.
+    pub fn publish(
+        &self,
+        msg: &Arc<Message>,
+        policy: &Policy,
+        pressure: &mut Vec<Arc<Outbox>>,
+    ) -> usize {
+        if msg.retain {
+            self.retain(msg);
+        }
+        let topic = msg.topic_str();
+        let levels: Vec<&str> = topic.split('/').collect();
+        let t = self.read();
+        let mut hits: Vec<Hit<'_>> = Vec::new();
+        let mut nodes = 0usize;
+        collect_subs(
+            &t.root,
+            &levels,
+            0,
+            topic.starts_with('$'),
+            &mut hits,
+            &mut nodes,
         );
-        let _ = link.tx.send(bye).await;
-        self.give_back(link.slot);
+        if nodes > 1 {
+            // A session with overlapping subscriptions gets one copy, at the
+            // highest QoS of its matching subscriptions.
+            hits.sort_by_key(|h| (h.sub.outbox.key, std::cmp::Reverse(h.sub.qos)));
+            hits.dedup_by_key(|h| h.sub.outbox.key);
+        }
+        let mut queued = 0;
+        for h in hits {
+            let s = h.sub;
+            if s.no_local && s.outbox.key == msg.origin {
+                continue;
+            }
+            let d = Delivery {
+                msg: msg.clone(),
+                qos: msg.qos.min(s.qos),
+                retain: s.retain_as_published && msg.retain,
+                sub_id: s.id,
+            };
+            match s.outbox.push(d, policy) {
+                Pushed::Dropped => {}
+                Pushed::Queued => queued += 1,
+                Pushed::Pressure => {
+                    queued += 1;
+                    if s.outbox.key != msg.origin
+                        && !pressure.iter().any(|o| Arc::ptr_eq(o, &s.outbox))
+                    {
+                        pressure.push(s.outbox.clone());
+                    }
+                }
+            }
+        }
+        queued
+    }
+
+    fn retain(&self, msg: &Arc<Message>) {
+        let topic = msg.topic_str();
+        let levels: Vec<&str> = topic.split('/').collect();
+        let mut t = self.write();
+        let Tree {
+            root,
+            retained,
+            retained_bytes,
+            ..
+        } = &mut *t;
+        if msg.payload.is_empty() {
+            prune(root, &levels, &mut |node| {
+                if let Some(old) = node.retained.take() {
+                    *retained -= 1;
+                    *retained_bytes -= old.weight();
+                }
+            });
+        } else {
+            let replaced = find(root, topic)
+                .and_then(|n| n.retained.as_ref())
+                .map(|m| m.weight());
+            let count = *retained + usize::from(replaced.is_none());
+            let bytes = *retained_bytes - replaced.unwrap_or(0) + msg.weight();
+            if count > self.limits.max_retained_messages || bytes > self.limits.max_retained_bytes {
+                self.stats.count(Reason::RetainedFull);
+                tracing::warn!(
+                    topic = %crate::stats::short(topic),
+                    max_retained_messages = self.limits.max_retained_messages,
+                    max_retained_bytes = self.limits.max_retained_bytes,
+                    "retained store full; message delivered but not retained"
+                );
+                return;
+            }
+            let node = levels.iter().fold(&mut *root, |n, l| {
+                n.children.entry((*l).into()).or_default()
+            });
+            node.retained = Some(msg.clone());
+            *retained = count;
+            *retained_bytes = bytes;
+        }
+        self.stats.retained.store(*retained as i64, Relaxed);
+    }
+}
+
+/// The node for `path`, if it exists.
+fn find<'a>(root: &'a Node, path: &str) -> Option<&'a Node> {
+    path.split('/')
+        .try_fold(root, |n, level| n.children.get(level))
+}
+
+/// Walks to `levels`, applies `f` to that node, and removes every node on
+/// the way back that holds nothing any more.
+fn prune(node: &mut Node, levels: &[&str], f: &mut dyn FnMut(&mut Node)) {
+    match levels.split_first() {
+        None => f(node),
+        Some((first, rest)) => {
+            let Some(child) = node.children.get_mut(*first) else {
+                return;
+            };
+            prune(child, rest, f);
+            if child.is_empty() {
+                node.children.remove(*first);
+                if node.children.is_empty() {
+                    node.children = HashMap::new();
+                }
+            }
+        }
+    }
+}
+
+fn push_node<'a>(node: &'a Node, hits: &mut Vec<Hit<'a>>, nodes: &mut usize) {
+    if !node.holds_filter() {
+        return;
+    }
+    *nodes += 1;
+    hits.extend(node.subs.iter().map(|sub| Hit { sub }));
+    for g in &node.groups {
+        if g.members.is_empty() {
+            continue;
+        }
+        let i = g.next.fetch_add(1, Relaxed) % g.members.len();
+        hits.push(Hit { sub: &g.members[i] });
+        // A group's pick counts as a separate node: it may overlap the
+        // same session's plain subscription.
+        *nodes += 1;
+    }
+}
+
+/// Collects the subscriptions matching the topic `levels[i..]` under `node`.
+/// `dollar`: the topic starts with `$`, which no wildcard at the first level
+/// matches.
+fn collect_subs<'a>(
+    node: &'a Node,
+    levels: &[&str],
+    i: usize,
+    dollar: bool,
+    hits: &mut Vec<Hit<'a>>,
+    nodes: &mut usize,
+) {
+    let wild = !(i == 0 && dollar);
+    if wild {
+        if let Some(c) = node.children.get("#") {
+            // `a/#` also matches `a`.
+            push_node(c, hits, nodes);
+        }
+    }
+    let Some(level) = levels.get(i) else {
+        push_node(node, hits, nodes);
+        return;
+    };
+    if let Some(c) = node.children.get(*level) {
+        collect_subs(c, levels, i + 1, dollar, hits, nodes);
+    }
+    if wild {
+        if let Some(c) = node.children.get("+") {
+            collect_subs(c, levels, i + 1, dollar, hits, nodes);
+        }
+    }
+}
+
+/// Collects the retained messages matching the filter `levels[i..]`.
+fn collect_retained(node: &Node, levels: &[&str], i: usize, out: &mut Vec<Arc<Message>>) {
+    let Some(level) = levels.get(i) else {
+        out.extend(node.retained.iter().cloned());
+        return;
+    };
+    let topic_child =
+        |name: &str| !(name == "+" || name == "#" || (i == 0 && name.starts_with('$')));
+    match *level {
+        "#" => {
+            if i > 0 {
+                // `a/#` matches `a` itself.
+                out.extend(node.retained.iter().cloned());
+            }
+            for (name, c) in &node.children {
+                if topic_child(name) {
+                    all_retained(c, out);
+                }
+            }
+        }
+        "+" => {
+            for (name, c) in &node.children {
+                if topic_child(name) {
+                    collect_retained(c, levels, i + 1, out);
+                }
+            }
+        }
+        l => {
+            if let Some(c) = node.children.get(l) {
+                collect_retained(c, levels, i + 1, out);
+            }
+        }
+    }
+}
+
+fn all_retained(node: &Node, out: &mut Vec<Arc<Message>>) {
+    out.extend(node.retained.iter().cloned());
+    for (name, c) in &node.children {
+        if name.as_ref() != "+" && name.as_ref() != "#" {
+            all_retained(c, out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Reader;
+    use bytes::Bytes;
+
+    fn router(max_filters: usize) -> Router {
+        Router::new(
+            RouterLimits {
+                max_filters,
+                max_retained_messages: 3,
+                max_retained_bytes: 1 << 20,
+            },
+            Arc::new(Stats::default()),
+        )
+    }
+
+    fn outbox(key: u64) -> Arc<Outbox> {
+        let o = Outbox::new(key, 100, 1 << 20, Arc::new(Stats::default()));
+        o.set_reader(Reader {
+            reads_everything: true,
+            ..Default::default()
+        });
+        o.set_online(true);
+        Arc::new(o)
+    }
+
+    fn sub(o: &Arc<Outbox>, qos: u8) -> Sub {
+        Sub {
+            outbox: o.clone(),
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            id: 0,
+        }
+    }
+
+    fn msg(topic: &'static str, qos: u8, retain: bool) -> Arc<Message> {
+        Message::new(
+            Bytes::from_static(topic.as_bytes()),
+            Bytes::from_static(b"x"),
+            qos,
+            retain,
+            None,
+            0,
+        )
+    }
+
+    fn policy() -> Policy {
+        Policy::load(&crate::config::AuthConfig::default()).unwrap()
+    }
+
+    fn send(r: &Router, m: &Arc<Message>) -> usize {
+        r.publish(m, &policy(), &mut Vec::new())
+    }
+
+    #[test]
+    fn matching_rules() {
+        let r = router(100);
+        let cases = [
+            (
+                "a/b/c",
+                vec!["a/b/c", "a/+/c", "a/#", "#", "+/+/+", "a/b/c/#"],
+            ),
+            ("$SYS/x", vec!["$SYS/#", "$SYS/+"]),
+        ];
+        let misses = ["a/b", "a/+", "+/+", "$SYS", "b/#"];
+        let mut key = 0;
+        for (topic, hits) in cases {
+            for f in hits.iter().chain(misses.iter()) {
+                key += 1;
+                let o = outbox(key);
+                r.subscribe(f, sub(&o, 0)).unwrap();
+                let m = Message::new(
+                    Bytes::from(topic.to_owned()),
+                    Bytes::from_static(b"x"),
+                    0,
+                    false,
+                    None,
+                    0,
+                );
+                send(&r, &m);
+                assert_eq!(o.len(), usize::from(hits.contains(f)), "{topic} vs {f}");
+                r.unsubscribe(f, key);
+            }
+        }
+        let root_wild = outbox(999);
+        r.subscribe("#", sub(&root_wild, 0)).unwrap();
+        r.subscribe("+/x", sub(&root_wild, 0)).unwrap();
+        send(&r, &msg("$SYS/x", 0, false));
+        assert!(root_wild.is_empty(), "wildcards never match $ topics");
+    }
+
+    #[test]
+    fn overlapping_filters_give_one_copy_at_the_highest_qos() {
+        let r = router(100);
+        let o = outbox(1);
+        r.subscribe("a/#", sub(&o, 0)).unwrap();
+        r.subscribe("a/+", sub(&o, 1)).unwrap();
+        r.subscribe("a/b", sub(&o, 0)).unwrap();
+        assert_eq!(send(&r, &msg("a/b", 1, false)), 1);
+        let mut got = std::collections::VecDeque::new();
+        o.take(&mut got, 10, 10);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].qos, 1, "min(published 1, best granted 1)");
+    }
+
+    #[test]
+    fn delivery_qos_is_the_lower_of_publish_and_grant() {
+        let r = router(100);
+        let (lo, hi) = (outbox(1), outbox(2));
+        r.subscribe("t", sub(&lo, 0)).unwrap();
+        r.subscribe("t", sub(&hi, 1)).unwrap();
+        send(&r, &msg("t", 1, false));
+        send(&r, &msg("t", 0, false));
+        let mut got = std::collections::VecDeque::new();
+        lo.take(&mut got, 10, 10);
+        hi.take(&mut got, 10, 10);
+        let q: Vec<u8> = got.iter().map(|d| d.qos).collect();
+        assert_eq!(q, vec![0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn filters_and_topics_are_freed() {
+        let r = router(2);
+        let o = outbox(1);
+        r.subscribe("a/b/c", sub(&o, 0)).unwrap();
+        r.subscribe("$share/g/x/+", sub(&o, 0)).unwrap();
+        assert_eq!(
+            r.subscribe("z", sub(&o, 0)).unwrap_err(),
+            SubscribeError::TableFull
+        );
+        r.subscribe("a/b/c", sub(&outbox(2), 0))
+            .expect("an existing filter needs no new slot");
+        assert!(r.unsubscribe("a/b/c", 1));
+        assert!(r.unsubscribe("a/b/c", 2));
+        assert!(r.unsubscribe("$share/g/x/+", 1));
+        assert!(!r.unsubscribe("a/b/c", 1));
+        assert_eq!(r.filters(), 0);
+        send(&r, &msg("r/1", 0, true));
+        send(&r, &msg("r/1", 0, true));
+        assert_eq!(r.retained(), 1);
+        send(
+            &r,
+            &Message::new(Bytes::from_static(b"r/1"), Bytes::new(), 0, true, None, 0),
+        );
+        let t = r.read();
+        assert_eq!(t.retained, 0);
+        assert!(t.root.is_empty(), "no node left: {:?}", t.root);
+    }
+
+    #[test]
+    fn retained_store_and_caps() {
+        let r = router(100);
+        for t in ["n/c1/h1", "n/c1/h2", "n/c2/h1", "n/c2/h9"] {
+            send(
+                &r,
+                &Message::new(
+                    Bytes::from(t.to_owned()),
+                    Bytes::from_static(b"up"),
+                    1,
+                    true,
+                    None,
+                    0,
+                ),
+            );
+        }
+        assert_eq!(r.retained(), 3, "max_retained_messages = 3");
+        assert_eq!(r.stats.dropped(Reason::RetainedFull), 1);
+        let o = outbox(1);
+        let n = |f: &str| r.subscribe(f, sub(&o, 1)).unwrap().len();
+        assert_eq!(n("n/+/h1"), 2);
+        assert_eq!(n("n/#"), 3);
+        assert_eq!(n("#"), 3);
+        assert_eq!(n("n"), 0);
+        assert_eq!(n("$share/g/n/#"), 0, "no retained for shared subscriptions");
+        // An empty non-retained publish does not delete.
+        send(
+            &r,
+            &Message::new(
+                Bytes::from_static(b"n/c1/h1"),
+                Bytes::new(),
+                0,
+                false,
+                None,
+                0,
+            ),
+        );
+        assert_eq!(r.retained(), 3);
+    }
+
+    #[test]
+    fn shared_groups_take_turns() {
+        let r = router(100);
+        let (a, b) = (outbox(1), outbox(2));
+        r.subscribe("$share/w/jobs/#", sub(&a, 0)).unwrap();
+        r.subscribe("$share/w/jobs/#", sub(&b, 0)).unwrap();
+        for _ in 0..10 {
+            assert_eq!(send(&r, &msg("jobs/1", 0, false)), 1);
+        }
+        assert_eq!((a.len(), b.len()), (5, 5));
+    }
+
+    #[test]
+    fn no_local() {
+        let r = router(100);
+        let o = outbox(7);
+        let mut s = sub(&o, 0);
+        s.no_local = true;
+        r.subscribe("t", s).unwrap();
+        let own = Message::new(
+            Bytes::from_static(b"t"),
+            Bytes::from_static(b"x"),
+            0,
+            false,
+            None,
+            7,
+        );
+        assert_eq!(send(&r, &own), 0);
+        assert_eq!(send(&r, &msg("t", 0, false)), 1);
     }
 }

@@ -2,7 +2,7 @@
 //! state every session shares. [`Broker::start`] is what the binary and the
 //! tests call.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -17,7 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::{Auth, AuthError};
 use crate::config::Config;
 use crate::connect;
-use crate::router::RouterHandle;
+use crate::router::{Router, RouterLimits};
 use crate::stats::{Reason, Stats};
 use crate::transport::{self, Accepted, HttpHandler, Kind, TlsError};
 
@@ -29,42 +29,12 @@ pub struct Shared {
     pub cfg: Config,
     pub stats: Arc<Stats>,
     pub auth: Auth,
-    pub router: RouterHandle,
+    pub router: Router,
     pub(crate) registry: Mutex<HashMap<String, connect::Entry>>,
     pub(crate) next_gen: AtomicU64,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) sys: watch::Sender<SysSnapshot>,
-    pub(crate) retained: Mutex<HashSet<String>>,
-    filters: Mutex<HashSet<String>>,
     open_sockets: AtomicUsize,
-}
-
-impl Shared {
-    /// Keeps the retained-topic set (and its gauge) in step with a retained
-    /// publish: an empty payload clears the topic, as in the router.
-    pub fn track_retained(&self, topic: &str, clear: bool) {
-        let mut r = self.retained.lock().unwrap_or_else(|e| e.into_inner());
-        if clear {
-            r.remove(topic);
-        } else if !r.contains(topic) {
-            r.insert(topic.to_owned());
-        }
-        self.stats.retained.store(r.len() as i64, Relaxed);
-    }
-
-    /// Records a filter the router will hold. False when the table is full:
-    /// rumqttd never frees a filter, so the edge caps how many exist.
-    pub fn admit_filter(&self, filter: &str) -> bool {
-        let mut f = self.filters.lock().unwrap_or_else(|e| e.into_inner());
-        if f.contains(filter) {
-            return true;
-        }
-        if f.len() >= self.cfg.limits.max_filters {
-            return false;
-        }
-        f.insert(filter.to_owned());
-        true
-    }
 }
 
 /// Errors starting the broker.
@@ -115,15 +85,13 @@ impl Broker {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let stats = Arc::new(Stats::default());
         let (sys_tx, _) = watch::channel(Arc::new(Vec::new()));
-        // Sessions (connected or parked) are bounded by 2x max_connections.
-        let segment = cfg
-            .limits
-            .router_segment_bytes
-            .max(2 * cfg.limits.max_packet_size);
-        let router = RouterHandle::start(
-            cfg.limits.max_connections * 2,
-            segment,
-            cfg.limits.router_segments,
+        let router = Router::new(
+            RouterLimits {
+                max_filters: cfg.limits.max_filters,
+                max_retained_messages: cfg.limits.max_retained_messages,
+                max_retained_bytes: cfg.limits.max_retained_bytes,
+            },
+            stats.clone(),
         );
         let shared = Arc::new(Shared {
             cfg,
@@ -134,8 +102,6 @@ impl Broker {
             next_gen: AtomicU64::new(1),
             shutdown: shutdown_rx,
             sys: sys_tx,
-            retained: Mutex::new(HashSet::new()),
-            filters: Mutex::new(HashSet::new()),
             open_sockets: AtomicUsize::new(0),
         });
         let mut tasks = JoinSet::new();

@@ -1,13 +1,13 @@
-//! Client sessions: one task per session owns the client's router link and,
-//! while the client is connected, its socket.
+//! Client sessions: one task per session owns the client's outbox and, while
+//! the client is connected, its socket.
 //!
-//! The session, not the router, keeps everything MQTT asks a broker to keep:
-//! subscriptions (so UNSUBSCRIBE is answered right), the outbound queue
-//! (bounded; the oldest message is dropped and counted when it is full), QoS 1
-//! messages in flight (re-sent with DUP on resume), and the will. When a
-//! persistent client leaves, the task stays, keeps draining its link into the
-//! queue, and hands it all to the next connection with the same client id.
-//! Takeover is a message to the running task, so two links never share an id.
+//! The session keeps everything MQTT asks a broker to keep for a client: its
+//! subscriptions (mirrored in the [`crate::router`]), the outbound queue
+//! ([`Outbox`]: bounded, the oldest dropped and counted), QoS 1 messages in
+//! flight (re-sent with DUP on resume), QoS 2 packet ids awaiting PUBREL, and
+//! the will. When a persistent client leaves, the task stays (its outbox
+//! keeps filling) and hands it all to the next connection with the same
+//! client id. Takeover is a message to the running task.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -15,21 +15,23 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use rumqttd::protocol::{
-    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Filter,
-    Packet, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, Publish, QoS,
-    SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
+    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet,
+    PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, Publish, QoS,
+    RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    Unsubscribe,
 };
-use rumqttd::Notification;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::auth::{Policy, Who};
-use crate::codec::{self, DecodeError, Refusal, Version};
-use crate::connect::{dispatch, refuse, Pending};
-use crate::router::Link;
+use crate::codec::{self, DecodeError, Version};
+use crate::connect::{dispatch, Pending};
+use crate::message::{encode_publish, Header, Message};
+use crate::outbox::{Delivery, Outbox, Reader};
+use crate::router::{Sub, SubscribeError};
 use crate::server::Shared;
 use crate::stats::Reason;
 use crate::topic;
@@ -41,6 +43,13 @@ const WRITE_CHUNK: usize = 64 * 1024;
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 /// Stop reading from a client whose unread replies pile up beyond this.
 const MAX_PENDING_WRITE: usize = 1024 * 1024;
+/// Longest a publisher waits, per read, for a fast reader's queue to drain.
+const PUSHBACK_MAX: Duration = Duration::from_millis(250);
+/// Deliveries moved from the outbox per lock.
+const TAKE_BATCH: usize = 256;
+/// Read buffer sizes: small for idle clients, grown for publishers.
+const READ_MIN: usize = 512;
+const READ_MAX: usize = 64 * 1024;
 
 /// How a connected period ended.
 enum End {
@@ -56,67 +65,64 @@ struct Session {
     client_id: String,
     gen: u64,
     shared: Arc<Shared>,
-    link: Option<Link>,
+    outbox: Arc<Outbox>,
     version: Version,
     user: Option<String>,
     /// Filter -> granted QoS, for filters the router serves.
     subs: HashMap<String, QoS>,
-    /// `$SYS`-style filters served by the edge.
+    /// `$SYS`-style filters served by the session from the stats snapshot.
     sys_subs: HashSet<String>,
-    queue: VecDeque<Bytes>,
-    queued_bytes: usize,
-    inflight: VecDeque<(u16, Bytes)>,
+    /// Retained messages matched at SUBSCRIBE, sent before the live queue
+    /// and outside its limits (they are shared with the retained store).
+    retained: VecDeque<Delivery>,
+    /// Taken from the outbox, not yet written.
+    taken: VecDeque<Delivery>,
+    inflight: VecDeque<(u16, Delivery)>,
     next_pkid: u16,
-    /// Pkids of denied QoS 2 publishes whose PUBREL we answer ourselves.
-    denied_qos2: HashSet<u16>,
+    /// QoS 2 packet ids received (accepted or denied once) and not yet
+    /// released by PUBREL: a re-sent PUBLISH with one of them is not
+    /// routed again (exactly once).
+    awaiting_rel: HashSet<u16>,
     expiry: Option<Duration>,
-    will: Option<(Publish, Option<rumqttd::protocol::PublishProperties>)>,
+    will: Option<Arc<Message>>,
     will_delay: Duration,
-    reads_everything: bool,
-    /// True while a client is connected (QoS 0 is not queued otherwise).
-    online: bool,
-    encode_buf: BytesMut,
+    /// Fast readers' queues this publisher must wait for before reading on.
+    pressure: Vec<Arc<Outbox>>,
     denied_logged: u64,
 }
 
 pub(crate) async fn run(
-    first: Pending,
-    mut mailbox: mpsc::Receiver<Pending>,
+    first: Box<Pending>,
+    mut mailbox: mpsc::Receiver<Box<Pending>>,
     gen: u64,
     shared: Arc<Shared>,
 ) {
-    let link = match shared.router.link().await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(client_id = %first.info.client_id, error = %e, "cannot open a router link; refusing");
-            shared.stats.count(Reason::MaxConnections);
-            let mut p = first;
-            refuse(&mut p.writer, p.info.version, Refusal::Busy, &shared).await;
-            unregister(&shared, &p.info.client_id, gen, &mut mailbox);
-            return;
-        }
-    };
     shared.stats.sessions.fetch_add(1, Relaxed);
+    let limits = &shared.cfg.limits;
+    let outbox = Arc::new(Outbox::new(
+        gen,
+        limits.max_queued_messages,
+        limits.max_queued_bytes,
+        shared.stats.clone(),
+    ));
     let mut s = Session {
         client_id: first.info.client_id.clone(),
         gen,
         shared: shared.clone(),
-        link: Some(link),
+        outbox,
         version: first.info.version,
         user: None,
         subs: HashMap::new(),
         sys_subs: HashSet::new(),
-        queue: VecDeque::new(),
-        queued_bytes: 0,
+        retained: VecDeque::new(),
+        taken: VecDeque::new(),
         inflight: VecDeque::new(),
         next_pkid: 1,
-        denied_qos2: HashSet::new(),
+        awaiting_rel: HashSet::new(),
         expiry: None,
         will: None,
         will_delay: Duration::ZERO,
-        reads_everything: true,
-        online: false,
-        encode_buf: BytesMut::with_capacity(64 * 1024),
+        pressure: Vec::new(),
         denied_logged: 0,
     };
     let mut conn = first;
@@ -134,12 +140,12 @@ pub(crate) async fn run(
                     s.publish_will().await;
                 }
                 if resume {
-                    conn = *next;
+                    conn = next;
                     present = true;
                     continue;
                 }
                 s.teardown().await;
-                unregister_then_dispatch(&shared, &s.client_id, s.gen, &mut mailbox, Some(*next));
+                unregister_then_dispatch(&shared, &s.client_id, s.gen, &mut mailbox, Some(next));
                 return;
             }
             End::Shutdown => {
@@ -188,7 +194,12 @@ pub(crate) async fn run(
     }
 }
 
-fn unregister(shared: &Arc<Shared>, id: &str, gen: u64, mailbox: &mut mpsc::Receiver<Pending>) {
+fn unregister(
+    shared: &Arc<Shared>,
+    id: &str,
+    gen: u64,
+    mailbox: &mut mpsc::Receiver<Box<Pending>>,
+) {
     unregister_then_dispatch(shared, id, gen, mailbox, None)
 }
 
@@ -198,8 +209,8 @@ fn unregister_then_dispatch(
     shared: &Arc<Shared>,
     id: &str,
     gen: u64,
-    mailbox: &mut mpsc::Receiver<Pending>,
-    next: Option<Pending>,
+    mailbox: &mut mpsc::Receiver<Box<Pending>>,
+    next: Option<Box<Pending>>,
 ) {
     {
         let mut reg = shared.registry.lock().unwrap_or_else(|e| e.into_inner());
@@ -208,7 +219,7 @@ fn unregister_then_dispatch(
         }
     }
     mailbox.close();
-    let mut waiting: Vec<Pending> = next.into_iter().collect();
+    let mut waiting: Vec<Box<Pending>> = next.into_iter().collect();
     while let Ok(p) = mailbox.try_recv() {
         waiting.push(p);
     }
@@ -246,15 +257,6 @@ impl Session {
             _ => None,
         };
         self.will = info.will.as_ref().map(|w| {
-            let qos = (w.qos as u8).min(1);
-            // Publish's QoS is crate-private in rumqttd: build the packet
-            // from its serialized form.
-            let mut b = BytesMut::with_capacity(5 + w.topic.len() + w.message.len());
-            b.put_u8(0x30 | (qos << 1) | w.retain as u8);
-            b.put_u16(if qos > 0 { 1 } else { 0 });
-            b.put_u16(w.topic.len() as u16);
-            b.extend_from_slice(&w.topic);
-            b.extend_from_slice(&w.message);
             let props =
                 info.will_properties
                     .as_ref()
@@ -268,7 +270,15 @@ impl Session {
                         subscription_identifiers: Vec::new(),
                         content_type: wp.content_type.clone(),
                     });
-            (Publish::deserialize(b.freeze()), props)
+            // The will topic was checked at CONNECT.
+            Message::new(
+                w.topic.clone(),
+                w.message.clone(),
+                w.qos as u8,
+                w.retain,
+                props,
+                self.gen,
+            )
         });
         self.will_delay = info
             .will_properties
@@ -277,7 +287,11 @@ impl Session {
             .map(|d| Duration::from_secs(d as u64))
             .unwrap_or_default();
         let policy = self.shared.auth.policy();
-        self.reads_everything = policy.reads_everything(self.who());
+        self.outbox.set_reader(Reader {
+            client_id: self.client_id.clone(),
+            user: self.user.clone(),
+            reads_everything: policy.reads_everything(self.who()),
+        });
     }
 
     fn connack(&mut self, p: &Pending, present: bool, out: &mut BytesMut) {
@@ -303,14 +317,14 @@ impl Session {
         let _ = codec::encode(p.info.version, ack, out);
     }
 
-    /// The connected loop: socket in, router out, one task.
+    /// The connected loop: socket in, outbox out, one task.
     async fn connected(
         &mut self,
-        conn: Pending,
+        conn: Box<Pending>,
         present: bool,
-        mailbox: &mut mpsc::Receiver<Pending>,
+        mailbox: &mut mpsc::Receiver<Box<Pending>>,
     ) -> End {
-        let mut wbuf = BytesMut::with_capacity(WRITE_CHUNK * 2);
+        let mut wbuf = BytesMut::new();
         let mut wpos = 0usize;
         self.connack(&conn, present, &mut wbuf);
         let Pending {
@@ -320,19 +334,28 @@ impl Session {
             peer,
             keep_alive,
             ..
-        } = conn;
+        } = *conn;
         let shared = self.shared.clone();
+        let outbox = self.outbox.clone();
         let stats = &shared.stats;
         stats.clients_connected.fetch_add(1, Relaxed);
-        self.online = true;
+        outbox.set_blocked(false);
+        outbox.set_online(true);
         tracing::info!(client_id = %self.client_id, %peer, version = self.version.as_str(), user = ?self.user, session_present = present, "client connected");
         if present {
-            for (pkid, msg) in self.inflight.iter() {
-                let start = wbuf.len();
-                wbuf.extend_from_slice(msg);
-                patch_publish(&mut wbuf[start..], *pkid, true);
+            let v5 = self.version == Version::V5;
+            for (pkid, d) in self.inflight.iter() {
+                let h = Header {
+                    qos: d.qos,
+                    retain: d.retain,
+                    dup: true,
+                    pkid: *pkid,
+                };
+                encode_publish(&d.msg, h, v5, sub_ids(d), &mut wbuf);
             }
         } else {
+            // A clean start: what was in flight for the old session goes back
+            // to nobody (the outbox was cleared at teardown).
             self.inflight.clear();
         }
 
@@ -347,6 +370,7 @@ impl Session {
         let mut shutdown = shared.shutdown.clone();
         let mut sys_rx = shared.sys.subscribe();
         sys_rx.mark_unchanged();
+        let mut read_size = READ_MIN;
 
         // Bytes that arrived right behind the CONNECT.
         let early = if inbuf.is_empty() {
@@ -360,15 +384,21 @@ impl Session {
         } else {
             loop {
                 if wpos == wbuf.len() {
-                    wbuf.clear();
                     wpos = 0;
-                    self.fill(&mut wbuf);
+                    wbuf.clear();
+                    self.fill(&mut wbuf, false);
+                    if wbuf.is_empty() && wbuf.capacity() > 4096 {
+                        // Idle again after a burst: give the memory back.
+                        wbuf = BytesMut::new();
+                    }
                 }
-                let link = match self.link.as_mut() {
-                    Some(l) => l,
-                    None => break End::Closed { will: true },
-                };
+                if inbuf.is_empty() && inbuf.capacity() > READ_MIN && read_size == READ_MIN {
+                    inbuf = BytesMut::new();
+                }
                 let want_read = wbuf.len() - wpos < MAX_PENDING_WRITE;
+                if want_read && inbuf.capacity() - inbuf.len() < read_size / 2 {
+                    inbuf.reserve(read_size);
+                }
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => {
@@ -382,7 +412,7 @@ impl Session {
                             tracing::info!(client_id = %self.client_id, old = %peer, new = %next.peer, "session taken over");
                             let bye = self.disconnect_packet(DisconnectReasonCode::SessionTakenOver);
                             last_write(&mut writer, &[], &bye).await;
-                            break End::Takeover(Box::new(next));
+                            break End::Takeover(next);
                         }
                     }
                     r = reader.read_buf(&mut inbuf), if want_read => {
@@ -390,12 +420,20 @@ impl Session {
                             Ok(0) => break End::Closed { will: true },
                             Ok(n) => {
                                 stats.bytes_received.fetch_add(n as u64, Relaxed);
+                                // Grow the read size for clients that send a
+                                // lot (publishers), shrink it for idle ones.
+                                read_size = if n >= read_size / 2 {
+                                    (read_size * 2).min(READ_MAX)
+                                } else {
+                                    (read_size / 2).max(READ_MIN)
+                                };
                                 if let Some(ka) = ka {
                                     deadline.as_mut().reset(Instant::now() + ka);
                                 }
                                 if let Some(end) = self.take_input(&mut inbuf, &mut wbuf, wpos, &mut writer, peer).await {
                                     break end;
                                 }
+                                self.pushback().await;
                             }
                             Err(e) => {
                                 tracing::debug!(client_id = %self.client_id, %peer, error = %e, "read failed");
@@ -403,22 +441,16 @@ impl Session {
                             }
                         }
                     }
-                    n = link.rx.next() => {
-                        match n {
-                            Ok(Some(n)) => self.notification(n, &mut wbuf).await,
-                            Ok(None) => {}
-                            Err(e) => {
-                                tracing::warn!(client_id = %self.client_id, error = %e, "router link closed");
-                                break End::Closed { will: true };
-                            }
-                        }
-                    }
+                    _ = outbox.ready(), if wpos == wbuf.len() => {}
                     w = writer.write(&wbuf[wpos..]), if wpos < wbuf.len() => {
                         match w {
                             Ok(0) | Err(_) => break End::Closed { will: true },
                             Ok(n) => {
                                 wpos += n;
                                 stats.bytes_sent.fetch_add(n as u64, Relaxed);
+                                // A socket that takes less than offered is
+                                // full: a slow reader, for the pushback.
+                                outbox.set_blocked(wpos < wbuf.len());
                                 if wpos == wbuf.len() && writer.flush().await.is_err() {
                                     break End::Closed { will: true };
                                 }
@@ -441,9 +473,23 @@ impl Session {
         };
         let _ = writer.shutdown().await;
         stats.clients_connected.fetch_sub(1, Relaxed);
-        self.online = false;
+        outbox.set_online(false);
+        self.pressure.clear();
         tracing::info!(client_id = %self.client_id, %peer, reason = match &end { End::Takeover(_) => "takeover", End::Closed { will: true } => "connection lost", End::Closed { will: false } => "disconnect", End::Shutdown => "shutdown" }, "client disconnected");
         end
+    }
+
+    /// Publisher pushback: before reading more from this client, wait
+    /// (bounded) until the live readers its last messages filled up have
+    /// drained. Slow readers never end up here (see [`Outbox`]).
+    async fn pushback(&mut self) {
+        if self.pressure.is_empty() {
+            return;
+        }
+        let until = Instant::now() + PUSHBACK_MAX;
+        for o in std::mem::take(&mut self.pressure) {
+            o.wait_for_space(until).await;
+        }
     }
 
     /// Runs the packets waiting in `inbuf`. Returns how the connection ends
@@ -458,7 +504,7 @@ impl Session {
         peer: SocketAddr,
     ) -> Option<End> {
         let max_packet = self.shared.cfg.limits.max_packet_size;
-        match self.incoming(inbuf, wbuf, max_packet).await {
+        match self.incoming(inbuf, wbuf, max_packet) {
             Ok(None) => None,
             Ok(Some(end)) => {
                 last_write(writer, &wbuf[wpos..], &[]).await;
@@ -494,23 +540,22 @@ impl Session {
         out
     }
 
-    /// Kept for a persistent client that left: drain the link into the
-    /// queue until the client comes back or the session expires.
+    /// Kept for a persistent client that left: the outbox keeps filling
+    /// (QoS >= 1, within its limits) until the client comes back or the
+    /// session expires.
     async fn parked(
         &mut self,
         expiry: Duration,
         will: bool,
-        mailbox: &mut mpsc::Receiver<Pending>,
-    ) -> Option<Pending> {
+        mailbox: &mut mpsc::Receiver<Box<Pending>>,
+    ) -> Option<Box<Pending>> {
         let end = tokio::time::sleep(expiry);
         tokio::pin!(end);
         let will_at = tokio::time::sleep(self.will_delay.min(expiry));
         tokio::pin!(will_at);
         let mut will_pending = will && !self.will_delay.is_zero();
         let mut shutdown = self.shared.shutdown.clone();
-        let mut scratch = BytesMut::new();
         loop {
-            let link = self.link.as_mut()?;
             tokio::select! {
                 _ = shutdown.changed() => return None,
                 p = mailbox.recv() => return p,
@@ -526,21 +571,13 @@ impl Session {
                     will_pending = false;
                     self.publish_will().await;
                 }
-                n = link.rx.next() => match n {
-                    Ok(Some(n)) => {
-                        self.notification(n, &mut scratch).await;
-                        scratch.clear();
-                    }
-                    Ok(None) => {}
-                    Err(_) => return None,
-                }
             }
         }
     }
 
-    /// Shutting down: hands the client what the router still has for it
-    /// and what is queued (the broker keeps nothing once it exits), for at
-    /// most [`SHUTDOWN_DRAIN`], then returns with `wbuf` still to write.
+    /// Shutting down: hands the client everything still queued for it (the
+    /// broker keeps nothing once it exits), for at most [`SHUTDOWN_DRAIN`],
+    /// then returns with `wbuf` still to write.
     async fn drain_for_shutdown(
         &mut self,
         writer: &mut WriteHalf<BoxIo>,
@@ -549,17 +586,9 @@ impl Session {
     ) {
         let deadline = Instant::now() + SHUTDOWN_DRAIN;
         while Instant::now() < deadline {
-            // Whatever the router forwards until it has been quiet a moment.
-            while let Some(link) = self.link.as_mut() {
-                match tokio::time::timeout(Duration::from_millis(50), link.rx.next()).await {
-                    Ok(Ok(Some(n))) => self.notification(n, wbuf).await,
-                    Ok(Ok(None)) if Instant::now() < deadline => {}
-                    _ => break,
-                }
-            }
-            self.fill_all(wbuf);
+            self.fill(wbuf, true);
             let pending = &wbuf[*wpos..];
-            if pending.is_empty() && self.queue.is_empty() {
+            if pending.is_empty() {
                 return;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -577,47 +606,57 @@ impl Session {
         }
     }
 
-    /// Moves every queued message into the write buffer, ignoring the
-    /// in-flight window (the last delivery before shutdown).
-    fn fill_all(&mut self, wbuf: &mut BytesMut) {
-        while let Some(msg) = self.queue.pop_front() {
-            self.queued_bytes -= msg.len();
-            let start = wbuf.len();
-            wbuf.extend_from_slice(&msg);
-            if codec::encoded_qos(&msg) > 0 {
-                let pkid = self.alloc_pkid();
-                patch_publish(&mut wbuf[start..], pkid, false);
-                self.inflight.push_back((pkid, msg));
+    /// The next delivery to write: retained ones first, then the outbox.
+    /// A QoS >= 1 delivery is only taken while `room` allows.
+    fn next_delivery(&mut self, room: usize) -> Option<Delivery> {
+        let fits = |d: &Delivery| d.qos == 0 || room > 0;
+        if let Some(d) = self.retained.front() {
+            return if fits(d) {
+                self.retained.pop_front()
+            } else {
+                None
+            };
+        }
+        if self.taken.is_empty() {
+            self.outbox.take(&mut self.taken, TAKE_BATCH, room);
+        }
+        match self.taken.front() {
+            Some(d) if fits(d) => self.taken.pop_front(),
+            _ => None,
+        }
+    }
+
+    /// Encodes queued deliveries into the write buffer, up to
+    /// [`WRITE_CHUNK`] and within the in-flight window; `all` ignores both
+    /// (the last delivery before shutdown).
+    fn fill(&mut self, wbuf: &mut BytesMut, all: bool) {
+        let max_inflight = if all {
+            usize::MAX
+        } else {
+            self.shared.cfg.limits.max_inflight_messages as usize
+        };
+        let v5 = self.version == Version::V5;
+        while all || wbuf.len() < WRITE_CHUNK {
+            let room = max_inflight.saturating_sub(self.inflight.len());
+            let Some(d) = self.next_delivery(room) else {
+                break;
+            };
+            let pkid = if d.qos > 0 { self.alloc_pkid() } else { 0 };
+            let h = Header {
+                qos: d.qos,
+                retain: d.retain,
+                dup: false,
+                pkid,
+            };
+            encode_publish(&d.msg, h, v5, sub_ids(&d), wbuf);
+            if d.qos > 0 {
+                self.inflight.push_back((pkid, d));
             }
             self.shared.stats.publish_sent.fetch_add(1, Relaxed);
             self.shared.stats.messages_sent.fetch_add(1, Relaxed);
         }
-    }
-
-    /// Moves queued messages into the write buffer, within the in-flight window.
-    fn fill(&mut self, wbuf: &mut BytesMut) {
-        let max_inflight = self.shared.cfg.limits.max_inflight_messages as usize;
-        while wbuf.len() < WRITE_CHUNK {
-            let Some(front) = self.queue.front() else {
-                break;
-            };
-            let qos = codec::encoded_qos(front);
-            if qos > 0 && self.inflight.len() >= max_inflight {
-                break;
-            }
-            let Some(msg) = self.queue.pop_front() else {
-                break;
-            };
-            self.queued_bytes -= msg.len();
-            let start = wbuf.len();
-            wbuf.extend_from_slice(&msg);
-            if qos > 0 {
-                let pkid = self.alloc_pkid();
-                patch_publish(&mut wbuf[start..], pkid, false);
-                self.inflight.push_back((pkid, msg));
-            }
-            self.shared.stats.publish_sent.fetch_add(1, Relaxed);
-            self.shared.stats.messages_sent.fetch_add(1, Relaxed);
+        if self.taken.is_empty() && self.taken.capacity() > TAKE_BATCH {
+            self.taken = VecDeque::new();
         }
     }
 
@@ -631,101 +670,14 @@ impl Session {
         }
     }
 
-    fn enqueue(&mut self, msg: Bytes, connected: bool) {
-        let limits = &self.shared.cfg.limits;
-        if !connected && codec::encoded_qos(&msg) == 0 {
-            self.shared.stats.count(Reason::OfflineQos0);
-            return;
-        }
-        while !self.queue.is_empty()
-            && (self.queue.len() >= limits.max_queued_messages
-                || self.queued_bytes + msg.len() > limits.max_queued_bytes)
-        {
-            if let Some(old) = self.queue.pop_front() {
-                self.queued_bytes -= old.len();
-                self.shared.stats.count(Reason::QueueFull);
-            }
-        }
-        if limits.max_queued_messages == 0 {
-            self.shared.stats.count(Reason::QueueFull);
-            return;
-        }
-        self.queued_bytes += msg.len();
-        self.queue.push_back(msg);
-    }
-
-    /// Handles one router notification. `out` receives control packets.
-    async fn notification(&mut self, n: Notification, out: &mut BytesMut) {
-        let connected = self.online;
-        match n {
-            Notification::Forward(f) => {
-                let topic_ok = self.reads_everything
-                    || std::str::from_utf8(&f.publish.topic)
-                        .map(|t| self.shared.auth.policy().may_read(self.who(), t))
-                        .unwrap_or(false);
-                let packet = Packet::Publish(f.publish, f.properties);
-                if codec::encode(self.version, packet, &mut self.encode_buf).is_err() {
-                    return;
-                }
-                let msg = self.encode_buf.split().freeze();
-                if codec::encoded_qos(&msg) > 0 {
-                    // The edge owns delivery to the client: ack the router now.
-                    if let Some(off) = codec::encoded_pkid_offset(&msg) {
-                        let pkid = u16::from_be_bytes([msg[off], msg[off + 1]]);
-                        if let Some(link) = self.link.as_mut() {
-                            let ack = Packet::PubAck(
-                                PubAck {
-                                    pkid,
-                                    reason: PubAckReason::Success,
-                                },
-                                None,
-                            );
-                            let _ = link.tx.send(ack).await;
-                        }
-                    }
-                }
-                if !topic_ok {
-                    self.shared.stats.count(Reason::AclRead);
-                    return;
-                }
-                self.enqueue(msg, connected);
-            }
-            Notification::DeviceAck(ack) => {
-                let p: Option<Packet> = Notification::DeviceAck(ack).into();
-                // CONNACK/SUBACK/UNSUBACK/PINGRESP: the edge answers those itself.
-                if let Some(
-                    p @ (Packet::PubAck(..)
-                    | Packet::PubRec(..)
-                    | Packet::PubComp(..)
-                    | Packet::PubRel(..)),
-                ) = p
-                {
-                    if codec::encode(self.version, p, out).is_ok() {
-                        self.shared.stats.messages_sent.fetch_add(1, Relaxed);
-                    }
-                }
-            }
-            Notification::Unschedule => {
-                if let Some(link) = self.link.as_ref() {
-                    let _ = link.rx.wake().await;
-                }
-            }
-            Notification::Disconnect(..) => {
-                tracing::warn!(client_id = %self.client_id, "router disconnected the link");
-            }
-            _ => {}
-        }
-    }
-
     /// Parses and handles every complete packet in `inbuf`. Returns
     /// `Some(end)` when the client disconnected cleanly.
-    async fn incoming(
+    fn incoming(
         &mut self,
         inbuf: &mut BytesMut,
         out: &mut BytesMut,
         max: usize,
     ) -> Result<Option<End>, DecodeError> {
-        let mut batch: Vec<Packet> = Vec::new();
         let mut end = None;
         let policy = self.shared.auth.policy();
         while end.is_none() {
@@ -736,34 +688,33 @@ impl Session {
             self.shared.stats.messages_received.fetch_add(1, Relaxed);
             match p {
                 Packet::Publish(publish, props) => {
-                    self.on_publish(publish, props, meta, &policy, &mut batch, out)?
+                    self.on_publish(publish, props, meta, &policy, out)?
                 }
                 Packet::PubAck(ack, _) => {
                     if let Some(i) = self.inflight.iter().position(|(p, _)| *p == ack.pkid) {
                         self.inflight.remove(i);
                     }
                 }
-                Packet::PubRel(rel, props) => {
-                    if self.denied_qos2.remove(&rel.pkid) {
-                        let _ = codec::encode(
-                            self.version,
-                            Packet::PubComp(
-                                PubComp {
-                                    pkid: rel.pkid,
-                                    reason: PubCompReason::Success,
-                                },
-                                None,
-                            ),
-                            out,
-                        );
+                Packet::PubRel(rel, _) => {
+                    let reason = if self.awaiting_rel.remove(&rel.pkid) {
+                        PubCompReason::Success
                     } else {
-                        batch.push(Packet::PubRel(rel, props));
-                    }
+                        PubCompReason::PacketIdentifierNotFound
+                    };
+                    self.send(
+                        Packet::PubComp(
+                            PubComp {
+                                pkid: rel.pkid,
+                                reason,
+                            },
+                            None,
+                        ),
+                        out,
+                    );
                 }
                 Packet::PubRec(rec, _) => {
                     // We never send QoS 2; answer so a confused client is not stuck.
-                    let _ = codec::encode(
-                        self.version,
+                    self.send(
                         Packet::PubRel(
                             rumqttd::protocol::PubRel {
                                 pkid: rec.pkid,
@@ -775,16 +726,10 @@ impl Session {
                     );
                 }
                 Packet::PubComp(..) => {}
-                Packet::Subscribe(sub, props) => {
-                    self.on_subscribe(sub, props, &policy, &mut batch, out)
-                }
-                Packet::Unsubscribe(unsub, _) => self.on_unsubscribe(unsub, &mut batch, out),
+                Packet::Subscribe(sub, props) => self.on_subscribe(sub, props, &policy, out),
+                Packet::Unsubscribe(unsub, _) => self.on_unsubscribe(unsub, out),
                 Packet::PingReq(_) => {
-                    let _ = codec::encode(
-                        self.version,
-                        Packet::PingResp(rumqttd::protocol::PingResp),
-                        out,
-                    );
+                    self.send(Packet::PingResp(rumqttd::protocol::PingResp), out);
                 }
                 Packet::Disconnect(d, _) => {
                     let will = d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
@@ -798,16 +743,21 @@ impl Session {
                 }
             }
         }
-        if let Some(link) = self.link.as_mut() {
-            if let Some(last) = batch.pop() {
-                {
-                    let mut b = link.tx.buffer();
-                    b.extend(batch);
-                }
-                let _ = link.tx.send(last).await;
+        Ok(end)
+    }
+
+    /// Encodes a control packet for this client. Our own packets always
+    /// encode; if one does not, that is counted and logged, never silent.
+    fn send(&self, p: Packet, out: &mut BytesMut) {
+        match codec::encode(self.version, p, out) {
+            Ok(_) => {
+                self.shared.stats.messages_sent.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                self.shared.stats.count(Reason::Malformed);
+                tracing::error!(client_id = %self.client_id, error = %e, "cannot encode a reply");
             }
         }
-        Ok(end)
     }
 
     fn on_publish(
@@ -816,7 +766,6 @@ impl Session {
         props: Option<rumqttd::protocol::PublishProperties>,
         meta: (u8, u16),
         policy: &Policy,
-        batch: &mut Vec<Packet>,
         out: &mut BytesMut,
     ) -> Result<(), DecodeError> {
         let (qos, pkid) = meta;
@@ -829,7 +778,7 @@ impl Session {
         let topic_str = std::str::from_utf8(&publish.topic)
             .map_err(|_| DecodeError::Malformed("topic is not UTF-8".into()))?;
         let limits = self.shared.cfg.topic_limits();
-        let allowed = match topic::validate_name(topic_str, limits) {
+        let refused = match topic::validate_name(topic_str, limits) {
             Ok(()) => {
                 if policy.may_write(self.who(), topic_str) {
                     None
@@ -842,54 +791,71 @@ impl Session {
             }
             Err(e) => return Err(DecodeError::Malformed(format!("publish topic: {e}"))),
         };
-        if let Some(reason) = allowed {
+        let v5 = self.version == Version::V5;
+        if let Some(reason) = refused {
             self.shared.stats.count(reason);
             self.denied_logged += 1;
             if self.denied_logged.is_power_of_two() {
-                tracing::warn!(client_id = %self.client_id, user = ?self.user, topic = topic_str, reason = reason.name(), denied = self.denied_logged, "publish dropped");
+                tracing::warn!(client_id = %crate::stats::short(&self.client_id), user = ?self.user, topic = crate::stats::short(topic_str), reason = reason.name(), denied = self.denied_logged, "publish dropped");
             }
-            let v5_reason = if reason == Reason::TopicLimit {
-                PubAckReason::TopicNameInvalid
-            } else {
-                PubAckReason::NotAuthorized
+            let (ack, rec) = match (v5, reason) {
+                (false, _) => (PubAckReason::Success, PubRecReason::Success),
+                (true, Reason::TopicLimit) => (
+                    PubAckReason::TopicNameInvalid,
+                    PubRecReason::TopicNameInvalid,
+                ),
+                (true, _) => (PubAckReason::NotAuthorized, PubRecReason::NotAuthorized),
             };
             match qos {
-                1 => {
-                    let r = if self.version == Version::V5 {
-                        v5_reason
-                    } else {
-                        PubAckReason::Success
-                    };
-                    let _ = codec::encode(
-                        self.version,
-                        Packet::PubAck(PubAck { pkid, reason: r }, None),
-                        out,
-                    );
-                }
+                1 => self.send(Packet::PubAck(PubAck { pkid, reason: ack }, None), out),
                 2 => {
-                    let r = if self.version == Version::V5 {
-                        PubRecReason::NotAuthorized
-                    } else {
-                        PubRecReason::Success
-                    };
-                    if self.version != Version::V5 {
-                        self.denied_qos2.insert(pkid);
+                    // A v5 client is told (and sends no PUBREL); a v3 one
+                    // goes through the whole QoS 2 handshake.
+                    if !v5 {
+                        self.awaiting_rel.insert(pkid);
                     }
-                    let _ = codec::encode(
-                        self.version,
-                        Packet::PubRec(PubRec { pkid, reason: r }, None),
-                        out,
-                    );
+                    self.send(Packet::PubRec(PubRec { pkid, reason: rec }, None), out);
                 }
                 _ => {}
             }
             return Ok(());
         }
-        if publish.retain {
-            self.shared
-                .track_retained(topic_str, publish.payload.is_empty());
+        // A QoS 2 publish re-sent before our PUBREC arrived was routed once.
+        let first = qos < 2 || self.awaiting_rel.insert(pkid);
+        if first {
+            let msg = Message::new(
+                publish.topic,
+                publish.payload,
+                qos,
+                publish.retain,
+                props,
+                self.gen,
+            );
+            self.shared.router.publish(&msg, policy, &mut self.pressure);
         }
-        batch.push(Packet::Publish(publish, props));
+        match qos {
+            1 => self.send(
+                Packet::PubAck(
+                    PubAck {
+                        pkid,
+                        reason: PubAckReason::Success,
+                    },
+                    None,
+                ),
+                out,
+            ),
+            2 => self.send(
+                Packet::PubRec(
+                    PubRec {
+                        pkid,
+                        reason: PubRecReason::Success,
+                    },
+                    None,
+                ),
+                out,
+            ),
+            _ => {}
+        }
         Ok(())
     }
 
@@ -898,17 +864,21 @@ impl Session {
         sub: Subscribe,
         props: Option<rumqttd::protocol::SubscribeProperties>,
         policy: &Policy,
-        batch: &mut Vec<Packet>,
         out: &mut BytesMut,
     ) {
         let v5 = self.version == Version::V5;
         let limits = self.shared.cfg.topic_limits();
         let max_subs = self.shared.cfg.limits.max_subscriptions_per_client;
+        let sub_id = props
+            .as_ref()
+            .and_then(|p| p.id)
+            .and_then(|i| u32::try_from(i).ok())
+            .unwrap_or(0);
         let mut codes = Vec::with_capacity(sub.filters.len());
-        let mut to_router: Vec<Filter> = Vec::new();
         let mut new_sys = Vec::new();
-        for mut f in sub.filters {
+        for f in sub.filters {
             let inner = crate::auth::shared_inner(&f.path);
+            let known = self.subs.contains_key(&f.path) || self.sys_subs.contains(&f.path);
             let code = if topic::validate_filter(inner, limits).is_err()
                 || (f.path.starts_with("$share/") && inner == f.path)
             {
@@ -920,16 +890,13 @@ impl Session {
                 }
             } else if !policy.may_subscribe(self.who(), &f.path) {
                 self.shared.stats.count(Reason::AclSubscribe);
-                tracing::info!(client_id = %self.client_id, user = ?self.user, filter = %f.path, "subscription denied");
+                tracing::info!(client_id = %crate::stats::short(&self.client_id), user = ?self.user, filter = crate::stats::short(&f.path), "subscription denied");
                 if v5 {
                     SubscribeReasonCode::NotAuthorized
                 } else {
                     SubscribeReasonCode::Failure
                 }
-            } else if !self.subs.contains_key(&f.path)
-                && !self.sys_subs.contains(&f.path)
-                && self.subs.len() + self.sys_subs.len() >= max_subs
-            {
+            } else if !known && self.subs.len() + self.sys_subs.len() >= max_subs {
                 self.shared.stats.count(Reason::TooManySubscriptions);
                 if v5 {
                     SubscribeReasonCode::QuotaExceeded
@@ -942,29 +909,54 @@ impl Session {
                 }
                 new_sys.push(f.path.clone());
                 SubscribeReasonCode::Success(QoS::AtMostOnce)
-            } else if !self.shared.admit_filter(&f.path) {
-                self.shared.stats.count(Reason::FilterTableFull);
-                tracing::warn!(client_id = %self.client_id, filter = %f.path, "filter table full (max_filters); subscription refused");
-                if v5 {
-                    SubscribeReasonCode::QuotaExceeded
-                } else {
-                    SubscribeReasonCode::Failure
-                }
             } else {
-                if f.qos == QoS::ExactlyOnce {
-                    f.qos = QoS::AtLeastOnce;
+                // QoS 2 is granted as 1: the edge delivers at most QoS 1.
+                let granted = match f.qos {
+                    QoS::AtMostOnce => QoS::AtMostOnce,
+                    _ => QoS::AtLeastOnce,
+                };
+                let entry = Sub {
+                    outbox: self.outbox.clone(),
+                    qos: granted as u8,
+                    no_local: v5 && f.nolocal,
+                    retain_as_published: v5 && f.preserve_retain,
+                    id: sub_id,
+                };
+                match self.shared.router.subscribe(&f.path, entry) {
+                    Err(SubscribeError::TableFull) => {
+                        self.shared.stats.count(Reason::FilterTableFull);
+                        tracing::warn!(client_id = %crate::stats::short(&self.client_id), filter = crate::stats::short(&f.path), "filter table full (max_filters); subscription refused");
+                        if v5 {
+                            SubscribeReasonCode::QuotaExceeded
+                        } else {
+                            SubscribeReasonCode::Failure
+                        }
+                    }
+                    Ok(retained) => {
+                        if self.subs.insert(f.path.clone(), granted).is_none() {
+                            self.shared.stats.subscriptions.fetch_add(1, Relaxed);
+                        }
+                        let send_retained = match f.retain_forward_rule {
+                            RetainForwardRule::OnEverySubscribe => true,
+                            RetainForwardRule::OnNewSubscribe => !known,
+                            RetainForwardRule::Never => false,
+                        };
+                        if send_retained || !v5 {
+                            self.retained
+                                .extend(retained.into_iter().map(|msg| Delivery {
+                                    qos: msg.qos.min(granted as u8),
+                                    msg,
+                                    retain: true,
+                                    sub_id,
+                                }));
+                        }
+                        SubscribeReasonCode::Success(granted)
+                    }
                 }
-                if self.subs.insert(f.path.clone(), f.qos).is_none() {
-                    self.shared.stats.subscriptions.fetch_add(1, Relaxed);
-                }
-                let granted = f.qos;
-                to_router.push(f);
-                SubscribeReasonCode::Success(granted)
             };
             codes.push(code);
         }
-        let _ = codec::encode(
-            self.version,
+        self.send(
             Packet::SubAck(
                 SubAck {
                     pkid: sub.pkid,
@@ -974,16 +966,6 @@ impl Session {
             ),
             out,
         );
-        self.shared.stats.messages_sent.fetch_add(1, Relaxed);
-        if !to_router.is_empty() {
-            batch.push(Packet::Subscribe(
-                Subscribe {
-                    pkid: sub.pkid,
-                    filters: to_router,
-                },
-                props,
-            ));
-        }
         if !new_sys.is_empty() {
             let snapshot = self.shared.sys.borrow().clone();
             let only: HashSet<String> = new_sys.into_iter().collect();
@@ -991,13 +973,12 @@ impl Session {
         }
     }
 
-    fn on_unsubscribe(&mut self, unsub: Unsubscribe, batch: &mut Vec<Packet>, out: &mut BytesMut) {
+    fn on_unsubscribe(&mut self, unsub: Unsubscribe, out: &mut BytesMut) {
         let mut reasons = Vec::with_capacity(unsub.filters.len());
-        let mut to_router = Vec::new();
         for f in unsub.filters {
             if self.subs.remove(&f).is_some() {
                 self.shared.stats.subscriptions.fetch_sub(1, Relaxed);
-                to_router.push(f);
+                self.shared.router.unsubscribe(&f, self.gen);
                 reasons.push(UnsubAckReason::Success);
             } else if self.sys_subs.remove(&f) {
                 self.shared.stats.subscriptions.fetch_sub(1, Relaxed);
@@ -1006,8 +987,7 @@ impl Session {
                 reasons.push(UnsubAckReason::NoSubscriptionExisted);
             }
         }
-        let _ = codec::encode(
-            self.version,
+        self.send(
             Packet::UnsubAck(
                 UnsubAck {
                     pkid: unsub.pkid,
@@ -1017,16 +997,6 @@ impl Session {
             ),
             out,
         );
-        self.shared.stats.messages_sent.fetch_add(1, Relaxed);
-        if !to_router.is_empty() {
-            batch.push(Packet::Unsubscribe(
-                Unsubscribe {
-                    pkid: unsub.pkid,
-                    filters: to_router,
-                },
-                None,
-            ));
-        }
     }
 
     fn deliver_sys(
@@ -1057,38 +1027,45 @@ impl Session {
     }
 
     async fn publish_will(&mut self) {
-        let Some((will, props)) = self.will.take() else {
+        let Some(will) = self.will.take() else {
             return;
         };
-        let topic = String::from_utf8_lossy(&will.topic).into_owned();
-        if !self.shared.auth.policy().may_write(self.who(), &topic) {
+        let topic = will.topic_str();
+        if !self.shared.auth.policy().may_write(self.who(), topic) {
             self.shared.stats.count(Reason::AclWill);
             return;
         }
-        if will.retain {
-            self.shared.track_retained(&topic, will.payload.is_empty());
-        }
-        tracing::info!(client_id = %self.client_id, topic = %topic, "publishing will");
-        if let Some(link) = self.link.as_mut() {
-            let _ = link.tx.send(Packet::Publish(will, props)).await;
-        }
+        tracing::info!(client_id = %crate::stats::short(&self.client_id), topic = crate::stats::short(topic), "publishing will");
+        let policy = self.shared.auth.policy();
+        // Nobody reads from a closed session: no pushback here.
+        self.shared.router.publish(&will, &policy, &mut Vec::new());
     }
 
     async fn teardown(&mut self) {
-        if let Some(link) = self.link.take() {
-            self.shared.router.release(link).await;
+        for f in self.subs.keys() {
+            self.shared.router.unsubscribe(f, self.gen);
         }
         let n = (self.subs.len() + self.sys_subs.len()) as i64;
         self.shared.stats.subscriptions.fetch_sub(n, Relaxed);
-        self.subs.clear();
-        self.sys_subs.clear();
-        let dropped = self.queue.len() + self.inflight.len();
+        self.subs = HashMap::new();
+        self.sys_subs = HashSet::new();
+        let dropped = self.outbox.clear() + self.taken.len() + self.inflight.len();
         if dropped > 0 {
-            tracing::debug!(client_id = %self.client_id, dropped, "session ended with undelivered messages");
+            tracing::debug!(client_id = %crate::stats::short(&self.client_id), dropped, "session ended with undelivered messages");
         }
-        self.queue.clear();
-        self.inflight.clear();
+        self.retained = VecDeque::new();
+        self.taken = VecDeque::new();
+        self.inflight = VecDeque::new();
         self.shared.stats.sessions.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The subscription identifiers to send with a delivery.
+fn sub_ids(d: &Delivery) -> &[u32] {
+    if d.sub_id == 0 {
+        &[]
+    } else {
+        std::slice::from_ref(&d.sub_id)
     }
 }
 
@@ -1116,16 +1093,6 @@ fn publish_meta(buf: &[u8]) -> (u8, u16) {
     match codec::encoded_pkid_offset(buf) {
         Some(off) => (qos, u16::from_be_bytes([buf[off], buf[off + 1]])),
         None => (qos, 0),
-    }
-}
-
-/// Writes our packet id into an encoded QoS>0 PUBLISH, and DUP if asked.
-fn patch_publish(wire: &mut [u8], pkid: u16, dup: bool) {
-    if let Some(off) = codec::encoded_pkid_offset(wire) {
-        wire[off..off + 2].copy_from_slice(&pkid.to_be_bytes());
-    }
-    if dup {
-        wire[0] |= 0x08;
     }
 }
 

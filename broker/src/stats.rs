@@ -52,9 +52,9 @@ pub enum Reason {
     TopicLimit,
     /// Session state discarded because it expired.
     SessionExpired,
-    /// rumqttd's read cursor for a filter fell off its log and jumped ahead:
-    /// a subscriber lost messages inside the router (see [`RouterAlerts`]).
-    RouterCursorJump,
+    /// A retained publish over `max_retained_messages`/`max_retained_bytes`:
+    /// delivered live, not retained.
+    RetainedFull,
 }
 
 impl Reason {
@@ -80,7 +80,7 @@ impl Reason {
         Reason::FilterTableFull,
         Reason::TopicLimit,
         Reason::SessionExpired,
-        Reason::RouterCursorJump,
+        Reason::RetainedFull,
     ];
 
     /// Stable snake_case name used in metrics and `$SYS` topics.
@@ -106,7 +106,7 @@ impl Reason {
             Reason::FilterTableFull => "filter_table_full",
             Reason::TopicLimit => "topic_limit",
             Reason::SessionExpired => "session_expired",
-            Reason::RouterCursorJump => "router_cursor_jump",
+            Reason::RetainedFull => "retained_full",
         }
     }
 }
@@ -125,6 +125,8 @@ pub struct Stats {
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub subscriptions: AtomicI64,
+    /// Distinct filters in the router (freed with their last subscriber).
+    pub filters: AtomicI64,
     pub retained: AtomicI64,
     dropped: [AtomicU64; Reason::ALL.len()],
 }
@@ -143,6 +145,7 @@ impl Default for Stats {
             bytes_received: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             subscriptions: AtomicI64::new(0),
+            filters: AtomicI64::new(0),
             retained: AtomicI64::new(0),
             dropped: Default::default(),
         }
@@ -160,10 +163,7 @@ impl Stats {
 
     /// Current count for one reason.
     pub fn dropped(&self, r: Reason) -> u64 {
-        match r {
-            Reason::RouterCursorJump => ROUTER_CURSOR_JUMPS.load(Relaxed),
-            _ => self.dropped[r as usize].load(Relaxed),
-        }
+        self.dropped[r as usize].load(Relaxed)
     }
 
     /// Seconds since the broker started.
@@ -214,6 +214,10 @@ impl Stats {
             (
                 "$SYS/broker/subscriptions/count".to_owned(),
                 self.subscriptions.load(Relaxed).to_string(),
+            ),
+            (
+                "$SYS/broker/filters/count".to_owned(),
+                self.filters.load(Relaxed).to_string(),
             ),
             (
                 "$SYS/broker/retained messages/count".to_owned(),
@@ -304,6 +308,12 @@ impl Stats {
             self.subscriptions.load(Relaxed).to_string(),
         );
         metric(
+            "filters",
+            "gauge",
+            "Distinct subscription filters held by the router.",
+            self.filters.load(Relaxed).to_string(),
+        );
+        metric(
             "retained_messages",
             "gauge",
             "Retained messages.",
@@ -323,77 +333,28 @@ impl Stats {
     }
 }
 
-/// Cursor jumps rumqttd reported in this process.
-///
-/// rumqttd tells about a jump only in a log event (its alert link needs a
-/// router event this crate cannot name), and log events are process-wide,
-/// so this counter is too.
-static ROUTER_CURSOR_JUMPS: AtomicU64 = AtomicU64::new(0);
-
-/// A `tracing` layer that counts rumqttd's "Read cursor start jumped"
-/// warnings into the `router_cursor_jump` drop counter. Install it beside
-/// the log formatter with its own filter, so the count does not depend on
-/// what the operator chose to log.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RouterAlerts;
-
-impl RouterAlerts {
-    /// The filter this layer needs: rumqttd's warnings and nothing else.
-    pub fn filter() -> tracing_subscriber::filter::Targets {
-        tracing_subscriber::filter::Targets::new().with_target("rumqttd", tracing::Level::WARN)
+/// `s` cut to at most 120 bytes (on a character boundary) for a log line:
+/// topics and client ids come from clients and may be 64 KiB long.
+pub fn short(s: &str) -> &str {
+    if s.len() <= 120 {
+        return s;
     }
-}
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RouterAlerts {
-    fn on_event(
-        &self,
-        event: &tracing::Event<'_>,
-        _ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        struct Find(bool);
-        impl tracing::field::Visit for Find {
-            fn record_str(&mut self, _f: &tracing::field::Field, value: &str) {
-                self.0 |= value.contains("cursor start jumped");
-            }
-            fn record_debug(&mut self, _f: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                self.0 |= format!("{value:?}").contains("cursor start jumped");
-            }
-        }
-        let mut find = Find(false);
-        event.record(&mut find);
-        if find.0 {
-            ROUTER_CURSOR_JUMPS.fetch_add(1, Relaxed);
-        }
+    let mut end = 120;
+    while !s.is_char_boundary(end) {
+        end -= 1;
     }
+    &s[..end]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::Layer as _;
 
     #[test]
-    fn cursor_jump_warnings_are_counted() {
-        let subscriber =
-            tracing_subscriber::registry().with(RouterAlerts.with_filter(RouterAlerts::filter()));
-        let before = Stats::default().dropped(Reason::RouterCursorJump);
-        tracing::subscriber::with_default(subscriber, || {
-            // The event exactly as rumqttd 0.20's router/routing.rs emits it.
-            let error = format!(
-                "Read cursor start jumped from {:?} to {:?} on {}",
-                (0u64, 10u64),
-                (1u64, 300u64),
-                "burst/#"
-            );
-            tracing::warn!(target: "rumqttd::router::routing", request_cursor = ?(0, 10), start_cursor = ?(1, 300), error);
-            // Other rumqttd warnings and our own are not jumps.
-            tracing::warn!(target: "rumqttd::router::routing", "Unexpected packet received, ignoring the packet.");
-            tracing::warn!(target: "firehose_broker::session", error = "Read cursor start jumped");
-        });
-        assert_eq!(
-            Stats::default().dropped(Reason::RouterCursorJump),
-            before + 1
-        );
+    fn short_cuts_on_a_char_boundary() {
+        assert_eq!(short("a/b"), "a/b");
+        let long = "é".repeat(100);
+        assert_eq!(short(&long).len(), 120);
+        assert!(short(&"x".repeat(500)).len() <= 120);
     }
 }
