@@ -1,63 +1,219 @@
-//! `firehose-load`: one publisher fanned out to N subscribers, measured
-//! end to end. Prints wall time (first publish to last delivery), delivered
-//! and lost counts, and latency percentiles from an HDR histogram. Every
-//! loop is bounded by the message count and by `--timeout`.
+//! `firehose-load`: load cases for an MQTT broker, each measured end to end
+//! and printed as one `key=value` line that `scripts/bench*` turn into
+//! tables. Every loop is bounded by a count and by `--timeout`.
+//!
+//! - `fanout`: P publishers → S subscribers, N messages each (wall time,
+//!   delivered / expected, latency percentiles);
+//! - `latency`: a fixed publish rate to S subscribers (latency
+//!   percentiles, broker CPU);
+//! - `idle`: N idle subscribers, each with its own filter (connect time,
+//!   broker RSS per client);
+//! - `rounds`: N idle clients connect and leave, R times (RSS after each);
+//! - `churn`: N short connections, each with a random filter (time, RSS
+//!   growth);
+//! - `topics`: N distinct topics published once (RSS growth).
+//!
+//! Memory and CPU are read from `/proc/<--pid>`, the broker under test.
+
+mod raw;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
+use clap::{Args as ClapArgs, Parser, Subcommand};
 use hdrhistogram::Histogram;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
 
-/// Fan-out load against an MQTT broker.
+/// Load cases against an MQTT broker.
 #[derive(Debug, Parser)]
 #[command(name = "firehose-load", version)]
-struct Args {
+struct Cli {
+    #[command(subcommand)]
+    case: Case,
+}
+
+#[derive(Debug, Subcommand)]
+enum Case {
+    /// P publishers → S subscribers of `load/#`, N messages per publisher, as fast as they go.
+    Fanout(Fanout),
+    /// A fixed publish rate to S subscribers: latency percentiles and broker CPU.
+    Latency(Latency),
+    /// N idle subscribers, each with its own filter: connect time and broker RSS per client.
+    Idle(Idle),
+    /// N idle clients connect, idle, and disconnect, R times: broker RSS after each round.
+    Rounds(Rounds),
+    /// N short connections, each subscribing a random filter: time and broker RSS growth.
+    Churn(Churn),
+    /// N distinct topics published once each: broker RSS growth.
+    Topics(Topics),
+}
+
+/// Where the broker is and who publishes.
+#[derive(Debug, Clone, ClapArgs)]
+struct Target {
     /// Broker host.
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(long, default_value = "127.0.0.1", global = true)]
     host: String,
     /// Broker port (MQTT over TCP, or websockets with --ws).
-    #[arg(long)]
+    #[arg(long, default_value_t = 1883, global = true)]
     port: u16,
     /// Connect over websockets (path /mqtt).
-    #[arg(long)]
+    #[arg(long, global = true)]
     ws: bool,
-    /// Subscribers.
+    /// Publisher user name.
+    #[arg(long, global = true)]
+    username: Option<String>,
+    /// Publisher password.
+    #[arg(long, global = true)]
+    password: Option<String>,
+    /// PID of the broker, for its RSS and CPU time.
+    #[arg(long, global = true)]
+    pid: Option<u32>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 120, global = true)]
+    timeout: u64,
+    /// Label printed with the results.
+    #[arg(long, default_value = "broker", global = true)]
+    label: String,
+}
+
+#[derive(Debug, ClapArgs)]
+struct Fanout {
+    #[command(flatten)]
+    t: Target,
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
     #[arg(long, default_value_t = 50)]
     subscribers: usize,
-    /// Messages published.
+    /// Messages per publisher.
     #[arg(long, default_value_t = 20_000)]
     messages: u64,
     /// Payload bytes per message (at least 16).
     #[arg(long, default_value_t = 256)]
     size: usize,
-    /// QoS for publish and subscriptions.
+    /// QoS for publishes and subscriptions.
     #[arg(long, default_value_t = 0)]
     qos: u8,
-    /// Publisher user name.
-    #[arg(long)]
-    username: Option<String>,
-    /// Publisher password.
-    #[arg(long)]
-    password: Option<String>,
-    /// Give up after this many seconds.
-    #[arg(long, default_value_t = 120)]
-    timeout: u64,
-    /// Label printed with the results.
-    #[arg(long, default_value = "broker")]
-    label: String,
 }
 
-fn options(a: &Args, id: &str) -> MqttOptions {
-    let mut o = if a.ws {
-        let mut o = MqttOptions::new(id, format!("ws://{}:{}/mqtt", a.host, a.port), a.port);
+#[derive(Debug, ClapArgs)]
+struct Latency {
+    #[command(flatten)]
+    t: Target,
+    #[arg(long, default_value_t = 50)]
+    subscribers: usize,
+    /// Messages per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+}
+
+#[derive(Debug, ClapArgs)]
+struct Idle {
+    #[command(flatten)]
+    t: Target,
+    #[arg(long, default_value_t = 10_000)]
+    clients: usize,
+    /// Spread clients over this many source addresses 127.0.0.1..N
+    /// (one address has about 28,000 ephemeral ports).
+    #[arg(long, default_value_t = 1)]
+    sources: u8,
+}
+
+#[derive(Debug, ClapArgs)]
+struct Rounds {
+    #[command(flatten)]
+    t: Target,
+    #[arg(long, default_value_t = 10_000)]
+    clients: usize,
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+}
+
+#[derive(Debug, ClapArgs)]
+struct Churn {
+    #[command(flatten)]
+    t: Target,
+    #[arg(long, default_value_t = 20_000)]
+    connections: usize,
+    /// Connections open at once.
+    #[arg(long, default_value_t = 50)]
+    parallel: usize,
+}
+
+#[derive(Debug, ClapArgs)]
+struct Topics {
+    #[command(flatten)]
+    t: Target,
+    #[arg(long, default_value_t = 100_000)]
+    topics: usize,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    raise_fd_limit();
+    match Cli::parse().case {
+        Case::Fanout(a) => fanout(a).await,
+        Case::Latency(a) => latency(a).await,
+        Case::Idle(a) => idle(a).await,
+        Case::Rounds(a) => rounds(a).await,
+        Case::Churn(a) => churn(a).await,
+        Case::Topics(a) => topics(a).await,
+    }
+}
+
+/// Raises the soft open-files limit to the hard one: idle cases hold one
+/// socket per client.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
+/// Resident memory of `pid` in KiB.
+fn rss_kib(pid: Option<u32>) -> u64 {
+    let Some(pid) = pid else { return 0 };
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU seconds (user + system) used by `pid`.
+fn cpu_secs(pid: Option<u32>) -> f64 {
+    let Some(pid) = pid else { return 0.0 };
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the ")" that ends the command name; utime and stime are 14 and 15.
+    let rest = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / hz
+}
+
+fn options(t: &Target, id: &str) -> MqttOptions {
+    let mut o = if t.ws {
+        let mut o = MqttOptions::new(id, format!("ws://{}:{}/mqtt", t.host, t.port), t.port);
         o.set_transport(Transport::Ws);
         o
     } else {
-        MqttOptions::new(id, &a.host, a.port)
+        MqttOptions::new(id, &t.host, t.port)
     };
     o.set_keep_alive(Duration::from_secs(60));
     o.set_max_packet_size(1 << 20, 1 << 20);
@@ -73,29 +229,34 @@ fn qos(n: u8) -> QoS {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let a = Args::parse();
-    if a.size < 16 {
-        bail!("--size must be at least 16 (the payload carries a timestamp)");
-    }
-    let deadline = Instant::now() + Duration::from_secs(a.timeout);
-    let epoch = Instant::now();
-    let received = Arc::new(AtomicU64::new(0));
+/// Subscribers of `filter` that count and time what they receive until
+/// `expected` arrived each, or the deadline.
+struct Subscribers {
+    tasks: Vec<tokio::task::JoinHandle<(u64, Histogram<u64>)>>,
+    last: Arc<AtomicU64>,
+}
+
+async fn subscribers(
+    t: &Target,
+    n: usize,
+    filter: &str,
+    q: u8,
+    expected: u64,
+    epoch: Instant,
+    deadline: Instant,
+) -> Result<Subscribers> {
     let last = Arc::new(AtomicU64::new(0));
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(a.subscribers);
-    let mut subs = Vec::new();
-    for i in 0..a.subscribers {
-        let (client, mut ev) = AsyncClient::new(options(&a, &format!("load-sub-{i}")), 10_000);
-        client.subscribe("load/#", qos(a.qos)).await?;
-        let received = received.clone();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(n.max(1));
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (client, mut ev) = AsyncClient::new(options(t, &format!("load-sub-{i}")), 10_000);
+        client.subscribe(filter, qos(q)).await?;
         let last = last.clone();
         let ready = ready_tx.clone();
-        let total = a.messages;
-        subs.push(tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let mut h = Histogram::<u64>::new(3).expect("histogram");
-            let mut n = 0u64;
-            while n < total && Instant::now() < deadline {
+            let mut got = 0u64;
+            while got < expected && Instant::now() < deadline {
                 let ev = match tokio::time::timeout_at(deadline.into(), ev.poll()).await {
                     Ok(Ok(e)) => e,
                     Ok(Err(e)) => {
@@ -109,76 +270,274 @@ async fn main() -> Result<()> {
                         let _ = ready.send(()).await;
                     }
                     Event::Incoming(Packet::Publish(p)) => {
-                        n += 1;
+                        got += 1;
                         let now = epoch.elapsed().as_nanos() as u64;
-                        let sent = u64::from_be_bytes(p.payload[..8].try_into().unwrap_or([0; 8]));
+                        let sent = p
+                            .payload
+                            .get(..8)
+                            .and_then(|b| b.try_into().ok())
+                            .map(u64::from_be_bytes)
+                            .unwrap_or(now);
                         let _ = h.record(now.saturating_sub(sent) / 1000);
-                        received.fetch_add(1, Relaxed);
                         last.fetch_max(now, Relaxed);
                     }
                     _ => {}
                 }
             }
             let _ = client.disconnect().await;
-            (n, h)
+            (got, h)
         }));
     }
     drop(ready_tx);
-    for _ in 0..a.subscribers {
+    for _ in 0..n {
         tokio::time::timeout_at(deadline.into(), ready_rx.recv())
             .await
             .context("subscribers did not all get their SUBACK in time")?;
     }
+    Ok(Subscribers { tasks, last })
+}
 
-    let mut po = options(&a, "load-pub");
-    if let (Some(u), Some(p)) = (&a.username, &a.password) {
+impl Subscribers {
+    async fn finish(self) -> Result<(u64, Histogram<u64>, u64)> {
+        let mut total = Histogram::<u64>::new(3)?;
+        let mut delivered = 0;
+        for s in self.tasks {
+            let (n, h) = s.await?;
+            delivered += n;
+            total.add(h)?;
+        }
+        Ok((delivered, total, self.last.load(Relaxed)))
+    }
+}
+
+fn publisher(t: &Target, id: &str) -> (AsyncClient, tokio::task::JoinHandle<()>, Instant) {
+    let mut po = options(t, id);
+    if let (Some(u), Some(p)) = (&t.username, &t.password) {
         po.set_credentials(u, p);
     }
-    let (pubc, mut pev) = AsyncClient::new(po, 10_000);
-    let pub_loop = tokio::spawn(async move {
+    let (client, mut ev) = AsyncClient::new(po, 10_000);
+    let deadline = Instant::now() + Duration::from_secs(t.timeout);
+    let task = tokio::spawn(async move {
         while Instant::now() < deadline {
-            match tokio::time::timeout_at(deadline.into(), pev.poll()).await {
+            match tokio::time::timeout_at(deadline.into(), ev.poll()).await {
                 Ok(Ok(_)) => {}
                 _ => break,
             }
         }
     });
+    (client, task, deadline)
+}
+
+fn stamp(payload: &mut [u8], epoch: Instant, seq: u64) {
+    let now = epoch.elapsed().as_nanos() as u64;
+    payload[..8].copy_from_slice(&now.to_be_bytes());
+    payload[8..16].copy_from_slice(&seq.to_be_bytes());
+}
+
+async fn fanout(a: Fanout) -> Result<()> {
+    if a.size < 16 {
+        bail!("--size must be at least 16 (the payload carries a timestamp)");
+    }
+    let t = &a.t;
+    let deadline = Instant::now() + Duration::from_secs(t.timeout);
+    let epoch = Instant::now();
+    let expected_each = a.messages * a.publishers as u64;
+    let subs = subscribers(t, a.subscribers, "load/#", a.qos, expected_each, epoch, deadline).await?;
     let start_ns = epoch.elapsed().as_nanos() as u64;
-    let mut payload = vec![b'x'; a.size];
-    for i in 0..a.messages {
-        let now = epoch.elapsed().as_nanos() as u64;
-        payload[..8].copy_from_slice(&now.to_be_bytes());
-        payload[8..16].copy_from_slice(&i.to_be_bytes());
-        pubc.publish("load/x", qos(a.qos), false, payload.clone())
-            .await?;
+    let mut pubs = Vec::new();
+    for p in 0..a.publishers {
+        let (client, task, _) = publisher(t, &format!("load-pub-{p}"));
+        let (n, size, q) = (a.messages, a.size, a.qos);
+        pubs.push(tokio::spawn(async move {
+            let mut payload = vec![b'x'; size];
+            let topic = format!("load/{p}");
+            for i in 0..n {
+                stamp(&mut payload, epoch, i);
+                if client
+                    .publish(&topic, qos(q), false, payload.clone())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            (client, task)
+        }));
     }
-    let mut total = Histogram::<u64>::new(3)?;
-    let mut delivered = 0;
-    for s in subs {
-        let (n, h) = s.await?;
-        delivered += n;
-        total.add(h)?;
+    let mut keep = Vec::new();
+    for p in pubs {
+        keep.push(p.await?);
     }
-    pub_loop.abort();
-    let wall = Duration::from_nanos(last.load(Relaxed).saturating_sub(start_ns));
-    let expected = a.messages * a.subscribers as u64;
+    let (delivered, h, last) = subs.finish().await?;
+    for (_, task) in keep {
+        task.abort();
+    }
+    let wall = Duration::from_nanos(last.saturating_sub(start_ns));
+    let expected = expected_each * a.subscribers as u64;
     println!(
-        "{} transport={} subscribers={} messages={} size={} qos={} wall_s={:.3} delivered={} lost={} p50_us={} p99_us={} max_us={}",
-        a.label,
-        if a.ws { "ws" } else { "tcp" },
+        "{} case=fanout transport={} publishers={} subscribers={} messages={} size={} qos={} wall_s={:.3} delivered={} expected={} lost={} p50_us={} p99_us={} max_us={}",
+        t.label,
+        if t.ws { "ws" } else { "tcp" },
+        a.publishers,
         a.subscribers,
         a.messages,
         a.size,
         a.qos,
         wall.as_secs_f64(),
         delivered,
-        expected - delivered,
-        total.value_at_quantile(0.5),
-        total.value_at_quantile(0.99),
-        total.max()
+        expected,
+        expected - delivered.min(expected),
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        h.max()
     );
-    if delivered < expected {
-        std::process::exit(2);
+    Ok(())
+}
+
+async fn latency(a: Latency) -> Result<()> {
+    if a.size < 16 {
+        bail!("--size must be at least 16 (the payload carries a timestamp)");
     }
+    let t = &a.t;
+    let total = a.rate * a.seconds;
+    let deadline = Instant::now() + Duration::from_secs(t.timeout.max(a.seconds + 30));
+    let epoch = Instant::now();
+    let subs = subscribers(t, a.subscribers, "load/#", 0, total, epoch, deadline).await?;
+    let (client, task, _) = publisher(t, "load-pub-rate");
+    let cpu0 = cpu_secs(t.pid);
+    let t0 = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / a.rate.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut payload = vec![b'x'; a.size];
+    for i in 0..total {
+        tick.tick().await;
+        stamp(&mut payload, epoch, i);
+        client
+            .publish("load/rate", QoS::AtMostOnce, false, payload.clone())
+            .await?;
+    }
+    let (delivered, h, _) = subs.finish().await?;
+    let cpu = cpu_secs(t.pid) - cpu0;
+    let secs = t0.elapsed().as_secs_f64();
+    task.abort();
+    println!(
+        "{} case=latency rate={} seconds={} subscribers={} delivered={} expected={} p50_us={} p99_us={} p999_us={} max_us={} cpu_pct={:.1}",
+        t.label,
+        a.rate,
+        a.seconds,
+        a.subscribers,
+        delivered,
+        total * a.subscribers as u64,
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max(),
+        100.0 * cpu / secs
+    );
+    Ok(())
+}
+
+async fn idle(a: Idle) -> Result<()> {
+    let t = &a.t;
+    let deadline = Instant::now() + Duration::from_secs(t.timeout);
+    let before = rss_kib(t.pid);
+    let t0 = Instant::now();
+    let conns = raw::open_idle(t, a.clients, a.sources, "idle", deadline).await?;
+    let connect_s = t0.elapsed().as_secs_f64();
+    // Let the broker settle (buffers of the handshakes released).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(t.pid);
+    println!(
+        "{} case=idle clients={} connect_s={:.3} rss_before_kib={} rss_after_kib={} per_client_bytes={}",
+        t.label,
+        conns.len(),
+        connect_s,
+        before,
+        after,
+        (after.saturating_sub(before) * 1024) / conns.len().max(1) as u64
+    );
+    Ok(())
+}
+
+async fn rounds(a: Rounds) -> Result<()> {
+    let t = &a.t;
+    let mut rss = Vec::new();
+    for r in 0..a.rounds {
+        let deadline = Instant::now() + Duration::from_secs(t.timeout);
+        let conns = raw::open_idle(t, a.clients, 1, &format!("round{r}"), deadline).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        drop(conns);
+        // Wait until the broker's RSS stops falling (it frees lazily).
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        rss.push(rss_kib(t.pid));
+    }
+    let first = rss.first().copied().unwrap_or(0).max(1);
+    let last = rss.last().copied().unwrap_or(0);
+    println!(
+        "{} case=rounds clients={} rounds={} rss_kib={} last_vs_first={:.2}",
+        t.label,
+        a.clients,
+        a.rounds,
+        rss.iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        last as f64 / first as f64
+    );
+    Ok(())
+}
+
+async fn churn(a: Churn) -> Result<()> {
+    let t = &a.t;
+    let deadline = Instant::now() + Duration::from_secs(t.timeout);
+    let before = rss_kib(t.pid);
+    let t0 = Instant::now();
+    let done = raw::churn(t, a.connections, a.parallel, deadline).await?;
+    let wall = t0.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(t.pid);
+    println!(
+        "{} case=churn connections={} done={} wall_s={:.3} rss_growth_kib={}",
+        t.label,
+        a.connections,
+        done,
+        wall,
+        after as i64 - before as i64
+    );
+    Ok(())
+}
+
+async fn topics(a: Topics) -> Result<()> {
+    let t = &a.t;
+    let before = rss_kib(t.pid);
+    let (client, task, deadline) = publisher(t, "load-pub-topics");
+    let payload = vec![b'x'; 16];
+    for i in 0..a.topics {
+        if Instant::now() > deadline {
+            bail!("timed out after {i} topics");
+        }
+        client
+            .publish(
+                format!("load/topics/{i}"),
+                QoS::AtMostOnce,
+                false,
+                payload.clone(),
+            )
+            .await?;
+    }
+    // A QoS 1 publish at the end: its PUBACK means the broker read them all.
+    client
+        .publish("load/topics/done", QoS::AtLeastOnce, false, payload)
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    task.abort();
+    let after = rss_kib(t.pid);
+    println!(
+        "{} case=topics topics={} rss_growth_kib={} per_topic_bytes={}",
+        t.label,
+        a.topics,
+        after as i64 - before as i64,
+        (after as i64 - before as i64) * 1024 / a.topics.max(1) as i64
+    );
     Ok(())
 }

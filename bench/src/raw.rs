@@ -1,0 +1,131 @@
+//! Bare MQTT 3.1.1 clients for the connection-heavy cases: a CONNECT and a
+//! SUBSCRIBE written by hand, the CONNACK and SUBACK read back, nothing
+//! else. A full client per connection would measure the client, not the
+//! broker, at 10,000 and more connections.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use futures_util::stream::{self, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::Target;
+
+/// Connections opened at once.
+const PARALLEL: usize = 200;
+
+fn connect_packet(client_id: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0x02, 0x58];
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    let mut p = vec![0x10];
+    put_len(&mut p, body.len());
+    p.extend(body);
+    p
+}
+
+fn subscribe_packet(filter: &str) -> Vec<u8> {
+    let mut body = vec![0, 1];
+    body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+    body.extend_from_slice(filter.as_bytes());
+    body.push(0);
+    let mut p = vec![0x82];
+    put_len(&mut p, body.len());
+    p.extend(body);
+    p
+}
+
+fn put_len(p: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        p.push(b);
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// Connects from `127.0.0.<source>`, sends CONNECT + SUBSCRIBE, and waits
+/// for CONNACK (accepted) and SUBACK.
+async fn subscribe_one(t: &Target, source: u8, id: &str, filter: &str) -> Result<TcpStream> {
+    let host: Ipv4Addr = t.host.parse().context("--host must be an IPv4 address here")?;
+    let sock = TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::from(([127, 0, 0, source], 0)))?;
+    let mut s = sock.connect(SocketAddr::from((host, t.port))).await?;
+    let mut out = connect_packet(id);
+    out.extend(subscribe_packet(filter));
+    s.write_all(&out).await?;
+    let mut got = [0u8; 9];
+    s.read_exact(&mut got).await?;
+    if got[0] != 0x20 || got[3] != 0 {
+        bail!("connection refused: CONNACK {:02x?}", &got[..4]);
+    }
+    if got[4] != 0x90 || got[8] >= 0x80 {
+        bail!("subscription refused: SUBACK {:02x?}", &got[4..]);
+    }
+    Ok(s)
+}
+
+/// Opens `n` idle subscribers, each with its own filter, spread over
+/// `sources` loopback addresses.
+pub async fn open_idle(
+    t: &Target,
+    n: usize,
+    sources: u8,
+    tag: &str,
+    deadline: Instant,
+) -> Result<Vec<TcpStream>> {
+    let sources = sources.max(1);
+    let results: Vec<Result<TcpStream>> = stream::iter(0..n)
+        .map(|i| {
+            let source = 1 + (i % sources as usize) as u8;
+            let id = format!("{tag}-{i}");
+            let filter = format!("idle/{tag}/{i}/#");
+            async move {
+                tokio::time::timeout_at(deadline.into(), subscribe_one(t, source, &id, &filter))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("timed out"))?
+            }
+        })
+        .buffer_unordered(PARALLEL)
+        .collect()
+        .await;
+    let mut conns = Vec::with_capacity(n);
+    for r in results {
+        conns.push(r.with_context(|| format!("opening {n} idle clients"))?);
+    }
+    Ok(conns)
+}
+
+/// `n` short connections, `parallel` at a time, each subscribing a random
+/// filter and leaving with DISCONNECT. Returns how many completed.
+pub async fn churn(t: &Target, n: usize, parallel: usize, deadline: Instant) -> Result<usize> {
+    let done: Vec<bool> = stream::iter(0..n)
+        .map(|i| async move {
+            let id = format!("churn-{i}-{:08x}", rand_u32());
+            let filter = format!("churn/{:x}/+/{:x}", rand_u32() % 4096, rand_u32());
+            let one = async {
+                let mut s = subscribe_one(t, 1, &id, &filter).await?;
+                s.write_all(&[0xE0, 0]).await?;
+                Ok::<_, anyhow::Error>(())
+            };
+            matches!(tokio::time::timeout_at(deadline.into(), one).await, Ok(Ok(())))
+        })
+        .buffer_unordered(parallel.max(1))
+        .collect()
+        .await;
+    Ok(done.into_iter().filter(|d| *d).count())
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
+    h.finish() as u32
+}
