@@ -342,7 +342,16 @@ async fn fanout(a: Fanout) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(t.timeout);
     let epoch = Instant::now();
     let expected_each = a.messages * a.publishers as u64;
-    let subs = subscribers(t, a.subscribers, "load/#", a.qos, expected_each, epoch, deadline).await?;
+    let subs = subscribers(
+        t,
+        a.subscribers,
+        "load/#",
+        a.qos,
+        expected_each,
+        epoch,
+        deadline,
+    )
+    .await?;
     let start_ns = epoch.elapsed().as_nanos() as u64;
     let mut pubs = Vec::new();
     for p in 0..a.publishers {
@@ -442,47 +451,58 @@ async fn idle(a: Idle) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(t.timeout);
     let before = rss_kib(t.pid);
     let t0 = Instant::now();
-    let conns = raw::open_idle(t, a.clients, a.sources, "idle", deadline).await?;
+    let conns = raw::open_idle(t, a.clients, (1, a.sources), "idle", deadline).await?;
     let connect_s = t0.elapsed().as_secs_f64();
     // Let the broker settle (buffers of the handshakes released).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_kib(t.pid);
+    let n = conns.len();
+    raw::disconnect_all(conns).await;
     println!(
         "{} case=idle clients={} connect_s={:.3} rss_before_kib={} rss_after_kib={} per_client_bytes={}",
         t.label,
-        conns.len(),
+        n,
         connect_s,
         before,
         after,
-        (after.saturating_sub(before) * 1024) / conns.len().max(1) as u64
+        (after.saturating_sub(before) * 1024) / n.max(1) as u64
     );
     Ok(())
 }
 
 async fn rounds(a: Rounds) -> Result<()> {
     let t = &a.t;
-    let mut rss = Vec::new();
+    let (mut during, mut after) = (Vec::new(), Vec::new());
     for r in 0..a.rounds {
         let deadline = Instant::now() + Duration::from_secs(t.timeout);
-        let conns = raw::open_idle(t, a.clients, 1, &format!("round{r}"), deadline).await?;
+        let first = 1 + (r % 200) as u8;
+        let conns =
+            raw::open_idle(t, a.clients, (first, 1), &format!("round{r}"), deadline).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        drop(conns);
-        // Wait until the broker's RSS stops falling (it frees lazily).
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        rss.push(rss_kib(t.pid));
+        during.push(rss_kib(t.pid));
+        raw::disconnect_all(conns).await;
+        // The broker frees lazily (and gives memory back on its $SYS tick).
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        after.push(rss_kib(t.pid));
     }
-    let first = rss.first().copied().unwrap_or(0).max(1);
-    let last = rss.last().copied().unwrap_or(0);
+    let list = |v: &[u64]| {
+        v.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let ratio = |v: &[u64]| {
+        v.last().copied().unwrap_or(0) as f64 / v.first().copied().unwrap_or(0).max(1) as f64
+    };
     println!(
-        "{} case=rounds clients={} rounds={} rss_kib={} last_vs_first={:.2}",
+        "{} case=rounds clients={} rounds={} rss_connected_kib={} rss_after_kib={} connected_last_vs_first={:.2} after_last_vs_first={:.2}",
         t.label,
         a.clients,
         a.rounds,
-        rss.iter()
-            .map(|v| v.to_string())
-            .collect::<Vec<_>>()
-            .join(","),
-        last as f64 / first as f64
+        list(&during),
+        list(&after),
+        ratio(&during),
+        ratio(&after)
     );
     Ok(())
 }

@@ -54,8 +54,13 @@ fn put_len(p: &mut Vec<u8>, mut n: usize) {
 /// Connects from `127.0.0.<source>`, sends CONNECT + SUBSCRIBE, and waits
 /// for CONNACK (accepted) and SUBACK.
 async fn subscribe_one(t: &Target, source: u8, id: &str, filter: &str) -> Result<TcpStream> {
-    let host: Ipv4Addr = t.host.parse().context("--host must be an IPv4 address here")?;
+    let host: Ipv4Addr = t
+        .host
+        .parse()
+        .context("--host must be an IPv4 address here")?;
     let sock = TcpSocket::new_v4()?;
+    // Ports of earlier rounds may still be in TIME_WAIT.
+    sock.set_reuseaddr(true)?;
     sock.bind(SocketAddr::from(([127, 0, 0, source], 0)))?;
     let mut s = sock.connect(SocketAddr::from((host, t.port))).await?;
     let mut out = connect_packet(id);
@@ -73,18 +78,21 @@ async fn subscribe_one(t: &Target, source: u8, id: &str, filter: &str) -> Result
 }
 
 /// Opens `n` idle subscribers, each with its own filter, spread over
-/// `sources` loopback addresses.
+/// `sources` loopback addresses from `127.0.0.<first>`.
 pub async fn open_idle(
     t: &Target,
     n: usize,
-    sources: u8,
+    (first, sources): (u8, u8),
     tag: &str,
     deadline: Instant,
 ) -> Result<Vec<TcpStream>> {
     let sources = sources.max(1);
     let results: Vec<Result<TcpStream>> = stream::iter(0..n)
         .map(|i| {
-            let source = 1 + (i % sources as usize) as u8;
+            let source = first
+                .max(1)
+                .wrapping_add((i % sources as usize) as u8)
+                .max(1);
             let id = format!("{tag}-{i}");
             let filter = format!("idle/{tag}/{i}/#");
             async move {
@@ -103,6 +111,21 @@ pub async fn open_idle(
     Ok(conns)
 }
 
+/// Leaves cleanly: DISCONNECT, so the broker closes first and the
+/// client's ports do not linger in TIME_WAIT.
+pub async fn disconnect_all(conns: Vec<TcpStream>) {
+    let bye = conns.into_iter().map(|mut s| async move {
+        let _ = s.write_all(&[0xE0, 0]).await;
+        let mut rest = Vec::new();
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    });
+    stream::iter(bye)
+        .buffer_unordered(PARALLEL)
+        .collect::<Vec<()>>()
+        .await;
+}
+
 /// `n` short connections, `parallel` at a time, each subscribing a random
 /// filter and leaving with DISCONNECT. Returns how many completed.
 pub async fn churn(t: &Target, n: usize, parallel: usize, deadline: Instant) -> Result<usize> {
@@ -111,11 +134,16 @@ pub async fn churn(t: &Target, n: usize, parallel: usize, deadline: Instant) -> 
             let id = format!("churn-{i}-{:08x}", rand_u32());
             let filter = format!("churn/{:x}/+/{:x}", rand_u32() % 4096, rand_u32());
             let one = async {
-                let mut s = subscribe_one(t, 1, &id, &filter).await?;
+                let mut s = subscribe_one(t, 1 + (i % 8) as u8, &id, &filter).await?;
                 s.write_all(&[0xE0, 0]).await?;
+                let mut rest = Vec::new();
+                s.read_to_end(&mut rest).await?;
                 Ok::<_, anyhow::Error>(())
             };
-            matches!(tokio::time::timeout_at(deadline.into(), one).await, Ok(Ok(())))
+            matches!(
+                tokio::time::timeout_at(deadline.into(), one).await,
+                Ok(Ok(()))
+            )
         })
         .buffer_unordered(parallel.max(1))
         .collect()

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use rumqttd::protocol::{ConnAck, Packet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use crate::auth::Who;
 use crate::codec::{self, ConnectError, ConnectInfo, Refusal, Version};
@@ -46,8 +46,74 @@ pub(crate) struct Entry {
     /// Tells this task's entry from a successor's with the same id.
     pub(crate) gen: u64,
     /// The session task's mailbox for takeovers and resumes.
-    /// (Boxed: the channel allocates a block of slots up front.)
-    pub(crate) tx: mpsc::Sender<Box<Pending>>,
+    pub(crate) tx: Arc<Mailbox>,
+}
+
+/// Why [`Mailbox::try_send`] gave the connection back.
+pub(crate) enum SendError {
+    /// A takeover is already waiting.
+    Full(Box<Pending>),
+    /// The session task is ending.
+    Closed(Box<Pending>),
+}
+
+/// A session task's mailbox: one slot for a connection that takes the
+/// session over. (A tokio mpsc channel would allocate a block of 32 slots
+/// per session, idle or not.)
+#[derive(Default)]
+pub(crate) struct Mailbox {
+    /// The waiting connection, and whether the mailbox is closed.
+    slot: std::sync::Mutex<(Option<Box<Pending>>, bool)>,
+    notify: Notify,
+}
+
+impl Mailbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Option<Box<Pending>>, bool)> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Leaves `p` for the session task, unless one is waiting or it closed.
+    pub(crate) fn try_send(&self, p: Box<Pending>) -> Result<(), SendError> {
+        let mut s = self.lock();
+        if s.1 {
+            return Err(SendError::Closed(p));
+        }
+        if s.0.is_some() {
+            return Err(SendError::Full(p));
+        }
+        s.0 = Some(p);
+        drop(s);
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// The next connection; `None` once closed and empty.
+    pub(crate) async fn recv(&self) -> Option<Box<Pending>> {
+        loop {
+            let notified = self.notify.notified();
+            {
+                let mut s = self.lock();
+                if let Some(p) = s.0.take() {
+                    return Some(p);
+                }
+                if s.1 {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Refuses further connections; one already waiting stays for
+    /// [`Mailbox::try_recv`].
+    pub(crate) fn close(&self) {
+        self.lock().1 = true;
+    }
+
+    /// The waiting connection, if any.
+    pub(crate) fn try_recv(&self) -> Option<Box<Pending>> {
+        self.lock().0.take()
+    }
 }
 
 /// Serves one accepted MQTT byte stream from CONNECT to close.
@@ -222,21 +288,22 @@ pub(crate) fn dispatch(mut pending: Box<Pending>, shared: Arc<Shared>) {
         if let Some(entry) = reg.get(&id) {
             match entry.tx.try_send(pending) {
                 Ok(()) => return,
-                Err(mpsc::error::TrySendError::Full(p)) => {
+                Err(SendError::Full(p)) => {
                     // Several takeovers at once: the newest wins, the others are closed.
                     drop(reg);
                     tracing::info!(client_id = %id, "takeover already in progress; closing this connection");
                     drop(p);
                     return;
                 }
-                Err(mpsc::error::TrySendError::Closed(p)) => {
+                Err(SendError::Closed(p)) => {
                     reg.remove(&id);
                     pending = p;
                     continue;
                 }
             }
         }
-        let (tx, rx) = mpsc::channel(1);
+        let tx = Arc::new(Mailbox::default());
+        let rx = tx.clone();
         let gen = shared.next_gen.fetch_add(1, Relaxed);
         reg.insert(id.clone(), Entry { gen, tx });
         drop(reg);

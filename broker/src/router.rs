@@ -63,25 +63,144 @@ struct Group {
     next: AtomicUsize,
 }
 
+/// Children of a node: a short list while there are few (most nodes of
+/// a sparse tree have one), a hash map beyond that.
+#[derive(Debug)]
+enum Children {
+    Few(Vec<(Box<str>, Node)>),
+    Many(HashMap<Box<str>, Node>),
+}
+
+/// Children kept in a list up to this many.
+const FEW: usize = 8;
+
+impl Default for Children {
+    fn default() -> Self {
+        Children::Few(Vec::new())
+    }
+}
+
+impl Children {
+    fn get(&self, level: &str) -> Option<&Node> {
+        match self {
+            Children::Few(v) => v.iter().find(|(k, _)| &**k == level).map(|(_, n)| n),
+            Children::Many(m) => m.get(level),
+        }
+    }
+
+    fn get_mut(&mut self, level: &str) -> Option<&mut Node> {
+        match self {
+            Children::Few(v) => v.iter_mut().find(|(k, _)| &**k == level).map(|(_, n)| n),
+            Children::Many(m) => m.get_mut(level),
+        }
+    }
+
+    fn get_or_insert(&mut self, level: &str) -> &mut Node {
+        if let Children::Few(v) = self {
+            if v.len() >= FEW && !v.iter().any(|(k, _)| &**k == level) {
+                *self = Children::Many(std::mem::take(v).into_iter().collect());
+            }
+        }
+        match self {
+            Children::Few(v) => {
+                let i = match v.iter().position(|(k, _)| &**k == level) {
+                    Some(i) => i,
+                    None => {
+                        v.reserve_exact(1);
+                        v.push((level.into(), Node::default()));
+                        v.len() - 1
+                    }
+                };
+                &mut v[i].1
+            }
+            Children::Many(m) => m.entry(level.into()).or_default(),
+        }
+    }
+
+    fn remove(&mut self, level: &str) {
+        match self {
+            Children::Few(v) => {
+                v.retain(|(k, _)| &**k != level);
+                if v.is_empty() {
+                    *v = Vec::new();
+                }
+            }
+            Children::Many(m) => {
+                m.remove(level);
+                if m.len() <= FEW / 2 {
+                    *self = Children::Few(std::mem::take(m).into_iter().collect());
+                }
+            }
+        }
+    }
+
+    fn iter(&self) -> Box<dyn Iterator<Item = (&str, &Node)> + '_> {
+        match self {
+            Children::Few(v) => Box::new(v.iter().map(|(k, n)| (&**k, n))),
+            Children::Many(m) => Box::new(m.iter().map(|(k, n)| (&**k, n))),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Children::Few(v) => v.is_empty(),
+            Children::Many(m) => m.is_empty(),
+        }
+    }
+}
+
+/// What a node holds besides children; boxed, as most nodes hold nothing.
 #[derive(Debug, Default)]
-struct Node {
-    children: HashMap<Box<str>, Node>,
+struct Leaf {
     subs: Vec<Sub>,
     groups: Vec<Group>,
     retained: Option<Arc<Message>>,
 }
 
+#[derive(Debug, Default)]
+struct Node {
+    children: Children,
+    leaf: Option<Box<Leaf>>,
+}
+
 impl Node {
     fn is_empty(&self) -> bool {
-        self.children.is_empty()
-            && self.subs.is_empty()
-            && self.groups.is_empty()
-            && self.retained.is_none()
+        self.children.is_empty() && self.leaf.is_none()
     }
 
     fn holds_filter(&self) -> bool {
-        !self.subs.is_empty() || !self.groups.is_empty()
+        self.leaf
+            .as_ref()
+            .is_some_and(|l| !l.subs.is_empty() || !l.groups.is_empty())
     }
+
+    fn leaf_mut(&mut self) -> &mut Leaf {
+        self.leaf.get_or_insert_with(Default::default)
+    }
+
+    fn retained(&self) -> Option<&Arc<Message>> {
+        self.leaf.as_ref().and_then(|l| l.retained.as_ref())
+    }
+
+    /// Drops the leaf once it holds nothing.
+    fn tidy(&mut self) {
+        if self
+            .leaf
+            .as_ref()
+            .is_some_and(|l| l.subs.is_empty() && l.groups.is_empty() && l.retained.is_none())
+        {
+            self.leaf = None;
+        }
+    }
+}
+
+/// Pushes onto a vector that usually stays tiny, without the usual
+/// doubling to four slots for the first element.
+fn push_small<T>(v: &mut Vec<T>, x: T) {
+    if v.len() < 4 {
+        v.reserve_exact(1);
+    }
+    v.push(x);
 }
 
 #[derive(Debug, Default)]
@@ -159,32 +278,36 @@ impl Router {
         if !exists && *filters >= self.limits.max_filters {
             return Err(SubscribeError::TableFull);
         }
-        let node = inner.split('/').fold(&mut *root, |n, level| {
-            n.children.entry(level.into()).or_default()
-        });
+        let node = inner
+            .split('/')
+            .fold(&mut *root, |n, level| n.children.get_or_insert(level));
         let was_filter = node.holds_filter();
         let key = sub.outbox.key;
+        let leaf = node.leaf_mut();
         match group {
-            None => match node.subs.iter_mut().find(|s| s.outbox.key == key) {
+            None => match leaf.subs.iter_mut().find(|s| s.outbox.key == key) {
                 Some(s) => *s = sub,
-                None => node.subs.push(sub),
+                None => push_small(&mut leaf.subs, sub),
             },
             Some(g) => {
-                let i = match node.groups.iter().position(|x| &*x.name == g) {
+                let i = match leaf.groups.iter().position(|x| &*x.name == g) {
                     Some(i) => i,
                     None => {
-                        node.groups.push(Group {
-                            name: g.into(),
-                            members: Vec::new(),
-                            next: AtomicUsize::new(0),
-                        });
-                        node.groups.len() - 1
+                        push_small(
+                            &mut leaf.groups,
+                            Group {
+                                name: g.into(),
+                                members: Vec::new(),
+                                next: AtomicUsize::new(0),
+                            },
+                        );
+                        leaf.groups.len() - 1
                     }
                 };
-                let members = &mut node.groups[i].members;
+                let members = &mut leaf.groups[i].members;
                 match members.iter_mut().find(|s| s.outbox.key == key) {
                     Some(s) => *s = sub,
-                    None => members.push(sub),
+                    None => push_small(members, sub),
                 }
             }
         }
@@ -209,26 +332,30 @@ impl Router {
         let mut found = false;
         prune(root, &levels, &mut |node| {
             let before = node.holds_filter();
+            let Some(leaf) = node.leaf.as_mut() else {
+                return;
+            };
             match group {
                 None => {
-                    if let Some(i) = node.subs.iter().position(|s| s.outbox.key == key) {
-                        node.subs.swap_remove(i);
+                    if let Some(i) = leaf.subs.iter().position(|s| s.outbox.key == key) {
+                        leaf.subs.swap_remove(i);
                         found = true;
                     }
                 }
                 Some(g) => {
-                    if let Some(gi) = node.groups.iter().position(|x| &*x.name == g) {
-                        let members = &mut node.groups[gi].members;
+                    if let Some(gi) = leaf.groups.iter().position(|x| &*x.name == g) {
+                        let members = &mut leaf.groups[gi].members;
                         if let Some(i) = members.iter().position(|s| s.outbox.key == key) {
                             members.swap_remove(i);
                             found = true;
                         }
                         if members.is_empty() {
-                            node.groups.swap_remove(gi);
+                            leaf.groups.swap_remove(gi);
                         }
                     }
                 }
             }
+            node.tidy();
             if before && !node.holds_filter() {
                 *filters -= 1;
             }
@@ -311,14 +438,15 @@ impl Router {
         } = &mut *t;
         if msg.payload.is_empty() {
             prune(root, &levels, &mut |node| {
-                if let Some(old) = node.retained.take() {
+                if let Some(old) = node.leaf.as_mut().and_then(|l| l.retained.take()) {
                     *retained -= 1;
                     *retained_bytes -= old.weight();
                 }
+                node.tidy();
             });
         } else {
             let replaced = find(root, topic)
-                .and_then(|n| n.retained.as_ref())
+                .and_then(|n| n.retained())
                 .map(|m| m.weight());
             let count = *retained + usize::from(replaced.is_none());
             let bytes = *retained_bytes - replaced.unwrap_or(0) + msg.weight();
@@ -332,10 +460,10 @@ impl Router {
                 );
                 return;
             }
-            let node = levels.iter().fold(&mut *root, |n, l| {
-                n.children.entry((*l).into()).or_default()
-            });
-            node.retained = Some(msg.clone());
+            let node = levels
+                .iter()
+                .fold(&mut *root, |n, l| n.children.get_or_insert(l));
+            node.leaf_mut().retained = Some(msg.clone());
             *retained = count;
             *retained_bytes = bytes;
         }
@@ -355,27 +483,27 @@ fn prune(node: &mut Node, levels: &[&str], f: &mut dyn FnMut(&mut Node)) {
     match levels.split_first() {
         None => f(node),
         Some((first, rest)) => {
-            let Some(child) = node.children.get_mut(*first) else {
+            let Some(child) = node.children.get_mut(first) else {
                 return;
             };
             prune(child, rest, f);
             if child.is_empty() {
-                node.children.remove(*first);
-                if node.children.is_empty() {
-                    node.children = HashMap::new();
-                }
+                node.children.remove(first);
             }
         }
     }
 }
 
 fn push_node<'a>(node: &'a Node, hits: &mut Vec<Hit<'a>>, nodes: &mut usize) {
-    if !node.holds_filter() {
+    let Some(leaf) = node.leaf.as_deref() else {
+        return;
+    };
+    if leaf.subs.is_empty() && leaf.groups.is_empty() {
         return;
     }
     *nodes += 1;
-    hits.extend(node.subs.iter().map(|sub| Hit { sub }));
-    for g in &node.groups {
+    hits.extend(leaf.subs.iter().map(|sub| Hit { sub }));
+    for g in &leaf.groups {
         if g.members.is_empty() {
             continue;
         }
@@ -409,7 +537,7 @@ fn collect_subs<'a>(
         push_node(node, hits, nodes);
         return;
     };
-    if let Some(c) = node.children.get(*level) {
+    if let Some(c) = node.children.get(level) {
         collect_subs(c, levels, i + 1, dollar, hits, nodes);
     }
     if wild {
@@ -422,7 +550,7 @@ fn collect_subs<'a>(
 /// Collects the retained messages matching the filter `levels[i..]`.
 fn collect_retained(node: &Node, levels: &[&str], i: usize, out: &mut Vec<Arc<Message>>) {
     let Some(level) = levels.get(i) else {
-        out.extend(node.retained.iter().cloned());
+        out.extend(node.retained().cloned());
         return;
     };
     let topic_child =
@@ -431,16 +559,16 @@ fn collect_retained(node: &Node, levels: &[&str], i: usize, out: &mut Vec<Arc<Me
         "#" => {
             if i > 0 {
                 // `a/#` matches `a` itself.
-                out.extend(node.retained.iter().cloned());
+                out.extend(node.retained().cloned());
             }
-            for (name, c) in &node.children {
+            for (name, c) in node.children.iter() {
                 if topic_child(name) {
                     all_retained(c, out);
                 }
             }
         }
         "+" => {
-            for (name, c) in &node.children {
+            for (name, c) in node.children.iter() {
                 if topic_child(name) {
                     collect_retained(c, levels, i + 1, out);
                 }
@@ -455,9 +583,9 @@ fn collect_retained(node: &Node, levels: &[&str], i: usize, out: &mut Vec<Arc<Me
 }
 
 fn all_retained(node: &Node, out: &mut Vec<Arc<Message>>) {
-    out.extend(node.retained.iter().cloned());
-    for (name, c) in &node.children {
-        if name.as_ref() != "+" && name.as_ref() != "#" {
+    out.extend(node.retained().cloned());
+    for (name, c) in node.children.iter() {
+        if name != "+" && name != "#" {
             all_retained(c, out);
         }
     }

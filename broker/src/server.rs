@@ -282,8 +282,42 @@ fn publish_sys(shared: &Shared) {
 async fn sys_loop(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(shared.cfg.sys_interval_secs));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut trim = Trim::default();
     loop {
         tick.tick().await;
         publish_sys(&shared);
+        trim.after_tick(shared.stats.sessions.load(Relaxed));
     }
 }
+
+/// Gives memory back to the OS after a wave of sessions left.
+///
+/// glibc's malloc keeps freed memory in its arenas; after thousands of
+/// clients disconnect that stays resident (measured in BENCHMARKS.md). When
+/// the session count has fallen by half (and by at least 1,000) since its
+/// peak, `malloc_trim` returns the free pages. It costs a few milliseconds
+/// and runs at most once per `$SYS` tick.
+#[derive(Debug, Default)]
+struct Trim {
+    peak: i64,
+}
+
+impl Trim {
+    fn after_tick(&mut self, sessions: i64) {
+        self.peak = self.peak.max(sessions);
+        if self.peak - sessions >= 1000 && sessions * 2 <= self.peak {
+            self.peak = sessions;
+            release_free_memory();
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_free_memory() {
+    // SAFETY: malloc_trim only walks glibc's own arenas.
+    let released = unsafe { libc::malloc_trim(0) };
+    tracing::debug!(released = released != 0, "returned free memory to the OS");
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_free_memory() {}

@@ -23,12 +23,11 @@ use rumqttd::protocol::{
     Unsubscribe,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::auth::{Policy, Who};
 use crate::codec::{self, DecodeError, Version};
-use crate::connect::{dispatch, Pending};
+use crate::connect::{dispatch, Mailbox, Pending};
 use crate::message::{encode_publish, Header, Message};
 use crate::outbox::{Delivery, Outbox, Reader};
 use crate::router::{Sub, SubscribeError};
@@ -48,7 +47,7 @@ const PUSHBACK_MAX: Duration = Duration::from_millis(250);
 /// Deliveries moved from the outbox per lock.
 const TAKE_BATCH: usize = 256;
 /// Read buffer sizes: small for idle clients, grown for publishers.
-const READ_MIN: usize = 512;
+const READ_MIN: usize = 128;
 const READ_MAX: usize = 64 * 1024;
 
 /// How a connected period ended.
@@ -91,12 +90,7 @@ struct Session {
     denied_logged: u64,
 }
 
-pub(crate) async fn run(
-    first: Box<Pending>,
-    mut mailbox: mpsc::Receiver<Box<Pending>>,
-    gen: u64,
-    shared: Arc<Shared>,
-) {
+pub(crate) async fn run(first: Box<Pending>, mailbox: Arc<Mailbox>, gen: u64, shared: Arc<Shared>) {
     shared.stats.sessions.fetch_add(1, Relaxed);
     let limits = &shared.cfg.limits;
     let outbox = Arc::new(Outbox::new(
@@ -129,7 +123,7 @@ pub(crate) async fn run(
     let mut present = false;
     loop {
         s.adopt(&conn, present);
-        let end = s.connected(conn, present, &mut mailbox).await;
+        let end = s.connected(conn, present, &mailbox).await;
         match end {
             End::Takeover(next) => {
                 let resume =
@@ -137,35 +131,35 @@ pub(crate) async fn run(
                 // A will with a delay is not sent when the session goes on
                 // in a new connection before the delay ends (MQTT 5, 3.1.3.2.2).
                 if !resume || s.will_delay.is_zero() {
-                    s.publish_will().await;
+                    s.publish_will();
                 }
                 if resume {
                     conn = next;
                     present = true;
                     continue;
                 }
-                s.teardown().await;
-                unregister_then_dispatch(&shared, &s.client_id, s.gen, &mut mailbox, Some(next));
+                s.teardown();
+                unregister_then_dispatch(&shared, &s.client_id, s.gen, &mailbox, Some(next));
                 return;
             }
             End::Shutdown => {
-                s.teardown().await;
-                unregister(&shared, &s.client_id, s.gen, &mut mailbox);
+                s.teardown();
+                unregister(&shared, &s.client_id, s.gen, &mailbox);
                 return;
             }
             End::Closed { will } => {
                 let Some(expiry) = s.expiry else {
                     if will {
-                        s.publish_will().await;
+                        s.publish_will();
                     }
-                    s.teardown().await;
-                    unregister(&shared, &s.client_id, s.gen, &mut mailbox);
+                    s.teardown();
+                    unregister(&shared, &s.client_id, s.gen, &mailbox);
                     return;
                 };
                 if will && s.will_delay.is_zero() {
-                    s.publish_will().await;
+                    s.publish_will();
                 }
-                match s.parked(expiry, will, &mut mailbox).await {
+                match s.parked(expiry, will, &mailbox).await {
                     Some(next) => {
                         let resume = !next.info.clean_start && next.info.version == s.version;
                         if resume {
@@ -173,19 +167,19 @@ pub(crate) async fn run(
                             present = true;
                             continue;
                         }
-                        s.teardown().await;
+                        s.teardown();
                         unregister_then_dispatch(
                             &shared,
                             &s.client_id,
                             s.gen,
-                            &mut mailbox,
+                            &mailbox,
                             Some(next),
                         );
                         return;
                     }
                     None => {
-                        s.teardown().await;
-                        unregister(&shared, &s.client_id, s.gen, &mut mailbox);
+                        s.teardown();
+                        unregister(&shared, &s.client_id, s.gen, &mailbox);
                         return;
                     }
                 }
@@ -194,12 +188,7 @@ pub(crate) async fn run(
     }
 }
 
-fn unregister(
-    shared: &Arc<Shared>,
-    id: &str,
-    gen: u64,
-    mailbox: &mut mpsc::Receiver<Box<Pending>>,
-) {
+fn unregister(shared: &Arc<Shared>, id: &str, gen: u64, mailbox: &Mailbox) {
     unregister_then_dispatch(shared, id, gen, mailbox, None)
 }
 
@@ -209,7 +198,7 @@ fn unregister_then_dispatch(
     shared: &Arc<Shared>,
     id: &str,
     gen: u64,
-    mailbox: &mut mpsc::Receiver<Box<Pending>>,
+    mailbox: &Mailbox,
     next: Option<Box<Pending>>,
 ) {
     {
@@ -220,9 +209,7 @@ fn unregister_then_dispatch(
     }
     mailbox.close();
     let mut waiting: Vec<Box<Pending>> = next.into_iter().collect();
-    while let Ok(p) = mailbox.try_recv() {
-        waiting.push(p);
-    }
+    waiting.extend(mailbox.try_recv());
     // Only the newest connection may have the id; older ones are closed.
     if let Some(p) = waiting.pop() {
         dispatch(p, shared.clone());
@@ -318,12 +305,7 @@ impl Session {
     }
 
     /// The connected loop: socket in, outbox out, one task.
-    async fn connected(
-        &mut self,
-        conn: Box<Pending>,
-        present: bool,
-        mailbox: &mut mpsc::Receiver<Box<Pending>>,
-    ) -> End {
+    async fn connected(&mut self, conn: Box<Pending>, present: bool, mailbox: &Mailbox) -> End {
         let mut wbuf = BytesMut::new();
         let mut wpos = 0usize;
         self.connack(&conn, present, &mut wbuf);
@@ -402,16 +384,16 @@ impl Session {
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => {
-                        self.drain_for_shutdown(&mut writer, &mut wbuf, &mut wpos).await;
+                        Box::pin(self.drain_for_shutdown(&mut writer, &mut wbuf, &mut wpos)).await;
                         let bye = self.disconnect_packet(DisconnectReasonCode::ServerShuttingDown);
-                        last_write(&mut writer, &wbuf[wpos..], &bye).await;
+                        Box::pin(last_write(&mut writer, &wbuf[wpos..], &bye)).await;
                         break End::Shutdown;
                     }
                     next = mailbox.recv() => {
                         if let Some(next) = next {
                             tracing::info!(client_id = %self.client_id, old = %peer, new = %next.peer, "session taken over");
                             let bye = self.disconnect_packet(DisconnectReasonCode::SessionTakenOver);
-                            last_write(&mut writer, &[], &bye).await;
+                            Box::pin(last_write(&mut writer, &[], &bye)).await;
                             break End::Takeover(next);
                         }
                     }
@@ -433,7 +415,9 @@ impl Session {
                                 if let Some(end) = self.take_input(&mut inbuf, &mut wbuf, wpos, &mut writer, peer).await {
                                     break end;
                                 }
-                                self.pushback().await;
+                                if !self.pressure.is_empty() {
+                                    Box::pin(self.pushback()).await;
+                                }
                             }
                             Err(e) => {
                                 tracing::debug!(client_id = %self.client_id, %peer, error = %e, "read failed");
@@ -507,7 +491,7 @@ impl Session {
         match self.incoming(inbuf, wbuf, max_packet) {
             Ok(None) => None,
             Ok(Some(end)) => {
-                last_write(writer, &wbuf[wpos..], &[]).await;
+                Box::pin(last_write(writer, &wbuf[wpos..], &[])).await;
                 Some(end)
             }
             Err(e) => {
@@ -523,7 +507,7 @@ impl Session {
                 self.shared.stats.count(reason);
                 tracing::warn!(client_id = %self.client_id, %peer, error = %e, reason = e.label(), "closing connection: bad packet");
                 let bye = self.disconnect_packet(code);
-                last_write(writer, &wbuf[wpos..], &bye).await;
+                Box::pin(last_write(writer, &wbuf[wpos..], &bye)).await;
                 Some(End::Closed { will: true })
             }
         }
@@ -547,7 +531,7 @@ impl Session {
         &mut self,
         expiry: Duration,
         will: bool,
-        mailbox: &mut mpsc::Receiver<Box<Pending>>,
+        mailbox: &Mailbox,
     ) -> Option<Box<Pending>> {
         let end = tokio::time::sleep(expiry);
         tokio::pin!(end);
@@ -563,13 +547,13 @@ impl Session {
                     self.shared.stats.count(Reason::SessionExpired);
                     tracing::info!(client_id = %self.client_id, "persistent session expired");
                     if will_pending {
-                        self.publish_will().await;
+                        self.publish_will();
                     }
                     return None;
                 }
                 _ = &mut will_at, if will_pending => {
                     will_pending = false;
-                    self.publish_will().await;
+                    self.publish_will();
                 }
             }
         }
@@ -1026,7 +1010,7 @@ impl Session {
         }
     }
 
-    async fn publish_will(&mut self) {
+    fn publish_will(&mut self) {
         let Some(will) = self.will.take() else {
             return;
         };
@@ -1041,7 +1025,7 @@ impl Session {
         self.shared.router.publish(&will, &policy, &mut Vec::new());
     }
 
-    async fn teardown(&mut self) {
+    fn teardown(&mut self) {
         for f in self.subs.keys() {
             self.shared.router.unsubscribe(f, self.gen);
         }
