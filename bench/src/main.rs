@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use hdrhistogram::Histogram;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS, Transport};
 
 /// Load cases against an MQTT broker.
 #[derive(Debug, Parser)]
@@ -221,6 +221,16 @@ fn options(t: &Target, id: &str) -> MqttOptions {
     o
 }
 
+/// A client with TCP_NODELAY, as brokers' own clients use: without it,
+/// Nagle's algorithm adds tens of milliseconds to small messages.
+fn client(o: MqttOptions) -> (AsyncClient, EventLoop) {
+    let (c, mut ev) = AsyncClient::new(o, 10_000);
+    let mut n = NetworkOptions::new();
+    n.set_tcp_nodelay(true);
+    ev.set_network_options(n);
+    (c, ev)
+}
+
 fn qos(n: u8) -> QoS {
     match n {
         0 => QoS::AtMostOnce,
@@ -234,7 +244,13 @@ fn qos(n: u8) -> QoS {
 struct Subscribers {
     tasks: Vec<tokio::task::JoinHandle<(u64, Histogram<u64>)>>,
     last: Arc<AtomicU64>,
+    /// Set when every publisher is done: from then on a subscriber that
+    /// hears nothing for [`QUIET`] stops waiting (the broker dropped the rest).
+    done: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// How long a subscriber waits for more once the publishers are done.
+const QUIET: Duration = Duration::from_secs(5);
 
 async fn subscribers(
     t: &Target,
@@ -246,24 +262,28 @@ async fn subscribers(
     deadline: Instant,
 ) -> Result<Subscribers> {
     let last = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(n.max(1));
     let mut tasks = Vec::new();
     for i in 0..n {
-        let (client, mut ev) = AsyncClient::new(options(t, &format!("load-sub-{i}")), 10_000);
+        let (client, mut ev) = client(options(t, &format!("load-sub-{i}")));
         client.subscribe(filter, qos(q)).await?;
         let last = last.clone();
+        let done = done.clone();
         let ready = ready_tx.clone();
         tasks.push(tokio::spawn(async move {
             let mut h = Histogram::<u64>::new(3).expect("histogram");
             let mut got = 0u64;
             while got < expected && Instant::now() < deadline {
-                let ev = match tokio::time::timeout_at(deadline.into(), ev.poll()).await {
+                let until = deadline.min(Instant::now() + QUIET);
+                let ev = match tokio::time::timeout_at(until.into(), ev.poll()).await {
                     Ok(Ok(e)) => e,
                     Ok(Err(e)) => {
                         eprintln!("subscriber {i}: {e}");
                         break;
                     }
-                    Err(_) => break,
+                    Err(_) if done.load(Relaxed) => break,
+                    Err(_) => continue,
                 };
                 match ev {
                     Event::Incoming(Packet::SubAck(_)) => {
@@ -294,11 +314,12 @@ async fn subscribers(
             .await
             .context("subscribers did not all get their SUBACK in time")?;
     }
-    Ok(Subscribers { tasks, last })
+    Ok(Subscribers { tasks, last, done })
 }
 
 impl Subscribers {
     async fn finish(self) -> Result<(u64, Histogram<u64>, u64)> {
+        self.done.store(true, Relaxed);
         let mut total = Histogram::<u64>::new(3)?;
         let mut delivered = 0;
         for s in self.tasks {
@@ -315,7 +336,7 @@ fn publisher(t: &Target, id: &str) -> (AsyncClient, tokio::task::JoinHandle<()>,
     if let (Some(u), Some(p)) = (&t.username, &t.password) {
         po.set_credentials(u, p);
     }
-    let (client, mut ev) = AsyncClient::new(po, 10_000);
+    let (client, mut ev) = client(po);
     let deadline = Instant::now() + Duration::from_secs(t.timeout);
     let task = tokio::spawn(async move {
         while Instant::now() < deadline {

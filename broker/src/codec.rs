@@ -1,7 +1,7 @@
 //! MQTT wire format at the edge: framing, CONNECT, validation, encoding.
 //!
 //! rumqttd's parsers are fast but trust their input in places (see
-//! `../shared/notes/rumqttd-0.20.md`): some packet types reach an
+//! `docs/rumqttd-0.20.md`): some packet types reach an
 //! `unreachable!()`, MQTT 3.1 is refused, topics are not checked. So every
 //! frame passes through here first: the fixed header is checked (packet type
 //! allowed from a client, reserved flag bits, size), CONNECT is parsed by us

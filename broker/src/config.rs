@@ -320,6 +320,13 @@ pub struct RunArgs {
     /// oldest are dropped [default: 16777216].
     #[arg(long, value_name = "BYTES")]
     pub max_queued_bytes: Option<usize>,
+    /// Retained messages kept; a retained publish over it is delivered but
+    /// not retained, and counted as retained_full [default: 100000].
+    #[arg(long, value_name = "N")]
+    pub max_retained_messages: Option<usize>,
+    /// Bytes (topic + payload) of retained messages kept [default: 268435456].
+    #[arg(long, value_name = "BYTES")]
+    pub max_retained_bytes: Option<usize>,
     /// Seconds between $SYS updates.
     #[arg(long, value_name = "SECONDS")]
     pub sys_interval: Option<u64>,
@@ -369,6 +376,12 @@ impl RunArgs {
         }
         if let Some(v) = self.max_queued_bytes {
             c.limits.max_queued_bytes = v;
+        }
+        if let Some(v) = self.max_retained_messages {
+            c.limits.max_retained_messages = v;
+        }
+        if let Some(v) = self.max_retained_bytes {
+            c.limits.max_retained_bytes = v;
         }
         if let Some(v) = self.sys_interval {
             c.sys_interval_secs = v;

@@ -639,6 +639,15 @@ impl Session {
             self.shared.stats.publish_sent.fetch_add(1, Relaxed);
             self.shared.stats.messages_sent.fetch_add(1, Relaxed);
         }
+        if !all && self.inflight.len() >= max_inflight {
+            // The client does not acknowledge fast enough to take more:
+            // a slow reader, whatever its socket says.
+            let waiting =
+                !self.taken.is_empty() || !self.retained.is_empty() || !self.outbox.is_empty();
+            if waiting {
+                self.outbox.set_blocked(true);
+            }
+        }
         if self.taken.is_empty() && self.taken.capacity() > TAKE_BATCH {
             self.taken = VecDeque::new();
         }

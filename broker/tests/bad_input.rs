@@ -1,5 +1,5 @@
 //! Bad input closes only the offending connection, with the reason counted;
-//! every crash path of rumqttd 0.20 (../shared/notes/rumqttd-0.20.md) has a
+//! every crash path of rumqttd 0.20 (docs/rumqttd-0.20.md) has a
 //! case here, and a canary subscriber keeps receiving throughout.
 
 use firehose_testkit::*;

@@ -1,5 +1,5 @@
 //! A private RabbitMQ node on a free loopback port, with its own node name
-//! and data directory, as `../shared/notes/test-services.md` describes.
+//! and data directory, as `docs/test-services.md` describes.
 //! Needs Debian's `rabbitmq-server` (`./scripts/test` installs it).
 
 use std::path::{Path, PathBuf};
