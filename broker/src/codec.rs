@@ -156,8 +156,8 @@ pub enum ConnectError {
     #[error("unsupported protocol level {0}")]
     UnsupportedVersion(u8),
     /// Client id refused (empty with a persistent session, or bad characters).
-    #[error("client identifier not valid: {0}")]
-    BadClientId(String),
+    #[error("client identifier not valid: {1}")]
+    BadClientId(Version, String),
 }
 
 /// Everything the edge needs from a CONNECT.
@@ -306,10 +306,16 @@ pub fn parse_connect(frame: Bytes) -> Result<ConnectInfo, ConnectError> {
         }
     };
     if info.client_id.contains('\0') {
-        return Err(ConnectError::BadClientId("contains NUL".into()));
+        return Err(ConnectError::BadClientId(
+            info.version,
+            "contains NUL".into(),
+        ));
     }
     if info.client_id.len() > 256 {
-        return Err(ConnectError::BadClientId("longer than 256 bytes".into()));
+        return Err(ConnectError::BadClientId(
+            info.version,
+            "longer than 256 bytes".into(),
+        ));
     }
     Ok(info)
 }

@@ -85,6 +85,12 @@ impl Default for AuthConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub max_connections: usize,
+    /// Connections kept for authenticated users (bridges): anonymous
+    /// clients are refused once `max_connections - reserved_connections`
+    /// are connected. Default: 10% of max_connections, at least 1.
+    pub reserved_connections: Option<usize>,
+    /// Anonymous connections from one IP address (0: no limit).
+    pub max_connections_per_ip: usize,
     /// Largest packet accepted from a client, in bytes.
     pub max_packet_size: usize,
     pub max_subscriptions_per_client: usize,
@@ -116,6 +122,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 10_000,
+            reserved_connections: None,
+            max_connections_per_ip: 0,
             max_packet_size: 256 * 1024,
             max_subscriptions_per_client: 100,
             max_topic_length: 1024,
@@ -196,6 +204,16 @@ impl Config {
                 "max_connections must be at least 1".into(),
             ));
         }
+        if self
+            .limits
+            .reserved_connections
+            .is_some_and(|r| r >= self.limits.max_connections)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "reserved_connections must be below max_connections ({}), or anonymous clients can never connect",
+                self.limits.max_connections
+            )));
+        }
         if self.limits.max_inflight_messages == 0 {
             return Err(ConfigError::Invalid(
                 "max_inflight_messages must be at least 1".into(),
@@ -220,6 +238,14 @@ impl Config {
             max_len: self.limits.max_topic_length,
             max_levels: self.limits.max_topic_levels,
         }
+    }
+
+    /// Connections reserved for authenticated users.
+    pub fn reserved_connections(&self) -> usize {
+        let l = &self.limits;
+        l.reserved_connections
+            .unwrap_or((l.max_connections / 10).max(1))
+            .min(l.max_connections)
     }
 
     /// Handshake timeout as a duration.
@@ -303,9 +329,16 @@ pub struct RunArgs {
     /// Refuse clients that do not log in.
     #[arg(long)]
     pub no_anonymous: bool,
-    /// Maximum simultaneous connections.
+    /// Maximum simultaneous connections [default: 10000].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Connections only authenticated users (bridges) may use, so anonymous
+    /// readers can never lock publishers out [default: 10% of --max-connections, at least 1].
+    #[arg(long, value_name = "N")]
+    pub reserved_connections: Option<usize>,
+    /// Anonymous connections allowed from one IP address; 0 means no limit [default: 0].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
     /// Largest packet accepted, in bytes.
     #[arg(long, value_name = "BYTES")]
     pub max_packet_size: Option<usize>,
@@ -364,6 +397,12 @@ impl RunArgs {
         }
         if let Some(v) = self.max_connections {
             c.limits.max_connections = v;
+        }
+        if let Some(v) = self.reserved_connections {
+            c.limits.reserved_connections = Some(v);
+        }
+        if let Some(v) = self.max_connections_per_ip {
+            c.limits.max_connections_per_ip = v;
         }
         if let Some(v) = self.max_packet_size {
             c.limits.max_packet_size = v;

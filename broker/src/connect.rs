@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 
 use crate::auth::Who;
 use crate::codec::{self, ConnectError, ConnectInfo, Refusal, Version};
-use crate::server::Shared;
+use crate::server::{Shared, SocketSlot};
 use crate::session;
 use crate::stats::Reason;
 use crate::topic;
@@ -39,6 +39,11 @@ pub struct Pending {
     pub(crate) server_keep_alive: Option<u16>,
     /// True when the broker chose the client id (told to v5 clients).
     pub(crate) assigned_id: bool,
+    /// Counts the socket until it closes.
+    pub(crate) slot: SocketSlot,
+    /// The takeover window of the client id, carried into the registry
+    /// entry of the session this connection starts.
+    pub(crate) takeovers: (std::time::Instant, u32),
 }
 
 /// Entry in the client-id registry.
@@ -47,6 +52,41 @@ pub(crate) struct Entry {
     pub(crate) gen: u64,
     /// The session task's mailbox for takeovers and resumes.
     pub(crate) tx: Arc<Mailbox>,
+    /// Who owns the client id: only the same user may take it over.
+    pub(crate) user: Option<String>,
+    /// Start of the current takeover window and takeovers in it.
+    pub(crate) takeovers: (std::time::Instant, u32),
+}
+
+/// Takeovers of one client id allowed per [`TAKEOVER_WINDOW`].
+const MAX_TAKEOVERS: u32 = 5;
+const TAKEOVER_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether a connection by `user` may take over the session of `id`: an
+/// error when another user owns it (an anonymous client must not knock a
+/// bridge off), or when the id changed hands too often lately (two clients
+/// fighting over one id). Otherwise the id's takeover window, counted.
+fn takeover_check(
+    shared: &Shared,
+    id: &str,
+    user: Option<&str>,
+) -> Result<(std::time::Instant, u32), Reason> {
+    let now = std::time::Instant::now();
+    let mut reg = shared.registry.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(e) = reg.get_mut(id) else {
+        return Ok((now, 0));
+    };
+    if e.user.as_deref() != user {
+        return Err(Reason::TakeoverOtherUser);
+    }
+    if now.duration_since(e.takeovers.0) > TAKEOVER_WINDOW {
+        e.takeovers = (now, 0);
+    }
+    e.takeovers.1 += 1;
+    if e.takeovers.1 > MAX_TAKEOVERS {
+        return Err(Reason::TakeoverRate);
+    }
+    Ok(e.takeovers)
 }
 
 /// Why [`Mailbox::try_send`] gave the connection back.
@@ -117,7 +157,7 @@ impl Mailbox {
 }
 
 /// Serves one accepted MQTT byte stream from CONNECT to close.
-pub async fn serve(io: BoxIo, peer: SocketAddr, shared: Arc<Shared>) {
+pub async fn serve(io: BoxIo, peer: SocketAddr, slot: SocketSlot, shared: Arc<Shared>) {
     let (mut reader, mut writer) = tokio::io::split(io);
     let limits = &shared.cfg.limits;
     let mut inbuf = BytesMut::with_capacity(4096);
@@ -160,18 +200,22 @@ pub async fn serve(io: BoxIo, peer: SocketAddr, shared: Arc<Shared>) {
     let info = match codec::parse_connect(frame) {
         Ok(i) => i,
         Err(e) => {
-            let (reason, code) = match &e {
+            // An unknown version is answered in the 3.1.1 form; a bad
+            // client id in the client's own version.
+            let (reason, answer) = match &e {
                 ConnectError::Malformed(_) => (Reason::Malformed, None),
-                ConnectError::UnsupportedVersion(_) => {
-                    (Reason::BadProtocol, Some(Refusal::UnsupportedVersion))
+                ConnectError::UnsupportedVersion(_) => (
+                    Reason::BadProtocol,
+                    Some((Version::V311, Refusal::UnsupportedVersion)),
+                ),
+                ConnectError::BadClientId(v, _) => {
+                    (Reason::BadClientId, Some((*v, Refusal::BadClientId)))
                 }
-                ConnectError::BadClientId(_) => (Reason::BadClientId, Some(Refusal::BadClientId)),
             };
             shared.stats.count(reason);
             tracing::info!(%peer, error = %e, "CONNECT refused");
-            if let Some(code) = code {
-                // The version is unknown or unusable here: answer in the 3.1.1 form.
-                refuse(&mut writer, Version::V311, code, &shared).await;
+            if let Some((v, code)) = answer {
+                refuse(&mut writer, v, code, &shared).await;
             }
             return;
         }
@@ -243,24 +287,62 @@ pub async fn serve(io: BoxIo, peer: SocketAddr, shared: Arc<Shared>) {
     // Keepalive ceiling (mosquitto's max_keepalive).
     let max_ka = shared.cfg.limits.max_keepalive;
     let (keep_alive, server_keep_alive) = if info.keep_alive > max_ka
-        || (info.keep_alive == 0 && max_ka < 65535 && v == Version::V5)
+        || (info.keep_alive == 0 && max_ka < 65535)
     {
-        if v != Version::V5 {
-            shared.stats.count(Reason::BadClientId);
-            tracing::info!(%peer, client_id = %info.client_id, keep_alive = info.keep_alive, max_keepalive = max_ka, "keepalive above max_keepalive; refused");
-            refuse(&mut writer, v, Refusal::BadClientId, &shared).await;
-            return;
+        match v {
+            Version::V5 => (max_ka, Some(max_ka)),
+            // A v3 client cannot be told; keepalive 0 ("never") is held to
+            // the cap silently, as mosquitto does.
+            _ if info.keep_alive == 0 => (max_ka, None),
+            _ => {
+                shared.stats.count(Reason::BadClientId);
+                tracing::info!(%peer, client_id = %crate::stats::short(&info.client_id), keep_alive = info.keep_alive, max_keepalive = max_ka, "keepalive above max_keepalive; refused");
+                refuse(&mut writer, v, Refusal::BadClientId, &shared).await;
+                return;
+            }
         }
-        (max_ka, Some(max_ka))
     } else {
         (info.keep_alive, None)
     };
 
-    // Capacity.
+    // Takeover of a client id in use.
+    let takeovers = match takeover_check(&shared, &info.client_id, user.as_deref()) {
+        Ok(t) => t,
+        Err(reason) => {
+            shared.stats.count(reason);
+            let n = shared.stats.dropped(reason);
+            if n.is_power_of_two() {
+                tracing::warn!(%peer, client_id = %crate::stats::short(&info.client_id), user = ?user, reason = reason.name(), refused = n, "takeover refused");
+            }
+            refuse(&mut writer, v, Refusal::BadClientId, &shared).await;
+            return;
+        }
+    };
+
+    // Capacity: the last `reserved_connections` slots are for
+    // authenticated users, so anonymous readers cannot lock bridges out.
+    let limits = &shared.cfg.limits;
     let connected = shared.stats.clients_connected.load(Relaxed);
-    if connected >= shared.cfg.limits.max_connections as i64 {
+    let cap = match user {
+        Some(_) => limits.max_connections,
+        None => limits.max_connections - shared.cfg.reserved_connections(),
+    };
+    if connected >= cap as i64 {
         shared.stats.count(Reason::MaxConnections);
-        tracing::warn!(%peer, connected, "max_connections reached; refusing");
+        let n = shared.stats.dropped(Reason::MaxConnections);
+        if n.is_power_of_two() {
+            tracing::warn!(%peer, connected, cap, authenticated = user.is_some(), refused = n, "connection limit reached; refusing");
+        }
+        refuse(&mut writer, v, Refusal::Busy, &shared).await;
+        return;
+    }
+    let per_ip = limits.max_connections_per_ip;
+    if user.is_none() && per_ip > 0 && shared.connections_from(peer.ip()) as usize > per_ip {
+        shared.stats.count(Reason::MaxConnectionsPerIp);
+        let n = shared.stats.dropped(Reason::MaxConnectionsPerIp);
+        if n.is_power_of_two() {
+            tracing::warn!(ip = %peer.ip(), max_connections_per_ip = per_ip, refused = n, "too many connections from one address; refusing");
+        }
         refuse(&mut writer, v, Refusal::Busy, &shared).await;
         return;
     }
@@ -275,6 +357,8 @@ pub async fn serve(io: BoxIo, peer: SocketAddr, shared: Arc<Shared>) {
         keep_alive,
         server_keep_alive,
         assigned_id,
+        slot,
+        takeovers,
     });
     dispatch(pending, shared);
 }
@@ -305,7 +389,17 @@ pub(crate) fn dispatch(mut pending: Box<Pending>, shared: Arc<Shared>) {
         let tx = Arc::new(Mailbox::default());
         let rx = tx.clone();
         let gen = shared.next_gen.fetch_add(1, Relaxed);
-        reg.insert(id.clone(), Entry { gen, tx });
+        let user = pending.user.clone();
+        let takeovers = pending.takeovers;
+        reg.insert(
+            id.clone(),
+            Entry {
+                gen,
+                tx,
+                user,
+                takeovers,
+            },
+        );
         drop(reg);
         let shared2 = shared.clone();
         tokio::spawn(async move {

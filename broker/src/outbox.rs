@@ -9,15 +9,17 @@
 //! persistent session is not queued (`offline_qos0`).
 //!
 //! It also carries the publisher pushback: a delivery into a queue that is
-//! three quarters full, for a client whose socket is still taking bytes (a
-//! fast reader the scheduler has not caught up with yet), tells the
-//! publisher to wait until the queue has drained to half
-//! ([`Outbox::wait_for_space`]). A reader whose socket is full (a slow
-//! reader) never makes publishers wait: its own queue absorbs, then drops.
+//! three quarters full, for a reader that is keeping up (its socket takes
+//! bytes, it acknowledges QoS 1, it progressed in the last [`STALL`]), tells
+//! the publisher to wait until the queue has drained to half
+//! ([`Outbox::wait_for_space`]). A slow reader (socket full, or no progress
+//! for [`STALL`]) never makes publishers wait: its own queue absorbs, then
+//! drops.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -25,6 +27,19 @@ use tokio::time::Instant;
 use crate::auth::{Policy, Who};
 use crate::message::Message;
 use crate::stats::{Reason, Stats};
+
+/// A reader with work queued that wrote nothing and acknowledged nothing
+/// for this long is slow: publishers stop waiting for it.
+pub const STALL: Duration = Duration::from_millis(100);
+
+/// Milliseconds since the first call, for progress stamps.
+fn now_ms() -> u64 {
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
 
 /// One message on its way to one session.
 #[derive(Debug, Clone)]
@@ -70,6 +85,8 @@ pub struct Outbox {
     space: Notify,
     /// A publisher is (or may be) waiting on `space`.
     waited_on: AtomicBool,
+    /// When the reader last moved data ([`now_ms`]), or was given work.
+    progress_ms: AtomicU64,
     max_messages: usize,
     max_bytes: usize,
     stats: Arc<Stats>,
@@ -95,6 +112,7 @@ impl Outbox {
             ready: Notify::new(),
             space: Notify::new(),
             waited_on: AtomicBool::new(false),
+            progress_ms: AtomicU64::new(0),
             max_messages,
             max_bytes,
             stats,
@@ -127,6 +145,15 @@ impl Outbox {
                 self.wake_publishers();
             }
         }
+    }
+
+    /// The reader wrote to its socket or acknowledged a message.
+    pub fn progressed(&self) {
+        self.progress_ms.store(now_ms(), Relaxed);
+    }
+
+    fn stalled(&self) -> bool {
+        now_ms().saturating_sub(self.progress_ms.load(Relaxed)) > STALL.as_millis() as u64
     }
 
     fn high(&self, s: &State) -> bool {
@@ -170,8 +197,12 @@ impl Outbox {
         }
         s.bytes += w;
         s.items.push_back(d);
-        let pressure = s.online && !s.blocked && self.high(&s);
         let first = s.items.len() == 1;
+        if first {
+            // Work starts now: the reader has `STALL` to show progress.
+            self.progressed();
+        }
+        let pressure = s.online && !s.blocked && self.high(&s) && !self.stalled();
         drop(s);
         if first || pressure {
             self.ready.notify_one();
@@ -253,11 +284,17 @@ impl Outbox {
             self.waited_on.store(true, Relaxed);
             {
                 let s = self.lock();
-                if !s.online || s.blocked || self.low(&s) {
+                if !s.online || s.blocked || self.low(&s) || self.stalled() {
                     return;
                 }
             }
-            if tokio::time::timeout_at(until, notified).await.is_err() {
+            // Look again when the reader would count as stalled.
+            let check = Instant::now() + STALL;
+            if tokio::time::timeout_at(until.min(check), notified)
+                .await
+                .is_err()
+                && Instant::now() >= until
+            {
                 return;
             }
         }

@@ -35,6 +35,53 @@ pub struct Shared {
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) sys: watch::Sender<SysSnapshot>,
     open_sockets: AtomicUsize,
+    /// Open sockets per peer address, for `max_connections_per_ip`.
+    per_ip: Mutex<HashMap<std::net::IpAddr, u32>>,
+}
+
+impl Shared {
+    /// Sockets open from `ip`, this one included.
+    pub(crate) fn connections_from(&self, ip: std::net::IpAddr) -> u32 {
+        let m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&ip).copied().unwrap_or(0)
+    }
+
+    fn track(&self, ip: std::net::IpAddr, open: bool) {
+        if open {
+            self.open_sockets.fetch_add(1, Relaxed);
+        } else {
+            self.open_sockets.fetch_sub(1, Relaxed);
+        }
+        let mut m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if open {
+            *m.entry(ip).or_default() += 1;
+        } else if let Some(n) = m.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
+}
+
+/// One accepted socket, counted (in total and per address) for as long as
+/// it lives: it travels with the connection into its session.
+pub struct SocketSlot {
+    shared: Arc<Shared>,
+    ip: std::net::IpAddr,
+}
+
+impl SocketSlot {
+    fn new(shared: Arc<Shared>, ip: std::net::IpAddr) -> SocketSlot {
+        shared.track(ip, true);
+        SocketSlot { shared, ip }
+    }
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        self.shared.track(self.ip, false);
+    }
 }
 
 /// Errors starting the broker.
@@ -103,6 +150,7 @@ impl Broker {
             shutdown: shutdown_rx,
             sys: sys_tx,
             open_sockets: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
         });
         let mut tasks = JoinSet::new();
         let mut addrs = Vec::new();
@@ -244,7 +292,7 @@ async fn accept_loop(
         let tls = tls.clone();
         let http = http.clone();
         tokio::spawn(async move {
-            shared.open_sockets.fetch_add(1, Relaxed);
+            let slot = SocketSlot::new(shared.clone(), peer.ip());
             let max_packet = shared.cfg.limits.max_packet_size;
             let hs = tokio::time::timeout(
                 shared.cfg.handshake_timeout(),
@@ -262,9 +310,8 @@ async fn accept_loop(
                     tracing::info!(listener = kind.as_str(), %peer, error = %e, "handshake failed");
                 }
                 Ok(Ok(Accepted::Answered)) => {}
-                Ok(Ok(Accepted::Mqtt(io))) => connect::serve(io, peer, shared.clone()).await,
+                Ok(Ok(Accepted::Mqtt(io))) => connect::serve(io, peer, slot, shared.clone()).await,
             }
-            shared.open_sockets.fetch_sub(1, Relaxed);
         });
     }
 }
@@ -286,29 +333,40 @@ async fn sys_loop(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         publish_sys(&shared);
-        trim.after_tick(shared.stats.sessions.load(Relaxed));
+        let s = &shared.stats;
+        if trim.after_tick(s.sessions.load(Relaxed), s.publish_sent.load(Relaxed)) {
+            release_free_memory();
+        }
     }
 }
 
-/// Gives memory back to the OS after a wave of sessions left.
+/// Decides when to give memory back to the OS.
 ///
-/// glibc's malloc keeps freed memory in its arenas; after thousands of
-/// clients disconnect that stays resident (measured in BENCHMARKS.md). When
-/// the session count has fallen by half (and by at least 1,000) since its
-/// peak, `malloc_trim` returns the free pages. It costs a few milliseconds
-/// and runs at most once per `$SYS` tick.
+/// glibc's malloc keeps freed memory in its arenas: after thousands of
+/// clients disconnect, or after a burst of millions of deliveries drained,
+/// it stays resident (measured in BENCHMARKS.md). So `malloc_trim` runs on a
+/// `$SYS` tick when the session count has fallen by half (and by at least
+/// 1,000) since its peak, or when deliveries stopped after at least
+/// 1,000,000 since the last trim. It costs milliseconds, at most once a tick.
 #[derive(Debug, Default)]
 struct Trim {
-    peak: i64,
+    peak_sessions: i64,
+    sent_at_trim: u64,
+    sent_last_tick: u64,
 }
 
 impl Trim {
-    fn after_tick(&mut self, sessions: i64) {
-        self.peak = self.peak.max(sessions);
-        if self.peak - sessions >= 1000 && sessions * 2 <= self.peak {
-            self.peak = sessions;
-            release_free_memory();
+    fn after_tick(&mut self, sessions: i64, sent: u64) -> bool {
+        self.peak_sessions = self.peak_sessions.max(sessions);
+        let wave_left = self.peak_sessions - sessions >= 1000 && sessions * 2 <= self.peak_sessions;
+        let burst_over = sent == self.sent_last_tick && sent - self.sent_at_trim >= 1_000_000;
+        self.sent_last_tick = sent;
+        if wave_left || burst_over {
+            self.peak_sessions = sessions;
+            self.sent_at_trim = sent;
+            return true;
         }
+        false
     }
 }
 
@@ -321,3 +379,21 @@ fn release_free_memory() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn release_free_memory() {}
+
+#[cfg(test)]
+mod tests {
+    use super::Trim;
+
+    #[test]
+    fn trims_after_a_wave_of_disconnects_or_a_drained_burst() {
+        let mut t = Trim::default();
+        assert!(!t.after_tick(5_000, 0));
+        assert!(!t.after_tick(4_000, 0), "a fifth left: not yet");
+        assert!(t.after_tick(2_000, 0), "more than half left");
+        assert!(!t.after_tick(2_000, 0), "once per wave");
+        assert!(!t.after_tick(2_000, 900_000));
+        assert!(!t.after_tick(2_000, 1_500_000), "still delivering");
+        assert!(t.after_tick(2_000, 1_500_000), "burst over");
+        assert!(!t.after_tick(2_000, 1_500_000));
+    }
+}

@@ -315,6 +315,7 @@ impl Session {
             mut inbuf,
             peer,
             keep_alive,
+            slot: _slot,
             ..
         } = *conn;
         let shared = self.shared.clone();
@@ -355,12 +356,16 @@ impl Session {
         let mut read_size = READ_MIN;
 
         // Bytes that arrived right behind the CONNECT.
-        let early = if inbuf.is_empty() {
+        let mut early = if inbuf.is_empty() {
             None
         } else {
             self.take_input(&mut inbuf, &mut wbuf, wpos, &mut writer, peer)
                 .await
         };
+        if early.is_none() && !self.pressure.is_empty() {
+            early =
+                Box::pin(self.paced_input(&mut inbuf, &mut wbuf, wpos, &mut writer, peer)).await;
+        }
         let end = if let Some(end) = early {
             end
         } else {
@@ -416,7 +421,9 @@ impl Session {
                                     break end;
                                 }
                                 if !self.pressure.is_empty() {
-                                    Box::pin(self.pushback()).await;
+                                    if let Some(end) = Box::pin(self.paced_input(&mut inbuf, &mut wbuf, wpos, &mut writer, peer)).await {
+                                        break end;
+                                    }
                                 }
                             }
                             Err(e) => {
@@ -435,6 +442,7 @@ impl Session {
                                 // A socket that takes less than offered is
                                 // full: a slow reader, for the pushback.
                                 outbox.set_blocked(wpos < wbuf.len());
+                                outbox.progressed();
                                 if wpos == wbuf.len() && writer.flush().await.is_err() {
                                     break End::Closed { will: true };
                                 }
@@ -463,17 +471,29 @@ impl Session {
         end
     }
 
-    /// Publisher pushback: before reading more from this client, wait
-    /// (bounded) until the live readers its last messages filled up have
-    /// drained. Slow readers never end up here (see [`Outbox`]).
-    async fn pushback(&mut self) {
-        if self.pressure.is_empty() {
-            return;
+    /// Publisher pushback: the packets in `inbuf` stopped at the first
+    /// publish that filled a live reader's queue to three quarters. Wait
+    /// (at most [`PUSHBACK_MAX`] each time) until those readers drained,
+    /// run the next packets, and so on until `inbuf` is done; only then is
+    /// the socket read again. Slow readers never end up here (see [`Outbox`]).
+    async fn paced_input(
+        &mut self,
+        inbuf: &mut BytesMut,
+        wbuf: &mut BytesMut,
+        wpos: usize,
+        writer: &mut WriteHalf<BoxIo>,
+        peer: SocketAddr,
+    ) -> Option<End> {
+        while !self.pressure.is_empty() {
+            let until = Instant::now() + PUSHBACK_MAX;
+            for o in std::mem::take(&mut self.pressure) {
+                o.wait_for_space(until).await;
+            }
+            if let Some(end) = self.take_input(inbuf, wbuf, wpos, writer, peer).await {
+                return Some(end);
+            }
         }
-        let until = Instant::now() + PUSHBACK_MAX;
-        for o in std::mem::take(&mut self.pressure) {
-            o.wait_for_space(until).await;
-        }
+        None
     }
 
     /// Runs the packets waiting in `inbuf`. Returns how the connection ends
@@ -639,15 +659,6 @@ impl Session {
             self.shared.stats.publish_sent.fetch_add(1, Relaxed);
             self.shared.stats.messages_sent.fetch_add(1, Relaxed);
         }
-        if !all && self.inflight.len() >= max_inflight {
-            // The client does not acknowledge fast enough to take more:
-            // a slow reader, whatever its socket says.
-            let waiting =
-                !self.taken.is_empty() || !self.retained.is_empty() || !self.outbox.is_empty();
-            if waiting {
-                self.outbox.set_blocked(true);
-            }
-        }
         if self.taken.is_empty() && self.taken.capacity() > TAKE_BATCH {
             self.taken = VecDeque::new();
         }
@@ -673,7 +684,9 @@ impl Session {
     ) -> Result<Option<End>, DecodeError> {
         let mut end = None;
         let policy = self.shared.auth.policy();
-        while end.is_none() {
+        // Stop at the first publish that put pressure on a reader: the rest
+        // waits in `inbuf` for the pushback.
+        while end.is_none() && self.pressure.is_empty() {
             let meta = publish_meta(inbuf);
             let Some(p) = codec::decode(self.version, inbuf, max)? else {
                 break;
@@ -686,6 +699,7 @@ impl Session {
                 Packet::PubAck(ack, _) => {
                     if let Some(i) = self.inflight.iter().position(|(p, _)| *p == ack.pkid) {
                         self.inflight.remove(i);
+                        self.outbox.progressed();
                     }
                 }
                 Packet::PubRel(rel, _) => {

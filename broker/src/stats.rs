@@ -55,11 +55,17 @@ pub enum Reason {
     /// A retained publish over `max_retained_messages`/`max_retained_bytes`:
     /// delivered live, not retained.
     RetainedFull,
+    /// Refused: the client id belongs to a session of another user.
+    TakeoverOtherUser,
+    /// Refused: the client id was taken over too often lately.
+    TakeoverRate,
+    /// Refused: too many anonymous connections from one address.
+    MaxConnectionsPerIp,
 }
 
 impl Reason {
     /// Every reason, in counter order.
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 24] = [
         Reason::QueueFull,
         Reason::OfflineQos0,
         Reason::AclPublish,
@@ -81,6 +87,9 @@ impl Reason {
         Reason::TopicLimit,
         Reason::SessionExpired,
         Reason::RetainedFull,
+        Reason::TakeoverOtherUser,
+        Reason::TakeoverRate,
+        Reason::MaxConnectionsPerIp,
     ];
 
     /// Stable snake_case name used in metrics and `$SYS` topics.
@@ -107,6 +116,9 @@ impl Reason {
             Reason::TopicLimit => "topic_limit",
             Reason::SessionExpired => "session_expired",
             Reason::RetainedFull => "retained_full",
+            Reason::TakeoverOtherUser => "takeover_other_user",
+            Reason::TakeoverRate => "takeover_rate",
+            Reason::MaxConnectionsPerIp => "max_connections_per_ip",
         }
     }
 }

@@ -48,6 +48,18 @@ fn refusals_have_connack_codes() {
             0x02,
         ),
         ("empty id v3.1", connect(3, "", 60, true, None), 0x02),
+        // A client id the broker refuses, answered in each client's own
+        // version (a v3 CONNACK to a v5 client reads as a protocol error).
+        (
+            "id too long v3.1.1",
+            connect(4, &"i".repeat(300), 60, true, None),
+            0x02,
+        ),
+        (
+            "id too long v5",
+            connect(5, &"i".repeat(300), 60, true, None),
+            0x85,
+        ),
         (
             "keepalive above max, v3.1.1",
             connect(4, "k", 200, true, None),
@@ -79,7 +91,7 @@ fn anonymous_refused_with_no_anonymous() {
 
 #[test]
 fn server_busy_over_max_connections() {
-    let b = BrokerProc::start(&["--max-connections", "2"]);
+    let b = BrokerProc::start(&["--max-connections", "2", "--reserved-connections", "0"]);
     let (_a, _) = Raw::connect(b.mqtt(), 4, "a", None);
     let (_c, _) = Raw::connect(b.mqtt(), 4, "c", None);
     let mut r = Raw::open(b.mqtt());
@@ -135,4 +147,59 @@ fn v5_empty_client_id_gets_assigned_id() {
             .any(|w| w.starts_with(&[0x12]) && &w[3..] == b"aut"),
         "assigned id property: {body:?}"
     );
+}
+
+#[test]
+fn anonymous_readers_cannot_lock_out_publishers() {
+    let dir = tempfile::tempdir().unwrap();
+    // 3 connections, 1 of them (10%, at least 1) reserved for logged-in users.
+    let b = BrokerProc::with_users(
+        dir.path(),
+        &[("bridge", "secret")],
+        &["--max-connections", "3", "--max-keepalive", "60"],
+    );
+    // Idle keepalive-0 readers take what anonymous clients may have...
+    let (_a, ack) = Raw::connect(b.mqtt(), 4, "idle-a", None);
+    assert_eq!(ack[1], 0);
+    let (_b, ack) = Raw::connect(b.mqtt(), 4, "idle-b", None);
+    assert_eq!(ack[1], 0);
+    let (_c, ack) = Raw::connect(b.mqtt(), 4, "idle-c", None);
+    assert_eq!(ack[1], 0x03, "the third anonymous client finds no slot");
+    // ...and the bridge still gets in.
+    let (mut bridge, ack) = Raw::connect(b.mqtt(), 4, "bridge-1", Some(("bridge", "secret")));
+    assert_eq!(ack[1], 0, "the reserved slot is the bridge's");
+    bridge.send(&[0xc0, 0]);
+    assert_eq!(bridge.read().unwrap().0, 0xd0);
+    assert_eq!(b.dropped("max_connections"), 1);
+}
+
+#[test]
+fn connections_per_address_are_capped_for_anonymous_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BrokerProc::with_users(
+        dir.path(),
+        &[("bridge", "secret")],
+        &["--max-connections-per-ip", "2"],
+    );
+    let (_a, ack) = Raw::connect(b.mqtt(), 4, "a", None);
+    assert_eq!(ack[1], 0);
+    let (_b, ack) = Raw::connect(b.mqtt(), 5, "b", None);
+    assert_eq!(ack[1], 0);
+    let (_c, ack) = Raw::connect(b.mqtt(), 5, "c", None);
+    assert_eq!(ack[1], 0x89, "v5 server busy for the third from 127.0.0.1");
+    let (_d, ack) = Raw::connect(b.mqtt(), 4, "d", Some(("bridge", "secret")));
+    assert_eq!(ack[1], 0, "logged-in users are not capped per address");
+    assert_eq!(b.dropped("max_connections_per_ip"), 1);
+}
+
+#[test]
+fn max_keepalive_holds_v3_clients_that_ask_for_none() {
+    let b = BrokerProc::start(&["--max-keepalive", "1"]);
+    // keepalive 0 ("never") from a v3.1.1 client: accepted, but held to the
+    // cap: silent past 1.5 x 1 s, it is closed (bounded wait, no timing assertion).
+    let mut r = Raw::open(b.mqtt());
+    r.send(&connect(4, "never", 0, true, None));
+    assert_eq!(r.read().unwrap().1, vec![0, 0]);
+    assert!(r.read_until_closed().is_empty());
+    assert_eq!(b.dropped("keepalive_timeout"), 1);
 }

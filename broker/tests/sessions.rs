@@ -159,3 +159,46 @@ fn slow_subscriber_does_not_slow_others() {
     b.wait_metric("firehose_broker_dropped_total{reason=\"queue_full\"}", 1);
     drop(slow);
 }
+
+#[test]
+fn nobody_takes_over_another_users_session() {
+    let (b, _d) = broker(&[]);
+    // The bridge's client id is public (it is in its status topic).
+    let (mut bridge, ack) = Raw::connect(b.mqtt(), 4, "firehose-gerrit-host1", Some(BRIDGE));
+    assert_eq!(ack, vec![0, 0]);
+    for level in [4u8, 5] {
+        let (_, ack) = Raw::connect(b.mqtt(), level, "firehose-gerrit-host1", None);
+        let want = if level == 5 { 0x85 } else { 0x02 };
+        assert_eq!(ack[1], want, "anonymous takeover refused (level {level})");
+    }
+    assert_eq!(b.dropped("takeover_other_user"), 2);
+    // The bridge never noticed.
+    bridge.send(&[0xc0, 0]);
+    assert_eq!(bridge.read().expect("PINGRESP").0, 0xd0);
+    // The same user may take its own session over (a reconnecting bridge).
+    let (mut again, ack) = Raw::connect(b.mqtt(), 4, "firehose-gerrit-host1", Some(BRIDGE));
+    assert_eq!(ack, vec![0, 0]);
+    assert!(
+        bridge.read_until_closed().is_empty(),
+        "old connection closed"
+    );
+    again.send(&[0xc0, 0]);
+    assert_eq!(again.read().expect("PINGRESP").0, 0xd0);
+}
+
+#[test]
+fn two_clients_fighting_over_an_id_are_slowed_down() {
+    let (b, _d) = broker(&[]);
+    let mut refused = 0;
+    let mut conns = Vec::new();
+    for _ in 0..12 {
+        let (r, ack) = Raw::connect(b.mqtt(), 4, "contested", None);
+        if ack[1] == 0x02 {
+            refused += 1;
+        }
+        conns.push(r);
+    }
+    // Five takeovers in the window, then "identifier rejected".
+    assert_eq!(refused, 12 - 1 - 5, "takeovers beyond the rate are refused");
+    assert_eq!(b.dropped("takeover_rate"), refused);
+}

@@ -45,7 +45,7 @@ impl BrokerProc {
             "firehose-broker",
             Command::new(bin("firehose-broker"))
                 .args(args)
-                .env("FIREHOSE_LOG", "info,rumqttd=warn"),
+                .env("FIREHOSE_LOG", "info"),
         );
         let mut b = BrokerProc {
             proc_,

@@ -33,7 +33,8 @@ pub struct PublishArgs {
     /// CA certificate(s) (PEM) to check the broker's TLS certificate; default: the system's.
     #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
-    /// MQTT client id (default: firehose-<bridge>-<instance>).
+    /// MQTT client id (default: firehose-<bridge>-<instance>-<random>, so
+    /// nobody can guess it from the public status topic).
     #[arg(long, value_name = "ID")]
     pub client_id: Option<String>,
     /// Prefix for every event topic, e.g. "site1" gives site1/gerrit/...
@@ -208,10 +209,11 @@ impl PublishConfig {
             _ => None,
         };
         let instance = self.instance.clone().unwrap_or_else(hostname);
-        let client_id = self
-            .client_id
-            .clone()
-            .unwrap_or_else(|| format!("firehose-{bridge}-{instance}"));
+        let client_id = self.client_id.clone().unwrap_or_else(|| {
+            // The bridge's session is clean (the spool is its state), so
+            // a fresh random suffix per start costs nothing.
+            format!("firehose-{bridge}-{instance}-{:08x}", rand::random::<u32>())
+        });
         let dead_letter = self
             .dead_letter
             .clone()
