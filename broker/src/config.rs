@@ -28,18 +28,54 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// Listener addresses by kind.
+/// Listener addresses by kind. In the file as on the command line, an
+/// address is `IP:PORT`, `[IPv6]:PORT`, `HOST:PORT` (resolved once, at
+/// start) or `PORT`/`:PORT`, which means loopback (`127.0.0.1:PORT`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Listeners {
     /// Plain MQTT over TCP.
+    #[serde(deserialize_with = "listen_addrs")]
     pub mqtt: Vec<SocketAddr>,
     /// MQTT over TLS.
+    #[serde(deserialize_with = "listen_addrs")]
     pub mqtts: Vec<SocketAddr>,
     /// HTTP + MQTT over websockets (also serves /healthz and /metrics).
+    #[serde(deserialize_with = "listen_addrs")]
     pub ws: Vec<SocketAddr>,
     /// The same over TLS.
+    #[serde(deserialize_with = "listen_addrs")]
     pub wss: Vec<SocketAddr>,
+}
+
+/// Parses a listen address (see [`Listeners`]).
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let hint = "expected IP:PORT, [IPv6]:PORT, HOST:PORT or PORT (loopback), e.g. 127.0.0.1:1883 or 0.0.0.0:1883 for every interface";
+    let t = s.trim();
+    let port_only = t.strip_prefix(':').unwrap_or(t);
+    if let Ok(port) = port_only.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    if let Ok(a) = t.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if !t.contains(':') {
+        return Err(format!("invalid listen address {s:?}: no port; {hint}"));
+    }
+    use std::net::ToSocketAddrs;
+    match t.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("listen address {s:?} resolves to nothing; {hint}")),
+        Err(e) => Err(format!("invalid listen address {s:?} ({e}); {hint}")),
+    }
+}
+
+fn listen_addrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    let v: Vec<String> = Vec::deserialize(d)?;
+    v.iter()
+        .map(|s| parse_listen(s).map_err(serde::de::Error::custom))
+        .collect()
 }
 
 impl Listeners {
@@ -299,17 +335,17 @@ pub struct RunArgs {
     /// TOML config file; flags override it.
     #[arg(long, env = "FIREHOSE_BROKER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Plain MQTT listener (repeatable).
-    #[arg(long, value_name = "ADDR")]
+    /// Plain MQTT listener (repeatable); replaces the config file's. ADDR: IP:PORT, HOST:PORT, or PORT for loopback.
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
     pub mqtt: Vec<SocketAddr>,
-    /// MQTT over TLS listener (repeatable; needs --cert and --key).
-    #[arg(long, value_name = "ADDR")]
+    /// MQTT over TLS listener (repeatable; needs --cert and --key); replaces the config file's. ADDR: IP:PORT, HOST:PORT, or PORT for loopback.
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
     pub mqtts: Vec<SocketAddr>,
-    /// HTTP/websocket listener (repeatable): MQTT on /mqtt and /, plus /healthz and /metrics.
-    #[arg(long, value_name = "ADDR")]
+    /// HTTP/websocket listener (repeatable): MQTT on /mqtt and /, plus /healthz and /metrics; replaces the config file's. ADDR: IP:PORT, HOST:PORT, or PORT for loopback.
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
     pub ws: Vec<SocketAddr>,
-    /// HTTP/websocket listener over TLS (repeatable).
-    #[arg(long, value_name = "ADDR")]
+    /// HTTP/websocket listener over TLS (repeatable); replaces the config file's. ADDR: IP:PORT, HOST:PORT, or PORT for loopback.
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
     pub wss: Vec<SocketAddr>,
     /// Server certificate chain, PEM.
     #[arg(long, value_name = "FILE")]
@@ -363,6 +399,11 @@ pub struct RunArgs {
     /// Seconds between $SYS updates.
     #[arg(long, value_name = "SECONDS")]
     pub sys_interval: Option<u64>,
+    /// Log every client connect and disconnect at info (by default only a
+    /// summary per minute). FIREHOSE_LOG (an EnvFilter, e.g. "debug" or
+    /// "info,firehose_broker::session=debug") overrides all log settings.
+    #[arg(short, long)]
+    pub verbose: bool,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -378,10 +419,17 @@ impl RunArgs {
             Some(p) => Config::from_file(p)?,
             None => Config::default(),
         };
-        c.listeners.mqtt.extend(&self.mqtt);
-        c.listeners.mqtts.extend(&self.mqtts);
-        c.listeners.ws.extend(&self.ws);
-        c.listeners.wss.extend(&self.wss);
+        // A listener flag replaces that kind of listener from the file.
+        for (dst, src) in [
+            (&mut c.listeners.mqtt, &self.mqtt),
+            (&mut c.listeners.mqtts, &self.mqtts),
+            (&mut c.listeners.ws, &self.ws),
+            (&mut c.listeners.wss, &self.wss),
+        ] {
+            if !src.is_empty() {
+                dst.clone_from(src);
+            }
+        }
         let set = |dst: &mut Option<PathBuf>, src: &Option<PathBuf>| {
             if src.is_some() {
                 dst.clone_from(src);
@@ -461,6 +509,38 @@ mod tests {
         );
         let back: Config = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn listener_flags_replace_the_files_and_take_shorthands() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b.toml");
+        std::fs::write(
+            &p,
+            "[listeners]\nmqtt = [\"127.0.0.1:1\"]\nws = [\":8081\"]\n",
+        )
+        .unwrap();
+        let a = RunArgs {
+            config: Some(p),
+            mqtt: vec![parse_listen("1884").unwrap()],
+            ..Default::default()
+        };
+        let c = a.to_config().unwrap();
+        assert_eq!(c.listeners.mqtt, vec!["127.0.0.1:1884".parse().unwrap()]);
+        assert_eq!(c.listeners.ws, vec!["127.0.0.1:8081".parse().unwrap()]);
+        assert_eq!(
+            parse_listen("localhost:1883").unwrap().port(),
+            1883,
+            "host names resolve"
+        );
+        assert_eq!(
+            parse_listen("[::1]:1883").unwrap(),
+            "[::1]:1883".parse().unwrap()
+        );
+        for bad in ["localhost", "1.2.3.4:x", "99999"] {
+            let e = parse_listen(bad).unwrap_err();
+            assert!(e.contains("e.g. 127.0.0.1:1883"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -256,7 +256,7 @@ pub async fn serve(io: BoxIo, peer: SocketAddr, slot: SocketSlot, shared: Arc<Sh
                 }
             };
             shared.stats.count(reason);
-            tracing::warn!(%peer, client_id = %info.client_id, user = ?who_log, reason = reason.name(), "login refused");
+            tracing::warn!(%peer, client_id = %crate::stats::short(&info.client_id), user = %crate::stats::who(who_log.as_deref()), reason = reason.name(), "login refused");
             refuse(&mut writer, v, code, &shared).await;
             return;
         }
@@ -269,7 +269,7 @@ pub async fn serve(io: BoxIo, peer: SocketAddr, slot: SocketSlot, shared: Arc<Sh
             .filter(|t| topic::validate_name(t, shared.cfg.topic_limits()).is_ok());
         let Some(t) = ok_topic else {
             shared.stats.count(Reason::Malformed);
-            tracing::info!(%peer, client_id = %info.client_id, "will topic invalid; closing");
+            tracing::info!(%peer, client_id = %crate::stats::short(&info.client_id), "will topic invalid; closing");
             return;
         };
         let who = Who {
@@ -278,7 +278,7 @@ pub async fn serve(io: BoxIo, peer: SocketAddr, slot: SocketSlot, shared: Arc<Sh
         };
         if !policy.may_write(who, t) {
             shared.stats.count(Reason::AclWill);
-            tracing::warn!(%peer, client_id = %info.client_id, will_topic = t, "will on a topic the client may not write; refused");
+            tracing::warn!(%peer, client_id = %crate::stats::short(&info.client_id), will_topic = t, "will on a topic the client may not write; refused");
             refuse(&mut writer, v, Refusal::NotAuthorized, &shared).await;
             return;
         }
@@ -312,7 +312,7 @@ pub async fn serve(io: BoxIo, peer: SocketAddr, slot: SocketSlot, shared: Arc<Sh
             shared.stats.count(reason);
             let n = shared.stats.dropped(reason);
             if n.is_power_of_two() {
-                tracing::warn!(%peer, client_id = %crate::stats::short(&info.client_id), user = ?user, reason = reason.name(), refused = n, "takeover refused");
+                tracing::warn!(%peer, client_id = %crate::stats::short(&info.client_id), user = %crate::stats::who(user.as_deref()), reason = reason.name(), refused = n, "takeover refused");
             }
             refuse(&mut writer, v, Refusal::BadClientId, &shared).await;
             return;

@@ -11,20 +11,11 @@ use firehose_broker::config::{Args, Command};
 use firehose_broker::Broker;
 
 fn main() -> ExitCode {
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
-    use tracing_subscriber::Layer as _;
-    let log_filter = tracing_subscriber::EnvFilter::try_from_env("FIREHOSE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_ansi(std::io::stderr().is_terminal())
-                .with_writer(std::io::stderr)
-                .with_filter(log_filter),
-        )
-        .init();
     let args = Args::parse();
+    if let Err(e) = init_logging(args.run.verbose) {
+        eprintln!("firehose-broker: {e:#}");
+        return ExitCode::from(2);
+    }
     let res = match args.command {
         Some(Command::Passwd { file, user }) => set_password(&file, &user),
         None => run(args.run),
@@ -36,6 +27,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs to stderr. `FIREHOSE_LOG` (an EnvFilter) decides what, and one
+/// that does not parse is an error, not silently ignored. By default: info,
+/// without each client's connect/disconnect (`--verbose` adds them) and
+/// without rustls' per-handshake warnings (clients that connect by IP
+/// address send no server name; that is not worth a line each).
+fn init_logging(verbose: bool) -> Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("FIREHOSE_LOG") {
+        Ok(spec) => EnvFilter::try_new(&spec)
+            .with_context(|| format!("FIREHOSE_LOG={spec:?} is not a valid log filter (e.g. FIREHOSE_LOG=debug or info,firehose_broker::session=debug)"))?,
+        Err(_) if verbose => EnvFilter::new("info,rustls=error"),
+        Err(_) => EnvFilter::new(format!("info,rustls=error,{}=warn", firehose_broker::stats::CLIENTS)),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    Ok(())
 }
 
 fn set_password(file: &std::path::Path, user: &str) -> Result<()> {

@@ -162,6 +162,7 @@ impl Broker {
             tasks.spawn(accept_loop(kind, listener, tls.clone(), shared.clone()));
         }
         tasks.spawn(sys_loop(shared.clone()));
+        tasks.spawn(client_summary(shared.clone()));
         publish_sys(&shared);
         let p = shared.auth.policy();
         tracing::info!(
@@ -337,6 +338,32 @@ async fn sys_loop(shared: Arc<Shared>) {
         if trim.after_tick(s.sessions.load(Relaxed), s.publish_sent.load(Relaxed)) {
             release_free_memory();
         }
+    }
+}
+
+/// Once a minute, at info: how many clients came and went. Each connect
+/// and disconnect is logged only with `--verbose` (target [`crate::stats::CLIENTS`]).
+async fn client_summary(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let s = &shared.stats;
+    let (mut came, mut left) = (0, 0);
+    loop {
+        tick.tick().await;
+        let (c, l) = (
+            s.client_connects.load(Relaxed),
+            s.client_disconnects.load(Relaxed),
+        );
+        if (c, l) != (came, left) {
+            tracing::info!(
+                connected = s.clients_connected.load(Relaxed),
+                came = c - came,
+                left = l - left,
+                "clients in the last minute"
+            );
+        }
+        (came, left) = (c, l);
     }
 }
 

@@ -322,9 +322,10 @@ impl Session {
         let outbox = self.outbox.clone();
         let stats = &shared.stats;
         stats.clients_connected.fetch_add(1, Relaxed);
+        stats.client_connects.fetch_add(1, Relaxed);
         outbox.set_blocked(false);
         outbox.set_online(true);
-        tracing::info!(client_id = %self.client_id, %peer, version = self.version.as_str(), user = ?self.user, session_present = present, "client connected");
+        tracing::info!(target: crate::stats::CLIENTS, client_id = %crate::stats::short(&self.client_id), %peer, version = self.version.as_str(), user = %crate::stats::who(self.user.as_deref()), session_present = present, "client connected");
         if present {
             let v5 = self.version == Version::V5;
             for (pkid, d) in self.inflight.iter() {
@@ -396,7 +397,7 @@ impl Session {
                     }
                     next = mailbox.recv() => {
                         if let Some(next) = next {
-                            tracing::info!(client_id = %self.client_id, old = %peer, new = %next.peer, "session taken over");
+                            tracing::info!(client_id = %crate::stats::short(&self.client_id), old = %peer, new = %next.peer, "session taken over");
                             let bye = self.disconnect_packet(DisconnectReasonCode::SessionTakenOver);
                             Box::pin(last_write(&mut writer, &[], &bye)).await;
                             break End::Takeover(next);
@@ -427,7 +428,7 @@ impl Session {
                                 }
                             }
                             Err(e) => {
-                                tracing::debug!(client_id = %self.client_id, %peer, error = %e, "read failed");
+                                tracing::debug!(client_id = %crate::stats::short(&self.client_id), %peer, error = %e, "read failed");
                                 break End::Closed { will: true };
                             }
                         }
@@ -451,7 +452,7 @@ impl Session {
                     }
                     _ = &mut deadline, if ka.is_some() => {
                         stats.count(Reason::KeepaliveTimeout);
-                        tracing::info!(client_id = %self.client_id, %peer, keep_alive, "keepalive expired; closing");
+                        tracing::info!(client_id = %crate::stats::short(&self.client_id), %peer, keep_alive, "keepalive expired; closing");
                         break End::Closed { will: true };
                     }
                     r = sys_rx.changed(), if !self.sys_subs.is_empty() => {
@@ -465,9 +466,10 @@ impl Session {
         };
         let _ = writer.shutdown().await;
         stats.clients_connected.fetch_sub(1, Relaxed);
+        stats.client_disconnects.fetch_add(1, Relaxed);
         outbox.set_online(false);
         self.pressure.clear();
-        tracing::info!(client_id = %self.client_id, %peer, reason = match &end { End::Takeover(_) => "takeover", End::Closed { will: true } => "connection lost", End::Closed { will: false } => "disconnect", End::Shutdown => "shutdown" }, "client disconnected");
+        tracing::info!(target: crate::stats::CLIENTS, client_id = %crate::stats::short(&self.client_id), %peer, reason = match &end { End::Takeover(_) => "takeover", End::Closed { will: true } => "connection lost", End::Closed { will: false } => "disconnect", End::Shutdown => "shutdown" }, "client disconnected");
         end
     }
 
@@ -525,7 +527,7 @@ impl Session {
                     _ => (Reason::Malformed, DisconnectReasonCode::MalformedPacket),
                 };
                 self.shared.stats.count(reason);
-                tracing::warn!(client_id = %self.client_id, %peer, error = %e, reason = e.label(), "closing connection: bad packet");
+                tracing::warn!(client_id = %crate::stats::short(&self.client_id), %peer, error = %e, reason = e.label(), "closing connection: bad packet");
                 let bye = self.disconnect_packet(code);
                 Box::pin(last_write(writer, &wbuf[wpos..], &bye)).await;
                 Some(End::Closed { will: true })
@@ -565,7 +567,7 @@ impl Session {
                 p = mailbox.recv() => return p,
                 _ = &mut end => {
                     self.shared.stats.count(Reason::SessionExpired);
-                    tracing::info!(client_id = %self.client_id, "persistent session expired");
+                    tracing::info!(client_id = %crate::stats::short(&self.client_id), "persistent session expired");
                     if will_pending {
                         self.publish_will();
                     }
@@ -762,7 +764,7 @@ impl Session {
             }
             Err(e) => {
                 self.shared.stats.count(Reason::Malformed);
-                tracing::error!(client_id = %self.client_id, error = %e, "cannot encode a reply");
+                tracing::error!(client_id = %crate::stats::short(&self.client_id), error = %e, "cannot encode a reply");
             }
         }
     }
@@ -803,7 +805,7 @@ impl Session {
             self.shared.stats.count(reason);
             self.denied_logged += 1;
             if self.denied_logged.is_power_of_two() {
-                tracing::warn!(client_id = %crate::stats::short(&self.client_id), user = ?self.user, topic = crate::stats::short(topic_str), reason = reason.name(), denied = self.denied_logged, "publish dropped");
+                tracing::warn!(client_id = %crate::stats::short(&self.client_id), user = %crate::stats::who(self.user.as_deref()), topic = %crate::stats::short(topic_str), reason = reason.name(), denied = self.denied_logged, "publish dropped");
             }
             let (ack, rec) = match (v5, reason) {
                 (false, _) => (PubAckReason::Success, PubRecReason::Success),
@@ -897,7 +899,7 @@ impl Session {
                 }
             } else if !policy.may_subscribe(self.who(), &f.path) {
                 self.shared.stats.count(Reason::AclSubscribe);
-                tracing::info!(client_id = %crate::stats::short(&self.client_id), user = ?self.user, filter = crate::stats::short(&f.path), "subscription denied");
+                tracing::info!(client_id = %crate::stats::short(&self.client_id), user = %crate::stats::who(self.user.as_deref()), filter = %crate::stats::short(&f.path), "subscription denied");
                 if v5 {
                     SubscribeReasonCode::NotAuthorized
                 } else {
@@ -932,7 +934,7 @@ impl Session {
                 match self.shared.router.subscribe(&f.path, entry) {
                     Err(SubscribeError::TableFull) => {
                         self.shared.stats.count(Reason::FilterTableFull);
-                        tracing::warn!(client_id = %crate::stats::short(&self.client_id), filter = crate::stats::short(&f.path), "filter table full (max_filters); subscription refused");
+                        tracing::warn!(client_id = %crate::stats::short(&self.client_id), filter = %crate::stats::short(&f.path), "filter table full (max_filters); subscription refused");
                         if v5 {
                             SubscribeReasonCode::QuotaExceeded
                         } else {
@@ -1042,7 +1044,7 @@ impl Session {
             self.shared.stats.count(Reason::AclWill);
             return;
         }
-        tracing::info!(client_id = %crate::stats::short(&self.client_id), topic = crate::stats::short(topic), "publishing will");
+        tracing::info!(client_id = %crate::stats::short(&self.client_id), topic = %crate::stats::short(topic), "publishing will");
         let policy = self.shared.auth.policy();
         // Nobody reads from a closed session: no pushback here.
         self.shared.router.publish(&will, &policy, &mut Vec::new());

@@ -130,6 +130,9 @@ pub struct Stats {
     pub clients_connected: AtomicI64,
     pub sessions: AtomicI64,
     pub connections_total: AtomicU64,
+    /// Clients that completed CONNECT, and that left (for the log summary).
+    pub client_connects: AtomicU64,
+    pub client_disconnects: AtomicU64,
     pub messages_received: AtomicU64,
     pub messages_sent: AtomicU64,
     pub publish_received: AtomicU64,
@@ -150,6 +153,8 @@ impl Default for Stats {
             clients_connected: AtomicI64::new(0),
             sessions: AtomicI64::new(0),
             connections_total: AtomicU64::new(0),
+            client_connects: AtomicU64::new(0),
+            client_disconnects: AtomicU64::new(0),
             messages_received: AtomicU64::new(0),
             messages_sent: AtomicU64::new(0),
             publish_received: AtomicU64::new(0),
@@ -343,6 +348,16 @@ impl Stats {
         }
         s
     }
+}
+
+/// Log target of the per-client "connected"/"disconnected" lines. The
+/// binary shows it only with `--verbose` (mosquitto's habit); otherwise a
+/// summary per minute says how many came and went.
+pub const CLIENTS: &str = "firehose_broker::clients";
+
+/// A user name for a log field: the name, or `-` for anonymous clients.
+pub fn who(user: Option<&str>) -> &str {
+    user.map_or("-", short)
 }
 
 /// `s` cut to at most 120 bytes (on a character boundary) for a log line:

@@ -99,7 +99,9 @@ async fn publish_load(b: &BrokerProc, publishers: usize, n: u64, q: u8, size: us
             // Everything queued in the client goes out before its
             // DISCONNECT, which is the last thing it sends.
             let c = sender.await.unwrap();
-            c.disconnect().await.unwrap();
+            // The client's queue may still be full: ask for the DISCONNECT
+            // from another task while this one keeps the client going.
+            tokio::spawn(async move { c.disconnect().await });
             loop {
                 match tokio::time::timeout_at(until.into(), ev.poll()).await {
                     Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) => break,

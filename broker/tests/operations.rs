@@ -190,3 +190,108 @@ fn sigterm_delivers_what_was_queued_first() {
     assert_eq!(seen.last().map(|p| (p.0, p.1[0])), Some((0xe0, 0x8b)));
     assert!(b.wait_exit().success());
 }
+
+#[test]
+fn a_log_filter_that_does_not_parse_is_an_error() {
+    let out = run(bin()
+        .env("FIREHOSE_LOG", "info,firehose_broker=loud")
+        .args(["--mqtt", "127.0.0.1:0", "--check-config"]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("FIREHOSE_LOG") && err.contains("e.g."),
+        "{err}"
+    );
+}
+
+/// Connects one client, stops the broker, and returns its log.
+fn log_of_one_client(verbose: bool) -> Proc {
+    let mut cmd = bin();
+    cmd.env_remove("FIREHOSE_LOG")
+        .args(["--mqtt", "127.0.0.1:0", "--ws", "127.0.0.1:0"]);
+    if verbose {
+        cmd.arg("--verbose");
+    }
+    let p = Proc::spawn("firehose-broker", &mut cmd);
+    p.wait_log("listening listener=\"mqtt\"");
+    let line = p
+        .logs()
+        .lines()
+        .find(|l| l.contains("listener=\"mqtt\""))
+        .map(str::to_owned)
+        .unwrap();
+    let addr: std::net::SocketAddr = line.rsplit("addr=").next().unwrap().trim().parse().unwrap();
+    let (r, ack) = Raw::connect(addr, 4, "quiet-or-not", None);
+    assert_eq!(ack, vec![0, 0]);
+    drop(r);
+    p.signal("TERM");
+    p.wait_log("shutdown complete");
+    p
+}
+
+#[test]
+fn each_client_is_logged_only_with_verbose() {
+    assert_eq!(log_of_one_client(false).count_log("client connected"), 0);
+    assert_eq!(log_of_one_client(true).count_log("client connected"), 1);
+}
+
+/// Keys of a TOML text as `table.key`, including keys shown commented
+/// (`# key = value`) for settings that have no default.
+fn sample_keys(text: &str) -> std::collections::BTreeSet<String> {
+    let mut table = String::new();
+    let mut keys = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let l = line.trim();
+        if let Some(t) = l.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+            table = t.to_owned();
+            continue;
+        }
+        let l = l.strip_prefix('#').map(str::trim).unwrap_or(l);
+        let Some((k, _)) = l.split_once(" = ") else {
+            continue;
+        };
+        if k.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            keys.insert(if table.is_empty() {
+                k.to_owned()
+            } else {
+                format!("{table}.{k}")
+            });
+        }
+    }
+    keys
+}
+
+#[test]
+fn sample_config_has_every_key_and_only_known_ones() {
+    // Every key the broker knows: the effective config with every optional
+    // setting given, as --print-config prints it.
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full.toml");
+    std::fs::write(
+        &full,
+        "[tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"a\"\n\
+         [auth]\npassword_file = \"p\"\nacl_file = \"a\"\n\
+         [limits]\nreserved_connections = 5\n",
+    )
+    .unwrap();
+    let out = run(bin().args(["--config", full.to_str().unwrap(), "--print-config"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let known = sample_keys(&String::from_utf8_lossy(&out.stdout));
+    let sample = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/broker.toml"
+    ))
+    .unwrap();
+    let shown = sample_keys(&sample);
+    let missing: Vec<_> = known.difference(&shown).collect();
+    let unknown: Vec<_> = shown.difference(&known).collect();
+    assert!(missing.is_empty(), "deploy/broker.toml lacks {missing:?}");
+    assert!(
+        unknown.is_empty(),
+        "deploy/broker.toml has unknown keys {unknown:?}"
+    );
+}

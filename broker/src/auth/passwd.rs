@@ -32,8 +32,13 @@ pub enum PasswdError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("password file {path} is readable by group or others (mode {mode:o}); fix it with: chmod 0600 {path}")]
-    UnsafePermissions { path: PathBuf, mode: u32 },
+    #[error("password file {path} is open to others (mode {mode:o}, owner uid {uid} gid {gid}); fix it with: chmod 0600 {path} (a service that runs as its own user may read a root-owned file through its group: chown root:<service group> {path} && chmod 0640 {path})")]
+    UnsafePermissions {
+        path: PathBuf,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
     #[error("{path}:{line}: {reason}")]
     Syntax {
         path: PathBuf,
@@ -254,18 +259,27 @@ impl PasswordFile {
     }
 }
 
-/// Refuses a secrets file that group or others may read.
+/// Refuses a secrets file that others may read, or that its group may
+/// write. Group-readable (0640) is accepted when root or this process owns
+/// the file: that is how a service user (`User=firehose` under systemd)
+/// reads a file an operator keeps as `root:firehose 0640`.
 pub fn check_private(path: &Path) -> Result<(), PasswdError> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).map_err(|source| PasswdError::Read {
         path: path.to_owned(),
         source,
     })?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    let mode = meta.mode() & 0o777;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let trusted_owner = meta.uid() == 0 || meta.uid() == me;
+    let group_read_ok = mode & 0o040 == 0 || trusted_owner;
+    if mode & 0o027 != 0 || !group_read_ok {
         return Err(PasswdError::UnsafePermissions {
             path: path.to_owned(),
             mode,
+            uid: meta.uid(),
+            gid: meta.gid(),
         });
     }
     Ok(())
@@ -274,6 +288,33 @@ pub fn check_private(path: &Path) -> Result<(), PasswdError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_file_modes() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("passwd");
+        std::fs::write(&p, "").unwrap();
+        for (mode, ok) in [
+            (0o600, true),
+            (0o400, true),
+            (0o640, true),
+            (0o660, false),
+            (0o644, false),
+            (0o604, false),
+        ] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let r = check_private(&p);
+            assert_eq!(r.is_ok(), ok, "mode {mode:o}: {r:?}");
+            if let Err(e) = r {
+                let e = e.to_string();
+                assert!(
+                    e.contains("chmod 0600") && e.contains("chmod 0640") && e.contains("uid"),
+                    "{e}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn mosquitto_7_hash() {

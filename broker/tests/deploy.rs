@@ -1,0 +1,53 @@
+//! The systemd units in `deploy/` pass `systemd-analyze verify` and rate
+//! "OK" (exposure at most 2.0) in `systemd-analyze security`, checked
+//! offline on copies whose `ExecStart` points at the binaries just built.
+//! These units are the whole suite's; the test lives with the broker's.
+
+use std::path::Path;
+use std::process::Command;
+
+use firehose_testkit::*;
+
+const UNITS: [(&str, &str); 3] = [
+    ("firehose-broker.service", "firehose-broker"),
+    ("firehose-gerrit.service", "firehose-gerrit"),
+    ("firehose-nova.service", "firehose-nova"),
+];
+
+#[test]
+fn units_verify_and_rate_ok_in_systemd_analyze_security() {
+    let analyze = require("systemd-analyze", "systemd");
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let dir = tempfile::tempdir().unwrap();
+    for (unit, binary) in UNITS {
+        let text = std::fs::read_to_string(deploy.join(unit)).unwrap();
+        let from = format!("/usr/local/bin/{binary}");
+        assert!(text.contains(&from), "{unit} runs {from}");
+        let copy = dir.path().join(unit);
+        let built = bin(binary);
+        std::fs::write(&copy, text.replace(&from, &built.to_string_lossy())).unwrap();
+
+        let out = run(Command::new(&analyze)
+            .args(["verify", "--man=no"])
+            .arg(&copy));
+        let err = String::from_utf8_lossy(&out.stderr);
+        // `verify` also looks at units named in After=/Wants= that this
+        // machine does not have; only complaints about our unit count.
+        let ours: Vec<&str> = err.lines().filter(|l| l.contains(unit)).collect();
+        assert!(ours.is_empty(), "systemd-analyze verify {unit}:\n{err}");
+
+        let out = run(Command::new(&analyze)
+            .args(["security", "--offline=true", "--threshold=20", "--no-pager"])
+            .arg(&copy));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let level = text
+            .lines()
+            .find_map(|l| l.split("Overall exposure level for ").nth(1))
+            .unwrap_or_else(|| panic!("no exposure level for {unit}:\n{text}"));
+        assert!(
+            level.contains(" OK"),
+            "{unit} must rate OK (exposure at most 2.0): {level}\n{text}"
+        );
+        assert!(out.status.success(), "{unit}: exposure above 2.0\n{text}");
+    }
+}
