@@ -140,6 +140,12 @@ pub struct Limits {
     pub max_queued_messages: usize,
     /// Bytes kept per client while it is slow or offline (oldest dropped).
     pub max_queued_bytes: usize,
+    /// Bytes queued for all sessions together; over it the oldest messages
+    /// of the largest offline queue are dropped (counted).
+    pub max_queued_bytes_total: usize,
+    /// Persistent sessions anonymous clients may hold at once; beyond it an
+    /// anonymous client asking for one gets a clean session (counted).
+    pub max_anonymous_persistent_sessions: usize,
     /// QoS 1 messages sent to a client and not yet acknowledged.
     pub max_inflight_messages: u16,
     /// Distinct subscription filters held at once (a filter is freed when
@@ -150,7 +156,9 @@ pub struct Limits {
     pub max_retained_messages: usize,
     /// Bytes (topic + payload) of retained messages held at once.
     pub max_retained_bytes: usize,
-    /// Seconds a v3 persistent session is kept after its client left.
+    /// Seconds a v3 persistent session is kept after its client left; also
+    /// the longest session expiry an anonymous v5 client gets (mosquitto's
+    /// `persistent_client_expiration`).
     pub persistent_client_expiration_secs: u64,
 }
 
@@ -168,6 +176,8 @@ impl Default for Limits {
             handshake_timeout_secs: 10,
             max_queued_messages: 1000,
             max_queued_bytes: 16 * 1024 * 1024,
+            max_queued_bytes_total: 1024 * 1024 * 1024,
+            max_anonymous_persistent_sessions: 1000,
             max_inflight_messages: 20,
             max_filters: 100_000,
             max_retained_messages: 100_000,
@@ -389,6 +399,17 @@ pub struct RunArgs {
     /// oldest are dropped [default: 16777216].
     #[arg(long, value_name = "BYTES")]
     pub max_queued_bytes: Option<usize>,
+    /// Bytes queued for all sessions together; over it the oldest messages of
+    /// the largest offline queue go first [default: 1073741824].
+    #[arg(long, value_name = "BYTES")]
+    pub max_queued_bytes_total: Option<usize>,
+    /// Seconds a persistent session is kept after its client left (v3), and
+    /// the longest any anonymous client's session lasts [default: 86400].
+    #[arg(long, value_name = "SECONDS")]
+    pub persistent_client_expiration: Option<u64>,
+    /// Persistent sessions anonymous clients may hold at once [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub max_anonymous_persistent_sessions: Option<usize>,
     /// Retained messages kept; a retained publish over it is delivered but
     /// not retained, and counted as retained_full [default: 100000].
     #[arg(long, value_name = "N")]
@@ -463,6 +484,15 @@ impl RunArgs {
         }
         if let Some(v) = self.max_queued_bytes {
             c.limits.max_queued_bytes = v;
+        }
+        if let Some(v) = self.max_queued_bytes_total {
+            c.limits.max_queued_bytes_total = v;
+        }
+        if let Some(v) = self.persistent_client_expiration {
+            c.limits.persistent_client_expiration_secs = v;
+        }
+        if let Some(v) = self.max_anonymous_persistent_sessions {
+            c.limits.max_anonymous_persistent_sessions = v;
         }
         if let Some(v) = self.max_retained_messages {
             c.limits.max_retained_messages = v;

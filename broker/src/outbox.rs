@@ -73,6 +73,74 @@ struct State {
     reader: Reader,
 }
 
+/// The broker-wide budget for queued bytes (`max_queued_bytes_total`).
+///
+/// Offline persistent sessions can each hold up to `max_queued_bytes`; with
+/// many of them that adds up. Payloads are shared between queues, but the
+/// budget counts each queue's view (topic + payload per queued message), so
+/// it bounds what readers may be owed. Over it, the oldest messages of the
+/// largest *offline* queue go first, each counted (`queued_bytes_total`),
+/// until the total is back under nine tenths of the budget.
+#[derive(Debug)]
+pub struct Budget {
+    max: usize,
+    offline: Mutex<std::collections::HashMap<u64, std::sync::Weak<Outbox>>>,
+    stats: Arc<Stats>,
+}
+
+impl Budget {
+    pub fn new(max: usize, stats: Arc<Stats>) -> Arc<Budget> {
+        Arc::new(Budget {
+            max,
+            offline: Mutex::new(Default::default()),
+            stats,
+        })
+    }
+
+    fn add(&self, n: usize) -> bool {
+        let total = self.stats.queued_bytes.fetch_add(n as i64, Relaxed) + n as i64;
+        total > self.max as i64
+    }
+
+    fn sub(&self, n: usize) {
+        if n > 0 {
+            self.stats.queued_bytes.fetch_sub(n as i64, Relaxed);
+        }
+    }
+
+    fn offline(&self) -> MutexGuard<'_, std::collections::HashMap<u64, std::sync::Weak<Outbox>>> {
+        self.offline.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A persistent session's client left: its queue may be cut for the budget.
+    pub fn park(&self, o: &Arc<Outbox>) {
+        self.offline().insert(o.key, Arc::downgrade(o));
+    }
+
+    /// The client is back, or the session ended.
+    pub fn unpark(&self, key: u64) {
+        self.offline().remove(&key);
+    }
+
+    fn evict(&self) {
+        let target = (self.max / 10 * 9) as i64;
+        let offline: Vec<Arc<Outbox>> = self
+            .offline()
+            .values()
+            .filter_map(|w| w.upgrade())
+            .collect();
+        while self.stats.queued_bytes.load(Relaxed) > target {
+            let Some(largest) = offline.iter().max_by_key(|o| o.bytes()) else {
+                return;
+            };
+            if !largest.drop_oldest() {
+                return;
+            }
+            self.stats.count(Reason::QueuedBytesTotal);
+        }
+    }
+}
+
 /// The queue, its limits and its wake-ups.
 #[derive(Debug)]
 pub struct Outbox {
@@ -90,6 +158,7 @@ pub struct Outbox {
     max_messages: usize,
     max_bytes: usize,
     stats: Arc<Stats>,
+    budget: Arc<Budget>,
 }
 
 /// Outcome of [`Outbox::push`].
@@ -105,7 +174,8 @@ pub enum Pushed {
 
 impl Outbox {
     /// An empty queue. Nothing is allocated until something is queued.
-    pub fn new(key: u64, max_messages: usize, max_bytes: usize, stats: Arc<Stats>) -> Outbox {
+    pub fn new(key: u64, max_messages: usize, max_bytes: usize, budget: Arc<Budget>) -> Outbox {
+        let stats = budget.stats.clone();
         Outbox {
             key,
             state: Mutex::new(State::default()),
@@ -116,7 +186,26 @@ impl Outbox {
             max_messages,
             max_bytes,
             stats,
+            budget,
         }
+    }
+
+    /// Bytes queued.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// Drops the oldest queued message (for the global budget). False when empty.
+    fn drop_oldest(&self) -> bool {
+        let mut s = self.lock();
+        let Some(old) = s.items.pop_front() else {
+            return false;
+        };
+        let w = old.msg.weight();
+        s.bytes -= w;
+        drop(s);
+        self.budget.sub(w);
+        true
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -187,11 +276,13 @@ impl Outbox {
             return Pushed::Dropped;
         }
         let w = d.msg.weight();
+        let mut freed = 0;
         while !s.items.is_empty()
             && (s.items.len() >= self.max_messages || s.bytes + w > self.max_bytes)
         {
             if let Some(old) = s.items.pop_front() {
                 s.bytes -= old.msg.weight();
+                freed += old.msg.weight();
                 self.stats.count(Reason::QueueFull);
             }
         }
@@ -204,6 +295,10 @@ impl Outbox {
         }
         let pressure = s.online && !s.blocked && self.high(&s) && !self.stalled();
         drop(s);
+        self.budget.sub(freed);
+        if self.budget.add(w) {
+            self.budget.evict();
+        }
         if first || pressure {
             self.ready.notify_one();
         }
@@ -224,6 +319,7 @@ impl Outbox {
     /// taking it) at a QoS >= 1 delivery when `qos_room` is zero; each QoS
     /// >= 1 delivery taken uses one unit of `qos_room`.
     pub fn take(&self, into: &mut VecDeque<Delivery>, max: usize, mut qos_room: usize) {
+        let mut taken = 0;
         let mut s = self.lock();
         for _ in 0..max {
             let Some(front) = s.items.front() else { break };
@@ -235,6 +331,7 @@ impl Outbox {
             }
             let Some(d) = s.items.pop_front() else { break };
             s.bytes -= d.msg.weight();
+            taken += d.msg.weight();
             into.push_back(d);
         }
         if s.items.is_empty() && s.items.capacity() > 64 {
@@ -242,6 +339,7 @@ impl Outbox {
         }
         let low = self.low(&s);
         drop(s);
+        self.budget.sub(taken);
         if low {
             self.wake_publishers();
         }
@@ -262,8 +360,10 @@ impl Outbox {
         let mut s = self.lock();
         let n = s.items.len();
         s.items = VecDeque::new();
-        s.bytes = 0;
+        let bytes = std::mem::take(&mut s.bytes);
         drop(s);
+        self.budget.sub(bytes);
+        self.budget.unpark(self.key);
         self.wake_publishers();
         n
     }
@@ -323,7 +423,8 @@ mod tests {
     }
 
     fn outbox(max: usize) -> Outbox {
-        let o = Outbox::new(1, max, 1 << 20, Arc::new(Stats::default()));
+        let budget = Budget::new(usize::MAX / 2, Arc::new(Stats::default()));
+        let o = Outbox::new(1, max, 1 << 20, budget);
         o.set_reader(Reader {
             reads_everything: true,
             ..Default::default()
@@ -370,6 +471,50 @@ mod tests {
             o.push(d(0), &p),
             Pushed::Queued,
             "a slow reader never holds publishers"
+        );
+    }
+
+    #[test]
+    fn the_global_budget_cuts_the_largest_offline_queue_first() {
+        let stats = Arc::new(Stats::default());
+        // Each message weighs 10 bytes ("t" + 9); budget 100 bytes.
+        let budget = Budget::new(100, stats.clone());
+        let mk = |key| Arc::new(Outbox::new(key, 1000, 1 << 20, budget.clone()));
+        let (small, large, live) = (mk(1), mk(2), mk(3));
+        for o in [&small, &large, &live] {
+            o.set_reader(Reader {
+                reads_everything: true,
+                ..Default::default()
+            });
+        }
+        live.set_online(true);
+        budget.park(&small);
+        budget.park(&large);
+        let p = policy();
+        for _ in 0..2 {
+            small.push(d(1), &p);
+        }
+        for _ in 0..6 {
+            large.push(d(1), &p);
+        }
+        assert_eq!(stats.queued_bytes.load(Relaxed), 80);
+        for _ in 0..4 {
+            live.push(d(0), &p);
+        }
+        // The third live push makes 110 > 100: the large offline queue goes
+        // down to 90; the fourth brings the total to the budget again.
+        assert_eq!(stats.queued_bytes.load(Relaxed), 100);
+        assert_eq!((small.len(), live.len()), (2, 4), "others untouched");
+        assert_eq!(large.len(), 4);
+        assert_eq!(stats.dropped(Reason::QueuedBytesTotal), 2);
+        let mut got = VecDeque::new();
+        live.take(&mut got, 10, 10);
+        large.clear();
+        small.clear();
+        assert_eq!(
+            stats.queued_bytes.load(Relaxed),
+            0,
+            "every byte accounted for"
         );
     }
 

@@ -609,7 +609,8 @@ mod tests {
     }
 
     fn outbox(key: u64) -> Arc<Outbox> {
-        let o = Outbox::new(key, 100, 1 << 20, Arc::new(Stats::default()));
+        let budget = crate::outbox::Budget::new(usize::MAX / 2, Arc::new(Stats::default()));
+        let o = Outbox::new(key, 100, 1 << 20, budget);
         o.set_reader(Reader {
             reads_everything: true,
             ..Default::default()

@@ -17,6 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::{Auth, AuthError};
 use crate::config::Config;
 use crate::connect;
+use crate::outbox::Budget;
 use crate::router::{Router, RouterLimits};
 use crate::stats::{Reason, Stats};
 use crate::transport::{self, Accepted, HttpHandler, Kind, TlsError};
@@ -30,6 +31,8 @@ pub struct Shared {
     pub stats: Arc<Stats>,
     pub auth: Auth,
     pub router: Router,
+    /// The broker-wide queued-bytes budget every outbox reports to.
+    pub budget: Arc<Budget>,
     pub(crate) registry: Mutex<HashMap<String, connect::Entry>>,
     pub(crate) next_gen: AtomicU64,
     pub(crate) shutdown: watch::Receiver<bool>,
@@ -140,7 +143,9 @@ impl Broker {
             },
             stats.clone(),
         );
+        let budget = Budget::new(cfg.limits.max_queued_bytes_total, stats.clone());
         let shared = Arc::new(Shared {
+            budget,
             cfg,
             stats,
             auth,

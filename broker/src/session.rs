@@ -87,6 +87,8 @@ struct Session {
     will_delay: Duration,
     /// Fast readers' queues this publisher must wait for before reading on.
     pressure: Vec<Arc<Outbox>>,
+    /// This anonymous session holds one of the persistent-session slots.
+    anonymous_slot: bool,
     denied_logged: u64,
 }
 
@@ -97,7 +99,7 @@ pub(crate) async fn run(first: Box<Pending>, mailbox: Arc<Mailbox>, gen: u64, sh
         gen,
         limits.max_queued_messages,
         limits.max_queued_bytes,
-        shared.stats.clone(),
+        shared.budget.clone(),
     ));
     let mut s = Session {
         client_id: first.info.client_id.clone(),
@@ -117,6 +119,7 @@ pub(crate) async fn run(first: Box<Pending>, mailbox: Arc<Mailbox>, gen: u64, sh
         will: None,
         will_delay: Duration::ZERO,
         pressure: Vec::new(),
+        anonymous_slot: false,
         denied_logged: 0,
     };
     let mut conn = first;
@@ -243,6 +246,7 @@ impl Session {
             )),
             _ => None,
         };
+        self.limit_anonymous_persistence();
         self.will = info.will.as_ref().map(|w| {
             let props =
                 info.will_properties
@@ -281,8 +285,42 @@ impl Session {
         });
     }
 
+    /// Anonymous clients get persistent sessions only up to
+    /// `max_anonymous_persistent_sessions` at once (beyond, a clean one,
+    /// counted), and none that outlives `persistent_client_expiration_secs`.
+    fn limit_anonymous_persistence(&mut self) {
+        if self.user.is_some() || self.expiry.is_none() {
+            return;
+        }
+        let limits = &self.shared.cfg.limits;
+        let cap = Duration::from_secs(limits.persistent_client_expiration_secs);
+        self.expiry = self.expiry.map(|e| e.min(cap));
+        if self.anonymous_slot {
+            return;
+        }
+        let n = &self.shared.stats.anonymous_persistent;
+        if n.fetch_add(1, Relaxed) >= limits.max_anonymous_persistent_sessions as i64 {
+            n.fetch_sub(1, Relaxed);
+            self.expiry = None;
+            self.shared.stats.count(Reason::PersistentAnonymous);
+        } else {
+            self.anonymous_slot = true;
+        }
+    }
+
     fn connack(&mut self, p: &Pending, present: bool, out: &mut BytesMut) {
+        let asked = p
+            .info
+            .properties
+            .as_ref()
+            .and_then(|pr| pr.session_expiry_interval)
+            .unwrap_or(0);
+        let granted = self
+            .expiry
+            .map_or(0, |e| e.as_secs().min(u32::MAX as u64) as u32);
         let props = (p.info.version == Version::V5).then(|| ConnAckProperties {
+            // Told only when it differs from what the client asked for.
+            session_expiry_interval: (asked != granted).then_some(granted),
             assigned_client_identifier: p.assigned_id.then(|| self.client_id.clone()),
             server_keep_alive: p.server_keep_alive,
             max_qos: Some(1),
@@ -325,6 +363,7 @@ impl Session {
         stats.client_connects.fetch_add(1, Relaxed);
         outbox.set_blocked(false);
         outbox.set_online(true);
+        shared.budget.unpark(outbox.key);
         tracing::info!(target: crate::stats::CLIENTS, client_id = %crate::stats::short(&self.client_id), %peer, version = self.version.as_str(), user = %crate::stats::who(self.user.as_deref()), session_present = present, "client connected");
         if present {
             let v5 = self.version == Version::V5;
@@ -561,6 +600,7 @@ impl Session {
         tokio::pin!(will_at);
         let mut will_pending = will && !self.will_delay.is_zero();
         let mut shutdown = self.shared.shutdown.clone();
+        self.shared.budget.park(&self.outbox);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return None,
@@ -1065,6 +1105,9 @@ impl Session {
         self.retained = VecDeque::new();
         self.taken = VecDeque::new();
         self.inflight = VecDeque::new();
+        if std::mem::take(&mut self.anonymous_slot) {
+            self.shared.stats.anonymous_persistent.fetch_sub(1, Relaxed);
+        }
         self.shared.stats.sessions.fetch_sub(1, Relaxed);
     }
 }

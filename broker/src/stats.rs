@@ -61,11 +61,16 @@ pub enum Reason {
     TakeoverRate,
     /// Refused: too many anonymous connections from one address.
     MaxConnectionsPerIp,
+    /// Dropped from an offline queue for the broker-wide queued-bytes budget.
+    QueuedBytesTotal,
+    /// An anonymous client asked for a persistent session over the cap and
+    /// got a clean one.
+    PersistentAnonymous,
 }
 
 impl Reason {
     /// Every reason, in counter order.
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 26] = [
         Reason::QueueFull,
         Reason::OfflineQos0,
         Reason::AclPublish,
@@ -90,6 +95,8 @@ impl Reason {
         Reason::TakeoverOtherUser,
         Reason::TakeoverRate,
         Reason::MaxConnectionsPerIp,
+        Reason::QueuedBytesTotal,
+        Reason::PersistentAnonymous,
     ];
 
     /// Stable snake_case name used in metrics and `$SYS` topics.
@@ -119,6 +126,8 @@ impl Reason {
             Reason::TakeoverOtherUser => "takeover_other_user",
             Reason::TakeoverRate => "takeover_rate",
             Reason::MaxConnectionsPerIp => "max_connections_per_ip",
+            Reason::QueuedBytesTotal => "queued_bytes_total",
+            Reason::PersistentAnonymous => "persistent_anonymous",
         }
     }
 }
@@ -142,6 +151,10 @@ pub struct Stats {
     pub subscriptions: AtomicI64,
     /// Distinct filters in the router (freed with their last subscriber).
     pub filters: AtomicI64,
+    /// Bytes (topic + payload) queued for all sessions, each queue counted.
+    pub queued_bytes: AtomicI64,
+    /// Persistent sessions of anonymous clients.
+    pub anonymous_persistent: AtomicI64,
     pub retained: AtomicI64,
     dropped: [AtomicU64; Reason::ALL.len()],
 }
@@ -163,6 +176,8 @@ impl Default for Stats {
             bytes_sent: AtomicU64::new(0),
             subscriptions: AtomicI64::new(0),
             filters: AtomicI64::new(0),
+            queued_bytes: AtomicI64::new(0),
+            anonymous_persistent: AtomicI64::new(0),
             retained: AtomicI64::new(0),
             dropped: Default::default(),
         }
@@ -329,6 +344,18 @@ impl Stats {
             "gauge",
             "Distinct subscription filters held by the router.",
             self.filters.load(Relaxed).to_string(),
+        );
+        metric(
+            "queued_bytes",
+            "gauge",
+            "Bytes queued for all sessions (each queue counted; payloads are shared).",
+            self.queued_bytes.load(Relaxed).to_string(),
+        );
+        metric(
+            "anonymous_persistent_sessions",
+            "gauge",
+            "Persistent sessions of anonymous clients.",
+            self.anonymous_persistent.load(Relaxed).to_string(),
         );
         metric(
             "retained_messages",

@@ -154,24 +154,6 @@ async fn ten_to_one_at_full_speed_loses_nothing() {
     full_speed(10, 2_000, 1).await;
 }
 
-/// Reads QoS 1 publishes on a raw connection, acknowledging each, until
-/// none arrives for a while; returns how many arrived.
-fn drain_acking(r: &mut Raw) -> u64 {
-    r.s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let mut got = 0;
-    while let Some((t, body)) = r.read() {
-        if t & 0xf0 != 0x30 {
-            continue;
-        }
-        got += 1;
-        let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
-        if (t >> 1) & 3 > 0 {
-            r.send(&[0x40, 2, body[2 + tl], body[3 + tl]]);
-        }
-    }
-    got
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_reader_drops_are_counted_per_message_while_a_fast_reader_gets_all() {
     let d = tempfile::tempdir().unwrap();
@@ -187,9 +169,10 @@ async fn slow_reader_drops_are_counted_per_message_while_a_fast_reader_gets_all(
     publish_load(&b, 1, N, 1, 512).await;
     assert_eq!(fast.await.unwrap(), N, "the fast reader gets every message");
     let dropped = b.dropped("queue_full");
-    let got = tokio::task::spawn_blocking(move || drain_acking(&mut slow))
-        .await
-        .unwrap();
+    let got =
+        tokio::task::spawn_blocking(move || slow.drain_publishes(Duration::from_secs(2)) as u64)
+            .await
+            .unwrap();
     assert!(dropped > 0, "the slow reader's queue overflowed");
     assert_eq!(
         got + dropped,
@@ -226,8 +209,8 @@ fn every_retained_match_is_delivered() {
         r.send(&subscribe(4, 1, "nova/+/service/nova-compute/#", q));
         assert_eq!(r.read().expect("SUBACK").0, 0x90);
         assert_eq!(
-            drain_acking(&mut r),
-            HOSTS as u64,
+            r.drain_publishes(Duration::from_secs(2)),
+            HOSTS,
             "every retained message at QoS {q}"
         );
     }

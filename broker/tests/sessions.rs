@@ -202,3 +202,75 @@ fn two_clients_fighting_over_an_id_are_slowed_down() {
     assert_eq!(refused, 12 - 1 - 5, "takeovers beyond the rate are refused");
     assert_eq!(b.dropped("takeover_rate"), refused);
 }
+
+#[test]
+fn offline_sessions_share_payloads_and_stay_under_the_global_budget() {
+    // 40 offline persistent `#` readers and 10 MB published at QoS 1: before,
+    // each session held its own copy (RSS 167 -> 509 MB). Now payloads are
+    // shared and the queued total is capped (4 MB here); the largest offline
+    // queues lose their oldest first, each message counted.
+    let (b, _d) = broker(&[
+        "--max-queued-bytes-total",
+        "4000000",
+        "--max-queued-messages",
+        "100000",
+        "--max-queued-bytes",
+        "100000000",
+    ]);
+    for i in 0..40 {
+        let mut r = Raw::open(b.mqtt());
+        r.send(&connect(4, &format!("reader-{i}"), 60, false, None));
+        assert_eq!(r.read().expect("CONNACK").0, 0x20);
+        r.send(&subscribe(4, 1, "#", 1));
+        assert_eq!(r.read().expect("SUBACK").0, 0x90);
+    }
+    b.wait_metric_at_most("firehose_broker_clients_connected", 0);
+    let rss_before = b.rss_kib();
+    let payload = vec![b'x'; 10_000];
+    let (mut p, _) = Raw::connect(b.mqtt(), 4, "publisher", Some(BRIDGE));
+    for i in 0..1000u16 {
+        p.send(&publish(4, b"big/topic", &payload, 1, i + 1));
+        assert_eq!(p.read().unwrap().0, 0x40, "PUBACK");
+    }
+    let queued = b.metric("firehose_broker_queued_bytes");
+    assert!(queued <= 4_000_000, "queued {queued} over the budget");
+    // 40 x 10 MB were owed; what is not queued was dropped and counted.
+    let dropped = b.dropped("queued_bytes_total");
+    assert!(dropped > 30_000, "dropped {dropped}");
+    assert!(
+        b.rss_kib() < rss_before + 60 * 1024,
+        "payloads are shared: RSS {} -> {} KiB",
+        rss_before,
+        b.rss_kib()
+    );
+    // A reader coming back gets what its queue kept, newest last.
+    let (mut r, present) = persistent(&b, "reader-7");
+    assert!(present);
+    let kept = r.drain_publishes(std::time::Duration::from_secs(2));
+    assert!(kept > 0 && kept < 1000, "reader-7 kept {kept}");
+}
+
+#[test]
+fn anonymous_persistent_sessions_are_capped() {
+    let (b, _d) = broker(&["--max-anonymous-persistent-sessions", "2"]);
+    let mut present = Vec::new();
+    for i in 0..3 {
+        let (r, _) = persistent(&b, &format!("anon-{i}"));
+        drop(r);
+    }
+    b.wait_metric_at_most("firehose_broker_clients_connected", 0);
+    for i in 0..3 {
+        let (_r, p) = persistent(&b, &format!("anon-{i}"));
+        present.push(p);
+    }
+    assert_eq!(
+        present,
+        vec![true, true, false],
+        "the third got a clean session"
+    );
+    assert!(b.dropped("persistent_anonymous") >= 1);
+    // A logged-in user is not capped.
+    let mut r = Raw::open(b.mqtt());
+    r.send(&connect(4, "bridge-persistent", 60, false, Some(BRIDGE)));
+    assert_eq!(r.read().unwrap().1, vec![0, 0]);
+}

@@ -219,6 +219,25 @@ impl Raw {
         }
     }
 
+    /// Reads PUBLISH packets, acknowledging those at QoS 1, until none
+    /// arrives for `idle` (or the server closes); returns how many arrived.
+    pub fn drain_publishes(&mut self, idle: std::time::Duration) -> usize {
+        self.s.set_read_timeout(Some(idle)).expect("read timeout");
+        let mut n = 0;
+        while let Some((t, body)) = self.read() {
+            if t & 0xf0 != 0x30 {
+                continue;
+            }
+            n += 1;
+            let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
+            if (t >> 1) & 3 > 0 && !self.try_send(&[0x40, 2, body[2 + tl], body[3 + tl]]) {
+                break;
+            }
+        }
+        self.s.set_read_timeout(Some(WAIT)).expect("read timeout");
+        n
+    }
+
     /// Reads until the server closes; returns every packet type seen.
     pub fn read_until_closed(&mut self) -> Vec<(u8, Vec<u8>)> {
         let mut v = Vec::new();

@@ -37,7 +37,7 @@ pub enum SshError {
     #[error("SSH key {path}: {reason}")]
     Key { path: PathBuf, reason: String },
     #[error(
-        "SSH key {path} is readable by group or others (mode {mode:o}); run: chmod 0600 {path}"
+        "SSH key {path} is open to others (mode {mode:o}); run: chmod 0600 {path} (or, for a service user: chown root:<service group> {path} && chmod 0640 {path})"
     )]
     KeyMode { path: PathBuf, mode: u32 },
     #[error("cannot reach {target}: {reason}")]

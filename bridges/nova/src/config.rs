@@ -138,7 +138,7 @@ pub enum ConfigError {
         path: PathBuf,
         reason: String,
     },
-    #[error("deployment {name:?}: {path} is readable by group or others (mode {mode:o}); run: chmod 0600 {path}")]
+    #[error("deployment {name:?}: {path} is open to others (mode {mode:o}); run: chmod 0600 {path} (or, for a service user: chown root:<service group> {path} && chmod 0640 {path})")]
     Mode {
         name: String,
         path: PathBuf,
@@ -358,7 +358,9 @@ mod tests {
         let hosts = dir.path().join("hosts");
         std::fs::write(&hosts, "rabbit1 s3cr:t\nrabbit2 other\n").unwrap();
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&hosts, std::fs::Permissions::from_mode(0o640)).unwrap();
+        // Readable by others: refused. (Group-readable 0640 is fine when root
+        // or this process owns the file: a service reading root:<group> 0640.)
+        std::fs::set_permissions(&hosts, std::fs::Permissions::from_mode(0o644)).unwrap();
         let mut c = NovaConfig::default();
         c.apply(&NovaArgs {
             amqp: Some("amqp://nova@rabbit1:5673/nova".into()),

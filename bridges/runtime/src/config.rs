@@ -130,7 +130,7 @@ pub enum ConfigError {
     Qos(u8),
     #[error("password file {path}: {reason}")]
     Password { path: PathBuf, reason: String },
-    #[error("password file {path} is readable by group or others (mode {mode:o}); run: chmod 0600 {path}")]
+    #[error("password file {path} is open to others (mode {mode:o}); run: chmod 0600 {path} (or, for a service user: chown root:<service group> {path} && chmod 0640 {path})")]
     PasswordMode { path: PathBuf, mode: u32 },
     #[error("a password was given but no user name: add --username or USER@ to the broker URL")]
     PasswordWithoutUser,
@@ -260,12 +260,19 @@ pub struct Publish {
     pub flush_timeout: std::time::Duration,
 }
 
-/// The mode of a secret file (password, private key) when group or others
-/// may read it, `None` when only its owner can.
+/// The mode of a secret file (password, private key) when it is too open,
+/// `None` when it is fine: others may not read it, its group may not write
+/// it, and its group may read it only when root or this process owns it
+/// (`root:<service group> 0640`, how a `User=` service reads an operator's
+/// file; the broker applies the same rule to its password file).
 pub fn too_open(path: &Path) -> std::io::Result<Option<u32>> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
-    Ok((mode & 0o077 != 0).then_some(mode))
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    let mode = meta.mode() & 0o777;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let group_read_ok = mode & 0o040 == 0 || meta.uid() == 0 || meta.uid() == me;
+    Ok((mode & 0o027 != 0 || !group_read_ok).then_some(mode))
 }
 
 /// The first line of a password file that only its owner may read.
