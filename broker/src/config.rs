@@ -366,7 +366,7 @@ pub struct RunArgs {
     /// Require client certificates signed by this CA (PEM).
     #[arg(long, value_name = "FILE")]
     pub client_ca: Option<PathBuf>,
-    /// mosquitto_passwd password file (must not be readable by group or others).
+    /// mosquitto_passwd password file: 0600, or root:<service group> 0640; never readable by others.
     #[arg(long, value_name = "FILE")]
     pub passwd: Option<PathBuf>,
     /// mosquitto acl_file.
@@ -385,10 +385,12 @@ pub struct RunArgs {
     /// Anonymous connections allowed from one IP address; 0 means no limit [default: 0].
     #[arg(long, value_name = "N")]
     pub max_connections_per_ip: Option<usize>,
-    /// Largest packet accepted, in bytes.
+    /// Largest packet accepted, in bytes [default: 262144].
     #[arg(long, value_name = "BYTES")]
     pub max_packet_size: Option<usize>,
-    /// Largest keepalive a client may use; v5 clients asking for more are told this one.
+    /// Largest keepalive a client may use; v5 clients asking for more are told this one,
+    /// v3 clients asking for more are refused, v3 clients asking for none are held to it
+    /// [default: 65535].
     #[arg(long, value_name = "SECONDS")]
     pub max_keepalive: Option<u16>,
     /// Messages queued per slow or offline client before the oldest are dropped
@@ -417,7 +419,7 @@ pub struct RunArgs {
     /// Bytes (topic + payload) of retained messages kept [default: 268435456].
     #[arg(long, value_name = "BYTES")]
     pub max_retained_bytes: Option<usize>,
-    /// Seconds between $SYS updates.
+    /// Seconds between $SYS updates [default: 10].
     #[arg(long, value_name = "SECONDS")]
     pub sys_interval: Option<u64>,
     /// Log every client connect and disconnect at info (by default only a

@@ -38,6 +38,8 @@ pub struct Shared {
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) sys: watch::Sender<SysSnapshot>,
     open_sockets: AtomicUsize,
+    /// Connected sessions still reading from their clients (see shutdown).
+    pub(crate) reading: AtomicUsize,
     /// Open sockets per peer address, for `max_connections_per_ip`.
     per_ip: Mutex<HashMap<std::net::IpAddr, u32>>,
 }
@@ -155,6 +157,7 @@ impl Broker {
             shutdown: shutdown_rx,
             sys: sys_tx,
             open_sockets: AtomicUsize::new(0),
+            reading: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
         });
         let mut tasks = JoinSet::new();

@@ -394,6 +394,7 @@ impl Session {
         let mut sys_rx = shared.sys.subscribe();
         sys_rx.mark_unchanged();
         let mut read_size = READ_MIN;
+        let mut reading = Reading::new(&shared);
 
         // Bytes that arrived right behind the CONNECT.
         let mut early = if inbuf.is_empty() {
@@ -429,6 +430,10 @@ impl Session {
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => {
+                        // Deliver only once no session reads (and routes) any
+                        // more: a publish PUBACKed after our drain would be lost.
+                        reading.stop();
+                        Box::pin(Reading::wait_all_stopped(&shared)).await;
                         Box::pin(self.drain_for_shutdown(&mut writer, &mut wbuf, &mut wpos)).await;
                         let bye = self.disconnect_packet(DisconnectReasonCode::ServerShuttingDown);
                         Box::pin(last_write(&mut writer, &wbuf[wpos..], &bye)).await;
@@ -1109,6 +1114,44 @@ impl Session {
             self.shared.stats.anonymous_persistent.fetch_sub(1, Relaxed);
         }
         self.shared.stats.sessions.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Counts the connected sessions still reading their clients, so that a
+/// shutdown drains queues only after every publisher has stopped.
+struct Reading<'a> {
+    shared: &'a Shared,
+    active: bool,
+}
+
+impl<'a> Reading<'a> {
+    fn new(shared: &'a Shared) -> Reading<'a> {
+        shared.reading.fetch_add(1, Relaxed);
+        Reading {
+            shared,
+            active: true,
+        }
+    }
+
+    fn stop(&mut self) {
+        if std::mem::take(&mut self.active) {
+            self.shared.reading.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Waits (at most a second: a publisher held in its pushback stops
+    /// within 250 ms) until no session reads any more.
+    async fn wait_all_stopped(shared: &Shared) {
+        let until = Instant::now() + Duration::from_secs(1);
+        while shared.reading.load(Relaxed) > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
