@@ -421,6 +421,10 @@ async fn fanout(a: Fanout) -> Result<()> {
         h.value_at_quantile(0.99),
         h.max()
     );
+    if delivered < expected {
+        // The line above says how many; the exit code says it happened.
+        std::process::exit(2);
+    }
     Ok(())
 }
 

@@ -83,6 +83,30 @@ pub fn status(bridge: &str, instance: &str) -> String {
     )
 }
 
+/// Checks a configured topic prefix (`--base-topic`) or level (a nova
+/// `--deployment`): no empty level, no wildcard, no NUL, not a `$` topic.
+/// `what` names the setting in the error, which says how to fix it.
+pub fn check_configured(what: &str, value: &str, single_level: bool) -> Result<(), String> {
+    let fix = |why: &str| {
+        Err(format!(
+            "{what} {value:?} {why}; use plain names separated by '/', e.g. \"site1\""
+        ))
+    };
+    if single_level && value.contains('/') {
+        return fix("must be a single topic level (no '/')");
+    }
+    if value.starts_with('$') {
+        return fix("starts with '$' (reserved for broker topics such as $SYS)");
+    }
+    if value.contains(['+', '#', '\0']) {
+        return fix("contains a wildcard (+ or #) or NUL, which a topic name cannot");
+    }
+    if value.trim_end_matches('/').split('/').any(str::is_empty) {
+        return fix("has an empty level (leading or doubled '/')");
+    }
+    Ok(())
+}
+
 /// Puts `topic` under `base` (`--base-topic`); an empty base changes nothing.
 pub fn with_base(base: &str, topic: &str) -> String {
     let base = base.trim_end_matches('/');
@@ -96,6 +120,25 @@ pub fn with_base(base: &str, topic: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configured_prefixes_and_levels() {
+        assert!(check_configured("--base-topic", "site1/firehose", false).is_ok());
+        assert!(check_configured("--base-topic", "site1/", false).is_ok());
+        assert!(check_configured("--deployment", "cell1", true).is_ok());
+        for (v, single) in [
+            ("a/+/b", false),
+            ("#", false),
+            ("/site1", false),
+            ("a//b", false),
+            ("$SYS", false),
+            ("cell/1", true),
+            ("", true),
+        ] {
+            let e = check_configured("x", v, single).unwrap_err();
+            assert!(e.contains("e.g."), "{v}: {e}");
+        }
+    }
 
     #[test]
     fn compatible_with_the_original_firehose() {

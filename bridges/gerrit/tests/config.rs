@@ -84,6 +84,60 @@ fn check_config_from_file_env_and_flags() {
     let (ok, text) = stderr(gerrit().arg("--config").arg(&cfg).arg("--check-config"));
     assert!(!ok);
     assert!(text.contains("chmod 0600"), "{text}");
+    std::fs::set_permissions(d.join("id"), std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // --check-config finds what would only fail (or be silently ignored)
+    // at run time, and says what to do.
+    for (flags, says) in [
+        (&["--base-topic", "site1/+"][..], "wildcard"),
+        (&["--base-topic", "/site1"][..], "empty level"),
+        (&["--base-topic", "$SYS/x"][..], "reserved"),
+        (
+            &["--ca", "/nonexistent/ca.pem"][..],
+            "not mqtts:// or wss://",
+        ),
+        (
+            &[
+                "--broker",
+                "mqtts://bot@127.0.0.1:8883",
+                "--ca",
+                "/nonexistent/ca.pem",
+            ][..],
+            "/nonexistent/ca.pem",
+        ),
+    ] {
+        let (ok, text) = stderr(
+            gerrit()
+                .arg("--config")
+                .arg(&cfg)
+                .args(flags)
+                .arg("--check-config"),
+        );
+        assert!(!ok, "{flags:?} accepted");
+        assert!(text.contains(says), "{flags:?}: {text}");
+    }
+    let no_password = d.join("nopass.toml");
+    std::fs::write(
+        &no_password,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("password_file"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .unwrap();
+    let (ok, text) = stderr(
+        gerrit()
+            .arg("--config")
+            .arg(&no_password)
+            .arg("--check-config"),
+    );
+    assert!(!ok);
+    assert!(
+        text.contains("no password") && text.contains("--password-file"),
+        "{text}"
+    );
 
     std::fs::write(&cfg, "[source]\ngerit = \"typo\"\n").unwrap();
     let (ok, text) = stderr(gerrit().arg("--config").arg(&cfg).arg("--check-config"));

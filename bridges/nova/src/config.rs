@@ -128,6 +128,8 @@ pub enum ConfigError {
     NoDeployment,
     #[error("--amqp needs --deployment NAME (the topic level that tells deployments apart)")]
     NoName,
+    #[error("{0}")]
+    Name(String),
     #[error("deployment {0:?} appears twice")]
     Duplicate(String),
     #[error("deployment {name:?}: AMQP URL: {reason}")]
@@ -227,6 +229,8 @@ impl NovaConfig {
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
         for d in &self.deployments {
+            firehose::topic::check_configured("deployment", &d.name, true)
+                .map_err(ConfigError::Name)?;
             if !seen.insert(d.name.clone()) {
                 return Err(ConfigError::Duplicate(d.name.clone()));
             }
@@ -351,6 +355,21 @@ fn first_line(name: &str, path: &Path) -> Result<String, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deployment_names_are_single_plain_levels() {
+        for bad in ["cell/1", "cell+", "$cell", ""] {
+            let mut c = NovaConfig::default();
+            c.apply(&NovaArgs {
+                amqp: Some("amqp://nova:pw@rabbit1/nova".into()),
+                deployment: Some(bad.into()),
+                ..Default::default()
+            })
+            .unwrap();
+            let e = c.resolve().unwrap_err().to_string();
+            assert!(e.contains("deployment") && e.contains("e.g."), "{bad:?}: {e}");
+        }
+    }
 
     #[test]
     fn flags_file_hosts_file_and_modes() {

@@ -134,6 +134,12 @@ pub enum ConfigError {
     PasswordMode { path: PathBuf, mode: u32 },
     #[error("a password was given but no user name: add --username or USER@ to the broker URL")]
     PasswordWithoutUser,
+    #[error("a user name ({0}) but no password: add --password-file FILE (mode 0600), or USER:PASS@ in the broker URL")]
+    UserWithoutPassword(String),
+    #[error("{0}")]
+    BaseTopic(String),
+    #[error("--ca {0} is set but the broker URL is not mqtts:// or wss://, so it would be ignored: use a TLS URL or drop --ca")]
+    UnusedCa(PathBuf),
 }
 
 /// A bridge's config file: `[publish]` and the bridge's `[source]`.
@@ -202,11 +208,23 @@ impl PublishConfig {
         if url.password.is_some() && url.username.is_none() {
             return Err(ConfigError::PasswordWithoutUser);
         }
+        if let (Some(u), None) = (&url.username, &url.password) {
+            return Err(ConfigError::UserWithoutPassword(u.clone()));
+        }
+        if !self.base_topic.is_empty() {
+            firehose::topic::check_configured("--base-topic", &self.base_topic, false)
+                .map_err(ConfigError::BaseTopic)?;
+        }
         let tls = match url.scheme {
             crate::mqtt::Scheme::Mqtts | crate::mqtt::Scheme::Wss => {
                 Some(crate::mqtt::tls_config(self.ca.as_deref())?)
             }
-            _ => None,
+            _ => {
+                if let Some(ca) = &self.ca {
+                    return Err(ConfigError::UnusedCa(ca.clone()));
+                }
+                None
+            }
         };
         let instance = self.instance.clone().unwrap_or_else(hostname);
         let client_id = self.client_id.clone().unwrap_or_else(|| {
