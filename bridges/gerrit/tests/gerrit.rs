@@ -469,3 +469,32 @@ fn the_event_types_the_fixtures_lack() {
         ]
     );
 }
+
+#[test]
+fn refused_credentials_stop_the_bridge_with_the_fix() {
+    // A bridge whose password the broker refuses would otherwise retry
+    // forever while its events pile up: it stops and says what to do.
+    let dir = tempfile::tempdir().unwrap();
+    let (b, _) = broker(dir.path(), &[]);
+    let other = dir.path().join("wrong");
+    std::fs::create_dir(&other).unwrap();
+    let wrong = bridge_password_file(&other, "not-the-password");
+    let file = dir.path().join("one.jsonl");
+    std::fs::write(
+        &file,
+        r#"{"type":"dropped-output","eventCreatedOn":1700000001}"#.to_owned() + "\n",
+    )
+    .unwrap();
+    let mut br = bridge(
+        &b,
+        &wrong,
+        dir.path(),
+        &["--replay", file.to_str().unwrap()],
+    );
+    assert!(!br.wait_exit().success());
+    let logs = br.logs();
+    assert!(
+        logs.contains("bad user name or password") && logs.contains("--retry-auth"),
+        "{logs}"
+    );
+}

@@ -56,6 +56,8 @@ fn broker_restart_while_events_flow_loses_nothing() {
             .args(["--broker", &format!("mqtt://{}@127.0.0.1:{port}", BRIDGE.0)])
             .arg("--password-file")
             .arg(bridge_password_file(dir.path(), BRIDGE.1))
+            // The second broker refuses the bridge for a while, on purpose.
+            .arg("--retry-auth")
             .args(["--instance", "noloss", "--metrics", "127.0.0.1:0"]),
     );
     assert!(sub.read_until(100), "first 100 events");

@@ -367,7 +367,10 @@ mod tests {
             })
             .unwrap();
             let e = c.resolve().unwrap_err().to_string();
-            assert!(e.contains("deployment") && e.contains("e.g."), "{bad:?}: {e}");
+            assert!(
+                e.contains("deployment") && e.contains("e.g."),
+                "{bad:?}: {e}"
+            );
         }
     }
 

@@ -161,7 +161,8 @@ fn start_flow() -> Flow {
         &bridge_password_file(dir.path(), BRIDGE.1),
         dir.path(),
         "cell1",
-        &[],
+        // The restarted broker refuses the bridge for a while, on purpose.
+        &["--retry-auth"],
     );
     bridge.wait_log("consuming nova notifications");
     let publisher = spawn_publisher(rabbit.url(), notifications());

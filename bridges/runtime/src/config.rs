@@ -64,6 +64,10 @@ pub struct PublishArgs {
     /// On SIGTERM, how long to keep trying to deliver what is spooled.
     #[arg(long, value_name = "SECONDS")]
     pub flush_timeout: Option<u64>,
+    /// Keep retrying when the broker refuses our credentials (by default
+    /// the bridge exits with an error saying what to fix).
+    #[arg(long)]
+    pub retry_auth: bool,
 }
 
 /// The `[publish]` table.
@@ -89,6 +93,8 @@ pub struct PublishConfig {
     pub max_inflight: usize,
     /// On SIGTERM, seconds to keep trying to deliver what is spooled.
     pub flush_timeout: u64,
+    /// Keep retrying when the broker refuses our credentials.
+    pub retry_auth: bool,
 }
 
 impl Default for PublishConfig {
@@ -110,6 +116,7 @@ impl Default for PublishConfig {
             keep_alive_secs: 30,
             max_inflight: 100,
             flush_timeout: 10,
+            retry_auth: false,
         }
     }
 }
@@ -191,6 +198,9 @@ impl PublishConfig {
         set_opt(&mut self.instance, &a.instance);
         set_opt(&mut self.dead_letter, &a.dead_letter);
         set(&mut self.flush_timeout, &a.flush_timeout);
+        if a.retry_auth {
+            self.retry_auth = true;
+        }
     }
 
     /// Checks everything and reads the files it names.
@@ -254,6 +264,7 @@ impl PublishConfig {
             keep_alive: std::time::Duration::from_secs(self.keep_alive_secs.clamp(5, 3600)),
             max_inflight: self.max_inflight.clamp(1, 65_000),
             flush_timeout: std::time::Duration::from_secs(self.flush_timeout),
+            retry_auth: self.retry_auth,
         })
     }
 }
@@ -276,6 +287,7 @@ pub struct Publish {
     pub keep_alive: std::time::Duration,
     pub max_inflight: usize,
     pub flush_timeout: std::time::Duration,
+    pub retry_auth: bool,
 }
 
 /// The mode of a secret file (password, private key) when it is too open,

@@ -71,6 +71,9 @@ pub enum MqttError {
     Ws(String),
     #[error("broker refused the connection: {0}")]
     Refused(&'static str),
+    /// Refused for who we are: retrying cannot help until someone fixes it.
+    #[error("broker refused the connection: {0}")]
+    AuthRefused(&'static str),
     #[error("connection lost: {0}")]
     Io(#[from] std::io::Error),
     #[error("broker sent a bad packet: {0:?}")]
@@ -386,12 +389,12 @@ impl Connection {
                         ConnectReturnCode::ServiceUnavailable => {
                             Err(MqttError::Refused("server unavailable"))
                         }
-                        ConnectReturnCode::BadUserNamePassword => Err(MqttError::Refused(
+                        ConnectReturnCode::BadUserNamePassword => Err(MqttError::AuthRefused(
                             "bad user name or password: check --username/--password-file or the URL",
                         )),
-                        ConnectReturnCode::NotAuthorized => {
-                            Err(MqttError::Refused("not authorized"))
-                        }
+                        ConnectReturnCode::NotAuthorized => Err(MqttError::AuthRefused(
+                            "not authorized: the broker does not let this user connect",
+                        )),
                     };
                 }
                 _ => continue,

@@ -57,6 +57,8 @@ pub enum RuntimeError {
     Source(String),
     #[error("{0} event(s) not delivered and lost (no --spool to keep them)")]
     Undelivered(usize),
+    #[error("{0}; not retrying (fix the credentials, or pass --retry-auth to keep trying)")]
+    Refused(String),
 }
 
 /// A bridge: its name (`gerrit`, `nova`, ...) and publishing config.
@@ -194,9 +196,15 @@ impl Bridge {
             host: crate::config::hostname(),
             dropped_logged: 0,
             finish_by: None,
+            refused: None,
         };
         p.run().await;
         p.spool.sync()?;
+        if let Some(why) = p.refused.take() {
+            let _ = stop_tx.send(true);
+            let _ = join_source(source_task).await;
+            return Err(RuntimeError::Refused(why));
+        }
         let undelivered = p.spool.len();
         // The source may still be reading; it was told to stop.
         let _ = stop_tx.send(true);
@@ -284,6 +292,8 @@ struct Publisher {
     /// Set once the bridge is finishing (SIGTERM, or the source ended):
     /// the last moment to deliver what is spooled.
     finish_by: Option<Instant>,
+    /// Set when the broker refused our credentials and `retry_auth` is off.
+    refused: Option<String>,
 }
 
 impl Publisher {
@@ -480,6 +490,11 @@ impl Publisher {
                             tracing::warn!(broker = %self.cfg.url, error = %e, pending = self.spool.len(), "broker connection lost; reconnecting");
                         }
                     }
+                }
+                Err(e @ crate::mqtt::MqttError::AuthRefused(_)) if !self.cfg.retry_auth => {
+                    tracing::error!(broker = %self.cfg.url, error = %e, pending = self.spool.len(), "the broker refused our credentials; stopping (--retry-auth keeps trying)");
+                    self.refused = Some(e.to_string());
+                    return;
                 }
                 Err(e) => {
                     tracing::warn!(broker = %self.cfg.url, error = %e, attempt = backoff.attempts() + 1, pending = self.spool.len(), "cannot connect to the broker");
