@@ -235,32 +235,6 @@ fn each_client_is_logged_only_with_verbose() {
     assert_eq!(log_of_one_client(true).count_log("client connected"), 1);
 }
 
-/// Keys of a TOML text as `table.key`, including keys shown commented
-/// (`# key = value`) for settings that have no default.
-fn sample_keys(text: &str) -> std::collections::BTreeSet<String> {
-    let mut table = String::new();
-    let mut keys = std::collections::BTreeSet::new();
-    for line in text.lines() {
-        let l = line.trim();
-        if let Some(t) = l.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
-            table = t.to_owned();
-            continue;
-        }
-        let l = l.strip_prefix('#').map(str::trim).unwrap_or(l);
-        let Some((k, _)) = l.split_once(" = ") else {
-            continue;
-        };
-        if k.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
-            keys.insert(if table.is_empty() {
-                k.to_owned()
-            } else {
-                format!("{table}.{k}")
-            });
-        }
-    }
-    keys
-}
-
 #[test]
 fn sample_config_has_every_key_and_only_known_ones() {
     // Every key the broker knows: the effective config with every optional
@@ -280,18 +254,11 @@ fn sample_config_has_every_key_and_only_known_ones() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let known = sample_keys(&String::from_utf8_lossy(&out.stdout));
+    let known = toml_keys(&String::from_utf8_lossy(&out.stdout));
     let sample = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../deploy/broker.toml"
     ))
     .unwrap();
-    let shown = sample_keys(&sample);
-    let missing: Vec<_> = known.difference(&shown).collect();
-    let unknown: Vec<_> = shown.difference(&known).collect();
-    assert!(missing.is_empty(), "deploy/broker.toml lacks {missing:?}");
-    assert!(
-        unknown.is_empty(),
-        "deploy/broker.toml has unknown keys {unknown:?}"
-    );
+    assert_sample_complete("deploy/broker.toml", &sample, &known);
 }

@@ -9,6 +9,7 @@ pub mod certs;
 pub mod process;
 pub mod rabbitmq;
 pub mod raw;
+pub mod samples;
 pub mod sshd;
 pub mod subscriber;
 
@@ -17,5 +18,6 @@ pub use certs::*;
 pub use process::*;
 pub use rabbitmq::*;
 pub use raw::*;
+pub use samples::*;
 pub use sshd::*;
 pub use subscriber::*;

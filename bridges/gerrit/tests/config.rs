@@ -164,3 +164,16 @@ fn shipped_sample_config_parses() {
     );
     assert!(text.contains("/etc/firehose/gerrit.pass"), "{text}");
 }
+
+#[test]
+fn sample_config_has_every_key_and_only_known_ones() {
+    // Every key the bridge knows, `None`s included (JSON keeps them).
+    let full =
+        firehose_bridge::config::FileConfig::<firehose_gerrit::config::GerritConfig>::default();
+    let known = json_keys(&serde_json::to_value(&full).unwrap());
+    let sample = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/gerrit.toml"),
+    )
+    .unwrap();
+    assert_sample_complete("deploy/gerrit.toml", &sample, &known);
+}

@@ -248,3 +248,21 @@ fn check_config_and_errors_that_name_the_fix() {
         "the sample's files are the only problem: {text}"
     );
 }
+
+#[test]
+fn sample_config_has_every_key_and_only_known_ones() {
+    use firehose_bridge::config::FileConfig;
+    use firehose_nova::config::{DeploymentConfig, NovaConfig};
+    // Every key the bridge knows, `None`s included (JSON keeps them), with
+    // one deployment to show that table's keys.
+    let mut full = FileConfig::<NovaConfig>::default();
+    let one: DeploymentConfig =
+        toml::from_str("name = \"cell1\"\namqp = \"amqp://nova@rabbit/%2f\"\n").unwrap();
+    full.source.deployments.push(one);
+    let known = json_keys(&serde_json::to_value(&full).unwrap());
+    let sample = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nova.toml"),
+    )
+    .unwrap();
+    assert_sample_complete("deploy/nova.toml", &sample, &known);
+}
