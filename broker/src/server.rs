@@ -40,6 +40,8 @@ pub struct Shared {
     open_sockets: AtomicUsize,
     /// Connected sessions still reading from their clients (see shutdown).
     pub(crate) reading: AtomicUsize,
+    /// Notified when `reading` drops to zero.
+    pub(crate) reading_stopped: tokio::sync::Notify,
     /// Open sockets per peer address, for `max_connections_per_ip`.
     per_ip: Mutex<HashMap<std::net::IpAddr, u32>>,
 }
@@ -158,6 +160,7 @@ impl Broker {
             sys: sys_tx,
             open_sockets: AtomicUsize::new(0),
             reading: AtomicUsize::new(0),
+            reading_stopped: tokio::sync::Notify::new(),
             per_ip: Mutex::new(HashMap::new()),
         });
         let mut tasks = JoinSet::new();

@@ -1134,8 +1134,8 @@ impl<'a> Reading<'a> {
     }
 
     fn stop(&mut self) {
-        if std::mem::take(&mut self.active) {
-            self.shared.reading.fetch_sub(1, Relaxed);
+        if std::mem::take(&mut self.active) && self.shared.reading.fetch_sub(1, Relaxed) == 1 {
+            self.shared.reading_stopped.notify_waiters();
         }
     }
 
@@ -1143,8 +1143,15 @@ impl<'a> Reading<'a> {
     /// within 250 ms) until no session reads any more.
     async fn wait_all_stopped(shared: &Shared) {
         let until = Instant::now() + Duration::from_secs(1);
-        while shared.reading.load(Relaxed) > 0 && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        loop {
+            let stopped = shared.reading_stopped.notified();
+            tokio::pin!(stopped);
+            stopped.as_mut().enable();
+            if shared.reading.load(Relaxed) == 0
+                || tokio::time::timeout_at(until, stopped).await.is_err()
+            {
+                return;
+            }
         }
     }
 }
