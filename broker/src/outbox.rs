@@ -155,6 +155,9 @@ pub struct Outbox {
     waited_on: AtomicBool,
     /// When the reader last moved data ([`now_ms`]), or was given work.
     progress_ms: AtomicU64,
+    /// The session holds more than one subscription in the router, so one
+    /// publish may match it twice (the router merges those).
+    overlapping: AtomicBool,
     max_messages: usize,
     max_bytes: usize,
     stats: Arc<Stats>,
@@ -183,6 +186,7 @@ impl Outbox {
             space: Notify::new(),
             waited_on: AtomicBool::new(false),
             progress_ms: AtomicU64::new(0),
+            overlapping: AtomicBool::new(false),
             max_messages,
             max_bytes,
             stats,
@@ -234,6 +238,16 @@ impl Outbox {
                 self.wake_publishers();
             }
         }
+    }
+
+    /// Records how many router subscriptions the session holds.
+    pub fn set_subscriptions(&self, n: usize) {
+        self.overlapping.store(n > 1, Relaxed);
+    }
+
+    /// More than one subscription: a publish may match this session twice.
+    pub fn overlapping(&self) -> bool {
+        self.overlapping.load(Relaxed)
     }
 
     /// The reader wrote to its socket or acknowledged a message.

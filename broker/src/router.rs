@@ -394,9 +394,20 @@ impl Router {
         );
         if nodes > 1 {
             // A session with overlapping subscriptions gets one copy, at the
-            // highest QoS of its matching subscriptions.
-            hits.sort_by_key(|h| (h.sub.outbox.key, std::cmp::Reverse(h.sub.qos)));
-            hits.dedup_by_key(|h| h.sub.outbox.key);
+            // highest QoS of its matching subscriptions. Only sessions that
+            // hold several subscriptions can match twice: just those are
+            // sorted, not every reader of `#`.
+            let mut several: Vec<Hit<'_>> = Vec::new();
+            hits.retain(|h| {
+                let keep = !h.sub.outbox.overlapping();
+                if !keep {
+                    several.push(Hit { sub: h.sub });
+                }
+                keep
+            });
+            several.sort_by_key(|h| (h.sub.outbox.key, std::cmp::Reverse(h.sub.qos)));
+            several.dedup_by_key(|h| h.sub.outbox.key);
+            hits.extend(several);
         }
         let mut queued = 0;
         for h in hits {
@@ -689,6 +700,7 @@ mod tests {
     fn overlapping_filters_give_one_copy_at_the_highest_qos() {
         let r = router(100);
         let o = outbox(1);
+        o.set_subscriptions(3);
         r.subscribe("a/#", sub(&o, 0)).unwrap();
         r.subscribe("a/+", sub(&o, 1)).unwrap();
         r.subscribe("a/b", sub(&o, 0)).unwrap();

@@ -930,6 +930,10 @@ impl Session {
             .unwrap_or(0);
         let mut codes = Vec::with_capacity(sub.filters.len());
         let mut new_sys = Vec::new();
+        // Before the router holds the new ones (at most this many more), so
+        // a publish never sees fewer subscriptions than the router holds.
+        self.outbox
+            .set_subscriptions(self.subs.len() + sub.filters.len());
         for f in sub.filters {
             let inner = crate::auth::shared_inner(&f.path);
             let known = self.subs.contains_key(&f.path) || self.sys_subs.contains(&f.path);
@@ -1020,6 +1024,7 @@ impl Session {
             ),
             out,
         );
+        self.outbox.set_subscriptions(self.subs.len());
         if !new_sys.is_empty() {
             let snapshot = self.shared.sys.borrow().clone();
             let only: HashSet<String> = new_sys.into_iter().collect();
@@ -1041,6 +1046,9 @@ impl Session {
                 reasons.push(UnsubAckReason::NoSubscriptionExisted);
             }
         }
+        // After the router forgot them: a publish never sees fewer
+        // subscriptions than the router holds.
+        self.outbox.set_subscriptions(self.subs.len());
         self.send(
             Packet::UnsubAck(
                 UnsubAck {

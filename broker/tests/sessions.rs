@@ -274,3 +274,21 @@ fn anonymous_persistent_sessions_are_capped() {
     r.send(&connect(4, "bridge-persistent", 60, false, Some(BRIDGE)));
     assert_eq!(r.read().unwrap().1, vec![0, 0]);
 }
+
+#[test]
+fn overlapping_subscriptions_get_one_copy() {
+    let (b, _d) = broker(&[]);
+    let (mut r, _) = Raw::connect(b.mqtt(), 4, "overlapping", None);
+    r.send(&subscribe_many(4, 1, &["ov/#", "ov/+", "ov/x"]));
+    assert_eq!(r.read().expect("SUBACK").0, 0x90);
+    let (mut other, _) = Raw::connect(b.mqtt(), 4, "plain", None);
+    other.send(&subscribe(4, 1, "ov/#", 0));
+    assert_eq!(other.read().expect("SUBACK").0, 0x90);
+    publish_n(&b, "ov/x", 3);
+    assert_eq!(
+        r.drain_publishes(std::time::Duration::from_secs(1)),
+        3,
+        "one copy each (MQTT-3.3.4-2)"
+    );
+    assert_eq!(other.drain_publishes(std::time::Duration::from_secs(1)), 3);
+}
