@@ -24,7 +24,7 @@ use firehose_nova::source::{self, Nova};
         nova/<deployment>/service/<binary>/<host> saying up or down.\n\n\
         One deployment from flags, or several (cells, regions) from --config \
         ([[source.deployments]] tables).",
-    after_help = "Example:\n  firehose-nova --amqp amqp://firehose@rabbit.example.org/%2f --amqp-password-file /etc/firehose/amqp.pass \\\n    --deployment cell1 --broker mqtt://nova@127.0.0.1 --password-file /etc/firehose/nova.pass"
+    after_help = "Example (each line short enough not to wrap, so it copies as is):\n  firehose-nova --amqp amqp://firehose@rabbit.example.org/%2f \\\n    --amqp-password-file /etc/firehose/amqp.pass --deployment cell1 \\\n    --broker mqtt://nova@127.0.0.1 --password-file /etc/firehose/nova.pass"
 )]
 struct Cli {
     /// TOML config file with [publish] and [source] tables.

@@ -266,3 +266,19 @@ fn sample_config_has_every_key_and_only_known_ones() {
     .unwrap();
     assert_sample_complete("deploy/nova.toml", &sample, &known);
 }
+
+#[test]
+fn help_example_copies_as_is() {
+    // clap wraps long lines at the terminal width; an example that wraps
+    // breaks when pasted. Every line of it stays within 80 columns.
+    let out = run(std::process::Command::new(bin("firehose-nova")).arg("--help"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let example: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Example"))
+        .collect();
+    assert!(example.len() > 2, "{text}");
+    for l in example {
+        assert!(l.len() <= 80, "wraps: {l:?}");
+    }
+}
