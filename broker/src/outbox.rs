@@ -68,8 +68,6 @@ struct State {
     items: VecDeque<Delivery>,
     bytes: usize,
     online: bool,
-    /// The client's socket took less than was offered on the last write.
-    blocked: bool,
     reader: Reader,
 }
 
@@ -97,9 +95,17 @@ impl Budget {
         })
     }
 
-    fn add(&self, n: usize) -> bool {
-        let total = self.stats.queued_bytes.fetch_add(n as i64, Relaxed) + n as i64;
-        total > self.max as i64
+    /// Applies a net change in queued bytes (a whole fan-out at once, so
+    /// the shared counter is touched once per publish, not per delivery)
+    /// and enforces the budget.
+    pub fn settle(&self, net: i64) {
+        if net == 0 {
+            return;
+        }
+        let total = self.stats.queued_bytes.fetch_add(net, Relaxed) + net;
+        if net > 0 && total > self.max as i64 {
+            self.evict();
+        }
     }
 
     fn sub(&self, n: usize) {
@@ -153,6 +159,9 @@ pub struct Outbox {
     space: Notify,
     /// A publisher is (or may be) waiting on `space`.
     waited_on: AtomicBool,
+    /// The client's socket took less than was offered on the last write
+    /// (set on every write, so an atomic rather than under the lock).
+    blocked: AtomicBool,
     /// When the reader last moved data ([`now_ms`]), or was given work.
     progress_ms: AtomicU64,
     /// The session holds more than one subscription in the router, so one
@@ -185,6 +194,7 @@ impl Outbox {
             ready: Notify::new(),
             space: Notify::new(),
             waited_on: AtomicBool::new(false),
+            blocked: AtomicBool::new(false),
             progress_ms: AtomicU64::new(0),
             overlapping: AtomicBool::new(false),
             max_messages,
@@ -230,13 +240,8 @@ impl Outbox {
     /// Records whether the client's socket is full. A blocked reader is a
     /// slow one: publishers stop waiting for it.
     pub fn set_blocked(&self, blocked: bool) {
-        let mut s = self.lock();
-        if s.blocked != blocked {
-            s.blocked = blocked;
-            drop(s);
-            if blocked {
-                self.wake_publishers();
-            }
+        if self.blocked.swap(blocked, Relaxed) != blocked && blocked {
+            self.wake_publishers();
         }
     }
 
@@ -270,6 +275,15 @@ impl Outbox {
     /// Queues one delivery, applying the drop policy. `policy` is the ACL
     /// in force, checked only for readers that may not read everything.
     pub fn push(&self, d: Delivery, policy: &Policy) -> Pushed {
+        let mut net = 0;
+        let pushed = self.push_unsettled(d, policy, &mut net);
+        self.budget.settle(net);
+        pushed
+    }
+
+    /// [`Outbox::push`] that adds its change in queued bytes to `net` for
+    /// the caller to [`Budget::settle`] (the router, once per publish).
+    pub fn push_unsettled(&self, d: Delivery, policy: &Policy, net: &mut i64) -> Pushed {
         let mut s = self.lock();
         if !s.reader.reads_everything {
             let who = Who {
@@ -307,12 +321,9 @@ impl Outbox {
             // Work starts now: the reader has `STALL` to show progress.
             self.progressed();
         }
-        let pressure = s.online && !s.blocked && self.high(&s) && !self.stalled();
+        let pressure = s.online && !self.blocked.load(Relaxed) && self.high(&s) && !self.stalled();
         drop(s);
-        self.budget.sub(freed);
-        if self.budget.add(w) {
-            self.budget.evict();
-        }
+        *net += w as i64 - freed as i64;
         if first || pressure {
             self.ready.notify_one();
         }
@@ -398,7 +409,7 @@ impl Outbox {
             self.waited_on.store(true, Relaxed);
             {
                 let s = self.lock();
-                if !s.online || s.blocked || self.low(&s) || self.stalled() {
+                if !s.online || self.blocked.load(Relaxed) || self.low(&s) || self.stalled() {
                     return;
                 }
             }

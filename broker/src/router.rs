@@ -21,7 +21,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::auth::Policy;
 use crate::message::Message;
-use crate::outbox::{Delivery, Outbox, Pushed};
+use crate::outbox::{Budget, Delivery, Outbox, Pushed};
 use crate::stats::{Reason, Stats};
 
 /// One session's subscription to one filter.
@@ -218,6 +218,8 @@ pub struct Router {
     tree: RwLock<Tree>,
     limits: RouterLimits,
     stats: Arc<Stats>,
+    /// Where a fan-out reports the bytes it queued.
+    budget: Arc<Budget>,
 }
 
 /// A subscription split into its shared-subscription group and filter.
@@ -238,11 +240,12 @@ struct Hit<'a> {
 
 impl Router {
     /// An empty router.
-    pub fn new(limits: RouterLimits, stats: Arc<Stats>) -> Router {
+    pub fn new(limits: RouterLimits, budget: Arc<Budget>, stats: Arc<Stats>) -> Router {
         Router {
             tree: RwLock::new(Tree::default()),
             limits,
             stats,
+            budget,
         }
     }
 
@@ -410,6 +413,7 @@ impl Router {
             hits.extend(several);
         }
         let mut queued = 0;
+        let mut net = 0;
         for h in hits {
             let s = h.sub;
             if s.no_local && s.outbox.key == msg.origin {
@@ -421,7 +425,7 @@ impl Router {
                 retain: s.retain_as_published && msg.retain,
                 sub_id: s.id,
             };
-            match s.outbox.push(d, policy) {
+            match s.outbox.push_unsettled(d, policy, &mut net) {
                 Pushed::Dropped => {}
                 Pushed::Queued => queued += 1,
                 Pushed::Pressure => {
@@ -434,6 +438,8 @@ impl Router {
                 }
             }
         }
+        drop(t);
+        self.budget.settle(net);
         queued
     }
 
@@ -609,13 +615,15 @@ mod tests {
     use bytes::Bytes;
 
     fn router(max_filters: usize) -> Router {
+        let stats = Arc::new(Stats::default());
         Router::new(
             RouterLimits {
                 max_filters,
                 max_retained_messages: 3,
                 max_retained_bytes: 1 << 20,
             },
-            Arc::new(Stats::default()),
+            Budget::new(usize::MAX / 2, stats.clone()),
+            stats,
         )
     }
 

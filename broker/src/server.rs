@@ -139,15 +139,16 @@ impl Broker {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let stats = Arc::new(Stats::default());
         let (sys_tx, _) = watch::channel(Arc::new(Vec::new()));
+        let budget = Budget::new(cfg.limits.max_queued_bytes_total, stats.clone());
         let router = Router::new(
             RouterLimits {
                 max_filters: cfg.limits.max_filters,
                 max_retained_messages: cfg.limits.max_retained_messages,
                 max_retained_bytes: cfg.limits.max_retained_bytes,
             },
+            budget.clone(),
             stats.clone(),
         );
-        let budget = Budget::new(cfg.limits.max_queued_bytes_total, stats.clone());
         let shared = Arc::new(Shared {
             budget,
             cfg,
