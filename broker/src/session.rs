@@ -706,8 +706,12 @@ impl Session {
             self.shared.stats.publish_sent.fetch_add(1, Relaxed);
             self.shared.stats.messages_sent.fetch_add(1, Relaxed);
         }
-        if self.taken.is_empty() && self.taken.capacity() > TAKE_BATCH {
+        // Idle again after a burst (or a big retained set): give it back.
+        if self.taken.is_empty() && self.taken.capacity() > 32 {
             self.taken = VecDeque::new();
+        }
+        if self.retained.is_empty() && self.retained.capacity() > 32 {
+            self.retained = VecDeque::new();
         }
     }
 
