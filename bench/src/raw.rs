@@ -1,6 +1,6 @@
 //! Bare MQTT 3.1.1 clients for the connection-heavy cases: a CONNECT and a
-//! SUBSCRIBE written by hand, the CONNACK and SUBACK read back, nothing
-//! else. A full client per connection would measure the client, not the
+//! SUBSCRIBE (built by the test kit's packet builders), the CONNACK and
+//! SUBACK read back, nothing else. A full client per connection would measure the client, not the
 //! broker, at 10,000 and more connections.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -15,41 +15,6 @@ use crate::Target;
 
 /// Connections opened at once.
 const PARALLEL: usize = 200;
-
-fn connect_packet(client_id: &str) -> Vec<u8> {
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0x02, 0x58];
-    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
-    body.extend_from_slice(client_id.as_bytes());
-    let mut p = vec![0x10];
-    put_len(&mut p, body.len());
-    p.extend(body);
-    p
-}
-
-fn subscribe_packet(filter: &str) -> Vec<u8> {
-    let mut body = vec![0, 1];
-    body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
-    body.extend_from_slice(filter.as_bytes());
-    body.push(0);
-    let mut p = vec![0x82];
-    put_len(&mut p, body.len());
-    p.extend(body);
-    p
-}
-
-fn put_len(p: &mut Vec<u8>, mut n: usize) {
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        p.push(b);
-        if n == 0 {
-            break;
-        }
-    }
-}
 
 /// Connects from `127.0.0.<source>`, sends CONNECT + SUBSCRIBE, and waits
 /// for CONNACK (accepted) and SUBACK.
@@ -66,8 +31,9 @@ async fn subscribe_one(t: &Target, source: u8, id: &str, filter: &str) -> Result
         sock.bind(SocketAddr::from(([127, 0, 0, source], 0)))?;
     }
     let mut s = sock.connect(SocketAddr::from((host, t.port))).await?;
-    let mut out = connect_packet(id);
-    out.extend(subscribe_packet(filter));
+    // Keepalive 600 s: idle for the whole measurement without a PINGREQ.
+    let mut out = firehose_testkit::raw::connect(4, id, 600, true, None);
+    out.extend(firehose_testkit::raw::subscribe(4, 1, filter, 0));
     s.write_all(&out).await?;
     let mut got = [0u8; 9];
     s.read_exact(&mut got).await?;
