@@ -687,6 +687,7 @@ impl Session {
             self.shared.cfg.limits.max_inflight_messages as usize
         };
         let v5 = self.version == Version::V5;
+        let mut sent = 0;
         while all || wbuf.len() < WRITE_CHUNK {
             let room = max_inflight.saturating_sub(self.inflight.len());
             let Some(d) = self.next_delivery(room) else {
@@ -703,8 +704,13 @@ impl Session {
             if d.qos > 0 {
                 self.inflight.push_back((pkid, d));
             }
-            self.shared.stats.publish_sent.fetch_add(1, Relaxed);
-            self.shared.stats.messages_sent.fetch_add(1, Relaxed);
+            sent += 1;
+        }
+        if sent > 0 {
+            // Once per fill, not per delivery: these counters are shared by
+            // every session.
+            self.shared.stats.publish_sent.fetch_add(sent, Relaxed);
+            self.shared.stats.messages_sent.fetch_add(sent, Relaxed);
         }
         // Idle again after a burst (or a big retained set): give it back.
         if self.taken.is_empty() && self.taken.capacity() > 32 {
