@@ -150,6 +150,18 @@ impl GerritEvent {
     }
 }
 
+impl crate::Publishable for GerritEvent {
+    fn topic(&self) -> String {
+        GerritEvent::topic(self)
+    }
+    fn raw(&self) -> Vec<u8> {
+        self.text().as_bytes().to_vec()
+    }
+    fn cloudevent(&self, source: &str, received: OffsetDateTime) -> CloudEvent {
+        self.to_cloudevent(source, received)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

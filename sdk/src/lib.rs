@@ -22,6 +22,19 @@ pub mod topic;
 
 pub use envelope::CloudEvent;
 
+/// A typed event a bridge can publish: where it goes and both of its
+/// payload forms. The bridge runtime picks the form `--payload` asks for,
+/// so no bridge repeats that switch.
+pub trait Publishable {
+    /// The topic, before any `--base-topic`.
+    fn topic(&self) -> String;
+    /// The payload in raw mode: exactly what the original publisher sent.
+    fn raw(&self) -> Vec<u8>;
+    /// The CloudEvents envelope. `source` is the upstream's URI; `received`
+    /// stands in when the event does not say when it happened.
+    fn cloudevent(&self, source: &str, received: time::OffsetDateTime) -> CloudEvent;
+}
+
 /// What a bridge puts in the MQTT payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

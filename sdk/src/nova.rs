@@ -244,7 +244,37 @@ impl ServiceStatus {
             "uuid": self.uuid,
             "updated": self.updated.map(crate::envelope::rfc3339),
         });
-        serde_json::to_vec(&v).unwrap_or_default()
+        serde_json::to_vec(&v)
+            .expect("a json! value of strings and bools always serializes (never empty: an empty retained payload would delete the state)")
+    }
+}
+
+/// A notification as one deployment publishes it: the topic needs the
+/// deployment's name.
+pub struct InDeployment<'a> {
+    pub notification: &'a Notification,
+    pub deployment: &'a str,
+}
+
+impl Notification {
+    /// This notification, addressed to `deployment`'s topics.
+    pub fn in_deployment<'a>(&'a self, deployment: &'a str) -> InDeployment<'a> {
+        InDeployment {
+            notification: self,
+            deployment,
+        }
+    }
+}
+
+impl crate::Publishable for InDeployment<'_> {
+    fn topic(&self) -> String {
+        self.notification.topic(self.deployment)
+    }
+    fn raw(&self) -> Vec<u8> {
+        self.notification.text().as_bytes().to_vec()
+    }
+    fn cloudevent(&self, source: &str, received: OffsetDateTime) -> CloudEvent {
+        self.notification.to_cloudevent(source, received)
     }
 }
 

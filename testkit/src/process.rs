@@ -288,6 +288,15 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failed test shows what each process it ran said last.
+        if std::thread::panicking() {
+            let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+            let tail = &logs[logs.len().saturating_sub(60)..];
+            eprintln!("--- last {} log lines of {} ---", tail.len(), self.name);
+            for l in tail {
+                eprintln!("{l}");
+            }
+        }
     }
 }
 

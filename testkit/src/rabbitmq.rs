@@ -18,12 +18,24 @@ pub struct RabbitMq {
     dir: PathBuf,
     pub node: String,
     pub port: u16,
+    /// The amqps:// port, when started with [`RabbitMq::start_tls`].
+    pub tls_port: Option<u16>,
     dist_port: u16,
 }
 
 impl RabbitMq {
     /// Starts a node with its data under `dir`.
     pub fn start(dir: &Path) -> RabbitMq {
+        RabbitMq::start_with(dir, None)
+    }
+
+    /// Starts a node that also listens for amqps:// on [`Self::tls_port`],
+    /// with `certs`' `server.pem`/`server.key` (see [`crate::certs::make_certs`]).
+    pub fn start_tls(dir: &Path, certs: &Path) -> RabbitMq {
+        RabbitMq::start_with(dir, Some(certs))
+    }
+
+    fn start_with(dir: &Path, certs: Option<&Path>) -> RabbitMq {
         assert!(
             Path::new(SERVER).exists(),
             "{SERVER} is missing: install Debian's rabbitmq-server (./scripts/test does)"
@@ -35,8 +47,27 @@ impl RabbitMq {
             dir: dir.to_owned(),
             node: format!("firehose-{}-{}@localhost", std::process::id(), free_port()),
             port: free_port(),
+            tls_port: certs.map(|_| free_port()),
             dist_port: free_port(),
         };
+        if let (Some(certs), Some(port)) = (certs, r.tls_port) {
+            let c = |f: &str| certs.join(f).display().to_string();
+            std::fs::write(
+                dir.join("rabbitmq.conf"),
+                format!(
+                    "listeners.ssl.1 = 127.0.0.1:{port}\n\
+                     ssl_options.cacertfile = {}\n\
+                     ssl_options.certfile = {}\n\
+                     ssl_options.keyfile = {}\n\
+                     ssl_options.verify = verify_none\n\
+                     ssl_options.fail_if_no_peer_cert = false\n",
+                    c("ca.pem"),
+                    c("server.pem"),
+                    c("server.key")
+                ),
+            )
+            .expect("rabbitmq.conf");
+        }
         r.boot();
         r
     }
@@ -53,6 +84,9 @@ impl RabbitMq {
         .env("RABBITMQ_MNESIA_BASE", self.dir.join("mnesia"))
         .env("RABBITMQ_LOG_BASE", self.dir.join("log"))
         .env("RABBITMQ_ENABLED_PLUGINS_FILE", self.dir.join("plugins"));
+        if self.tls_port.is_some() {
+            cmd.env("RABBITMQ_CONFIG_FILE", self.dir.join("rabbitmq.conf"));
+        }
     }
 
     fn boot(&mut self) {

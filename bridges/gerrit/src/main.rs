@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use firehose_bridge::config::{load_file, FileConfig, PublishArgs};
-use firehose_bridge::Bridge;
+use firehose_bridge::cli::{CommonArgs, Info, Plan, ReplayArgs};
+use firehose_bridge::replay::Replay;
 use firehose_gerrit::config::{GerritArgs, GerritConfig};
-use firehose_gerrit::source::{self, Live};
+use firehose_gerrit::source::{GerritLines, GerritSource, Live};
 use firehose_gerrit::ssh::{self, HostKeyCheck, Target};
 
 #[derive(Parser, Debug)]
@@ -22,78 +22,55 @@ use firehose_gerrit::ssh::{self, HostKeyCheck, Target};
         --payload raw, exactly as Gerrit printed it. Events wait in a spool until the broker \
         acknowledged them; lines that are not events go to a dead-letter file. A retained \
         status message on firehose/status/gerrit/<instance> says up, degraded or down.\n\n\
-        Settings come from --config (TOML: [publish] and [source] tables), then flags.",
+        Settings come from --config (TOML: [publish] and [source] tables), then flags.\n\nLogs go to stderr; FIREHOSE_LOG (e.g. debug, or info,russh=debug) sets what is shown.",
     after_help = "Example:\n  firehose-gerrit --gerrit ssh://firehose@review.example.org \\\n    --ssh-key /etc/firehose/gerrit.key --broker mqtt://firehose-gerrit@127.0.0.1 \\\n    --password-file /etc/firehose/gerrit.pass --spool /var/lib/firehose/gerrit"
 )]
 struct Cli {
-    /// TOML config file with [publish] and [source] tables.
-    #[arg(long, env = "FIREHOSE_GERRIT_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Check the configuration and the files it names, then exit.
-    #[arg(long)]
-    check_config: bool,
-    /// Publish the events of a JSON-lines file (or - for stdin) instead of
-    /// connecting to Gerrit, then exit once all are delivered.
-    #[arg(long, value_name = "FILE")]
-    replay: Option<String>,
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    replay: ReplayArgs,
     #[command(flatten)]
     gerrit: GerritArgs,
-    #[command(flatten)]
-    publish: PublishArgs,
 }
 
 fn main() -> ExitCode {
-    firehose_bridge::cli::init_logging("info,russh=warn");
-    firehose_bridge::cli::exit("firehose-gerrit", run(Cli::parse()))
+    let cli = Cli::parse();
+    let info = Info {
+        name: "gerrit",
+        version: env!("CARGO_PKG_VERSION"),
+        log: "info,russh=warn",
+    };
+    firehose_bridge::cli::main(info, cli.common, |mut src: GerritConfig, _| {
+        src.apply(&cli.gerrit);
+        plan(src, cli.replay.replay)
+    })
 }
 
-fn run(cli: Cli) -> Result<()> {
-    let mut file: FileConfig<GerritConfig> = match &cli.config {
-        Some(p) => load_file(p)?,
-        None => FileConfig::default(),
-    };
-    file.publish.apply(&cli.publish);
-    file.source.apply(&cli.gerrit);
-    let publish = file.publish.resolve("gerrit")?;
-    let src = file.source;
-
-    let live = match &cli.replay {
-        Some(_) => None,
-        None => Some(live_source(&src)?),
-    };
-    if cli.check_config {
-        println!(
-            "firehose-gerrit: configuration OK (broker {}, {})",
-            publish.url,
-            match &live {
-                Some(l) => format!("gerrit {}", l.target),
-                None => "replay".to_owned(),
-            }
-        );
-        return Ok(());
-    }
-    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let bridge = Bridge::new("gerrit", env!("CARGO_PKG_VERSION"), publish);
-    let max_line = src.max_line_bytes;
-    rt.block_on(async move {
-        match (live, cli.replay) {
-            (Some(live), _) => bridge.run(move |ctx| source::live(ctx, live)).await,
-            (None, Some(path)) => {
-                let uri = match &src.gerrit {
-                    Some(g) => g
-                        .parse::<Target>()
-                        .map(|t| t.source_uri())
-                        .unwrap_or_else(|_| g.clone()),
-                    None => format!("file:{path}"),
-                };
-                bridge
-                    .run(move |ctx| source::replay(ctx, path, uri, max_line))
-                    .await
-            }
-            (None, None) => Ok(()),
+/// The source the configuration asks for: Gerrit itself, or a replay.
+fn plan(src: GerritConfig, replay: Option<String>) -> Result<Plan<GerritSource>> {
+    let source = match replay {
+        Some(path) => {
+            let source_uri = match &src.gerrit {
+                Some(g) => g
+                    .parse::<Target>()
+                    .map(|t| t.source_uri())
+                    .unwrap_or_else(|_| g.clone()),
+                None => format!("file:{path}"),
+            };
+            let lines = GerritLines { source_uri };
+            GerritSource::Replay(Replay::new(path, src.max_line_bytes, lines))
         }
-    })?;
-    Ok(())
+        None => GerritSource::Live(live_source(&src)?),
+    };
+    let describe = match &source {
+        GerritSource::Live(l) => format!("gerrit {}", l.target),
+        GerritSource::Replay(_) => "replay".to_owned(),
+    };
+    Ok(Plan {
+        sources: vec![source],
+        describe,
+    })
 }
 
 /// Everything the live SSH source needs, checked up front.

@@ -1,21 +1,44 @@
 //! The gerrit source: lines of `gerrit stream-events` (live over SSH, or
 //! replayed from a file) become events on `gerrit/<project>/<type>`.
+//! Reconnecting, status and shutdown are the runtime's.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use firehose::gerrit::GerritEvent;
-use firehose::PayloadMode;
-use firehose_bridge::backoff::Backoff;
-use firehose_bridge::lines::{Line, Lines};
-use firehose_bridge::{Event, SourceContext};
+use firehose_bridge::lines::Lines;
+use firehose_bridge::replay::{feed, LineHandler, Replay};
+use firehose_bridge::{ResultExt, Source, SourceContext, SourceError};
 use russh::keys::PrivateKey;
 use russh::ChannelMsg;
-use tokio::io::AsyncReadExt;
 
 use crate::ssh::{self, HostKeyCheck, Target};
 
-/// A live SSH source.
+/// How long opening the stream (TCP, SSH, login, exec) may take.
+const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Parses `stream-events` lines into events.
+pub struct GerritLines {
+    /// The CloudEvents `source`: the Gerrit server's URI.
+    pub source_uri: String,
+}
+
+impl LineHandler for GerritLines {
+    fn kind(&self) -> &'static str {
+        "gerrit"
+    }
+
+    async fn line(&mut self, ctx: &SourceContext, line: Vec<u8>) -> Result<(), SourceError> {
+        match GerritEvent::parse(&line) {
+            Ok(ev) => ctx.publish(&ev, &self.source_uri, None).await,
+            Err(e) => {
+                ctx.malformed("gerrit", &e.to_string(), &line, line.len());
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The live SSH source.
 pub struct Live {
     pub target: Target,
     pub key: Arc<PrivateKey>,
@@ -24,158 +47,65 @@ pub struct Live {
     pub max_line_bytes: usize,
 }
 
-/// Turns one line into an event (or a dead letter) and hands it over.
-/// Returns false when the runtime has stopped.
-pub async fn handle_line(ctx: &SourceContext, source_uri: &str, line: Line) -> bool {
-    let (bytes, len, reason) = match line {
-        // Blank lines are keepalives, not errors.
-        Line::Complete(b) if b.iter().all(u8::is_ascii_whitespace) => return true,
-        Line::Complete(b) => match GerritEvent::parse(&b) {
-            Ok(ev) => {
-                let payload = match ctx.payload {
-                    PayloadMode::Raw => ev.text().as_bytes().to_vec(),
-                    PayloadMode::Cloudevents => ev
-                        .to_cloudevent(source_uri, time::OffsetDateTime::now_utc())
-                        .to_json(),
-                };
-                let event = Event {
-                    topic: ctx.topic(&ev.topic()),
-                    payload: payload.into(),
-                    retain: false,
-                    ack: None,
-                };
-                return ctx.events.send(event).await.is_ok();
-            }
-            Err(e) => {
-                let len = b.len();
-                (b, len, e.to_string())
-            }
-        },
-        Line::TooLong { prefix, len } => {
-            (prefix, len, "line longer than --max-line-bytes".to_owned())
-        }
-        Line::CutOff(b) => {
-            let len = b.len();
-            (
-                b,
-                len,
-                "line cut off (stream ended before its newline)".to_owned(),
-            )
-        }
-    };
-    ctx.malformed("gerrit", &reason, &bytes, len);
-    true
+/// What firehose-gerrit reads: Gerrit itself, or a file.
+pub enum GerritSource {
+    Live(Live),
+    Replay(Replay<GerritLines>),
 }
 
-/// Publishes a JSON-lines file (or stdin for `-`), then returns.
-pub async fn replay(
-    ctx: SourceContext,
-    path: String,
-    source_uri: String,
-    max_line_bytes: usize,
-) -> Result<(), String> {
-    let mut input: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if path == "-" {
-        Box::new(tokio::io::stdin())
-    } else {
-        Box::new(
-            tokio::fs::File::open(&path)
-                .await
-                .map_err(|e| format!("--replay {path}: {e}"))?,
-        )
-    };
-    ctx.connected();
-    let mut lines = Lines::new(max_line_bytes);
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut n_lines = 0u64;
-    loop {
-        let n = input
-            .read(&mut buf)
-            .await
-            .map_err(|e| format!("--replay {path}: {e}"))?;
-        let batch = if n == 0 {
-            lines.finish().into_iter().collect()
-        } else {
-            lines.push(&buf[..n])
-        };
-        for line in batch {
-            n_lines += 1;
-            if !handle_line(&ctx, &source_uri, line).await {
-                return Ok(());
-            }
-        }
-        if n == 0 {
-            break;
+impl Source for GerritSource {
+    fn name(&self) -> String {
+        match self {
+            GerritSource::Live(l) => l.target.to_string(),
+            GerritSource::Replay(r) => r.name(),
         }
     }
-    tracing::info!(file = %path, lines = n_lines, "replay read to the end");
-    Ok(())
+
+    async fn run(&mut self, ctx: &SourceContext) -> Result<(), SourceError> {
+        match self {
+            GerritSource::Live(l) => l.stream(ctx).await,
+            GerritSource::Replay(r) => r.run(ctx).await,
+        }
+    }
 }
 
-/// Runs `gerrit stream-events` over SSH until the bridge stops,
-/// reconnecting with backoff whenever the connection ends.
-pub async fn live(ctx: SourceContext, src: Live) -> Result<(), String> {
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-    let source_uri = src.target.source_uri();
-    let mut shutdown = ctx.shutdown.clone();
-    loop {
-        if ctx.stopping() {
-            return Ok(());
-        }
-        let opened = tokio::select! {
-            r = ssh::open(&src.target, src.key.clone(), &src.host_key, &src.command, Duration::from_secs(30)) => r,
-            _ = shutdown.changed() => return Ok(()),
+impl Live {
+    /// Opens the stream and reads it until it ends.
+    async fn stream(&mut self, ctx: &SourceContext) -> Result<(), SourceError> {
+        let stream = ssh::open(
+            &self.target,
+            self.key.clone(),
+            &self.host_key,
+            &self.command,
+            OPEN_TIMEOUT,
+        )
+        .await
+        .lost("cannot open the event stream")?;
+        tracing::info!(gerrit = %self.target, command = %self.command, "streaming events");
+        ctx.connected();
+        let mut handler = GerritLines {
+            source_uri: self.target.source_uri(),
         };
-        match opened {
-            Ok(stream) => {
-                let since = Instant::now();
-                tracing::info!(gerrit = %src.target, command = %src.command, "streaming events");
-                ctx.connected();
-                let why = pump(&ctx, &source_uri, stream, src.max_line_bytes).await;
-                if ctx.stopping() {
-                    return Ok(());
-                }
-                tracing::warn!(gerrit = %src.target, reason = %why, "event stream ended; reconnecting");
-                ctx.disconnected(why);
-                if since.elapsed() > Duration::from_secs(60) {
-                    backoff.reset();
-                }
-            }
-            Err(e) => {
-                tracing::warn!(gerrit = %src.target, error = %e, attempt = backoff.attempts() + 1, "cannot open the event stream");
-                ctx.disconnected(e.to_string());
-            }
-        }
-        ctx.reconnecting();
-        let delay = backoff.next_delay();
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.changed() => return Ok(()),
-        }
+        let why = pump(ctx, &mut handler, stream, self.max_line_bytes).await?;
+        Err(SourceError::Ended(format!("event stream ended: {why}")))
     }
 }
 
 /// Reads the channel until it ends; returns why it ended.
 async fn pump(
     ctx: &SourceContext,
-    source_uri: &str,
+    handler: &mut GerritLines,
     mut stream: ssh::Stream,
     max_line_bytes: usize,
-) -> String {
+) -> Result<String, SourceError> {
     let mut lines = Lines::new(max_line_bytes);
-    let mut shutdown = ctx.shutdown.clone();
     let mut exit: Option<String> = None;
     loop {
-        let msg = tokio::select! {
-            m = stream.channel.wait() => m,
-            _ = shutdown.changed() => return "bridge stopping".to_owned(),
-        };
-        match msg {
+        match stream.channel.wait().await {
             Some(ChannelMsg::Data { data }) => {
                 tracing::trace!(bytes = data.len(), "stream data");
                 for line in lines.push(&data) {
-                    if !handle_line(ctx, source_uri, line).await {
-                        return "runtime stopped".to_owned();
-                    }
+                    feed(ctx, handler, line).await?;
                 }
             }
             Some(ChannelMsg::ExtendedData { data, .. }) => {
@@ -187,9 +117,9 @@ async fn pump(
             }
             Some(ChannelMsg::Eof) | Some(ChannelMsg::Close) | None => {
                 if let Some(line) = lines.finish() {
-                    handle_line(ctx, source_uri, line).await;
+                    feed(ctx, handler, line).await?;
                 }
-                return exit.unwrap_or_else(|| "connection closed".to_owned());
+                return Ok(exit.unwrap_or_else(|| "connection closed".to_owned()));
             }
             Some(_) => {}
         }

@@ -3,15 +3,22 @@
 
 use std::path::{Path, PathBuf};
 
+use lapin::tcp::OwnedTLSConfig;
+use lapin::uri::{AMQPScheme, AMQPUri};
 use serde::{Deserialize, Serialize};
 
 /// Flags for one deployment (and the source-wide limits).
 #[derive(clap::Args, Debug, Clone, Default)]
 #[command(next_help_heading = "Nova")]
 pub struct NovaArgs {
-    /// RabbitMQ: amqp://USER[:PASS]@HOST[:5672]/VHOST (vhost "/" is %2f).
+    /// RabbitMQ: amqp://USER[:PASS]@HOST[:5672]/VHOST, or amqps:// (TLS, port
+    /// 5671). Vhost "/" is %2f; percent-escape other reserved characters.
     #[arg(long, value_name = "URL")]
     pub amqp: Option<String>,
+    /// CA certificate(s) (PEM) to check RabbitMQ's TLS certificate (amqps://);
+    /// default: the system's.
+    #[arg(long, value_name = "FILE")]
+    pub amqp_ca: Option<PathBuf>,
     /// Name of the deployment (cell, region): the second topic level.
     #[arg(long, value_name = "NAME")]
     pub deployment: Option<String>,
@@ -63,6 +70,9 @@ pub struct DeploymentConfig {
     pub password_file: Option<PathBuf>,
     #[serde(default)]
     pub hosts_file: Option<PathBuf>,
+    /// CA certificate(s) for amqps:// (default: the system's).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
     #[serde(default = "default_exchange")]
     pub exchange: String,
     #[serde(default = "default_exchange_type")]
@@ -154,14 +164,18 @@ pub enum ConfigError {
     },
     #[error("deployment {name:?}: exchange type {kind:?}: use topic, direct, fanout or headers")]
     ExchangeType { name: String, kind: String },
+    #[error("deployment {name:?}: a CA file ({path}) is set but the URL is not amqps://, so it would be ignored: use amqps:// or drop it")]
+    UnusedCa { name: String, path: PathBuf },
 }
 
 /// A checked deployment, ready to connect.
 #[derive(Clone)]
 pub struct Deployment {
     pub name: String,
-    /// The full URI, password included: never log it (use `display`).
-    pub uri: String,
+    /// The parsed URI, password included: never log it (use `display`).
+    pub uri: AMQPUri,
+    /// TLS settings for amqps:// (the CA, when one is named).
+    pub tls: OwnedTLSConfig,
     /// The URI without the password, for logs and CloudEvents `source`.
     pub display: String,
     pub exchange: String,
@@ -201,6 +215,7 @@ impl NovaConfig {
             amqp: amqp.clone(),
             password_file: a.amqp_password_file.clone(),
             hosts_file: a.hosts_file.clone(),
+            ca: a.amqp_ca.clone(),
             exchange: a.exchange.clone().unwrap_or_else(default_exchange),
             exchange_type: a
                 .exchange_type
@@ -247,27 +262,13 @@ impl DeploymentConfig {
             name: name.clone(),
             reason: reason.to_owned(),
         };
-        let rest = self
-            .amqp
-            .strip_prefix("amqp://")
-            .ok_or_else(|| url_err("expected amqp://USER[:PASS]@HOST[:PORT]/VHOST"))?;
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, "%2f"));
-        let (userinfo, hostport) = authority
-            .rsplit_once('@')
-            .ok_or_else(|| url_err("no user: amqp://USER@HOST/..."))?;
-        let (user, inline_pw) = match userinfo.split_once(':') {
-            Some((u, p)) => (u, Some(p.to_owned())),
-            None => (userinfo, None),
-        };
-        let host = hostport
-            .rsplit_once(':')
-            .map_or(hostport, |(h, _)| h)
-            .trim_matches(['[', ']']);
-        let password = if let Some(p) = &self.password_file {
-            first_line(&name, p)?
+        let (mut uri, display, host) = parse_amqp(&self.amqp).map_err(|r| url_err(&r))?;
+        if let Some(p) = &self.password_file {
+            uri.authority.userinfo.password = first_line(&name, p)?;
         } else if let Some(hosts) = &self.hosts_file {
             let text = read_private(&name, hosts)?;
-            text.lines()
+            uri.authority.userinfo.password = text
+                .lines()
                 .filter_map(|l| {
                     let mut it = l.split_whitespace();
                     Some((it.next()?, it.next()?))
@@ -276,11 +277,26 @@ impl DeploymentConfig {
                 .map(|(_, p)| p.to_owned())
                 .ok_or_else(|| ConfigError::NotInHosts {
                     name: name.clone(),
-                    host: host.to_owned(),
+                    host: host.clone(),
                     path: hosts.clone(),
-                })?
-        } else {
-            inline_pw.unwrap_or_default()
+                })?;
+        }
+        let tls = match (&self.ca, &uri.scheme) {
+            (None, _) => OwnedTLSConfig::default(),
+            (Some(ca), AMQPScheme::AMQPS) => OwnedTLSConfig {
+                identity: None,
+                cert_chain: Some(std::fs::read_to_string(ca).map_err(|e| ConfigError::File {
+                    name: name.clone(),
+                    path: ca.clone(),
+                    reason: e.to_string(),
+                })?),
+            },
+            (Some(ca), AMQPScheme::AMQP) => {
+                return Err(ConfigError::UnusedCa {
+                    name,
+                    path: ca.clone(),
+                })
+            }
         };
         let kind = match self.exchange_type.as_str() {
             "topic" => lapin::ExchangeKind::Topic,
@@ -295,8 +311,9 @@ impl DeploymentConfig {
             }
         };
         Ok(Deployment {
-            uri: format!("amqp://{user}:{}@{hostport}/{path}", encode(&password)),
-            display: format!("amqp://{user}@{hostport}/{path}"),
+            uri,
+            tls,
+            display,
             queue: self
                 .queue
                 .clone()
@@ -314,16 +331,39 @@ impl DeploymentConfig {
     }
 }
 
-/// Percent-encodes what may not appear raw in a URI's userinfo.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// Parses an AMQP URL with the `url` crate: the URI to connect with
+/// (userinfo percent-decoded, as RFC 3986 says), the URL to show (no
+/// password), and the host (to look up in a hosts file).
+///
+/// lapin's own parser is used for the scheme, vhost and query options, but
+/// not for the host: it reads only domain names, so an IP address would
+/// silently become "localhost".
+pub fn parse_amqp(text: &str) -> Result<(AMQPUri, String, String), String> {
+    const FORM: &str = "expected amqp[s]://USER[:PASS]@HOST[:PORT]/VHOST";
+    let url = url::Url::parse(text).map_err(|e| format!("{e}; {FORM}"))?;
+    if !matches!(url.scheme(), "amqp" | "amqps") {
+        return Err(format!("scheme {:?}: {FORM}", url.scheme()));
+    }
+    if url.username().is_empty() {
+        return Err(format!("no user: {FORM}"));
+    }
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| format!("no host: {FORM}"))?
+        .trim_matches(['[', ']'])
+        .to_owned();
+    let mut uri: AMQPUri = text.parse().map_err(|e| format!("{e}; {FORM}"))?;
+    uri.authority.host = host.clone();
+    if url.password().is_none() {
+        // Not lapin's hidden default ("guest"): a password file, a hosts
+        // file, or none.
+        uri.authority.userinfo.password = String::new();
+    }
+    let mut shown = url.clone();
+    // Cannot fail: the URL has a host (checked above).
+    let _ = shown.set_password(None);
+    Ok((uri, shown.to_string(), host))
 }
 
 fn read_private(name: &str, path: &Path) -> Result<String, ConfigError> {
@@ -355,6 +395,30 @@ fn first_line(name: &str, path: &Path) -> Result<String, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn amqp_urls_are_decoded_and_hosts_kept() {
+        let (u, shown, host) = parse_amqp("amqp://u:p%40ss%2Fw@10.0.0.7/%2f").unwrap();
+        assert_eq!(u.authority.userinfo.username, "u");
+        assert_eq!(u.authority.userinfo.password, "p@ss/w");
+        assert_eq!(
+            (host.as_str(), u.authority.host.as_str()),
+            ("10.0.0.7", "10.0.0.7")
+        );
+        assert_eq!((u.authority.port, u.vhost.as_str()), (5672, "/"));
+        assert_eq!(shown, "amqp://u@10.0.0.7/%2f");
+        let (u, _, _) = parse_amqp("amqps://n%C3%B6va@[::1]:5999/cells?heartbeat=10").unwrap();
+        assert_eq!(u.scheme, AMQPScheme::AMQPS);
+        assert_eq!(u.authority.userinfo.username, "növa");
+        assert_eq!((u.authority.host.as_str(), u.authority.port), ("::1", 5999));
+        assert_eq!(u.query.heartbeat, Some(10));
+        let (u, _, _) = parse_amqp("amqps://u@rabbit").unwrap();
+        assert_eq!(u.authority.port, 5671);
+        for bad in ["http://u@h/", "amqp://h/", "amqp://u@/x", "not a url"] {
+            let e = parse_amqp(bad).unwrap_err();
+            assert!(e.contains("amqp[s]://USER"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn deployment_names_are_single_plain_levels() {
@@ -395,7 +459,10 @@ mod tests {
         assert!(e.contains("chmod 0600"), "{e}");
         std::fs::set_permissions(&hosts, std::fs::Permissions::from_mode(0o600)).unwrap();
         let d = &c.resolve().unwrap()[0];
-        assert_eq!(d.uri, "amqp://nova:s3cr%3At@rabbit1:5673/nova");
+        assert_eq!(d.uri.authority.userinfo.password, "s3cr:t");
+        assert_eq!(d.uri.authority.host, "rabbit1");
+        assert_eq!(d.uri.authority.port, 5673);
+        assert_eq!(d.uri.vhost, "nova");
         assert_eq!(d.display, "amqp://nova@rabbit1:5673/nova");
         assert_eq!(d.queue, "firehose.cell1");
         assert_eq!(

@@ -1,14 +1,13 @@
 //! `firehose-nova`: flags, config file, logging; the work is in the library.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Result};
 use clap::Parser;
-use firehose_bridge::config::{load_file, FileConfig, PublishArgs};
-use firehose_bridge::{Bridge, PrintFormat};
+use firehose_bridge::cli::{CommonArgs, Info, Plan, ReplayArgs};
+use firehose_bridge::replay::Replay;
 use firehose_nova::config::{NovaArgs, NovaConfig};
-use firehose_nova::source::{self, Nova};
+use firehose_nova::source::{Bodies, Consumer, NovaSource};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -23,60 +22,68 @@ use firehose_nova::source::{self, Nova};
         the MQTT broker acknowledged it. service.* notifications also keep a retained \
         nova/<deployment>/service/<binary>/<host> saying up or down.\n\n\
         One deployment from flags, or several (cells, regions) from --config \
-        ([[source.deployments]] tables).",
+        ([[source.deployments]] tables). --replay FILE publishes a JSON-lines file of \
+        bodies as they sit on RabbitMQ instead, then exits.\n\n\
+        Logs go to stderr; FIREHOSE_LOG (e.g. debug, or info,lapin=debug) sets what is shown.",
     after_help = "Example (each line short enough not to wrap, so it copies as is):\n  firehose-nova --amqp amqp://firehose@rabbit.example.org/%2f \\\n    --amqp-password-file /etc/firehose/amqp.pass --deployment cell1 \\\n    --broker mqtt://nova@127.0.0.1 --password-file /etc/firehose/nova.pass"
 )]
 struct Cli {
-    /// TOML config file with [publish] and [source] tables.
-    #[arg(long, env = "FIREHOSE_NOVA_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Check the configuration and the files it names, then exit.
-    #[arg(long)]
-    check_config: bool,
-    /// Print the normalized events to stdout (json or yaml) instead of publishing them.
-    #[arg(long, value_name = "FORMAT")]
-    print: Option<PrintFormat>,
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    replay: ReplayArgs,
     #[command(flatten)]
     nova: NovaArgs,
-    #[command(flatten)]
-    publish: PublishArgs,
 }
 
 fn main() -> ExitCode {
-    firehose_bridge::cli::init_logging("info,lapin=warn,amq_protocol=warn");
-    firehose_bridge::cli::exit("firehose-nova", run(Cli::parse()))
+    let cli = Cli::parse();
+    let info = Info {
+        name: "nova",
+        version: env!("CARGO_PKG_VERSION"),
+        log: "info,lapin=warn,amq_protocol=warn",
+    };
+    firehose_bridge::cli::main(info, cli.common, |mut src: NovaConfig, _| {
+        src.apply(&cli.nova)?;
+        plan(src, cli.replay.replay)
+    })
 }
 
-fn run(cli: Cli) -> Result<()> {
-    let mut file: FileConfig<NovaConfig> = match &cli.config {
-        Some(p) => load_file(p)?,
-        None => FileConfig::default(),
-    };
-    file.publish.apply(&cli.publish);
-    file.source.apply(&cli.nova)?;
-    let publish = file.publish.resolve("nova")?;
-    let deployments = file.source.resolve()?;
-    if cli.check_config {
-        let names: Vec<String> = deployments
-            .iter()
-            .map(|d| format!("{} ({})", d.name, d.display))
-            .collect();
-        println!(
-            "firehose-nova: configuration OK (broker {}, deployments: {})",
-            publish.url,
-            names.join(", ")
-        );
-        return Ok(());
+/// One consumer per deployment, or a replay through the first one's name.
+fn plan(src: NovaConfig, replay: Option<String>) -> Result<Plan<NovaSource>> {
+    let deployments = src.resolve()?;
+    let names: Vec<String> = deployments
+        .iter()
+        .map(|d| format!("{} ({})", d.name, d.display))
+        .collect();
+    if let Some(path) = replay {
+        let [d] = deployments.as_slice() else {
+            bail!("--replay publishes under one deployment: give exactly one (--amqp URL --deployment NAME)");
+        };
+        let bodies = Bodies {
+            deployment: d.name.clone(),
+            source_uri: format!("{}#{}", d.display, d.exchange),
+            max_body_bytes: src.max_body_bytes,
+        };
+        return Ok(Plan {
+            sources: vec![NovaSource::Replay(Replay::new(
+                path,
+                src.max_body_bytes,
+                bodies,
+            ))],
+            describe: format!("replay as deployment {}", names.join(", ")),
+        });
     }
-    let nova = Nova {
-        deployments,
-        max_body_bytes: file.source.max_body_bytes,
-    };
-    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let mut bridge = Bridge::new("nova", env!("CARGO_PKG_VERSION"), publish);
-    if let Some(format) = cli.print {
-        bridge = bridge.print_only(format);
-    }
-    rt.block_on(bridge.run(move |ctx| source::run(ctx, nova)))?;
-    Ok(())
+    Ok(Plan {
+        sources: deployments
+            .into_iter()
+            .map(|deployment| {
+                NovaSource::Consumer(Box::new(Consumer {
+                    deployment,
+                    max_body_bytes: src.max_body_bytes,
+                }))
+            })
+            .collect(),
+        describe: format!("deployments: {}", names.join(", ")),
+    })
 }

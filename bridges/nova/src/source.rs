@@ -1,22 +1,20 @@
-//! The nova source: one consumer per deployment, each on its own queue
-//! bound to nova's exchange (so every other consumer still gets every
-//! message), each reconnecting on its own.
+//! The nova source: one consumer per deployment (each a [`Source`] of its
+//! own, so the runtime reconnects each on its own and the status names the
+//! one that is down), each on its own queue bound to nova's exchange (so
+//! every other consumer still gets every message).
 //!
 //! A message is acked on RabbitMQ only when the broker has acknowledged
-//! everything made from it (the event, and a service's retained state). Until
-//! then it counts against the channel's prefetch, so while the broker is away
-//! consumption pauses at `prefetch` messages and nothing is acked or dropped.
-//! Bodies that are not notifications are dead-lettered, then acked so they
-//! never loop.
-
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+//! everything made from it (the event, and a service's retained state): each
+//! delivery is one [`Batch`](firehose_bridge::Batch) tagged with its acker,
+//! and the consume loop acks (or requeues) as batches settle. Until then it
+//! counts against the channel's prefetch, so while the broker is away
+//! consumption pauses at `prefetch` messages and nothing is acked or
+//! dropped. Bodies that are not notifications are dead-lettered, then acked
+//! so they never loop.
 
 use firehose::nova::Notification;
-use firehose::PayloadMode;
-use firehose_bridge::backoff::Backoff;
-use firehose_bridge::{Event, SourceContext};
+use firehose_bridge::replay::LineHandler;
+use firehose_bridge::{Acks, BatchStatus, ResultExt, Source, SourceContext, SourceError};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -24,118 +22,163 @@ use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use tokio::sync::oneshot;
+use lapin::{Acker, BasicProperties, Channel, Connection, ConnectionBuilder, ConnectionProperties};
 
 use crate::config::Deployment;
 
-/// Every deployment this process bridges.
-pub struct Nova {
-    pub deployments: Vec<Deployment>,
+/// What firehose-nova reads: RabbitMQ, or a file.
+pub enum NovaSource {
+    Consumer(Box<Consumer>),
+    Replay(firehose_bridge::replay::Replay<Bodies>),
+}
+
+impl Source for NovaSource {
+    fn name(&self) -> String {
+        match self {
+            NovaSource::Consumer(c) => c.name(),
+            NovaSource::Replay(r) => r.name(),
+        }
+    }
+
+    async fn run(&mut self, ctx: &SourceContext) -> Result<(), SourceError> {
+        match self {
+            NovaSource::Consumer(c) => c.run(ctx).await,
+            NovaSource::Replay(r) => r.run(ctx).await,
+        }
+    }
+}
+
+/// One deployment's consumer.
+pub struct Consumer {
+    pub deployment: Deployment,
     pub max_body_bytes: usize,
 }
 
-/// Per-deployment connection state, folded into the bridge's one upstream
-/// state: connected only when every deployment is.
-#[derive(Clone, Default)]
-struct States(Arc<Mutex<BTreeMap<String, Option<String>>>>);
+/// Turns notification bodies into events: shared by the consumer and
+/// `--replay` (a JSON-lines file of bodies as they sit on RabbitMQ).
+pub struct Bodies {
+    pub deployment: String,
+    /// The CloudEvents `source`: the AMQP URL (no password) and exchange.
+    pub source_uri: String,
+    pub max_body_bytes: usize,
+}
 
-impl States {
-    fn set(&self, ctx: &SourceContext, name: &str, error: Option<String>) {
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        m.insert(name.to_owned(), error);
-        let down: Vec<String> = m
-            .iter()
-            .filter_map(|(n, e)| e.as_ref().map(|e| format!("{n}: {e}")))
-            .collect();
-        if down.is_empty() {
-            ctx.connected();
+impl Bodies {
+    /// Publishes what one body holds, with `batch` when its upstream acks
+    /// on delivery. `Ok(false)`: not a notification (dead-lettered).
+    async fn publish(
+        &self,
+        ctx: &SourceContext,
+        body: &[u8],
+        batch: Option<&firehose_bridge::Batch>,
+    ) -> Result<bool, SourceError> {
+        let parsed = if body.len() > self.max_body_bytes {
+            Err(format!(
+                "body of {} bytes is over max_body_bytes ({})",
+                body.len(),
+                self.max_body_bytes
+            ))
         } else {
-            ctx.disconnected(down.join("; "));
-        }
-    }
-}
-
-/// Runs every deployment's consumer until the bridge stops.
-pub async fn run(ctx: SourceContext, nova: Nova) -> Result<(), String> {
-    let states = States::default();
-    for d in &nova.deployments {
-        states
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(d.name.clone(), Some("not connected yet".into()));
-    }
-    let mut tasks = Vec::new();
-    for d in nova.deployments {
-        tasks.push(tokio::spawn(consume(
-            ctx.clone(),
-            d,
-            states.clone(),
-            nova.max_body_bytes,
-        )));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    Ok(())
-}
-
-/// One deployment: connect, consume, and on any failure back off and retry.
-async fn consume(ctx: SourceContext, d: Deployment, states: States, max_body: usize) {
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-    let mut shutdown = ctx.shutdown.clone();
-    loop {
-        if ctx.stopping() {
-            return;
-        }
-        let result = tokio::select! {
-            r = session(&ctx, &d, &states, max_body, &mut backoff) => r,
-            _ = shutdown.changed() => return,
+            Notification::parse(body).map_err(|e| e.to_string())
         };
-        if ctx.stopping() {
-            return;
-        }
-        let why = match result {
-            Ok(()) => "consumer cancelled by RabbitMQ".to_owned(),
-            Err(e) => e,
+        let n = match parsed {
+            Ok(n) => n,
+            Err(reason) => {
+                let reason = format!("{}: {reason}", self.deployment);
+                ctx.malformed("nova", &reason, body, body.len());
+                return Ok(false);
+            }
         };
-        tracing::warn!(deployment = %d.name, amqp = %d.display, error = %why, attempt = backoff.attempts() + 1, "RabbitMQ connection lost or refused; reconnecting");
-        states.set(&ctx, &d.name, Some(why));
-        ctx.reconnecting();
-        let delay = backoff.next_delay();
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.changed() => return,
+        ctx.publish(&n.in_deployment(&self.deployment), &self.source_uri, batch)
+            .await?;
+        if let Some(status) = n.service_status() {
+            ctx.retain(&status.topic(&self.deployment), status.to_json(), batch)
+                .await?;
+        }
+        Ok(true)
+    }
+}
+
+impl LineHandler for Bodies {
+    fn kind(&self) -> &'static str {
+        "nova"
+    }
+
+    async fn line(&mut self, ctx: &SourceContext, line: Vec<u8>) -> Result<(), SourceError> {
+        self.publish(ctx, &line, None).await.map(|_| ())
+    }
+}
+
+impl Source for Consumer {
+    fn name(&self) -> String {
+        self.deployment.name.clone()
+    }
+
+    async fn run(&mut self, ctx: &SourceContext) -> Result<(), SourceError> {
+        let d = &self.deployment;
+        let conn = ConnectionBuilder::new()
+            .lost("lapin runtime")?
+            .with_uri(d.uri.clone())
+            .with_tls_config(d.tls.clone())
+            .with_properties(ConnectionProperties::default())
+            .connect()
+            .await
+            .lost(format!("connecting to {}", d.display))?;
+        let channel = setup(&conn, d).await?;
+        let mut consumer = channel
+            .basic_consume(
+                d.queue.as_str().into(),
+                format!("firehose-nova-{}", d.name).as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .lost(format!("consuming from {:?}", d.queue))?;
+        tracing::info!(deployment = %d.name, amqp = %d.display, exchange = %d.exchange, queue = %d.queue, routing_keys = ?d.routing_keys, prefetch = d.prefetch, "consuming nova notifications");
+        ctx.connected();
+        let bodies = Bodies {
+            deployment: d.name.clone(),
+            source_uri: format!("{}#{}", d.display, d.exchange),
+            max_body_bytes: self.max_body_bytes,
+        };
+        let mut acks: Acks<Acker> = Acks::new();
+        loop {
+            tokio::select! {
+                delivery = consumer.next() => {
+                    let Some(delivery) = delivery else {
+                        return Err(SourceError::Ended("consumer cancelled by RabbitMQ".into()));
+                    };
+                    let delivery = delivery.lost("consumer")?;
+                    handle(ctx, d, &channel, &bodies, &acks, delivery).await?;
+                }
+                (acker, status) = acks.next() => settle(d, acker, status).await,
+            }
         }
     }
 }
 
-/// One connection's life. Returns why it ended.
-async fn session(
-    ctx: &SourceContext,
-    d: &Deployment,
-    states: &States,
-    max_body: usize,
-    backoff: &mut Backoff,
-) -> Result<(), String> {
-    let conn = Connection::connect(&d.uri, ConnectionProperties::default())
-        .await
-        .map_err(|e| format!("connecting to {}: {e}", d.display))?;
-    let channel = conn
-        .create_channel()
-        .await
-        .map_err(|e| format!("opening a channel: {e}"))?;
+/// Declares what the deployment needs: prefetch, the exchange (or checks
+/// it exists), our queue and its bindings.
+async fn setup(conn: &Connection, d: &Deployment) -> Result<Channel, SourceError> {
+    let channel = conn.create_channel().await.lost("opening a channel")?;
     channel
         .basic_qos(d.prefetch, BasicQosOptions::default())
         .await
-        .map_err(|e| format!("basic.qos: {e}"))?;
+        .lost("basic.qos")?;
     // Nova declares its exchange (not durable, as oslo.messaging does by
     // default); we only check it is there unless told otherwise.
     let exchange_opts = ExchangeDeclareOptions {
         passive: !d.declare_exchange,
         durable: false,
         ..Default::default()
+    };
+    let what = if d.declare_exchange {
+        format!("declaring exchange {:?}", d.exchange)
+    } else {
+        format!(
+            "exchange {:?} not found (nova creates it when it first notifies, or set declare_exchange = true)",
+            d.exchange
+        )
     };
     channel
         .exchange_declare(
@@ -145,16 +188,7 @@ async fn session(
             FieldTable::default(),
         )
         .await
-        .map_err(|e| {
-            if d.declare_exchange {
-                format!("declaring exchange {:?}: {e}", d.exchange)
-            } else {
-                format!(
-                    "exchange {:?} not found ({e}); nova creates it when it first notifies, or set declare_exchange = true",
-                    d.exchange
-                )
-            }
-        })?;
+        .lost(what)?;
     let queue_opts = QueueDeclareOptions {
         durable: d.durable,
         auto_delete: d.auto_delete,
@@ -163,7 +197,7 @@ async fn session(
     channel
         .queue_declare(d.queue.as_str().into(), queue_opts, FieldTable::default())
         .await
-        .map_err(|e| format!("declaring queue {:?}: {e}", d.queue))?;
+        .lost(format!("declaring queue {:?}", d.queue))?;
     for key in &d.routing_keys {
         channel
             .queue_bind(
@@ -174,129 +208,63 @@ async fn session(
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| {
-                format!(
-                    "binding {:?} to {:?} with {key:?}: {e}",
-                    d.queue, d.exchange
-                )
-            })?;
+            .lost(format!(
+                "binding {:?} to {:?} with {key:?}",
+                d.queue, d.exchange
+            ))?;
     }
-    let mut consumer = channel
-        .basic_consume(
-            d.queue.as_str().into(),
-            format!("firehose-nova-{}", d.name).as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| format!("consuming from {:?}: {e}", d.queue))?;
-    tracing::info!(deployment = %d.name, amqp = %d.display, exchange = %d.exchange, queue = %d.queue, routing_keys = ?d.routing_keys, prefetch = d.prefetch, "consuming nova notifications");
-    states.set(ctx, &d.name, None);
-    backoff.reset();
-    let source_uri = format!("{}#{}", d.display, d.exchange);
-    while let Some(delivery) = consumer.next().await {
-        let delivery = delivery.map_err(|e| format!("consumer: {e}"))?;
-        if !handle(ctx, d, &channel, &source_uri, delivery, max_body).await {
-            return Ok(());
-        }
-    }
-    Ok(())
+    Ok(channel)
 }
 
-/// Turns one delivery into events (acked on RabbitMQ once the broker has
-/// them) or a dead letter (acked at once). False when the runtime stopped.
+/// Turns one delivery into events, acked on RabbitMQ once the broker has
+/// them all (see [`settle`]), or into a dead letter, acked at once.
 async fn handle(
     ctx: &SourceContext,
     d: &Deployment,
     channel: &Channel,
-    source_uri: &str,
+    bodies: &Bodies,
+    acks: &Acks<Acker>,
     delivery: Delivery,
-    max_body: usize,
-) -> bool {
-    let body = &delivery.data;
-    let parsed = if body.len() > max_body {
-        Err(format!(
-            "body of {} bytes is over max_body_bytes ({max_body})",
-            body.len()
-        ))
-    } else {
-        Notification::parse(body).map_err(|e| e.to_string())
-    };
-    let n = match parsed {
-        Ok(n) => n,
-        Err(reason) => {
-            ctx.malformed("nova", &format!("{}: {reason}", d.name), body, body.len());
-            if let Some(dlx) = &d.dead_letter_exchange {
-                let sent = channel
-                    .basic_publish(
-                        dlx.as_str().into(),
-                        delivery.routing_key.clone(),
-                        BasicPublishOptions::default(),
-                        body,
-                        BasicProperties::default(),
-                    )
-                    .await;
-                if let Err(e) = sent {
-                    tracing::error!(deployment = %d.name, exchange = %dlx, error = %e, "cannot publish to the dead-letter exchange");
-                }
-            }
-            let _ = delivery.ack(BasicAckOptions::default()).await;
-            return true;
-        }
-    };
-    let payload = match ctx.payload {
-        PayloadMode::Raw => n.text().as_bytes().to_vec(),
-        PayloadMode::Cloudevents => n
-            .to_cloudevent(source_uri, time::OffsetDateTime::now_utc())
-            .to_json(),
-    };
-    let mut acks = Vec::with_capacity(2);
-    let (tx, rx) = oneshot::channel();
-    acks.push(rx);
-    let event = Event {
-        topic: ctx.topic(&n.topic(&d.name)),
-        payload: payload.into(),
-        retain: false,
-        ack: Some(tx),
-    };
-    if ctx.events.send(event).await.is_err() {
-        return false;
+) -> Result<(), SourceError> {
+    let batch = acks.batch(delivery.acker);
+    if bodies.publish(ctx, &delivery.data, Some(&batch)).await? {
+        return Ok(());
     }
-    if let Some(status) = n.service_status() {
-        let (tx, rx) = oneshot::channel();
-        acks.push(rx);
-        let retained = Event {
-            topic: ctx.topic(&status.topic(&d.name)),
-            payload: status.to_json().into(),
-            retain: true,
-            ack: Some(tx),
-        };
-        if ctx.events.send(retained).await.is_err() {
-            return false;
+    if let Some(dlx) = &d.dead_letter_exchange {
+        let sent = channel
+            .basic_publish(
+                dlx.as_str().into(),
+                delivery.routing_key.clone(),
+                BasicPublishOptions::default(),
+                &delivery.data,
+                BasicProperties::default(),
+            )
+            .await;
+        if let Err(e) = sent {
+            tracing::error!(deployment = %d.name, exchange = %dlx, error = %e, "cannot publish to the dead-letter exchange");
         }
     }
-    // Ack on RabbitMQ after the PUBACKs; requeue if an event was lost.
-    let acker = delivery.acker;
-    let name = d.name.clone();
-    tokio::spawn(async move {
-        let mut delivered = true;
-        for rx in acks {
-            delivered &= rx.await.is_ok();
-        }
-        let r = if delivered {
-            acker.ack(BasicAckOptions::default()).await
-        } else {
+    // Nothing published: dropping the batch settles it as delivered, so
+    // the bad body is acked and never loops.
+    Ok(())
+}
+
+/// Acks a message whose events all reached the broker; requeues one that
+/// lost an event.
+async fn settle(d: &Deployment, acker: Acker, status: BatchStatus) {
+    let r = match status {
+        BatchStatus::Delivered => acker.ack(BasicAckOptions::default()).await,
+        BatchStatus::Failed => {
             acker
                 .nack(BasicNackOptions {
                     multiple: false,
                     requeue: true,
                 })
                 .await
-        };
-        if let Err(e) = r {
-            // The channel is gone: RabbitMQ redelivers the message.
-            tracing::debug!(deployment = %name, error = %e, "ack not sent; RabbitMQ will redeliver");
         }
-    });
-    true
+    };
+    if let Err(e) = r {
+        // The channel is gone: RabbitMQ redelivers the message.
+        tracing::debug!(deployment = %d.name, error = %e, "ack not sent; RabbitMQ will redeliver");
+    }
 }

@@ -197,7 +197,13 @@ impl Flow {
 fn rabbitmq_restart_while_notifications_flow() {
     let mut f = start_flow();
     f.rabbit.restart();
-    f.bridge.wait_log_count("consuming nova notifications", 2);
+    // The bridge's backoff grows to 30 s while RabbitMQ is away (a restart
+    // takes 10-40 s on a small machine): allow a full backoff step more.
+    wait_until(
+        Duration::from_secs(90),
+        || f.bridge.count_log("consuming nova notifications") >= 2,
+        || format!("the bridge to consume again; logs:\n{}", f.bridge.logs()),
+    );
     f.finish("RabbitMQ restart");
 }
 

@@ -1,6 +1,7 @@
 //! Operating firehose-nova: several deployments from one config file, each
-//! reconnecting on its own; `--print json|yaml`; `--check-config` and
-//! errors that name the fix.
+//! reconnecting on its own; amqps:// and percent-escaped passwords;
+//! `--print json|yaml`; `--replay`; `--check-config` and errors that name
+//! the fix.
 
 mod common;
 use common::*;
@@ -186,6 +187,75 @@ fn print_json_and_yaml_instead_of_publishing() {
     }
 }
 
+/// RabbitMQ with TLS (checked against our test CA), and a user whose
+/// password needs percent-escapes in the URL (`p@ss:w/rd%`), on two
+/// deployments of one bridge: both consume and publish.
+#[test]
+fn amqps_and_percent_escaped_passwords() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    make_certs(&certs);
+    let rabbit = RabbitMq::start_tls(&dir.path().join("rabbit"), &certs);
+    rabbit.ctl(&["add_user", "fh", "p@ss:w/rd%"]);
+    rabbit.ctl(&["set_permissions", "-p", "/", "fh", ".*", ".*", ".*"]);
+    declare(&rabbit.url(), "nova", false, &[]);
+    let (b, pw) = broker(dir.path());
+    let cfg = dir.path().join("nova.toml");
+    let tls_port = rabbit.tls_port.expect("amqps port");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[publish]\nbroker = \"mqtt://{u}@{m}\"\npassword_file = \"{pw}\"\npayload = \"raw\"\n\
+             [[source.deployments]]\nname = \"tls\"\namqp = \"amqps://fh:p%40ss%3Aw%2Frd%25@127.0.0.1:{tls_port}/%2f\"\nca = \"{ca}\"\n\
+             [[source.deployments]]\nname = \"escaped\"\namqp = \"amqp://fh:p%40ss%3Aw%2Frd%25@127.0.0.1:{port}/%2f\"\n",
+            u = BRIDGE.0,
+            m = b.mqtt(),
+            pw = pw.display(),
+            ca = certs.join("ca.pem").display(),
+            port = rabbit.port,
+        ),
+    )
+    .unwrap();
+    let br = Proc::spawn(
+        "firehose-nova",
+        Command::new(bin("firehose-nova"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--dead-letter")
+            .arg(dir.path().join("dl.jsonl")),
+    );
+    br.wait_log_count("consuming nova notifications", 2);
+    assert!(br.logs().contains("amqps://fh@127.0.0.1"), "{}", br.logs());
+    assert!(
+        !br.logs().contains("p%40ss") && !br.logs().contains("p@ss"),
+        "the password never shows"
+    );
+    let sub = Sub::spawn(
+        &b,
+        &[
+            "-t",
+            "nova/+/compute/instance/delete/end",
+            "-v",
+            "-C",
+            "2",
+            "-W",
+            "20",
+        ],
+    );
+    amqp_publish(&rabbit.url(), &fixtures("legacy.jsonl")[..1], false);
+    let (_, out, _) = sub.output();
+    let topics: std::collections::BTreeSet<&str> =
+        out.lines().filter_map(|l| l.split(' ').next()).collect();
+    assert_eq!(
+        topics.into_iter().collect::<Vec<_>>(),
+        vec![
+            "nova/escaped/compute/instance/delete/end",
+            "nova/tls/compute/instance/delete/end"
+        ]
+    );
+}
+
 #[test]
 fn check_config_and_errors_that_name_the_fix() {
     let dir = tempfile::tempdir().unwrap();
@@ -229,6 +299,29 @@ fn check_config_and_errors_that_name_the_fix() {
     ]);
     assert!(!ok);
     assert!(text.contains("chmod 0600"), "{text}");
+
+    let ca = d.join("ca.pem");
+    std::fs::write(&ca, "not used").unwrap();
+    let (ok, text) = nova(&[
+        "--amqp",
+        "amqp://nova:pw@rabbit.example/%2f",
+        "--amqp-ca",
+        ca.to_str().unwrap(),
+        "--deployment",
+        "cell1",
+        "--check-config",
+    ]);
+    assert!(!ok);
+    assert!(text.contains("not amqps://"), "{text}");
+    let (ok, text) = nova(&[
+        "--amqp",
+        "https://nova@rabbit/",
+        "--deployment",
+        "c",
+        "--check-config",
+    ]);
+    assert!(!ok);
+    assert!(text.contains("amqp[s]://USER"), "{text}");
 
     let (ok, text) = nova(&["--check-config"]);
     assert!(!ok);

@@ -1,21 +1,138 @@
-//! What every bridge binary does the same way around its own `run`: logs
-//! to stderr through `FIREHOSE_LOG` (an `EnvFilter`), and one line naming
-//! the program and the whole error chain on failure.
+//! The one `main` every bridge binary shares, so every bridge has the same
+//! options with the same names and behaves the same way around its source:
+//! logging through `FIREHOSE_LOG`, `--config FILE` (or
+//! `FIREHOSE_<BRIDGE>_CONFIG`) with `[publish]` and `[source]` tables under
+//! the flags, `--check-config`, `--print json|yaml`, and one line naming the
+//! program and the whole error chain on failure.
+//!
+//! A bridge's own code is a closure from its `[source]` table (with its
+//! flags applied) to a [`Plan`]: the sources to run.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Logs to stderr: `FIREHOSE_LOG` if set, else `default` (e.g.
-/// `"info,russh=warn"`); colours only on a terminal.
-pub fn init_logging(default: &str) {
+use serde::de::DeserializeOwned;
+
+use crate::config::{load_file, FileConfig, Publish, PublishArgs};
+use crate::runtime::{Bridge, PrintFormat};
+use crate::source::{error_chain, BoxError, Source};
+
+/// Options every bridge has.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct CommonArgs {
+    /// TOML config file with [publish] and [source] tables (default:
+    /// $FIREHOSE_<BRIDGE>_CONFIG, e.g. FIREHOSE_NOVA_CONFIG). Flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the configuration and every file it names, then exit.
+    #[arg(long)]
+    pub check_config: bool,
+    /// Print the normalized events to stdout (json or yaml) instead of
+    /// publishing them; upstream input is acked as if delivered.
+    #[arg(long, value_name = "FORMAT")]
+    pub print: Option<PrintFormat>,
+    #[command(flatten)]
+    pub publish: PublishArgs,
+}
+
+/// `--replay`, for bridges whose input can be a JSON-lines file.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ReplayArgs {
+    /// Publish the events of a JSON-lines file (or - for stdin) instead of
+    /// reading the live source, then exit once all are delivered.
+    #[arg(long, value_name = "FILE")]
+    pub replay: Option<String>,
+}
+
+/// Who the bridge is.
+#[derive(Debug, Clone, Copy)]
+pub struct Info {
+    /// `gerrit`, `nova`, ...: in topics, ids, metrics and messages.
+    pub name: &'static str,
+    pub version: &'static str,
+    /// The log filter when `FIREHOSE_LOG` is unset, e.g. `info,russh=warn`.
+    pub log: &'static str,
+}
+
+/// What a bridge's configuration comes to.
+pub struct Plan<S> {
+    pub sources: Vec<S>,
+    /// What `--check-config` reports besides the broker, e.g. `gerrit ssh://...`.
+    pub describe: String,
+}
+
+/// Logs to stderr: `FIREHOSE_LOG` if set (an error when it does not
+/// parse), else `default`; colours only on a terminal.
+pub fn init_logging(default: &str) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("FIREHOSE_LOG") {
+        Ok(spec) => EnvFilter::try_new(&spec).map_err(|e| {
+            format!("FIREHOSE_LOG={spec:?} is not a valid log filter ({e}); e.g. FIREHOSE_LOG=debug or info,firehose_bridge=debug")
+        })?,
+        Err(_) => EnvFilter::new(default),
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FIREHOSE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
-        )
+        .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+    Ok(())
+}
+
+/// Reads the config file (`--config`, else `FIREHOSE_<BRIDGE>_CONFIG`, else
+/// none) and resolves the `[publish]` table with the flags applied.
+pub fn load<C: DeserializeOwned + Default>(
+    info: Info,
+    common: &CommonArgs,
+) -> Result<(FileConfig<C>, Publish), BoxError> {
+    let var = format!("FIREHOSE_{}_CONFIG", info.name.to_uppercase());
+    let path = common
+        .config
+        .clone()
+        .or_else(|| std::env::var_os(&var).map(PathBuf::from));
+    let mut file: FileConfig<C> = match &path {
+        Some(p) => load_file(p)?,
+        None => FileConfig::default(),
+    };
+    file.publish.apply(&common.publish);
+    let publish = file.publish.resolve(info.name)?;
+    Ok((file, publish))
+}
+
+/// The whole life of a bridge binary: returns its exit code.
+pub fn main<C, S, F, E>(info: Info, common: CommonArgs, build: F) -> ExitCode
+where
+    C: DeserializeOwned + Default,
+    S: Source,
+    F: FnOnce(C, &Publish) -> Result<Plan<S>, E>,
+    E: Into<BoxError>,
+{
+    let program = format!("firehose-{}", info.name);
+    if let Err(e) = init_logging(info.log) {
+        eprintln!("{program}: {e}");
+        return ExitCode::from(2);
+    }
+    let result = (|| -> Result<(), BoxError> {
+        let (file, publish) = load::<C>(info, &common)?;
+        let plan = build(file.source, &publish).map_err(Into::into)?;
+        if common.check_config {
+            println!(
+                "{program}: configuration OK (broker {}, {})",
+                publish.url, plan.describe
+            );
+            return Ok(());
+        }
+        let rt = tokio::runtime::Runtime::new()
+            .map_err(|e| format!("starting the async runtime: {e}"))?;
+        let mut bridge = Bridge::new(info.name, info.version, publish);
+        if let Some(format) = common.print {
+            bridge = bridge.print_only(format);
+        }
+        rt.block_on(bridge.run(plan.sources))?;
+        Ok(())
+    })();
+    exit(&program, result.map_err(|e| error_chain(e.as_ref())))
 }
 
 /// The exit code for `result`, printing `program: error: cause: ...` on failure.

@@ -6,18 +6,39 @@
 //! retained status message and its will, serves [`metrics`], and writes
 //! [`deadletter`]s. Configuration shared by all bridges is in [`config`].
 //!
+//! A source implements [`Source`]: connect, read, [`SourceContext::publish`]
+//! each event; the runtime retries it with backoff, tracks its state for the
+//! status message and stops it on SIGTERM. [`cli::main`] is the `main` every
+//! bridge binary shares.
+//!
 //! ```no_run
+//! use firehose_bridge::{ResultExt, Source, SourceContext, SourceError};
+//!
+//! /// Publishes the lines of a file, once.
+//! struct Demo;
+//!
+//! impl Source for Demo {
+//!     fn name(&self) -> String {
+//!         "demo".into()
+//!     }
+//!     async fn run(&mut self, ctx: &SourceContext) -> Result<(), SourceError> {
+//!         let text = tokio::fs::read_to_string("events.jsonl").await.fatal("events.jsonl")?;
+//!         ctx.connected();
+//!         for line in text.lines() {
+//!             if let Ok(ev) = firehose::gerrit::GerritEvent::parse(line.as_bytes()) {
+//!                 ctx.publish(&ev, "file:events.jsonl", None).await?;
+//!             }
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
 //! # async fn demo(cfg: firehose_bridge::config::Publish) -> Result<(), firehose_bridge::runtime::RuntimeError> {
-//! use firehose_bridge::{runtime::Bridge, source::Event};
-//! Bridge::new("demo", "0.1.0", cfg)
-//!     .run(|ctx| async move {
-//!         let ev = Event { topic: ctx.topic("demo/hello"), payload: "hi".into(), retain: false, ack: None };
-//!         ctx.events.send(ev).await.map_err(|e| e.to_string())
-//!     })
-//!     .await
+//! firehose_bridge::Bridge::new("demo", "0.1.0", cfg).run(vec![Demo]).await
 //! # }
 //! ```
 
+pub mod ack;
 pub mod backoff;
 pub mod cli;
 pub mod config;
@@ -26,10 +47,12 @@ pub mod lines;
 pub mod metrics;
 pub mod mqtt;
 pub mod print;
+pub mod replay;
 pub mod runtime;
 pub mod source;
 pub mod spool;
 pub mod stats;
 
+pub use ack::{Acks, Batch, BatchStatus};
 pub use runtime::{Bridge, PrintFormat};
-pub use source::{Event, SourceContext};
+pub use source::{Event, ResultExt, Source, SourceContext, SourceError};

@@ -35,7 +35,8 @@ pub fn event(format: PrintFormat, ev: Event) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
-    if let Some(ack) = ev.ack {
-        let _ = ack.send(());
+    // Printed is delivered: the source may ack its upstream.
+    if let Some(f) = ev.finalizer {
+        f.delivered();
     }
 }

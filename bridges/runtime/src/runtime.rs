@@ -2,21 +2,21 @@
 //! connection on the other, the spool in between.
 //!
 //! ```text
-//!  source ──Events──▶ mpsc ──▶ Spool (memory [+ disk]) ──▶ PUBLISH QoS 1 ──▶ broker
-//!     ▲                           ▲ ack(seq)                    │
-//!     └── Event::ack resolved ────┴───────────── PUBACK(pkid) ◀─┘
+//!  sources ──publish──▶ mpsc ──▶ Spool (memory [+ disk]) ──▶ PUBLISH QoS 1 ──▶ broker
+//!     ▲                              ▲ ack(seq)                    │
+//!     └── Finalizer::delivered ──────┴───────────── PUBACK(pkid) ◀─┘
 //! ```
 //!
-//! Everything a source hands over is spooled first, then published with our
-//! own packet ids; a PUBACK removes it from the spool and resolves the
-//! event's acknowledgement. When the connection drops, everything not
+//! Each source runs in its own task under [`crate::source::drive`] (backoff,
+//! status, shutdown). Everything a source hands over is spooled first, then
+//! published with our own packet ids; a PUBACK removes it from the spool and
+//! settles the event's [`Finalizer`] (see [`crate::ack`]). When the connection drops, everything not
 //! acknowledged is sent again on the next one (same payload, same id), after
 //! a capped, jittered backoff. Meanwhile the source keeps running and the
 //! spool keeps filling (up to its cap). The bridge's status is a retained
 //! message, with a retained last will saying "down".
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,14 +25,15 @@ use bytes::BytesMut;
 use firehose::status::{State, Status};
 use rumqttc::mqttbytes::v4::{Disconnect, Packet, PingReq, Publish as PublishPacket};
 use rumqttc::mqttbytes::QoS;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::ack::Finalizer;
 use crate::backoff::Backoff;
 use crate::config::Publish;
 use crate::deadletter::DeadLetters;
 use crate::mqtt::{ConnectOptions, Connection, MqttError};
-use crate::source::{Event, Events, SourceContext, Upstream};
+use crate::source::{drive, Event, Source, SourceContext, SourceError, Upstream, Upstreams};
 use crate::spool::{Record, Spool, SpoolError};
 use crate::stats::Stats;
 
@@ -53,8 +54,14 @@ pub enum RuntimeError {
     },
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
-    #[error("source failed: {0}")]
-    Source(String),
+    #[error("source {name}: {error}")]
+    Source {
+        name: String,
+        #[source]
+        error: SourceError,
+    },
+    #[error("source {name} panicked: {message}")]
+    Panicked { name: String, message: String },
     #[error("{0} event(s) not delivered and lost (no --spool to keep them)")]
     Undelivered(usize),
     #[error("{0}; not retrying (fix the credentials, or pass --retry-auth to keep trying)")]
@@ -121,33 +128,41 @@ impl Bridge {
         self.stats.clone()
     }
 
-    /// Runs `source` until it finishes (a replay) or SIGTERM/SIGINT, then
-    /// flushes the spool to the broker and says "down".
-    pub async fn run<F, Fut>(self, source: F) -> Result<(), RuntimeError>
-    where
-        F: FnOnce(SourceContext) -> Fut,
-        Fut: Future<Output = Result<(), String>> + Send + 'static,
-    {
+    /// Runs every source until all finish (a replay) or SIGTERM/SIGINT,
+    /// then flushes the spool to the broker and says "down".
+    pub async fn run<S: Source>(self, sources: Vec<S>) -> Result<(), RuntimeError> {
         let (tx, rx) = mpsc::channel(1024);
         let (upstream_tx, upstream_rx) = watch::channel(Upstream::default());
         let (stop_tx, stop_rx) = watch::channel(false);
         let stop_tx = Arc::new(stop_tx);
-        let ctx = SourceContext::new(
-            Events {
-                tx,
-                stats: self.stats.clone(),
-            },
-            Arc::new(upstream_tx),
-            DeadLetters::new(&self.cfg.dead_letter),
+        let names: Vec<String> = sources.iter().map(Source::name).collect();
+        let upstreams = Upstreams::new(&names, upstream_tx);
+        let dead_letters = DeadLetters::new(&self.cfg.dead_letter);
+        let template = SourceContext::new(
+            tx,
+            upstreams,
+            dead_letters,
+            self.stats.clone(),
             stop_rx,
             self.cfg.payload,
             self.cfg.base_topic.clone(),
         );
+        // Each source in its own task; the template's sender is dropped
+        // with it, so the queue closes once every source has finished.
+        let start_sources = move || {
+            let mut tasks = Vec::new();
+            for (source, name) in sources.into_iter().zip(names) {
+                let ctx = template.for_source(&name);
+                let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+                tasks.push((name, tokio::spawn(drive(source, ctx, backoff))));
+            }
+            tasks
+        };
         if let Some(format) = self.print {
-            let source_task = tokio::spawn(source(ctx));
+            let tasks = start_sources();
             spawn_signals(stop_tx.clone()).map_err(RuntimeError::Signal)?;
             print_events(format, rx, &stop_tx).await;
-            return join_source(source_task).await;
+            return join_sources(tasks).await;
         }
         let (spool, recovered) = match &self.cfg.spool {
             Some(dir) => {
@@ -173,7 +188,7 @@ impl Bridge {
             ));
         }
 
-        let source_task = tokio::spawn(source(ctx));
+        let tasks = start_sources();
         spawn_signals(stop_tx.clone()).map_err(RuntimeError::Signal)?;
 
         let started = firehose::envelope::rfc3339(time::OffsetDateTime::now_utc());
@@ -184,7 +199,7 @@ impl Bridge {
             spool,
             rx,
             rx_open: true,
-            ackers: HashMap::new(),
+            finalizers: HashMap::new(),
             inflight: HashMap::new(),
             next_pkid: 1,
             stopping: stop_tx.subscribe(),
@@ -200,15 +215,18 @@ impl Bridge {
         };
         p.run().await;
         p.spool.sync()?;
+        // Whatever is still unacknowledged fails its batch now, so sources
+        // leave it upstream.
+        p.finalizers.clear();
         if let Some(why) = p.refused.take() {
             let _ = stop_tx.send(true);
-            let _ = join_source(source_task).await;
+            let _ = join_sources(tasks).await;
             return Err(RuntimeError::Refused(why));
         }
         let undelivered = p.spool.len();
-        // The source may still be reading; it was told to stop.
+        // The sources may still be reading; they were told to stop.
         let _ = stop_tx.send(true);
-        join_source(source_task).await?;
+        join_sources(tasks).await?;
         if undelivered > 0 && self.cfg.spool.is_none() {
             return Err(RuntimeError::Undelivered(undelivered));
         }
@@ -216,15 +234,26 @@ impl Bridge {
     }
 }
 
-/// Waits (a little) for a source told to stop, and passes on its failure.
-async fn join_source(
-    task: tokio::task::JoinHandle<Result<(), String>>,
+/// Waits (a little) for sources told to stop, and passes on the first
+/// failure.
+async fn join_sources(
+    tasks: Vec<(String, tokio::task::JoinHandle<Result<(), SourceError>>)>,
 ) -> Result<(), RuntimeError> {
-    match tokio::time::timeout(Duration::from_secs(5), task).await {
-        Ok(Ok(Err(e))) => Err(RuntimeError::Source(e)),
-        Ok(Err(e)) => Err(RuntimeError::Source(e.to_string())),
-        _ => Ok(()),
+    let mut first = Ok(());
+    for (name, task) in tasks {
+        let r = match tokio::time::timeout(Duration::from_secs(5), task).await {
+            Ok(Ok(Err(error))) => Err(RuntimeError::Source { name, error }),
+            Ok(Err(e)) => Err(RuntimeError::Panicked {
+                name,
+                message: e.to_string(),
+            }),
+            _ => Ok(()),
+        };
+        if first.is_ok() {
+            first = r;
+        }
     }
+    first
 }
 
 /// `--print`: events to stdout until the source ends or a signal; then the
@@ -276,7 +305,8 @@ struct Publisher {
     spool: Spool,
     rx: mpsc::Receiver<Event>,
     rx_open: bool,
-    ackers: HashMap<u64, oneshot::Sender<()>>,
+    /// Spool seq -> the finalizer its PUBACK settles.
+    finalizers: HashMap<u64, Finalizer>,
     /// pkid -> spool seq (0 for our own status messages).
     inflight: HashMap<u16, u64>,
     next_pkid: u16,
@@ -328,7 +358,8 @@ impl Publisher {
             last_event: self.stats.last_event(),
             counters: self.stats.counters(),
         };
-        serde_json::to_vec(&s).unwrap_or_default()
+        serde_json::to_vec(&s)
+            .expect("a Status is strings, numbers and bools: it always serializes (never empty)")
     }
 
     /// Takes an event from the source into the spool.
@@ -339,8 +370,8 @@ impl Publisher {
             retain: ev.retain,
         };
         let pushed = self.spool.push(rec);
-        if let Some(a) = ev.ack {
-            self.ackers.insert(pushed.seq, a);
+        if let Some(f) = ev.finalizer {
+            self.finalizers.insert(pushed.seq, f);
         }
         if let Some(e) = pushed.disk_error {
             // The disk failed: keep going in memory, loudly.
@@ -350,7 +381,8 @@ impl Publisher {
             self.stats.dropped.fetch_add(pushed.dropped as u64, Relaxed);
             self.dropped_logged += pushed.dropped as u64;
             let oldest = self.spool.oldest();
-            self.ackers.retain(|s, _| *s >= oldest);
+            // Dropped events fail their batches: the upstream keeps them.
+            self.finalizers.retain(|s, _| *s >= oldest);
             if self.dropped_logged.is_power_of_two() || pushed.dropped > 1 {
                 tracing::warn!(
                     dropped_total = self.stats.dropped.load(Relaxed),
@@ -438,8 +470,8 @@ impl Publisher {
         self.spool.ack(seq);
         self.stats.published.fetch_add(1, Relaxed);
         self.stats.pending.store(self.spool.len() as i64, Relaxed);
-        if let Some(a) = self.ackers.remove(&seq) {
-            let _ = a.send(());
+        if let Some(f) = self.finalizers.remove(&seq) {
+            f.delivered();
         }
     }
 
