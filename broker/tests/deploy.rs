@@ -8,10 +8,11 @@ use std::process::Command;
 
 use firehose_testkit::*;
 
-const UNITS: [(&str, &str); 3] = [
+const UNITS: [(&str, &str); 4] = [
     ("firehose-broker.service", "firehose-broker"),
     ("firehose-gerrit.service", "firehose-gerrit"),
     ("firehose-nova.service", "firehose-nova"),
+    ("firehose-launchpad.service", "firehose-launchpad"),
 ];
 
 #[test]

@@ -6,6 +6,7 @@
 
 pub mod broker;
 pub mod certs;
+pub mod dovecot;
 pub mod process;
 pub mod rabbitmq;
 pub mod raw;
@@ -15,6 +16,7 @@ pub mod subscriber;
 
 pub use broker::*;
 pub use certs::*;
+pub use dovecot::*;
 pub use process::*;
 pub use rabbitmq::*;
 pub use raw::*;

@@ -64,7 +64,20 @@ impl DeadLetters {
     /// Appends one bad input. `len` is its full length when only a prefix
     /// (`input`) was kept.
     pub fn write(&self, source: &str, reason: &str, input: &[u8], len: usize) -> io::Result<()> {
-        let kept = &input[..input.len().min(MAX_KEPT)];
+        self.write_keeping(source, reason, input, len, MAX_KEPT)
+    }
+
+    /// Appends one bad input, keeping up to `keep` bytes of it (a mail is
+    /// kept whole, so nothing is lost with it).
+    pub fn write_keeping(
+        &self,
+        source: &str,
+        reason: &str,
+        input: &[u8],
+        len: usize,
+        keep: usize,
+    ) -> io::Result<()> {
+        let kept = &input[..input.len().min(keep)];
         let text = std::str::from_utf8(kept).ok();
         let line = Line {
             time: firehose::envelope::rfc3339(time::OffsetDateTime::now_utc()),

@@ -282,11 +282,24 @@ impl SourceContext {
         firehose::topic::with_base(&self.base_topic, topic)
     }
 
-    /// Counts, logs and dead-letters input that is not an event.
+    /// Counts, logs and dead-letters input that is not an event (its first
+    /// 64 KiB; `len` is its whole length).
     pub fn malformed(&self, source: &str, reason: &str, input: &[u8], len: usize) {
+        self.dead_letter(source, reason, input, len, crate::deadletter::MAX_KEPT);
+    }
+
+    /// As [`Self::malformed`], keeping the whole input (a mail).
+    pub fn malformed_whole(&self, source: &str, reason: &str, input: &[u8]) {
+        self.dead_letter(source, reason, input, input.len(), usize::MAX);
+    }
+
+    fn dead_letter(&self, source: &str, reason: &str, input: &[u8], len: usize, keep: usize) {
         let n = self.stats.malformed.fetch_add(1, Relaxed) + 1;
         let file = self.dead_letters.path();
-        if let Err(e) = self.dead_letters.write(source, reason, input, len) {
+        if let Err(e) = self
+            .dead_letters
+            .write_keeping(source, reason, input, len, keep)
+        {
             tracing::error!(error = %e, file = %file.display(), "cannot write the dead-letter file");
         }
         // Rate-limited: the first ten, then every power of two.
