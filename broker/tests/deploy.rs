@@ -8,11 +8,12 @@ use std::process::Command;
 
 use firehose_testkit::*;
 
-const UNITS: [(&str, &str); 4] = [
+const UNITS: [(&str, &str); 5] = [
     ("firehose-broker.service", "firehose-broker"),
     ("firehose-gerrit.service", "firehose-gerrit"),
     ("firehose-nova.service", "firehose-nova"),
     ("firehose-launchpad.service", "firehose-launchpad"),
+    ("firehose-ansible.service", "firehose-ansible"),
 ];
 
 #[test]

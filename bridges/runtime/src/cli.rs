@@ -113,13 +113,25 @@ where
         eprintln!("{program}: {e}");
         return ExitCode::from(2);
     }
+    exit(&program, run(info, common, build))
+}
+
+/// Loads the configuration, builds the plan, then checks it
+/// (`--check-config`) or runs it to the end. Logging is the caller's.
+pub fn run<C, S, F, E>(info: Info, common: CommonArgs, build: F) -> Result<(), String>
+where
+    C: DeserializeOwned + Default,
+    S: Source,
+    F: FnOnce(C, &Publish) -> Result<Plan<S>, E>,
+    E: Into<BoxError>,
+{
     let result = (|| -> Result<(), BoxError> {
         let (file, publish) = load::<C>(info, &common)?;
         let plan = build(file.source, &publish).map_err(Into::into)?;
         if common.check_config {
             println!(
-                "{program}: configuration OK (broker {}, {})",
-                publish.url, plan.describe
+                "firehose-{}: configuration OK (broker {}, {})",
+                info.name, publish.url, plan.describe
             );
             return Ok(());
         }
@@ -132,7 +144,7 @@ where
         rt.block_on(bridge.run(plan.sources))?;
         Ok(())
     })();
-    exit(&program, result.map_err(|e| error_chain(e.as_ref())))
+    result.map_err(|e| error_chain(e.as_ref()))
 }
 
 /// The exit code for `result`, printing `program: error: cause: ...` on failure.

@@ -1,0 +1,246 @@
+//! What the callback plugin sends (one JSON line per event) and how it is
+//! published: the original OpenStack infra plugin's topics and payloads
+//! (`docs/ansible.md`), with skipped results added.
+//!
+//! | plugin event | topic (under `ansible/playbook/<play uuid>/`) | raw payload keys |
+//! |---|---|---|
+//! | `play_start` | `action/start` | status, host, session, playbook_name, playbook_id, ansible_type |
+//! | `task` | `task/<host>/<OK\|FAILED\|UNREACHABLE\|SKIPPED>` | status, host, ansible_host, session, ansible_type, playbook_name, playbook_id, ansible_task, ansible_result |
+//! | `stats` | `stats/<host>` | host, ansible_host, playbook_id, playbook_name, stats |
+//! | `finish` | `action/finish/<OK\|FAILED>` | playbook_id, playbook_name, status |
+//!
+//! `host` is the machine that ran ansible, `ansible_host` the target. In raw
+//! mode `ansible_result` stays the JSON string existing consumers parse; in
+//! CloudEvents mode it is an object, and `changed`, `ignored`, `item` and
+//! `action` are added.
+
+use firehose::{CloudEvent, Publishable};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use time::OffsetDateTime;
+
+/// One line from the plugin.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PluginEvent {
+    /// `play_start`, `task`, `stats` or `finish`.
+    pub event: String,
+    /// Unique per event (CloudEvents `id`).
+    pub id: String,
+    /// Unix time, seconds.
+    pub time: f64,
+    /// One per `ansible-playbook` run.
+    pub session: String,
+    /// The machine ansible runs on.
+    pub launcher: String,
+    pub play_id: Option<String>,
+    pub play_name: Option<String>,
+    /// The target host (task, stats).
+    pub host: Option<String>,
+    /// `TASK: <name>`.
+    pub task: Option<String>,
+    pub action: Option<String>,
+    /// OK, FAILED, UNREACHABLE, SKIPPED (task); OK, FAILED (finish).
+    pub status: Option<String>,
+    #[serde(default)]
+    pub changed: bool,
+    #[serde(default)]
+    pub ignored: bool,
+    #[serde(default)]
+    pub item: bool,
+    /// The task result as the JSON string ansible's `_dump_results` gives.
+    pub result: Option<String>,
+    /// `stats.summarize(host)`.
+    pub stats: Option<Value>,
+    /// Events the plugin had to drop (finish).
+    #[serde(default)]
+    pub dropped: u64,
+}
+
+/// Why a line is not an event.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("not a plugin event: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{event} event without {field}")]
+    Missing { event: String, field: &'static str },
+    #[error("unknown event {0:?}")]
+    Unknown(String),
+}
+
+impl PluginEvent {
+    /// Parses and checks one line.
+    pub fn parse(line: &[u8]) -> Result<PluginEvent, EventError> {
+        let ev: PluginEvent = serde_json::from_slice(line)?;
+        let need: &[(&'static str, bool)] = match ev.event.as_str() {
+            "play_start" => &[("play_id", ev.play_id.is_some())],
+            "task" => &[
+                ("play_id", ev.play_id.is_some()),
+                ("host", ev.host.is_some()),
+                ("status", ev.status.is_some()),
+            ],
+            "stats" => &[
+                ("play_id", ev.play_id.is_some()),
+                ("host", ev.host.is_some()),
+            ],
+            "finish" => &[
+                ("play_id", ev.play_id.is_some()),
+                ("status", ev.status.is_some()),
+            ],
+            other => return Err(EventError::Unknown(other.to_owned())),
+        };
+        if let Some((field, _)) = need.iter().find(|(_, present)| !present) {
+            return Err(EventError::Missing {
+                event: ev.event.clone(),
+                field,
+            });
+        }
+        Ok(ev)
+    }
+
+    fn s(v: &Option<String>) -> &str {
+        v.as_deref().unwrap_or_default()
+    }
+
+    /// The payload with `ansible_result` as `result_value`.
+    fn payload(&self, result_value: Value) -> Map<String, Value> {
+        let play_id = Self::s(&self.play_id);
+        let play_name = Self::s(&self.play_name);
+        let v = match self.event.as_str() {
+            "play_start" => json!({
+                "status": "OK",
+                "host": self.launcher,
+                "session": self.session,
+                "playbook_name": play_name,
+                "playbook_id": play_id,
+                "ansible_type": "start",
+            }),
+            "task" => json!({
+                "status": Self::s(&self.status),
+                "host": self.launcher,
+                "ansible_host": Self::s(&self.host),
+                "session": self.session,
+                "ansible_type": "task",
+                "playbook_name": play_name,
+                "playbook_id": play_id,
+                "ansible_task": Self::s(&self.task),
+                "ansible_result": result_value,
+            }),
+            "stats" => json!({
+                "host": self.launcher,
+                "ansible_host": Self::s(&self.host),
+                "playbook_id": play_id,
+                "playbook_name": play_name,
+                "stats": self.stats.clone().unwrap_or(Value::Null),
+            }),
+            _ => json!({
+                "playbook_id": play_id,
+                "playbook_name": play_name,
+                "status": Self::s(&self.status),
+            }),
+        };
+        match v {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        }
+    }
+
+    /// CloudEvents `type`: `ansible.play.start`, `ansible.task.ok`, ...
+    fn kind(&self) -> String {
+        match self.event.as_str() {
+            "play_start" => "ansible.play.start".into(),
+            "task" => format!("ansible.task.{}", Self::s(&self.status).to_lowercase()),
+            "stats" => "ansible.stats".into(),
+            _ => "ansible.playbook.finish".into(),
+        }
+    }
+}
+
+impl Publishable for PluginEvent {
+    fn topic(&self) -> String {
+        let uuid = Self::s(&self.play_id);
+        let host = Self::s(&self.host);
+        let status = Self::s(&self.status);
+        let rest: Vec<&str> = match self.event.as_str() {
+            "play_start" => vec!["action", "start"],
+            "task" => vec!["task", host, status],
+            "stats" => vec!["stats", host],
+            _ => vec!["action", "finish", status],
+        };
+        firehose::topic::ansible_playbook(uuid, &rest)
+    }
+
+    fn raw(&self) -> Vec<u8> {
+        let result = Value::String(Self::s(&self.result).to_owned());
+        serde_json::to_vec(&self.payload(result)).expect("a JSON map always serializes")
+    }
+
+    fn cloudevent(&self, source: &str, received: OffsetDateTime) -> CloudEvent {
+        let result = self
+            .result
+            .as_deref()
+            .map(|r| serde_json::from_str(r).unwrap_or_else(|_| Value::String(r.to_owned())))
+            .unwrap_or(Value::Null);
+        let mut data = self.payload(result);
+        if self.event == "task" {
+            data.insert("changed".into(), self.changed.into());
+            data.insert("ignored".into(), self.ignored.into());
+            data.insert("item".into(), self.item.into());
+            if let Some(a) = &self.action {
+                data.insert("action".into(), a.clone().into());
+            }
+        }
+        if self.event == "finish" && self.dropped > 0 {
+            data.insert("dropped_events".into(), self.dropped.into());
+        }
+        let time = OffsetDateTime::from_unix_timestamp_nanos((self.time * 1e9) as i128)
+            .unwrap_or(received);
+        let subject = self.host.clone().or_else(|| self.play_id.clone());
+        let data = serde_json::value::to_raw_value(&data).expect("a JSON map always serializes");
+        CloudEvent::new(self.id.clone(), source, self.kind(), time, subject, data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TASK: &str = r#"{"event":"task","id":"e1","time":1700000000.5,"session":"s1","launcher":"bastion","play_id":"p-1","play_name":"all","host":"web1","task":"TASK: ping","action":"ping","status":"OK","changed":true,"result":"{\"changed\": true, \"ping\": \"pong\"}"}"#;
+
+    #[test]
+    fn task_raw_keeps_the_result_a_string_cloudevents_an_object() {
+        let ev = PluginEvent::parse(TASK.as_bytes()).unwrap();
+        assert_eq!(ev.topic(), "ansible/playbook/p-1/task/web1/OK");
+        let raw: Value = serde_json::from_slice(&ev.raw()).unwrap();
+        assert_eq!(
+            raw["ansible_result"],
+            "{\"changed\": true, \"ping\": \"pong\"}"
+        );
+        assert_eq!(raw["host"], "bastion");
+        assert_eq!(raw["ansible_host"], "web1");
+        assert_eq!(raw["ansible_type"], "task");
+        assert!(
+            raw.get("changed").is_none(),
+            "raw has the original keys only"
+        );
+        let ce = ev.cloudevent("ansible://bastion", OffsetDateTime::UNIX_EPOCH);
+        assert_eq!(ce.kind, "ansible.task.ok");
+        assert_eq!(ce.subject.as_deref(), Some("web1"));
+        let data: Value = serde_json::from_str(ce.data.get()).unwrap();
+        assert_eq!(data["ansible_result"]["ping"], "pong");
+        assert_eq!(data["changed"], true);
+    }
+
+    #[test]
+    fn bad_lines_are_errors() {
+        assert!(PluginEvent::parse(b"not json").is_err());
+        let e = PluginEvent::parse(
+            br#"{"event":"task","id":"x","time":1,"session":"s","launcher":"l","play_id":"p"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "task event without host");
+        assert!(PluginEvent::parse(
+            br#"{"event":"nope","id":"x","time":1,"session":"s","launcher":"l"}"#
+        )
+        .is_err());
+    }
+}
