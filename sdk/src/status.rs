@@ -30,6 +30,9 @@ pub struct Counters {
     pub malformed: u64,
     /// Events lost (spool full).
     pub dropped: u64,
+    /// Events the broker refused (not authorized, ...), dead-lettered.
+    #[serde(default)]
+    pub rejected: u64,
     /// Reconnections, to the broker and to the source.
     pub reconnects: u64,
 }

@@ -32,7 +32,7 @@ impl Target {
 /// SSH errors, each naming what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
-    #[error("--gerrit {0:?}: expected ssh://USER@HOST[:PORT]")]
+    #[error("--gerrit {0}")]
     Target(String),
     #[error("SSH key {path}: {reason}")]
     Key { path: PathBuf, reason: String },
@@ -55,29 +55,15 @@ pub enum SshError {
 impl std::str::FromStr for Target {
     type Err = SshError;
     fn from_str(s: &str) -> Result<Target, SshError> {
-        let bad = || SshError::Target(s.to_owned());
-        let rest = s.strip_prefix("ssh://").ok_or_else(bad)?;
-        let rest = rest.trim_end_matches('/');
-        let (user, hostport) = rest.split_once('@').ok_or_else(bad)?;
-        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').ok_or_else(bad)?;
-            match after.strip_prefix(':') {
-                Some(p) => (h, p.parse().map_err(|_| bad())?),
-                None => (h, 29418),
-            }
-        } else {
-            match hostport.rsplit_once(':') {
-                Some((h, p)) => (h, p.parse().map_err(|_| bad())?),
-                None => (hostport, 29418),
-            }
-        };
-        if user.is_empty() || host.is_empty() {
-            return Err(bad());
-        }
+        let e = firehose_bridge::url::parse(s, &[("ssh", 29418)], "ssh://USER@HOST[:PORT]")
+            .map_err(|e| SshError::Target(e.to_string()))?;
+        let user = e.user.ok_or_else(|| {
+            SshError::Target(format!("{s}: no user; expected ssh://USER@HOST[:PORT]"))
+        })?;
         Ok(Target {
-            user: user.to_owned(),
-            host: host.to_owned(),
-            port,
+            user,
+            host: e.host,
+            port: e.port,
         })
     }
 }

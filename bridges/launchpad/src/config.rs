@@ -128,8 +128,8 @@ pub enum ConfigError {
     NoSource,
     #[error("give one of --imap, --maildir and --mbox")]
     Several,
-    #[error("--imap {url:?}: {reason}; expected imaps://USER@HOST[:993]/FOLDER or imap://USER@HOST[:143]/FOLDER")]
-    Url { url: String, reason: String },
+    #[error("--imap {0}")]
+    Url(String),
     #[error("--imap {0}: plain imap:// upgrades with STARTTLS; to send the password in clear text anyway, add --imap-insecure (development only)")]
     Insecure(String),
     #[error("--imap needs --imap-password-file FILE (mode 0600)")]
@@ -243,31 +243,20 @@ impl LaunchpadConfig {
     }
 
     fn imap_account(&self, text: &str) -> Result<Imap, ConfigError> {
-        let err = |reason: &str| ConfigError::Url {
-            url: text.to_owned(),
-            reason: reason.to_owned(),
+        const FORM: &str = "imaps://USER@HOST[:993]/FOLDER or imap://USER@HOST[:143]/FOLDER";
+        let err = |reason: &str| ConfigError::Url(format!("{text:?}: {reason}; expected {FORM}"));
+        let security = match text.split_once("://").map(|(s, _)| s) {
+            Some("imap") if self.imap_insecure => Security::Plain,
+            Some("imap") => Security::StartTls,
+            _ => Security::Tls,
         };
-        let url = url::Url::parse(text).map_err(|e| err(&e.to_string()))?;
-        let (security, default_port) = match url.scheme() {
-            "imaps" => (Security::Tls, 993),
-            "imap" if self.imap_insecure => (Security::Plain, 143),
-            "imap" => (Security::StartTls, 143),
-            other => return Err(err(&format!("scheme {other:?}"))),
-        };
-        if url.password().is_some() {
+        let e = firehose_bridge::url::parse(text, &[("imaps", 993), ("imap", 143)], FORM)
+            .map_err(|e| ConfigError::Url(e.to_string()))?;
+        if e.password.is_some() {
             return Err(err("no password in the URL: use --imap-password-file"));
         }
-        let user = decode(url.username());
-        if user.is_empty() {
-            return Err(err("no user"));
-        }
-        let host = url
-            .host_str()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| err("no host"))?
-            .trim_matches(['[', ']'])
-            .to_owned();
-        let folder = match decode(url.path().trim_start_matches('/')) {
+        let user = e.user.clone().ok_or_else(|| err("no user"))?;
+        let folder = match firehose_bridge::url::decode(e.path.trim_start_matches('/')) {
             f if f.is_empty() => "INBOX".to_owned(),
             f => f,
         };
@@ -288,29 +277,20 @@ impl LaunchpadConfig {
                     .map_err(|e| ConfigError::Tls(e.to_string()))?,
             ),
         };
-        let mut shown = url.clone();
-        let _ = shown.set_password(None);
         Ok(Imap {
-            port: url.port().unwrap_or(default_port),
-            host,
+            port: e.port,
+            host: e.host,
             user,
             password,
             folder,
             security,
             tls,
-            display: shown.to_string(),
+            display: e.shown,
             poll_interval: Duration::from_secs(self.poll_interval.max(1)),
             after: self.after.clone(),
             max_mail_bytes: self.max_mail_bytes,
         })
     }
-}
-
-/// Percent-decoded URL component.
-fn decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(s)
-        .decode_utf8_lossy()
-        .into_owned()
 }
 
 /// The first line of a file only its owner may read.

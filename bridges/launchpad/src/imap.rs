@@ -89,6 +89,9 @@ pub struct ImapSource {
     /// UIDs published and waiting for the broker, with the folder's
     /// UIDVALIDITY they belong to.
     pending: BTreeSet<u32>,
+    /// UIDs whose event the broker refused (dead-lettered): left unseen on
+    /// the server, not published again by this process.
+    refused: BTreeSet<u32>,
     uid_validity: Option<u32>,
 }
 
@@ -98,6 +101,7 @@ impl ImapSource {
             account,
             acks: Acks::new(),
             pending: BTreeSet::new(),
+            refused: BTreeSet::new(),
             uid_validity: None,
         }
     }
@@ -120,6 +124,7 @@ impl Source for ImapSource {
         if self.uid_validity != mailbox.uid_validity {
             // Other UIDs now: what was pending is found again by the search.
             self.pending.clear();
+            self.refused.clear();
             self.uid_validity = mailbox.uid_validity;
         }
         if let After::Move(folder) = &a.after {
@@ -155,7 +160,7 @@ impl ImapSource {
         let found = session.uid_search(SEARCH).await.lost("SEARCH")?;
         let mut uids: Vec<u32> = found
             .into_iter()
-            .filter(|u| !self.pending.contains(u))
+            .filter(|u| !self.pending.contains(u) && !self.refused.contains(u))
             .collect();
         uids.sort_unstable();
         let mut dead = Vec::new();
@@ -231,8 +236,13 @@ impl ImapSource {
             match settled {
                 Ok((uid, status)) => {
                     self.pending.remove(&uid);
-                    if status == BatchStatus::Delivered {
-                        delivered.push(uid);
+                    match status {
+                        BatchStatus::Delivered => delivered.push(uid),
+                        // Published again next round.
+                        BatchStatus::Failed => {}
+                        BatchStatus::Rejected => {
+                            self.refused.insert(uid);
+                        }
                     }
                 }
                 // The broker is slow or away: keep the IMAP session alive.

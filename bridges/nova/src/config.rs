@@ -339,31 +339,20 @@ impl DeploymentConfig {
 /// not for the host: it reads only domain names, so an IP address would
 /// silently become "localhost".
 pub fn parse_amqp(text: &str) -> Result<(AMQPUri, String, String), String> {
-    const FORM: &str = "expected amqp[s]://USER[:PASS]@HOST[:PORT]/VHOST";
-    let url = url::Url::parse(text).map_err(|e| format!("{e}; {FORM}"))?;
-    if !matches!(url.scheme(), "amqp" | "amqps") {
-        return Err(format!("scheme {:?}: {FORM}", url.scheme()));
-    }
-    if url.username().is_empty() {
-        return Err(format!("no user: {FORM}"));
-    }
-    let host = url
-        .host_str()
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| format!("no host: {FORM}"))?
-        .trim_matches(['[', ']'])
-        .to_owned();
-    let mut uri: AMQPUri = text.parse().map_err(|e| format!("{e}; {FORM}"))?;
-    uri.authority.host = host.clone();
-    if url.password().is_none() {
-        // Not lapin's hidden default ("guest"): a password file, a hosts
-        // file, or none.
-        uri.authority.userinfo.password = String::new();
-    }
-    let mut shown = url.clone();
-    // Cannot fail: the URL has a host (checked above).
-    let _ = shown.set_password(None);
-    Ok((uri, shown.to_string(), host))
+    const FORM: &str = "amqp[s]://USER[:PASS]@HOST[:PORT]/VHOST";
+    let e = firehose_bridge::url::parse(text, &[("amqp", 5672), ("amqps", 5671)], FORM)
+        .map_err(|e| e.to_string())?;
+    let Some(user) = e.user else {
+        return Err(format!("{}: no user; expected {FORM}", e.shown));
+    };
+    let mut uri: AMQPUri = text.parse().map_err(|e| format!("{e}; expected {FORM}"))?;
+    uri.authority.host = e.host.clone();
+    uri.authority.port = e.port;
+    uri.authority.userinfo.username = user;
+    // Not lapin's hidden default ("guest"): a password file, a hosts file,
+    // or none.
+    uri.authority.userinfo.password = e.password.unwrap_or_default();
+    Ok((uri, e.shown, e.host))
 }
 
 fn read_private(name: &str, path: &Path) -> Result<String, ConfigError> {
@@ -416,7 +405,7 @@ mod tests {
         assert_eq!(u.authority.port, 5671);
         for bad in ["http://u@h/", "amqp://h/", "amqp://u@/x", "not a url"] {
             let e = parse_amqp(bad).unwrap_err();
-            assert!(e.contains("amqp[s]://USER"), "{bad}: {e}");
+            assert!(e.contains("expected amqp[s]://USER"), "{bad}: {e}");
         }
     }
 

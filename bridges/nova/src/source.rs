@@ -250,7 +250,7 @@ async fn handle(
 }
 
 /// Acks a message whose events all reached the broker; requeues one that
-/// lost an event.
+/// lost an event; rejects (without requeue) one the broker refused.
 async fn settle(d: &Deployment, acker: Acker, status: BatchStatus) {
     let r = match status {
         BatchStatus::Delivered => acker.ack(BasicAckOptions::default()).await,
@@ -259,6 +259,16 @@ async fn settle(d: &Deployment, acker: Acker, status: BatchStatus) {
                 .nack(BasicNackOptions {
                     multiple: false,
                     requeue: true,
+                })
+                .await
+        }
+        // The broker refused it (dead-lettered by the runtime): requeued it
+        // would loop; dropped here, or routed to the queue's own DLX.
+        BatchStatus::Rejected => {
+            acker
+                .nack(BasicNackOptions {
+                    multiple: false,
+                    requeue: false,
                 })
                 .await
         }

@@ -28,9 +28,15 @@ use tokio::sync::mpsc;
 pub enum BatchStatus {
     /// The broker acknowledged every event of the batch.
     Delivered,
-    /// At least one event was not delivered (dropped, refused, or the
-    /// bridge stopped before its PUBACK): the upstream must keep the input.
+    /// At least one event was not delivered (dropped from a full spool, or
+    /// the bridge stopped before its PUBACK): the upstream must keep the
+    /// input, to be read again.
     Failed,
+    /// The broker refused an event (an MQTT 5 PUBACK reason 0x80 or above,
+    /// e.g. not authorized): it was dead-lettered. Sending it again would
+    /// be refused again, so the upstream must not redeliver it, nor take it
+    /// as delivered.
+    Rejected,
 }
 
 /// The shared state of one batch: its tag, whether anything failed, and
@@ -38,6 +44,7 @@ pub enum BatchStatus {
 struct Inner<T: Send + 'static> {
     tag: Mutex<Option<T>>,
     failed: AtomicBool,
+    rejected: AtomicBool,
     report: mpsc::UnboundedSender<(T, BatchStatus)>,
     pending: Arc<AtomicUsize>,
 }
@@ -46,7 +53,9 @@ impl<T: Send + 'static> Drop for Inner<T> {
     fn drop(&mut self) {
         let tag = self.tag.get_mut().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(tag) = tag {
-            let status = if self.failed.load(Ordering::Acquire) {
+            let status = if self.rejected.load(Ordering::Acquire) {
+                BatchStatus::Rejected
+            } else if self.failed.load(Ordering::Acquire) {
                 BatchStatus::Failed
             } else {
                 BatchStatus::Delivered
@@ -61,11 +70,15 @@ impl<T: Send + 'static> Drop for Inner<T> {
 /// Marks a batch failed; type-erased so events need not know `T`.
 trait Fail: Send + Sync {
     fn fail(&self);
+    fn reject(&self);
 }
 
 impl<T: Send + 'static> Fail for Inner<T> {
     fn fail(&self) {
         self.failed.store(true, Ordering::Release);
+    }
+    fn reject(&self) {
+        self.rejected.store(true, Ordering::Release);
     }
 }
 
@@ -98,6 +111,13 @@ impl Finalizer {
     /// The broker acknowledged the event.
     pub fn delivered(mut self) {
         self.batch = None;
+    }
+
+    /// The broker refused the event (see [`BatchStatus::Rejected`]).
+    pub fn rejected(mut self) {
+        if let Some(b) = self.batch.take() {
+            b.reject();
+        }
     }
 }
 
@@ -144,6 +164,7 @@ impl<T: Send + 'static> Acks<T> {
         Batch(Arc::new(Inner {
             tag: Mutex::new(Some(tag)),
             failed: AtomicBool::new(false),
+            rejected: AtomicBool::new(false),
             report: self.tx.clone(),
             pending: self.pending.clone(),
         }))
@@ -193,6 +214,17 @@ mod tests {
         f1.delivered();
         drop(f2); // lost: dropped from the spool, or the bridge stopped
         assert_eq!(acks.next().await, (8, BatchStatus::Failed));
+
+        let b = acks.batch(10);
+        let (f1, f2) = (b.finalizer(), b.finalizer());
+        drop(b);
+        f1.rejected();
+        drop(f2);
+        assert_eq!(
+            acks.next().await,
+            (10, BatchStatus::Rejected),
+            "refused wins"
+        );
 
         // A batch with no events settles as delivered when dropped.
         drop(acks.batch(9));

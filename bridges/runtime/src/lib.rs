@@ -52,6 +52,7 @@ pub mod runtime;
 pub mod source;
 pub mod spool;
 pub mod stats;
+pub mod url;
 
 pub use ack::{Acks, Batch, BatchStatus};
 pub use runtime::{Bridge, PrintFormat};

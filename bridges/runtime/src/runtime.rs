@@ -23,8 +23,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use firehose::status::{State, Status};
-use rumqttc::mqttbytes::v4::{Disconnect, Packet, PingReq, Publish as PublishPacket};
-use rumqttc::mqttbytes::QoS;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -32,7 +30,7 @@ use crate::ack::Finalizer;
 use crate::backoff::Backoff;
 use crate::config::Publish;
 use crate::deadletter::DeadLetters;
-use crate::mqtt::{ConnectOptions, Connection, MqttError};
+use crate::mqtt::{reason_name, ConnectOptions, Connection, Incoming, MqttError};
 use crate::source::{drive, Event, Source, SourceContext, SourceError, Upstream, Upstreams};
 use crate::spool::{Record, Spool, SpoolError};
 use crate::stats::Stats;
@@ -64,6 +62,8 @@ pub enum RuntimeError {
     Panicked { name: String, message: String },
     #[error("{0} event(s) not delivered and lost (no --spool to keep them)")]
     Undelivered(usize),
+    #[error("the broker refused {n} event(s) (not authorized, ...); they are in the dead-letter file {}", file.display())]
+    Rejected { n: u64, file: std::path::PathBuf },
     #[error("{0}; not retrying (fix the credentials, or pass --retry-auth to keep trying)")]
     Refused(String),
 }
@@ -138,6 +138,7 @@ impl Bridge {
         let names: Vec<String> = sources.iter().map(Source::name).collect();
         let upstreams = Upstreams::new(&names, upstream_tx);
         let dead_letters = DeadLetters::new(&self.cfg.dead_letter);
+        let dead_letters_rt = dead_letters.clone();
         let template = SourceContext::new(
             tx,
             upstreams,
@@ -201,6 +202,9 @@ impl Bridge {
             rx_open: true,
             finalizers: HashMap::new(),
             inflight: HashMap::new(),
+            refusals: None,
+            status_dirty: false,
+            dead_letters: dead_letters_rt,
             next_pkid: 1,
             stopping: stop_tx.subscribe(),
             upstream: upstream_rx,
@@ -224,11 +228,21 @@ impl Bridge {
             return Err(RuntimeError::Refused(why));
         }
         let undelivered = p.spool.len();
+        // The input ended by itself (a replay, a backfill, one run): the
+        // exit code says whether the broker took all of it.
+        let input_ended = !p.rx_open && !*stop_tx.borrow();
+        let rejected = self.stats.rejected.load(Relaxed);
         // The sources may still be reading; they were told to stop.
         let _ = stop_tx.send(true);
         join_sources(tasks).await?;
         if undelivered > 0 && self.cfg.spool.is_none() {
             return Err(RuntimeError::Undelivered(undelivered));
+        }
+        if input_ended && rejected > 0 {
+            return Err(RuntimeError::Rejected {
+                n: rejected,
+                file: self.cfg.dead_letter.clone(),
+            });
         }
         Ok(())
     }
@@ -299,6 +313,13 @@ fn spawn_signals(stop: Arc<watch::Sender<bool>>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A publish waiting for its PUBACK: enough to dead-letter it if refused.
+struct Sent {
+    seq: u64,
+    topic: String,
+    payload: bytes::Bytes,
+}
+
 struct Publisher {
     cfg: Publish,
     stats: Arc<Stats>,
@@ -307,8 +328,14 @@ struct Publisher {
     rx_open: bool,
     /// Spool seq -> the finalizer its PUBACK settles.
     finalizers: HashMap<u64, Finalizer>,
-    /// pkid -> spool seq (0 for our own status messages).
-    inflight: HashMap<u16, u64>,
+    /// pkid -> what was sent (seq 0 for our own status messages).
+    inflight: HashMap<u16, Sent>,
+    /// Publishes the broker refused (MQTT 5 reason >= 0x80) and the last
+    /// one's reason: the status says "degraded" with it.
+    refusals: Option<(u64, String)>,
+    /// The status message must be published again (state changed).
+    status_dirty: bool,
+    dead_letters: DeadLetters,
     next_pkid: u16,
     stopping: watch::Receiver<bool>,
     upstream: watch::Receiver<Upstream>,
@@ -343,9 +370,16 @@ impl Publisher {
     }
 
     fn status(&self, state: State) -> Vec<u8> {
-        let up = self.upstream.borrow().clone();
+        let mut up = self.upstream.borrow().clone();
+        if let Some((n, last)) = &self.refusals {
+            let refused = format!("{n} event(s) refused by the broker, last: {last}");
+            up.error = Some(match up.error {
+                Some(e) => format!("{e}; {refused}"),
+                None => refused,
+            });
+        }
         let state = match state {
-            State::Up if !up.connected => State::Degraded,
+            State::Up if !up.connected || self.refusals.is_some() => State::Degraded,
             s => s,
         };
         let s = Status {
@@ -434,8 +468,12 @@ impl Publisher {
         }
     }
 
+    /// Encodes a PUBLISH for `conn`: QoS 1 (events unless `--qos 0`, and
+    /// our status messages, `seq` 0) with one of our packet ids, or QoS 0
+    /// (acked at once).
     fn encode(
         &mut self,
+        conn: &Connection,
         topic: &str,
         payload: bytes::Bytes,
         retain: bool,
@@ -443,26 +481,85 @@ impl Publisher {
         out: &mut BytesMut,
     ) {
         let qos1 = self.cfg.qos == 1 || seq == 0;
-        let mut p = PublishPacket::from_bytes(
-            topic,
-            if qos1 {
-                QoS::AtLeastOnce
-            } else {
-                QoS::AtMostOnce
-            },
-            payload,
-        );
-        p.retain = retain;
-        if qos1 {
-            p.pkid = self.alloc_pkid();
-            self.inflight.insert(p.pkid, seq);
+        if let Some(max) = conn.max_packet {
+            // Topic, payload and a generous header: over the broker's
+            // limit it would close the connection, again and again.
+            if seq != 0 && topic.len() + payload.len() + 16 > max as usize {
+                self.refused(
+                    seq,
+                    topic,
+                    &payload,
+                    0x95,
+                    Some(format!(
+                        "larger than the broker's maximum packet size ({max} bytes)"
+                    )),
+                );
+                return;
+            }
         }
-        let _ = p.write(out);
-        if !qos1 {
+        let pkid = if qos1 { self.alloc_pkid() } else { 0 };
+        conn.encode_publish(topic, payload.clone(), retain, pkid, out);
+        if qos1 {
+            self.inflight.insert(
+                pkid,
+                Sent {
+                    seq,
+                    topic: topic.to_owned(),
+                    payload,
+                },
+            );
+        } else {
             self.acked(seq);
         }
     }
 
+    /// What a PUBACK says about a publish we sent.
+    fn puback(&mut self, pkid: u16, reason: u8, why: Option<String>) -> Option<u64> {
+        let sent = self.inflight.remove(&pkid)?;
+        if reason < 0x80 {
+            self.acked(sent.seq);
+        } else if sent.seq == 0 {
+            tracing::error!(topic = %sent.topic, reason = reason_name(reason), code = reason, "the broker refused our status message; check the ACL for firehose/status/#");
+        } else {
+            self.refused(sent.seq, &sent.topic, &sent.payload, reason, why);
+        }
+        Some(sent.seq)
+    }
+
+    /// The broker refused an event: it leaves the spool (sending it again
+    /// would be refused again), goes to the dead-letter file, is counted,
+    /// its batch is rejected, and the status says degraded.
+    fn refused(&mut self, seq: u64, topic: &str, payload: &[u8], code: u8, why: Option<String>) {
+        let reason = match why {
+            Some(w) => format!(
+                "broker refused the publish on {topic}: 0x{code:02x} {} ({w})",
+                reason_name(code)
+            ),
+            None => format!(
+                "broker refused the publish on {topic}: 0x{code:02x} {}",
+                reason_name(code)
+            ),
+        };
+        self.spool.ack(seq);
+        self.stats.pending.store(self.spool.len() as i64, Relaxed);
+        let n = self.stats.rejected.fetch_add(1, Relaxed) + 1;
+        if let Err(e) = self
+            .dead_letters
+            .write("broker", &reason, payload, payload.len())
+        {
+            tracing::error!(error = %e, "cannot write the dead-letter file");
+        }
+        if n <= 10 || n.is_power_of_two() {
+            tracing::error!(%topic, code, reason = reason_name(code), rejected_total = n, dead_letter = %self.dead_letters.path().display(), "the broker refused an event; dead-lettered (check the broker's ACL for this user)");
+        }
+        if let Some(f) = self.finalizers.remove(&seq) {
+            f.rejected();
+        }
+        self.refusals = Some((n, reason));
+        self.status_dirty = true;
+    }
+
+    /// The broker has the event.
     fn acked(&mut self, seq: u64) {
         if seq == 0 {
             return;
@@ -554,10 +651,15 @@ impl Publisher {
     async fn connected(&mut self, mut conn: Connection) -> Ended {
         self.spool.rewind();
         self.inflight.clear();
+        // The broker's Receive Maximum (MQTT 5) bounds what is in flight.
+        let window = match conn.receive_max {
+            Some(r) => self.cfg.max_inflight.min(r.max(1) as usize),
+            None => self.cfg.max_inflight,
+        };
         let mut out = BytesMut::new();
-        let status = self.status(State::Up);
         let topic = self.status_topic.clone();
-        self.encode(&topic, status.into(), true, 0, &mut out);
+        let status = self.status(State::Up);
+        self.encode(&conn, &topic, status.into(), true, 0, &mut out);
         let mut ping = tokio::time::interval(self.cfg.keep_alive);
         ping.reset();
         let mut ping_outstanding = false;
@@ -567,11 +669,15 @@ impl Publisher {
         let mut upstream = self.upstream.clone();
         loop {
             // Fill the in-flight window.
-            while self.inflight.len() < self.cfg.max_inflight {
+            while self.inflight.len() < window {
                 let Some((seq, rec)) = self.spool.next_unsent() else {
                     break;
                 };
-                self.encode(&rec.topic, rec.payload, rec.retain, seq, &mut out);
+                self.encode(&conn, &rec.topic, rec.payload, rec.retain, seq, &mut out);
+            }
+            if std::mem::take(&mut self.status_dirty) {
+                let status = self.status(State::Up);
+                self.encode(&conn, &topic, status.into(), true, 0, &mut out);
             }
             if !out.is_empty() {
                 let w = tokio::time::timeout(self.cfg.keep_alive, conn.send(&out)).await;
@@ -590,13 +696,14 @@ impl Publisher {
             tokio::select! {
                 biased;
                 p = conn.recv() => match p {
-                    Ok(Packet::PubAck(a)) => {
-                        if let Some(seq) = self.inflight.remove(&a.pkid) {
-                            self.acked(seq);
-                        }
+                    Ok(Incoming::PubAck { pkid, reason, why }) => {
+                        self.puback(pkid, reason, why);
                     }
-                    Ok(Packet::PingResp) => ping_outstanding = false,
-                    Ok(_) => {}
+                    Ok(Incoming::PingResp) => ping_outstanding = false,
+                    Ok(Incoming::Disconnect(code)) => {
+                        return Ended::Lost(MqttError::Disconnected(code, reason_name(code)));
+                    }
+                    Ok(Incoming::Other) => {}
                     Err(e) => return Ended::Lost(e),
                 },
                 ev = self.rx.recv(), if self.rx_open => self.received(ev),
@@ -605,20 +712,16 @@ impl Publisher {
                         return Ended::Lost(MqttError::Timeout(self.cfg.keep_alive));
                     }
                     ping_outstanding = true;
-                    let _ = PingReq.write(&mut out);
+                    conn.encode_ping(&mut out);
                 }
                 r = upstream.changed() => {
                     if r.is_ok() {
                         let up = upstream.borrow_and_update().clone();
-                        tracing::info!(upstream_connected = up.connected, error = ?up.error, "source state changed");
-                        let status = self.status(State::Up);
-                        self.encode(&topic, status.into(), true, 0, &mut out);
+                        tracing::info!(upstream_connected = up.connected, error = up.error.as_deref().unwrap_or(""), "source state changed");
+                        self.status_dirty = true;
                     }
                 }
-                _ = status_tick.tick() => {
-                    let status = self.status(State::Up);
-                    self.encode(&topic, status.into(), true, 0, &mut out);
-                }
+                _ = status_tick.tick() => self.status_dirty = true,
                 _ = checkpoint.tick() => {
                     if let Err(e) = self.spool.checkpoint() {
                         tracing::error!(error = %e, "spool checkpoint failed");
@@ -639,28 +742,27 @@ impl Publisher {
         let mut out = BytesMut::new();
         let status = self.status(State::Down);
         let topic = self.status_topic.clone();
-        self.encode(&topic, status.into(), true, 0, &mut out);
+        self.encode(conn, &topic, status.into(), true, 0, &mut out);
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             if conn.send(&out).await.is_err() {
                 return;
             }
             // Wait for the status PUBACK so "down" is on the broker.
             while let Ok(p) = conn.recv().await {
-                if let Packet::PubAck(a) = p {
-                    match self.inflight.remove(&a.pkid) {
-                        Some(0) => break,
-                        Some(seq) => self.acked(seq),
-                        None => {}
+                if let Incoming::PubAck { pkid, reason, why } = p {
+                    if self.puback(pkid, reason, why) == Some(0) {
+                        break;
                     }
                 }
             }
         })
         .await;
         let mut out = BytesMut::new();
-        let _ = Disconnect.write(&mut out);
+        conn.encode_disconnect(&mut out);
         let _ = conn.send(&out).await;
         tracing::info!(
             published = self.stats.published.load(Relaxed),
+            rejected = self.stats.rejected.load(Relaxed),
             pending = self.spool.len(),
             "disconnected from the broker"
         );

@@ -18,6 +18,8 @@ pub struct Stats {
     pub malformed: AtomicU64,
     /// Events lost because the spool was full.
     pub dropped: AtomicU64,
+    /// Events the broker refused (MQTT 5 PUBACK reason >= 0x80), dead-lettered.
+    pub rejected: AtomicU64,
     /// Broker reconnections.
     pub broker_reconnects: AtomicU64,
     /// Source reconnections.
@@ -61,6 +63,7 @@ impl Stats {
             pending: self.pending.load(Relaxed).max(0) as u64,
             malformed: self.malformed.load(Relaxed),
             dropped: self.dropped.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
             reconnects: self.broker_reconnects.load(Relaxed) + self.source_reconnects.load(Relaxed),
         }
     }
@@ -111,6 +114,13 @@ impl Stats {
             "Events lost because the spool was full.",
             "",
             g(&self.dropped),
+        );
+        one(
+            "events_rejected_total",
+            "counter",
+            "Events the broker refused (MQTT 5 reason code >= 0x80), dead-lettered.",
+            "",
+            g(&self.rejected),
         );
         one(
             "broker_reconnects_total",
