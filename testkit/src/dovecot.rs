@@ -33,6 +33,20 @@ impl Dovecot {
     /// Starts Dovecot with its state, config and maildir under `dir`, TLS
     /// from `certs` (`server.pem`/`server.key`, see [`crate::certs::make_certs`]).
     pub fn start(dir: &Path, certs: &Path) -> Dovecot {
+        Dovecot::start_with(dir, certs, "")
+    }
+
+    /// As [`Dovecot::start`], but the server does not offer IDLE (clients
+    /// must poll).
+    pub fn start_without_idle(dir: &Path, certs: &Path) -> Dovecot {
+        Dovecot::start_with(
+            dir,
+            certs,
+            "imap_capability = IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE LITERAL+ UIDPLUS MOVE\n",
+        )
+    }
+
+    fn start_with(dir: &Path, certs: &Path, extra: &str) -> Dovecot {
         assert!(
             Path::new(DOVECOT).exists(),
             "{DOVECOT} is missing: install Debian's dovecot-imapd (./scripts/test does)"
@@ -101,7 +115,7 @@ impl Dovecot {
              userdb {{\n  driver = passwd-file\n  args = {users}\n}}\n\
              service imap-login {{\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n  \
              inet_listener imaps {{\n    address = 127.0.0.1\n    port = {tls}\n    ssl = yes\n  }}\n}}\n\
-             service anvil {{\n  chroot =\n}}\n",
+             service anvil {{\n  chroot =\n}}\n{extra}",
             base = dir.display(),
             mail = mail.display(),
             cert = c("server.pem"),

@@ -96,6 +96,16 @@ pub fn run(cmd: &mut Command) -> Output {
     out
 }
 
+/// Runs a command to the end: whether it succeeded, and its stdout and
+/// stderr together (what an operator reads).
+pub fn outcome(cmd: &mut Command) -> (bool, String) {
+    let out = run(cmd);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
 /// Waits up to `limit` for `child` to exit, reading its stdout and stderr
 /// meanwhile (a full pipe would block it forever), and kills it at the
 /// limit. Returns its output and whether it had to be killed.

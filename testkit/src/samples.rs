@@ -66,3 +66,18 @@ pub fn assert_sample_complete(name: &str, sample: &str, known: &BTreeSet<String>
     assert!(missing.is_empty(), "{name} lacks {missing:?}");
     assert!(unknown.is_empty(), "{name} has unknown keys {unknown:?}");
 }
+
+/// What `--check-config` says about a shipped sample on a machine where
+/// its files do not exist: every key is understood, and only the missing
+/// `/etc/firehose/...` files are a problem.
+pub fn assert_sample_checks(check_config_output: &str) {
+    let text = check_config_output;
+    assert!(
+        !text.contains("unknown field") && !text.contains("expected"),
+        "{text}"
+    );
+    assert!(
+        text.contains("/etc/firehose/"),
+        "the sample's files are the only problem: {text}"
+    );
+}

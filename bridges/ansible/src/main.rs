@@ -9,7 +9,7 @@ use firehose_ansible::config::{AnsibleArgs, AnsibleConfig};
 use firehose_ansible::plugin;
 use firehose_ansible::socket::{Run, Serve};
 use firehose_bridge::cli::{CommonArgs, Info, Plan};
-use firehose_bridge::{Source, SourceContext, SourceError};
+use firehose_bridge::BoxedSource;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -65,28 +65,6 @@ enum Cmd {
     },
 }
 
-/// What firehose-ansible reads.
-enum AnsibleSource {
-    Serve(Serve),
-    Run(Box<Run>),
-}
-
-impl Source for AnsibleSource {
-    fn name(&self) -> String {
-        match self {
-            AnsibleSource::Serve(s) => s.name(),
-            AnsibleSource::Run(r) => r.name(),
-        }
-    }
-
-    async fn run(&mut self, ctx: &SourceContext) -> Result<(), SourceError> {
-        match self {
-            AnsibleSource::Serve(s) => s.run(ctx).await,
-            AnsibleSource::Run(r) => r.run(ctx).await,
-        }
-    }
-}
-
 const INFO: Info = Info {
     name: "ansible",
     version: env!("CARGO_PKG_VERSION"),
@@ -113,7 +91,7 @@ fn main() -> ExitCode {
                 };
                 Ok(Plan {
                     describe: format!("socket {}", path.display()),
-                    sources: vec![AnsibleSource::Serve(Serve {
+                    sources: vec![BoxedSource::new(Serve {
                         path,
                         max_line_bytes: src.max_line_bytes,
                     })],
@@ -136,12 +114,12 @@ fn main() -> ExitCode {
                     .map_err(|e| format!("a private directory for the socket: {e}"))?;
                 Ok::<_, String>(Plan {
                     describe: format!("run {}", command.join(" ")),
-                    sources: vec![AnsibleSource::Run(Box::new(Run {
+                    sources: vec![BoxedSource::new(Run {
                         command,
                         max_line_bytes: src.max_line_bytes,
                         dir,
                         exit: exit2,
-                    }))],
+                    })],
                 })
             });
             let code = *exit.lock().unwrap_or_else(|e| e.into_inner());

@@ -7,8 +7,9 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use firehose_bridge::cli::{CommonArgs, Info, Plan, ReplayArgs};
 use firehose_bridge::replay::Replay;
+use firehose_bridge::BoxedSource;
 use firehose_gerrit::config::{GerritArgs, GerritConfig};
-use firehose_gerrit::source::{GerritLines, GerritSource, Live};
+use firehose_gerrit::source::{GerritLines, Live};
 use firehose_gerrit::ssh::{self, HostKeyCheck, Target};
 
 #[derive(Parser, Debug)]
@@ -48,8 +49,8 @@ fn main() -> ExitCode {
 }
 
 /// The source the configuration asks for: Gerrit itself, or a replay.
-fn plan(src: GerritConfig, replay: Option<String>) -> Result<Plan<GerritSource>> {
-    let source = match replay {
+fn plan(src: GerritConfig, replay: Option<String>) -> Result<Plan<BoxedSource>> {
+    let (source, describe) = match replay {
         Some(path) => {
             let source_uri = match &src.gerrit {
                 Some(g) => g
@@ -59,13 +60,14 @@ fn plan(src: GerritConfig, replay: Option<String>) -> Result<Plan<GerritSource>>
                 None => format!("file:{path}"),
             };
             let lines = GerritLines { source_uri };
-            GerritSource::Replay(Replay::new(path, src.max_line_bytes, lines))
+            let replay = Replay::new(path, src.max_line_bytes, lines);
+            (BoxedSource::new(replay), "replay".to_owned())
         }
-        None => GerritSource::Live(live_source(&src)?),
-    };
-    let describe = match &source {
-        GerritSource::Live(l) => format!("gerrit {}", l.target),
-        GerritSource::Replay(_) => "replay".to_owned(),
+        None => {
+            let live = live_source(&src)?;
+            let describe = format!("gerrit {}", live.target);
+            (BoxedSource::new(live), describe)
+        }
     };
     Ok(Plan {
         sources: vec![source],

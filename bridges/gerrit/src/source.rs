@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use firehose::gerrit::GerritEvent;
 use firehose_bridge::lines::Lines;
-use firehose_bridge::replay::{feed, LineHandler, Replay};
+use firehose_bridge::replay::{feed, LineHandler};
 use firehose_bridge::{ResultExt, Source, SourceContext, SourceError};
 use russh::keys::PrivateKey;
 use russh::ChannelMsg;
@@ -47,25 +47,13 @@ pub struct Live {
     pub max_line_bytes: usize,
 }
 
-/// What firehose-gerrit reads: Gerrit itself, or a file.
-pub enum GerritSource {
-    Live(Live),
-    Replay(Replay<GerritLines>),
-}
-
-impl Source for GerritSource {
+impl Source for Live {
     fn name(&self) -> String {
-        match self {
-            GerritSource::Live(l) => l.target.to_string(),
-            GerritSource::Replay(r) => r.name(),
-        }
+        self.target.to_string()
     }
 
     async fn run(&mut self, ctx: &SourceContext) -> Result<(), SourceError> {
-        match self {
-            GerritSource::Live(l) => l.stream(ctx).await,
-            GerritSource::Replay(r) => r.run(ctx).await,
-        }
+        self.stream(ctx).await
     }
 }
 

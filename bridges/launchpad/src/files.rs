@@ -29,14 +29,7 @@ async fn one(
     n: &mut Counts,
 ) -> Result<(), SourceError> {
     n.mails += 1;
-    let parsed = if raw.len() > max {
-        Err(format!(
-            "mail of {} bytes is over --max-mail-bytes ({max})",
-            raw.len()
-        ))
-    } else {
-        mail::parse(raw).map_err(|e| e.to_string())
-    };
+    let parsed = mail::parse_limited(raw, max);
     match parsed {
         Ok(Some(ev)) => {
             n.published += 1;

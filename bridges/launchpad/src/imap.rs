@@ -200,15 +200,7 @@ impl ImapSource {
         uid: u32,
         raw: &[u8],
     ) -> Result<bool, SourceError> {
-        let max = self.account.max_mail_bytes;
-        let parsed = if raw.len() > max {
-            Err(format!(
-                "mail of {} bytes is over --max-mail-bytes ({max})",
-                raw.len()
-            ))
-        } else {
-            mail::parse(raw).map_err(|e| e.to_string())
-        };
+        let parsed = mail::parse_limited(raw, self.account.max_mail_bytes);
         match parsed {
             Ok(Some(ev)) => {
                 let batch = self.acks.batch(uid);

@@ -90,6 +90,18 @@ pub fn parse(raw: &[u8]) -> Result<Option<LaunchpadEvent>, MailError> {
     }))
 }
 
+/// [`parse`], refusing mail over `max` bytes first; the error is the
+/// dead-letter reason.
+pub fn parse_limited(raw: &[u8], max: usize) -> Result<Option<LaunchpadEvent>, String> {
+    if raw.len() > max {
+        return Err(format!(
+            "mail of {} bytes is over --max-mail-bytes ({max})",
+            raw.len()
+        ));
+    }
+    parse(raw).map_err(|e| e.to_string())
+}
+
 /// lpmqtt's bug fields.
 fn bug_fields(
     msg: &Message<'_>,

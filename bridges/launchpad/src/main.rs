@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use firehose_bridge::cli::{CommonArgs, Info, Plan};
-use firehose_bridge::{Source, SourceContext, SourceError};
+use firehose_bridge::BoxedSource;
 use firehose_launchpad::config::{Input, LaunchpadArgs, LaunchpadConfig};
 use firehose_launchpad::files::{Maildir, Mbox};
 use firehose_launchpad::imap::ImapSource;
@@ -32,31 +32,6 @@ struct Cli {
     launchpad: LaunchpadArgs,
 }
 
-/// What firehose-launchpad reads.
-enum MailSource {
-    Imap(Box<ImapSource>),
-    Maildir(Maildir),
-    Mbox(Mbox),
-}
-
-impl Source for MailSource {
-    fn name(&self) -> String {
-        match self {
-            MailSource::Imap(s) => s.name(),
-            MailSource::Maildir(s) => s.name(),
-            MailSource::Mbox(s) => s.name(),
-        }
-    }
-
-    async fn run(&mut self, ctx: &SourceContext) -> Result<(), SourceError> {
-        match self {
-            MailSource::Imap(s) => s.run(ctx).await,
-            MailSource::Maildir(s) => s.run(ctx).await,
-            MailSource::Mbox(s) => s.run(ctx).await,
-        }
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let info = Info {
@@ -74,27 +49,23 @@ fn main() -> ExitCode {
                     a.display,
                     String::from(a.after.clone())
                 );
-                (MailSource::Imap(Box::new(ImapSource::new(*a))), d)
+                (BoxedSource::new(ImapSource::new(*a)), d)
             }
             Input::Maildir(dir) => {
                 let d = format!("maildir {}", dir.display());
-                (
-                    MailSource::Maildir(Maildir {
-                        dir,
-                        max_mail_bytes: max,
-                    }),
-                    d,
-                )
+                let maildir = Maildir {
+                    dir,
+                    max_mail_bytes: max,
+                };
+                (BoxedSource::new(maildir), d)
             }
             Input::Mbox(path) => {
                 let d = format!("mbox {path}");
-                (
-                    MailSource::Mbox(Mbox {
-                        path,
-                        max_mail_bytes: max,
-                    }),
-                    d,
-                )
+                let mbox = Mbox {
+                    path,
+                    max_mail_bytes: max,
+                };
+                (BoxedSource::new(mbox), d)
             }
         };
         Ok::<_, firehose_launchpad::config::ConfigError>(Plan {

@@ -6,8 +6,9 @@ use anyhow::{bail, Result};
 use clap::Parser;
 use firehose_bridge::cli::{CommonArgs, Info, Plan, ReplayArgs};
 use firehose_bridge::replay::Replay;
+use firehose_bridge::BoxedSource;
 use firehose_nova::config::{NovaArgs, NovaConfig};
-use firehose_nova::source::{Bodies, Consumer, NovaSource};
+use firehose_nova::source::{Bodies, Consumer};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -50,7 +51,7 @@ fn main() -> ExitCode {
 }
 
 /// One consumer per deployment, or a replay through the first one's name.
-fn plan(src: NovaConfig, replay: Option<String>) -> Result<Plan<NovaSource>> {
+fn plan(src: NovaConfig, replay: Option<String>) -> Result<Plan<BoxedSource>> {
     let deployments = src.resolve()?;
     let names: Vec<String> = deployments
         .iter()
@@ -66,7 +67,7 @@ fn plan(src: NovaConfig, replay: Option<String>) -> Result<Plan<NovaSource>> {
             max_body_bytes: src.max_body_bytes,
         };
         return Ok(Plan {
-            sources: vec![NovaSource::Replay(Replay::new(
+            sources: vec![BoxedSource::new(Replay::new(
                 path,
                 src.max_body_bytes,
                 bodies,
@@ -78,10 +79,10 @@ fn plan(src: NovaConfig, replay: Option<String>) -> Result<Plan<NovaSource>> {
         sources: deployments
             .into_iter()
             .map(|deployment| {
-                NovaSource::Consumer(Box::new(Consumer {
+                BoxedSource::new(Consumer {
                     deployment,
                     max_body_bytes: src.max_body_bytes,
-                }))
+                })
             })
             .collect(),
         describe: format!("deployments: {}", names.join(", ")),

@@ -26,28 +26,6 @@ use lapin::{Acker, BasicProperties, Channel, Connection, ConnectionBuilder, Conn
 
 use crate::config::Deployment;
 
-/// What firehose-nova reads: RabbitMQ, or a file.
-pub enum NovaSource {
-    Consumer(Box<Consumer>),
-    Replay(firehose_bridge::replay::Replay<Bodies>),
-}
-
-impl Source for NovaSource {
-    fn name(&self) -> String {
-        match self {
-            NovaSource::Consumer(c) => c.name(),
-            NovaSource::Replay(r) => r.name(),
-        }
-    }
-
-    async fn run(&mut self, ctx: &SourceContext) -> Result<(), SourceError> {
-        match self {
-            NovaSource::Consumer(c) => c.run(ctx).await,
-            NovaSource::Replay(r) => r.run(ctx).await,
-        }
-    }
-}
-
 /// One deployment's consumer.
 pub struct Consumer {
     pub deployment: Deployment,

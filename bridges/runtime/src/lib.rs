@@ -56,4 +56,4 @@ pub mod url;
 
 pub use ack::{Acks, Batch, BatchStatus};
 pub use runtime::{Bridge, PrintFormat};
-pub use source::{Event, ResultExt, Source, SourceContext, SourceError};
+pub use source::{BoxedSource, Event, ResultExt, Source, SourceContext, SourceError};

@@ -94,6 +94,47 @@ pub trait Source: Send + 'static {
     fn run(&mut self, ctx: &SourceContext) -> impl Future<Output = Result<(), SourceError>> + Send;
 }
 
+/// A source of any type: a bridge that picks its source from the
+/// configuration (Gerrit or a replay; IMAP, a maildir or an mbox) hands the
+/// runtime these, so it needs no enum that repeats every method.
+pub struct BoxedSource(Box<dyn ErasedSource>);
+
+impl BoxedSource {
+    pub fn new(source: impl Source) -> BoxedSource {
+        BoxedSource(Box::new(source))
+    }
+}
+
+/// [`Source`] with its future boxed, so it can live behind a `dyn`.
+trait ErasedSource: Send {
+    fn name(&self) -> String;
+    fn run<'a>(
+        &'a mut self,
+        ctx: &'a SourceContext,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), SourceError>> + Send + 'a>>;
+}
+
+impl<S: Source> ErasedSource for S {
+    fn name(&self) -> String {
+        Source::name(self)
+    }
+    fn run<'a>(
+        &'a mut self,
+        ctx: &'a SourceContext,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), SourceError>> + Send + 'a>> {
+        Box::pin(Source::run(self, ctx))
+    }
+}
+
+impl Source for BoxedSource {
+    fn name(&self) -> String {
+        self.0.name()
+    }
+    async fn run(&mut self, ctx: &SourceContext) -> Result<(), SourceError> {
+        self.0.run(ctx).await
+    }
+}
+
 /// One event to publish, as the runtime spools it.
 #[derive(Debug)]
 pub struct Event {
@@ -128,16 +169,18 @@ impl Upstreams {
             .iter()
             .map(|n| (n.clone(), Some("not connected yet".to_owned())))
             .collect();
-        Upstreams {
+        let u = Upstreams {
             states: Arc::new(Mutex::new(states)),
             tx: Arc::new(tx),
             several: names.len() > 1,
-        }
+        };
+        u.publish();
+        u
     }
 
-    fn set(&self, name: &str, error: Option<String>, stats: &Stats) {
-        let mut m = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        m.insert(name.to_owned(), error);
+    /// Folds every source's state into the one the status message shows.
+    fn publish(&self) -> bool {
+        let m = self.states.lock().unwrap_or_else(|e| e.into_inner());
         let down: Vec<String> = m
             .iter()
             .filter_map(|(n, e)| {
@@ -147,11 +190,19 @@ impl Upstreams {
                 })
             })
             .collect();
-        stats.set_source_connected(down.is_empty());
         self.tx.send_replace(Upstream {
             connected: down.is_empty(),
             error: (!down.is_empty()).then(|| down.join("; ")),
         });
+        down.is_empty()
+    }
+
+    fn set(&self, name: &str, error: Option<String>, stats: &Stats) {
+        self.states
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), error);
+        stats.set_source_connected(self.publish());
     }
 }
 
