@@ -11,12 +11,20 @@
 //!   Gerrit versions.
 //! - [`nova`]: nova notifications as they sit on RabbitMQ (oslo 2.0 envelope
 //!   or bare), versioned or legacy payloads, service status.
+//! - [`launchpad`]: Launchpad notifications with lpmqtt's fields.
+//! - [`ansible`]: playbook events as the callback plugin sends them and as
+//!   they are published.
+//! - [`reader`]: one MQTT message as a subscriber sees it: a normalized
+//!   [`reader::Event`] whatever the payload mode, and the typed event.
 //! - [`PayloadMode`]: CloudEvents, or byte-for-byte what the original
 //!   publisher sent (for existing consumers).
 
+pub mod ansible;
 pub mod envelope;
 pub mod gerrit;
+pub mod launchpad;
 pub mod nova;
+pub mod reader;
 pub mod status;
 pub mod topic;
 

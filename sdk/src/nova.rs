@@ -249,6 +249,39 @@ impl ServiceStatus {
     }
 }
 
+/// A nova service's retained state as published on
+/// `nova/<deployment>/service/<binary>/<host>` ([`ServiceStatus::to_json`]),
+/// read back by subscribers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServiceState {
+    /// `up` or `down`.
+    pub state: String,
+    pub host: String,
+    pub binary: String,
+    #[serde(default)]
+    pub disabled: bool,
+    #[serde(default)]
+    pub disabled_reason: Option<String>,
+    #[serde(default)]
+    pub forced_down: bool,
+    #[serde(default)]
+    pub last_seen_up: Option<String>,
+    #[serde(default)]
+    pub deleted: bool,
+    #[serde(default)]
+    pub uuid: Option<String>,
+    /// When nova said so (RFC 3339).
+    #[serde(default)]
+    pub updated: Option<String>,
+}
+
+impl ServiceState {
+    /// True unless nova was told the service is down or it was deleted.
+    pub fn is_up(&self) -> bool {
+        self.state == "up"
+    }
+}
+
 /// A notification as one deployment publishes it: the topic needs the
 /// deployment's name.
 pub struct InDeployment<'a> {

@@ -16,7 +16,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
 
-use crate::event::PluginEvent;
+use firehose::ansible::PluginEvent;
 
 /// How long `run` reads connections after the command exited (the plugin
 /// flushes before the playbook ends; this only bounds a stuck writer).

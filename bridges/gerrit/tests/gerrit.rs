@@ -255,7 +255,7 @@ fn reconnects_after_the_connection_drops_halfway() {
         EXPECTED_TOPICS.to_vec(),
         "every event once, in order"
     );
-    br.wait_log("event stream ended: command exited");
+    br.wait_log("event stream ended");
     assert_eq!(std::fs::read_to_string(&count).unwrap().trim(), "2");
     // The half line is a dead letter, not an event.
     let dl = dead_letters(dir.path());

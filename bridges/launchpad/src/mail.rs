@@ -12,8 +12,7 @@
 //! also set `event-type` (the notification type) and `project`
 //! (`X-Launchpad-Project`) when the mail says, so they get a useful topic.
 
-use firehose::envelope::stable_id;
-use firehose::{CloudEvent, Publishable};
+pub use firehose::launchpad::LaunchpadEvent;
 use mail_parser::{HeaderValue, Message, MessageParser};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
@@ -29,20 +28,6 @@ pub enum MailError {
     NoBugNumber(String),
     #[error("bug mail whose X-Launchpad-Bug names no product or distribution: {0:?}")]
     NoProject(String),
-}
-
-/// One Launchpad notification, ready to publish.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LaunchpadEvent {
-    /// lpmqtt's dict (raw mode's payload).
-    pub fields: Map<String, Value>,
-    /// Every `X-Launchpad-Bug` header (one per affected project, package
-    /// or series), parsed; CloudEvents mode adds them as `tasks`.
-    pub tasks: Vec<Map<String, Value>>,
-    /// `Message-ID`, without angle brackets (CloudEvents `id`).
-    pub message_id: Option<String>,
-    /// The mail's `Date`.
-    pub date: Option<OffsetDateTime>,
 }
 
 /// The mail in `raw` as an event: `Ok(None)` when it is not from Launchpad
@@ -202,59 +187,11 @@ fn body(msg: &Message<'_>) -> String {
     msg.body_text(0).map(|b| b.into_owned()).unwrap_or_default()
 }
 
-impl LaunchpadEvent {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.fields.get(key).and_then(Value::as_str)
-    }
-
-    /// The CloudEvents `type`'s suffix: the event type, or `notification`.
-    fn event_type(&self) -> &str {
-        self.get("event-type").unwrap_or("notification")
-    }
-}
-
-impl Publishable for LaunchpadEvent {
-    /// `launchpad/<project>/<event-type>/<bug-number>`, stopping at the first
-    /// missing piece.
-    fn topic(&self) -> String {
-        firehose::topic::launchpad(
-            self.get("project"),
-            self.get("event-type"),
-            self.get("bug-number"),
-        )
-    }
-
-    fn raw(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.fields)
-            .expect("a map of strings and lists of strings always serializes")
-    }
-
-    fn cloudevent(&self, source: &str, received: OffsetDateTime) -> CloudEvent {
-        let mut data = self.fields.clone();
-        if !self.tasks.is_empty() {
-            let tasks = self.tasks.iter().cloned().map(Value::Object).collect();
-            data.insert("tasks".into(), Value::Array(tasks));
-        }
-        let data = serde_json::value::to_raw_value(&data)
-            .expect("a map of strings and lists always serializes");
-        let id = self
-            .message_id
-            .clone()
-            .unwrap_or_else(|| stable_id("launchpad", &self.raw()));
-        CloudEvent::new(
-            id,
-            source,
-            format!("launchpad.{}", self.event_type()),
-            self.date.unwrap_or(received),
-            self.get("bug-number").map(str::to_owned),
-            data,
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use firehose::Publishable;
+    use time::OffsetDateTime;
 
     fn fixture(name: &str) -> Vec<u8> {
         let p = format!(
@@ -362,5 +299,34 @@ mod tests {
         assert_eq!(data["bug-number"], "1761798");
         let raw: Value = serde_json::from_slice(&e.raw()).unwrap();
         assert!(raw.get("tasks").is_none(), "raw mode is lpmqtt's dict only");
+    }
+
+    #[test]
+    fn every_fixture_reads_back_in_both_payload_modes() {
+        use firehose::reader::{decode, Body};
+        let dir = format!("{}/../../fixtures/launchpad", env!("CARGO_MANIFEST_DIR"));
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let Ok(Some(ev)) = parse(&std::fs::read(e.path()).unwrap()) else {
+                continue;
+            };
+            let ce = ev.cloudevent("imaps://lp@mail/INBOX", OffsetDateTime::UNIX_EPOCH);
+            for read in [
+                decode(&ev.topic(), &ev.raw(), false),
+                decode(&ev.topic(), &ce.to_json(), false),
+            ] {
+                assert_eq!(read.kind, format!("launchpad.{}", ev.event_type()));
+                assert_eq!(read.subject.as_deref(), ev.bug_number());
+                match read.body {
+                    Body::Launchpad(l) => {
+                        assert_eq!(l.project(), ev.project());
+                        assert_eq!(l.fields, ev.fields);
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            n += 1;
+        }
+        assert_eq!(n, 6);
     }
 }

@@ -1,6 +1,7 @@
-//! What the callback plugin sends (one JSON line per event) and how it is
-//! published: the original OpenStack infra plugin's topics and payloads
-//! (`docs/ansible.md`), with skipped results added.
+//! Ansible playbook events: what `firehose-ansible`'s callback plugin sends
+//! (one JSON line per event, [`PluginEvent`]) and how it is published: the
+//! original OpenStack infra plugin's topics and payloads (`docs/ansible.md`
+//! in the repository), with skipped results added.
 //!
 //! | plugin event | topic (under `ansible/playbook/<play uuid>/`) | raw payload keys |
 //! |---|---|---|
@@ -14,7 +15,7 @@
 //! CloudEvents mode it is an object, and `changed`, `ignored`, `item` and
 //! `action` are added.
 
-use firehose::{CloudEvent, Publishable};
+use crate::{CloudEvent, Publishable};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
@@ -166,7 +167,7 @@ impl Publishable for PluginEvent {
             "stats" => vec!["stats", host],
             _ => vec!["action", "finish", status],
         };
-        firehose::topic::ansible_playbook(uuid, &rest)
+        crate::topic::ansible_playbook(uuid, &rest)
     }
 
     fn raw(&self) -> Vec<u8> {
@@ -197,6 +198,48 @@ impl Publishable for PluginEvent {
         let subject = self.host.clone().or_else(|| self.play_id.clone());
         let data = serde_json::value::to_raw_value(&data).expect("a JSON map always serializes");
         CloudEvent::new(self.id.clone(), source, self.kind(), time, subject, data)
+    }
+}
+
+/// A published ansible event as a reader gets it (the payload, with
+/// `ansible_result` as an object in both payload modes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublishedAnsible {
+    pub value: Value,
+}
+
+impl PublishedAnsible {
+    pub fn new(value: Value) -> PublishedAnsible {
+        PublishedAnsible { value }
+    }
+
+    fn s(&self, key: &str) -> Option<&str> {
+        self.value.get(key).and_then(Value::as_str)
+    }
+
+    /// OK, FAILED, UNREACHABLE, SKIPPED (a task); OK or FAILED (finish).
+    pub fn status(&self) -> Option<&str> {
+        self.s("status")
+    }
+
+    /// The target host (tasks, stats).
+    pub fn target(&self) -> Option<&str> {
+        self.s("ansible_host")
+    }
+
+    /// `TASK: <name>`.
+    pub fn task(&self) -> Option<&str> {
+        self.s("ansible_task")
+    }
+
+    /// The play's uuid.
+    pub fn play_id(&self) -> Option<&str> {
+        self.s("playbook_id")
+    }
+
+    /// The task result (an object).
+    pub fn result(&self) -> Option<&Value> {
+        self.value.get("ansible_result")
     }
 }
 

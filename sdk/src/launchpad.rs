@@ -1,0 +1,111 @@
+//! Launchpad notifications as lpmqtt published them (`launchpad/<project>/
+//! <event-type>/<bug-number>`, a JSON dict of strings), and as the
+//! CloudEvents envelope carries them (that dict plus every task of the bug).
+//! `firehose-launchpad` builds them from mail; readers get them back from
+//! either payload.
+
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use crate::envelope::stable_id;
+use crate::{CloudEvent, Publishable};
+
+/// One Launchpad notification, ready to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaunchpadEvent {
+    /// lpmqtt's dict (raw mode's payload).
+    pub fields: Map<String, Value>,
+    /// Every `X-Launchpad-Bug` header (one per affected project, package
+    /// or series), parsed; CloudEvents mode adds them as `tasks`.
+    pub tasks: Vec<Map<String, Value>>,
+    /// `Message-ID`, without angle brackets (CloudEvents `id`).
+    pub message_id: Option<String>,
+    /// The mail's `Date`.
+    pub date: Option<OffsetDateTime>,
+}
+
+impl LaunchpadEvent {
+    /// A field as a string (`bug-number`, `project`, `status`, ...).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.fields.get(key).and_then(Value::as_str)
+    }
+
+    /// The CloudEvents `type`'s suffix: the event type, or `notification`.
+    /// `bug`, `code-review`, ...; `notification` when the mail said none.
+    pub fn event_type(&self) -> &str {
+        self.get("event-type").unwrap_or("notification")
+    }
+}
+
+impl Publishable for LaunchpadEvent {
+    /// `launchpad/<project>/<event-type>/<bug-number>`, stopping at the first
+    /// missing piece.
+    fn topic(&self) -> String {
+        crate::topic::launchpad(
+            self.get("project"),
+            self.get("event-type"),
+            self.get("bug-number"),
+        )
+    }
+
+    fn raw(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.fields)
+            .expect("a map of strings and lists of strings always serializes")
+    }
+
+    fn cloudevent(&self, source: &str, received: OffsetDateTime) -> CloudEvent {
+        let mut data = self.fields.clone();
+        if !self.tasks.is_empty() {
+            let tasks = self.tasks.iter().cloned().map(Value::Object).collect();
+            data.insert("tasks".into(), Value::Array(tasks));
+        }
+        let data = serde_json::value::to_raw_value(&data)
+            .expect("a map of strings and lists always serializes");
+        let id = self
+            .message_id
+            .clone()
+            .unwrap_or_else(|| stable_id("launchpad", &self.raw()));
+        CloudEvent::new(
+            id,
+            source,
+            format!("launchpad.{}", self.event_type()),
+            self.date.unwrap_or(received),
+            self.get("bug-number").map(str::to_owned),
+            data,
+        )
+    }
+}
+
+impl LaunchpadEvent {
+    /// From a published payload: lpmqtt's dict (raw), or the CloudEvents
+    /// `data` (the dict plus `tasks`).
+    pub fn from_payload(data: &Value) -> Option<LaunchpadEvent> {
+        let mut fields = data.as_object()?.clone();
+        let tasks = match fields.remove("tasks") {
+            Some(Value::Array(t)) => t
+                .into_iter()
+                .filter_map(|t| match t {
+                    Value::Object(o) => Some(o),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Some(LaunchpadEvent {
+            fields,
+            tasks,
+            message_id: None,
+            date: None,
+        })
+    }
+
+    /// The bug number, for bug mail.
+    pub fn bug_number(&self) -> Option<&str> {
+        self.get("bug-number")
+    }
+
+    /// The project (or distribution) the notification is about.
+    pub fn project(&self) -> Option<&str> {
+        self.get("project")
+    }
+}

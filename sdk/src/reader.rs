@@ -1,0 +1,279 @@
+//! What a subscriber gets from one MQTT message: an [`Event`] of one shape
+//! whatever the bridge's payload mode, plus the typed event ([`Body`]).
+//!
+//! A CloudEvents payload gives `id`, `source`, `type`, `time`, `subject` and
+//! `data` as they are. A raw payload (what germqtt, lpmqtt and the ansible
+//! plugin published) is read by its topic: `type` is derived the way the
+//! bridges name it in CloudEvents mode (`gerrit.comment-added`,
+//! `nova.compute.instance.create.end`, `launchpad.bug`, `ansible.task.ok`),
+//! `data` is the payload, and the id is the one the bridge would have given
+//! (so deduplication works across modes). Nothing here fails: a payload
+//! that cannot be read is [`Body::Other`] with the reason.
+//!
+//! ```
+//! let ev = firehose::reader::decode(
+//!     "gerrit/openstack/nova/comment-added",
+//!     br#"{"type":"comment-added","change":{"project":"openstack/nova","number":12}}"#,
+//!     false,
+//! );
+//! assert_eq!(ev.kind, "gerrit.comment-added");
+//! assert_eq!(ev.subject.as_deref(), Some("12"));
+//! assert!(matches!(ev.body, firehose::reader::Body::Gerrit(_)));
+//! ```
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::ansible::PublishedAnsible;
+use crate::envelope::{rfc3339, stable_id};
+use crate::gerrit::GerritEvent;
+use crate::launchpad::LaunchpadEvent;
+use crate::nova::{Notification, ServiceState};
+use crate::status::Status;
+
+/// One event, normalized: what `firehose-sub --json` prints and what
+/// `--where` and `--format` see.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub topic: String,
+    /// Unique per source event (the same in both payload modes).
+    pub id: Option<String>,
+    /// The upstream's URI (CloudEvents payloads only).
+    pub source: Option<String>,
+    /// `gerrit.comment-added`, `nova.instance.create.end`, `launchpad.bug`,
+    /// `ansible.task.failed`, `firehose.status`, `nova.service`, or `mqtt`
+    /// for messages that are not firehose events.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// When it happened (RFC 3339), when known.
+    pub time: Option<String>,
+    /// What it is about: a change, a bug, an instance, a host.
+    pub subject: Option<String>,
+    /// The event itself (CloudEvents `data`, or the raw payload as JSON;
+    /// a string when the payload is not JSON).
+    pub data: Value,
+    /// A retained message (state, not news).
+    pub retained: bool,
+    /// The typed event.
+    #[serde(skip)]
+    pub body: Body,
+}
+
+/// The typed event.
+#[derive(Debug, Clone)]
+pub enum Body {
+    Gerrit(Box<GerritEvent>),
+    Nova(Box<Notification>),
+    /// A nova service's retained up/down state.
+    NovaService(ServiceState),
+    Launchpad(LaunchpadEvent),
+    Ansible(PublishedAnsible),
+    /// A bridge's retained liveness message.
+    Status(Box<Status>),
+    /// Not a firehose event, or one that could not be read (`reason`).
+    Other {
+        reason: Option<String>,
+    },
+}
+
+/// The CloudEvents fields, when the payload is an envelope.
+#[derive(Deserialize)]
+struct Envelope {
+    specversion: String,
+    id: Option<String>,
+    source: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    time: Option<String>,
+    subject: Option<String>,
+    #[serde(default)]
+    data: Value,
+}
+
+/// Reads one message.
+pub fn decode(topic: &str, payload: &[u8], retained: bool) -> Event {
+    let json: Option<Value> = serde_json::from_slice(payload).ok();
+    let mut ev = Event {
+        topic: topic.to_owned(),
+        id: None,
+        source: None,
+        kind: "mqtt".to_owned(),
+        time: None,
+        subject: None,
+        data: json
+            .clone()
+            .unwrap_or_else(|| Value::String(String::from_utf8_lossy(payload).into_owned())),
+        retained,
+        body: Body::Other { reason: None },
+    };
+    let envelope = json
+        .as_ref()
+        .filter(|v| v.get("specversion").is_some())
+        .and_then(|v| serde_json::from_value::<Envelope>(v.clone()).ok())
+        .filter(|e| e.specversion.starts_with('1'));
+    let levels: Vec<&str> = topic.split('/').collect();
+    // `--base-topic` puts levels before the bridge's own: find the first
+    // level that names a firehose source.
+    let start = levels
+        .iter()
+        .position(|l| matches!(*l, "gerrit" | "nova" | "launchpad" | "ansible" | "firehose"))
+        .unwrap_or(0);
+    let rest = &levels[start..];
+    if let Some(e) = envelope {
+        ev.id = e.id;
+        ev.source = e.source;
+        ev.time = e.time;
+        ev.subject = e.subject;
+        ev.kind = e.kind.unwrap_or_else(|| "mqtt".into());
+        ev.data = e.data;
+        ev.body = typed_cloudevent(&ev.kind, &ev.data);
+        return ev;
+    }
+    match rest.first().copied() {
+        Some("gerrit") => raw_gerrit(&mut ev, payload),
+        Some("nova") if rest.get(2) == Some(&"service") && rest.len() >= 5 => {
+            raw_nova_service(&mut ev)
+        }
+        Some("nova") => raw_nova(&mut ev, payload),
+        Some("launchpad") => raw_launchpad(&mut ev),
+        Some("ansible") => raw_ansible(&mut ev, rest),
+        Some("firehose") if rest.get(1) == Some(&"status") => raw_status(&mut ev),
+        _ => {}
+    }
+    ev
+}
+
+/// The typed event inside a CloudEvents envelope, by its type.
+fn typed_cloudevent(kind: &str, data: &Value) -> Body {
+    let other = |reason: String| Body::Other {
+        reason: Some(reason),
+    };
+    let (family, _) = kind.split_once('.').unwrap_or((kind, ""));
+    match family {
+        "gerrit" => match GerritEvent::parse(data.to_string().as_bytes()) {
+            Ok(g) => Body::Gerrit(Box::new(g)),
+            Err(e) => other(format!("gerrit data: {e}")),
+        },
+        "nova" => match Notification::parse(data.to_string().as_bytes()) {
+            Ok(n) => Body::Nova(Box::new(n)),
+            Err(e) => other(format!("nova data: {e}")),
+        },
+        "launchpad" => match LaunchpadEvent::from_payload(data) {
+            Some(l) => Body::Launchpad(l),
+            None => other("launchpad data is not an object".into()),
+        },
+        "ansible" => Body::Ansible(PublishedAnsible::new(data.clone())),
+        _ => Body::Other { reason: None },
+    }
+}
+
+fn raw_gerrit(ev: &mut Event, payload: &[u8]) {
+    match GerritEvent::parse(payload) {
+        Ok(g) => {
+            ev.kind = format!("gerrit.{}", g.event_type());
+            ev.id = Some(g.id());
+            ev.subject = g.subject();
+            ev.time = g.created().map(rfc3339);
+            ev.body = Body::Gerrit(Box::new(g));
+        }
+        Err(e) => ev.body = other(format!("gerrit payload: {e}")),
+    }
+}
+
+fn raw_nova(ev: &mut Event, payload: &[u8]) {
+    match Notification::parse(payload) {
+        Ok(n) => {
+            ev.kind = format!("nova.{}", n.event_type());
+            ev.id = Some(n.message_id());
+            ev.subject = n.instance_uuid();
+            ev.time = n.timestamp().map(rfc3339);
+            ev.body = Body::Nova(Box::new(n));
+        }
+        Err(e) => ev.body = other(format!("nova payload: {e}")),
+    }
+}
+
+fn raw_nova_service(ev: &mut Event) {
+    match serde_json::from_value::<ServiceState>(ev.data.clone()) {
+        Ok(s) => {
+            ev.kind = "nova.service".into();
+            ev.subject = Some(format!("{}/{}", s.binary, s.host));
+            ev.time = s.updated.clone();
+            ev.body = Body::NovaService(s);
+        }
+        Err(e) => ev.body = other(format!("nova service state: {e}")),
+    }
+}
+
+fn raw_launchpad(ev: &mut Event) {
+    match LaunchpadEvent::from_payload(&ev.data) {
+        Some(l) => {
+            ev.kind = format!("launchpad.{}", l.event_type());
+            ev.id = Some(stable_id("launchpad", ev.data.to_string().as_bytes()));
+            ev.subject = l.bug_number().map(str::to_owned);
+            ev.body = Body::Launchpad(l);
+        }
+        None => ev.body = other("launchpad payload is not a JSON object".into()),
+    }
+}
+
+fn raw_ansible(ev: &mut Event, levels: &[&str]) {
+    // ansible/playbook/<uuid>/action/start | task/<host>/<STATUS> |
+    // stats/<host> | action/finish/<STATUS>
+    let kind = match levels.get(3..).unwrap_or_default() {
+        ["action", "start", ..] => "ansible.play.start".to_owned(),
+        ["action", "finish", ..] => "ansible.playbook.finish".to_owned(),
+        ["task", _, status, ..] => format!("ansible.task.{}", status.to_lowercase()),
+        ["stats", ..] => "ansible.stats".to_owned(),
+        _ => {
+            ev.body = other("not an ansible playbook topic".into());
+            return;
+        }
+    };
+    if !ev.data.is_object() {
+        ev.body = other("ansible payload is not a JSON object".into());
+        return;
+    }
+    // The original plugin sent the result as a JSON string inside the
+    // JSON: readers get it as an object, as in CloudEvents mode.
+    if let Some(Value::String(s)) = ev.data.get("ansible_result") {
+        if let Ok(v) = serde_json::from_str::<Value>(s) {
+            ev.data["ansible_result"] = v;
+        }
+    }
+    ev.kind = kind;
+    ev.id = Some(stable_id("ansible", ev.data.to_string().as_bytes()));
+    ev.subject = ev
+        .data
+        .get("ansible_host")
+        .or_else(|| ev.data.get("playbook_id"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    ev.body = Body::Ansible(PublishedAnsible::new(ev.data.clone()));
+}
+
+fn raw_status(ev: &mut Event) {
+    match serde_json::from_value::<Status>(ev.data.clone()) {
+        Ok(s) => {
+            ev.kind = "firehose.status".into();
+            ev.subject = Some(ev.topic.clone());
+            ev.body = Body::Status(Box::new(s));
+        }
+        Err(e) => ev.body = other(format!("status payload: {e}")),
+    }
+}
+
+fn other(reason: String) -> Body {
+    Body::Other {
+        reason: Some(reason),
+    }
+}
+
+/// When the event happened, parsed.
+impl Event {
+    pub fn time_parsed(&self) -> Option<OffsetDateTime> {
+        let t = self.time.as_deref()?;
+        OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+    }
+}
