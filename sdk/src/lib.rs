@@ -16,19 +16,29 @@
 //!   they are published.
 //! - [`reader`]: one MQTT message as a subscriber sees it: a normalized
 //!   [`reader::Event`] whatever the payload mode, and the typed event.
+//! - [`Client`] ([`client`]): the reconnecting subscriber; [`Filter`]
+//!   ([`filter`]) builds what to subscribe to; [`liveness`] answers "is it
+//!   up?" from the retained status topics.
 //! - [`PayloadMode`]: CloudEvents, or byte-for-byte what the original
 //!   publisher sent (for existing consumers).
 
 pub mod ansible;
+pub mod client;
 pub mod envelope;
+pub mod filter;
 pub mod gerrit;
 pub mod launchpad;
+pub mod liveness;
 pub mod nova;
 pub mod reader;
 pub mod status;
+pub mod tls;
 pub mod topic;
+pub mod url;
 
+pub use client::Client;
 pub use envelope::CloudEvent;
+pub use filter::Filter;
 
 /// A typed event a bridge can publish: where it goes and both of its
 /// payload forms. The bridge runtime picks the form `--payload` asks for,

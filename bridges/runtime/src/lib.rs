@@ -52,7 +52,8 @@ pub mod runtime;
 pub mod source;
 pub mod spool;
 pub mod stats;
-pub mod url;
+/// Every URL a bridge is given is read by the SDK's parser.
+pub use firehose::url;
 
 pub use ack::{Acks, Batch, BatchStatus};
 pub use runtime::{Bridge, PrintFormat};

@@ -163,35 +163,10 @@ impl std::str::FromStr for BrokerUrl {
 
 /// Builds the TLS client config: the `--ca` file, or the system's roots.
 pub fn tls_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, MqttError> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca {
-        Some(path) => {
-            let ca_err = |reason: String| MqttError::Ca {
-                path: path.to_owned(),
-                reason,
-            };
-            let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
-            for c in rustls_pemfile::certs(&mut &pem[..]) {
-                let c = c.map_err(|e| ca_err(e.to_string()))?;
-                roots.add(c).map_err(|e| ca_err(e.to_string()))?;
-            }
-            if roots.is_empty() {
-                return Err(ca_err("no PEM certificates in the file".into()));
-            }
-        }
-        None => {
-            for c in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(c);
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| MqttError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(cfg))
+    firehose::tls::client_config(ca).map_err(|e| match e {
+        firehose::tls::TlsError::Ca { path, reason } => MqttError::Ca { path, reason },
+        firehose::tls::TlsError::Rustls(r) => MqttError::Tls(r),
+    })
 }
 
 /// What to say in CONNECT.

@@ -1,5 +1,5 @@
-//! Every URL a bridge is given (the broker, RabbitMQ, IMAP, Gerrit's SSH)
-//! is read here, with the `url` crate: userinfo percent-decoded (so a
+//! Every URL a Firehose program is given (the broker, RabbitMQ, IMAP,
+//! Gerrit's SSH) is read here, with the `url` crate: userinfo percent-decoded (so a
 //! password may hold `@`, `:` or `/` as `%40`, `%3A`, `%2F`), IPv6 hosts
 //! without their brackets, the scheme's default port, and a form to show
 //! that never holds the password.

@@ -1,0 +1,407 @@
+//! The subscriber client: connects to a Firehose broker (`mqtt://`,
+//! `mqtts://`, `ws://`, `wss://`), reconnects with capped jittered backoff
+//! and subscribes again by itself, and hands out [`Subscription`]s: streams
+//! of [`reader::Event`](crate::reader::Event)s, typed, whatever the
+//! bridges' payload mode.
+//!
+//! ```no_run
+//! use firehose::{Client, filter::Filter, reader::Body};
+//! # async fn demo() -> Result<(), firehose::client::ClientError> {
+//! let client = Client::connect("mqtt://firehose.example.org").await?;
+//! let mut merges = client.subscribe(Filter::gerrit().event("change-merged")).await?;
+//! while let Some(ev) = merges.next().await {
+//!     if let Body::Gerrit(g) = &ev.body {
+//!         println!("{} merged in {}", g.change_number().unwrap_or_default(), g.project());
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Persistent sessions ([`ClientBuilder::session`]) keep what arrives while
+//! the client is away (up to the broker's queue limit); shared
+//! subscriptions ([`Filter::shared`]) split events across a worker pool;
+//! [`ClientBuilder::dedup`] drops the second copy of an event two redundant
+//! bridges published.
+
+use std::collections::{HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+};
+use tokio::sync::{mpsc, watch};
+
+use crate::filter::Filter;
+use crate::reader::{decode, Event};
+
+/// Errors from connecting or subscribing; each says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("broker URL {0}")]
+    Url(#[from] crate::url::UrlError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("the client has stopped")]
+    Stopped,
+}
+
+/// Whether the client is connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionState {
+    Connecting,
+    Up,
+    /// Lost or refused, with the reason; it keeps retrying.
+    Down(String),
+}
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    url: String,
+    username: Option<String>,
+    password: Option<String>,
+    ca: Option<PathBuf>,
+    session: Option<String>,
+    dedup: usize,
+    keep_alive: Duration,
+    queue: usize,
+}
+
+/// A connected (or connecting) subscriber.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    mqtt: AsyncClient,
+    routes: Arc<Mutex<Vec<Route>>>,
+    state: watch::Receiver<ConnectionState>,
+    qos: QoS,
+    queue: usize,
+}
+
+struct Route {
+    filter: Filter,
+    tx: mpsc::Sender<Event>,
+}
+
+/// A stream of events for one filter. Dropping it stops the delivery to it
+/// (the MQTT subscription stays until the client is dropped).
+pub struct Subscription {
+    rx: mpsc::Receiver<Event>,
+}
+
+impl Subscription {
+    /// The next event, or `None` once the client is gone.
+    pub async fn next(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+}
+
+impl futures_util::Stream for Subscription {
+    type Item = Event;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Event>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl ClientBuilder {
+    /// Credentials (readers rarely need them: the firehose is public).
+    pub fn credentials(mut self, username: &str, password: &str) -> Self {
+        self.username = Some(username.to_owned());
+        self.password = Some(password.to_owned());
+        self
+    }
+
+    /// A CA file (PEM) for `mqtts://`/`wss://`; default: the system's roots.
+    pub fn ca(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca = Some(path.into());
+        self
+    }
+
+    /// A persistent session named `name` (the client id): subscriptions at
+    /// QoS 1 that the broker keeps, with what arrives while offline.
+    pub fn session(mut self, name: &str) -> Self {
+        self.session = Some(name.to_owned());
+        self
+    }
+
+    /// Drops an event whose id was seen among the last `window` events
+    /// (redundant bridges publish the same event with the same id).
+    pub fn dedup(mut self, window: usize) -> Self {
+        self.dedup = window;
+        self
+    }
+
+    /// Events buffered per subscription before the client waits for its
+    /// reader (default 1024).
+    pub fn queue(mut self, n: usize) -> Self {
+        self.queue = n.max(1);
+        self
+    }
+
+    /// Starts the client; it connects (and reconnects) in the background.
+    pub async fn connect(self) -> Result<Client, ClientError> {
+        let e = crate::url::parse(
+            &self.url,
+            &[
+                ("mqtt", 1883),
+                ("tcp", 1883),
+                ("mqtts", 8883),
+                ("ssl", 8883),
+                ("ws", 80),
+                ("wss", 443),
+            ],
+            "mqtt://, mqtts://, ws:// or wss:// [USER[:PASSWORD]@]HOST[:PORT][/PATH]",
+        )?;
+        let (tls, ws) = match e.scheme.as_str() {
+            "mqtts" | "ssl" => (true, false),
+            "ws" => (false, true),
+            "wss" => (true, true),
+            _ => (false, false),
+        };
+        let id = self
+            .session
+            .clone()
+            .unwrap_or_else(|| format!("firehose-sdk-{:016x}", rand::random::<u64>()));
+        let addr = if ws {
+            let path = match e.path.as_str() {
+                "" | "/" => "/mqtt",
+                p => p,
+            };
+            let host = if e.host.contains(':') {
+                format!("[{}]", e.host)
+            } else {
+                e.host.clone()
+            };
+            format!(
+                "{}://{host}:{}{path}",
+                if tls { "wss" } else { "ws" },
+                e.port
+            )
+        } else {
+            e.host.clone()
+        };
+        let port = e.port;
+        let mut opts = MqttOptions::new(id, addr, port);
+        opts.set_keep_alive(self.keep_alive);
+        opts.set_clean_session(self.session.is_none());
+        opts.set_max_packet_size(16 * 1024 * 1024, 64 * 1024);
+        let user = self.username.clone().or(e.user.clone());
+        let pass = self.password.clone().or(e.password.clone());
+        if let Some(user) = user {
+            opts.set_credentials(user, pass.unwrap_or_default());
+        }
+        if tls {
+            let cfg = crate::tls::client_config(self.ca.as_deref())?;
+            let t = TlsConfiguration::Rustls(cfg);
+            opts.set_transport(if ws {
+                Transport::wss_with_config(t)
+            } else {
+                Transport::tls_with_config(t)
+            });
+        } else if ws {
+            opts.set_transport(Transport::Ws);
+        }
+        let (mqtt, eventloop) = AsyncClient::new(opts, 256);
+        let (state_tx, state_rx) = watch::channel(ConnectionState::Connecting);
+        let qos = if self.session.is_some() {
+            QoS::AtLeastOnce
+        } else {
+            QoS::AtMostOnce
+        };
+        let inner = Arc::new(Inner {
+            mqtt: mqtt.clone(),
+            routes: Arc::new(Mutex::new(Vec::new())),
+            state: state_rx,
+            qos,
+            queue: self.queue,
+        });
+        let shown = e.shown.clone();
+        tokio::spawn(drive(
+            eventloop,
+            mqtt,
+            Arc::downgrade(&inner),
+            inner.routes.clone(),
+            state_tx,
+            Dedup::new(self.dedup),
+            qos,
+            shown,
+        ));
+        Ok(Client { inner })
+    }
+}
+
+impl Client {
+    /// How to connect to `url`; see [`ClientBuilder`].
+    pub fn builder(url: &str) -> ClientBuilder {
+        ClientBuilder {
+            url: url.to_owned(),
+            username: None,
+            password: None,
+            ca: None,
+            session: None,
+            dedup: 0,
+            keep_alive: Duration::from_secs(30),
+            queue: 1024,
+        }
+    }
+
+    /// Connects to `url` with the defaults (clean session, no dedup).
+    pub async fn connect(url: &str) -> Result<Client, ClientError> {
+        Client::builder(url).connect().await
+    }
+
+    /// Subscribes to `filter`; events arrive on the returned stream.
+    pub async fn subscribe(&self, filter: impl Into<Filter>) -> Result<Subscription, ClientError> {
+        let filter = filter.into();
+        let (tx, rx) = mpsc::channel(self.inner.queue);
+        let mqtt_filter = filter.mqtt();
+        self.inner
+            .routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Route { filter, tx });
+        self.inner
+            .mqtt
+            .subscribe(mqtt_filter, self.inner.qos)
+            .await
+            .map_err(|_| ClientError::Stopped)?;
+        Ok(Subscription { rx })
+    }
+
+    /// The connection state now and as it changes.
+    pub fn state(&self) -> watch::Receiver<ConnectionState> {
+        self.inner.state.clone()
+    }
+
+    /// Waits until the client is connected (or `timeout`); true if it is.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let mut st = self.state();
+        tokio::time::timeout(timeout, st.wait_for(|s| *s == ConnectionState::Up))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Disconnects cleanly (a persistent session stays on the broker).
+    pub async fn disconnect(&self) {
+        let _ = self.inner.mqtt.disconnect().await;
+    }
+}
+
+/// Remembers the last `window` event ids.
+struct Dedup {
+    window: usize,
+    seen: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Dedup {
+    fn new(window: usize) -> Dedup {
+        Dedup {
+            window,
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// True when `id` was seen recently (a duplicate).
+    fn repeat(&mut self, id: Option<&str>) -> bool {
+        let (Some(id), true) = (id, self.window > 0) else {
+            return false;
+        };
+        if self.seen.contains(id) {
+            return true;
+        }
+        self.seen.insert(id.to_owned());
+        self.order.push_back(id.to_owned());
+        if self.order.len() > self.window {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        false
+    }
+}
+
+/// Polls the connection until the client is dropped: reconnects with
+/// backoff, subscribes again when the broker kept no session, and routes
+/// each message to the subscriptions that want it.
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    mut eventloop: rumqttc::EventLoop,
+    mqtt: AsyncClient,
+    alive: Weak<Inner>,
+    routes: Arc<Mutex<Vec<Route>>>,
+    state: watch::Sender<ConnectionState>,
+    mut dedup: Dedup,
+    qos: QoS,
+    url: String,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        if alive.strong_count() == 0 {
+            return;
+        }
+        let polled = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+        let Ok(polled) = polled else {
+            continue;
+        };
+        match polled {
+            Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
+                failures = 0;
+                state.send_replace(ConnectionState::Up);
+                tracing::debug!(%url, session_present = ack.session_present, "connected");
+                if !ack.session_present {
+                    let filters: Vec<String> = routes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .iter()
+                        .map(|r| r.filter.mqtt())
+                        .collect();
+                    for f in filters {
+                        if mqtt.try_subscribe(f, qos).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
+                let topic = p.topic.clone();
+                let ev = decode(&topic, &p.payload, p.retain);
+                if dedup.repeat(ev.id.as_deref()) {
+                    continue;
+                }
+                let targets: Vec<mpsc::Sender<Event>> = {
+                    let mut r = routes.lock().unwrap_or_else(|e| e.into_inner());
+                    r.retain(|route| !route.tx.is_closed());
+                    r.iter()
+                        .filter(|route| route.filter.wants(&ev))
+                        .map(|route| route.tx.clone())
+                        .collect()
+                };
+                for tx in targets {
+                    // Waits for a slow reader: backpressure, not loss.
+                    let _ = tx.send(ev.clone()).await;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                state.send_replace(ConnectionState::Down(e.to_string()));
+                let ceiling = Duration::from_millis(500)
+                    .saturating_mul(1u32 << failures.min(6))
+                    .min(Duration::from_secs(30));
+                let delay = ceiling.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+                tracing::debug!(%url, error = %e, retry_in = ?delay, "connection lost; reconnecting");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}

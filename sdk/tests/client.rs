@@ -1,0 +1,273 @@
+//! The SDK's client against the real broker: typed events from a filter;
+//! a broker restart survived (reconnect + resubscribe); a shared
+//! subscription splits work across two consumers with nothing delivered
+//! twice; dedup drops the second copy of an event (here the same gerrit
+//! event in both payload modes, as two redundant bridges would send it);
+//! liveness from retained status topics.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use firehose::gerrit::GerritEvent;
+use firehose::reader::Body;
+use firehose::{Client, Filter, Publishable};
+use firehose_testkit::*;
+use time::OffsetDateTime;
+
+const PUBLISHER: (&str, &str) = ("bridge", "bridge-pw");
+
+fn gerrit_events() -> Vec<GerritEvent> {
+    let p = format!(
+        "{}/../fixtures/gerrit/stream-events.jsonl",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(p)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| GerritEvent::parse(l.as_bytes()).unwrap())
+        .collect()
+}
+
+/// An authenticated raw publisher, QoS 1.
+struct Publisher {
+    raw: Raw,
+    pkid: u16,
+}
+
+impl Publisher {
+    fn new(b: &BrokerProc) -> Publisher {
+        let (raw, ack) = Raw::connect(b.mqtt(), 4, "sdk-test-pub", Some(PUBLISHER));
+        assert_eq!(ack, vec![0, 0]);
+        Publisher { raw, pkid: 0 }
+    }
+
+    fn publish(&mut self, topic: &str, payload: &[u8], retain: bool) {
+        self.pkid = self.pkid % 60000 + 1;
+        let mut p = publish(4, topic.as_bytes(), payload, 1, self.pkid);
+        if retain {
+            p[0] |= 1;
+        }
+        self.raw.send(&p);
+        loop {
+            let (t, _) = self.raw.read().expect("PUBACK");
+            if t == 0x40 {
+                break;
+            }
+        }
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn next(sub: &mut firehose::client::Subscription) -> firehose::reader::Event {
+    tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("an event within the wait")
+        .expect("the client is alive")
+}
+
+#[test]
+fn typed_events_and_a_broker_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = passwd_file(dir.path(), &[PUBLISHER]);
+    let port = free_port();
+    let mut b = BrokerProc::on_port(port, &pw, &[]);
+    rt().block_on(async {
+        let client = Client::connect(&format!("mqtt://127.0.0.1:{port}"))
+            .await
+            .unwrap();
+        let mut qtbase = client
+            .subscribe(Filter::gerrit().project("qt/qtbase"))
+            .await
+            .unwrap();
+        let mut merged = client
+            .subscribe(Filter::gerrit().event("change-merged"))
+            .await
+            .unwrap();
+        assert!(client.wait_connected(WAIT).await);
+        // Subscriptions reach the broker before anything is published.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let events = gerrit_events();
+        let mut p = Publisher::new(&b);
+        for (i, g) in events.iter().enumerate() {
+            // Half raw, half CloudEvents: the reader sees the same.
+            let payload = if i % 2 == 0 {
+                g.raw()
+            } else {
+                g.cloudevent("ssh://review.example.org:29418", OffsetDateTime::now_utc())
+                    .to_json()
+            };
+            p.publish(&g.topic(), &payload, false);
+        }
+        let want_qtbase = events.iter().filter(|g| g.project() == "qt/qtbase").count();
+        for _ in 0..want_qtbase {
+            let ev = next(&mut qtbase).await;
+            assert!(ev.topic.starts_with("gerrit/qt/qtbase/"), "{}", ev.topic);
+            match &ev.body {
+                Body::Gerrit(g) => assert_eq!(g.project(), "qt/qtbase"),
+                other => panic!("{other:?}"),
+            }
+        }
+        let want_merged = events
+            .iter()
+            .filter(|g| g.event_type() == "change-merged")
+            .count();
+        let mut projects = BTreeSet::new();
+        for _ in 0..want_merged {
+            let ev = next(&mut merged).await;
+            assert_eq!(ev.kind, "gerrit.change-merged");
+            projects.insert(ev.topic.clone());
+        }
+        assert!(projects.len() > 1, "across projects: {projects:?}");
+
+        // The broker restarts (it keeps no sessions): the client comes back
+        // and subscribes again by itself.
+        drop(p);
+        b.signal("TERM");
+        assert!(b.wait_exit().success());
+        let mut st = client.state();
+        tokio::time::timeout(
+            WAIT,
+            st.wait_for(|s| matches!(s, firehose::client::ConnectionState::Down(_))),
+        )
+        .await
+        .expect("the client saw the broker go")
+        .unwrap();
+        let b2 = BrokerProc::on_port(port, &pw, &[]);
+        assert!(client.wait_connected(Duration::from_secs(40)).await);
+        wait_until(
+            WAIT,
+            || b2.metric("firehose_broker_subscriptions") >= 2,
+            || "the client to subscribe again".into(),
+        );
+        let mut p = Publisher::new(&b2);
+        let g = events.iter().find(|g| g.project() == "qt/qtbase").unwrap();
+        p.publish(&g.topic(), &g.raw(), false);
+        let ev = next(&mut qtbase).await;
+        assert_eq!(ev.kind, format!("gerrit.{}", g.event_type()));
+    });
+}
+
+#[test]
+fn shared_subscription_splits_work_and_dedup_drops_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BrokerProc::with_users(dir.path(), &[PUBLISHER], &[]);
+    let url = format!("mqtt://{}", b.mqtt());
+    rt().block_on(async {
+        let a = Client::connect(&url).await.unwrap();
+        let c = Client::connect(&url).await.unwrap();
+        let mut wa = a
+            .subscribe(Filter::gerrit().shared("workers"))
+            .await
+            .unwrap();
+        let mut wc = c
+            .subscribe(Filter::gerrit().shared("workers"))
+            .await
+            .unwrap();
+        let d = Client::builder(&url).dedup(1000).connect().await.unwrap();
+        let mut once = d.subscribe(Filter::gerrit()).await.unwrap();
+        for cl in [&a, &c, &d] {
+            assert!(cl.wait_connected(WAIT).await);
+        }
+        wait_until(
+            WAIT,
+            || b.metric("firehose_broker_subscriptions") >= 3,
+            || "three subscriptions".into(),
+        );
+        let events = gerrit_events();
+        let mut p = Publisher::new(&b);
+        for g in &events {
+            // Two redundant bridges: one raw, one CloudEvents, same id.
+            p.publish(&g.topic(), &g.raw(), false);
+            let ce = g.cloudevent("ssh://gerrit:29418", OffsetDateTime::now_utc());
+            p.publish(&g.topic(), &ce.to_json(), false);
+        }
+        let n = events.len();
+        // Dedup: each event once.
+        let mut ids = BTreeSet::new();
+        for _ in 0..n {
+            let ev = next(&mut once).await;
+            assert!(ids.insert(ev.id.clone().unwrap()), "twice: {:?}", ev.id);
+        }
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), once.next())
+                .await
+                .is_err(),
+            "no copies"
+        );
+        // The pool: 2n messages, each to exactly one worker.
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while got.len() < 2 * n && tokio::time::Instant::now() < deadline {
+            tokio::select! {
+                Some(e) = wa.next() => got.push(("a", e)),
+                Some(e) = wc.next() => got.push(("c", e)),
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+        assert_eq!(got.len(), 2 * n, "every message to one worker");
+        let by_a = got.iter().filter(|(w, _)| *w == "a").count();
+        assert!(
+            by_a > 0 && by_a < 2 * n,
+            "both workers worked: {by_a} of {}",
+            2 * n
+        );
+    });
+}
+
+#[test]
+fn liveness_from_retained_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BrokerProc::with_users(dir.path(), &[PUBLISHER], &[]);
+    let mut p = Publisher::new(&b);
+    let status = |state: &str| {
+        format!(
+            r#"{{"state":"{state}","version":"firehose-gerrit 0.1.0","host":"h","started":"2026-01-01T00:00:00Z","upstream_connected":true,"counters":{{"read":0,"published":0,"pending":0,"malformed":0,"dropped":0,"reconnects":0}}}}"#
+        )
+    };
+    p.publish(
+        "firehose/status/gerrit/review",
+        status("up").as_bytes(),
+        true,
+    );
+    p.publish(
+        "nova/cell1/service/nova-compute/compute-7",
+        br#"{"state":"down","host":"compute-7","binary":"nova-compute","forced_down":true}"#,
+        true,
+    );
+    rt().block_on(async {
+        let client = Client::connect(&format!("mqtt://{}", b.mqtt()))
+            .await
+            .unwrap();
+        let live = client.liveness().await.unwrap();
+        live.wait_synced(WAIT).await;
+        assert_eq!(live.is_up("gerrit", "review"), Some(true));
+        assert_eq!(live.is_up("gerrit", "other"), None);
+        assert_eq!(
+            live.nova_service_is_up("cell1", "nova-compute", "compute-7"),
+            Some(false)
+        );
+        let mut changes = live.changes();
+        p.publish(
+            "firehose/status/gerrit/review",
+            status("down").as_bytes(),
+            true,
+        );
+        let change = tokio::time::timeout(WAIT, changes.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(change, firehose::liveness::Change::Bridge { .. }),
+            "{change:?}"
+        );
+        assert_eq!(live.is_up("gerrit", "review"), Some(false));
+    });
+}
