@@ -64,6 +64,8 @@ pub struct ClientBuilder {
     password: Option<String>,
     ca: Option<PathBuf>,
     session: Option<String>,
+    client_id: Option<String>,
+    qos: Option<u8>,
     dedup: usize,
     keep_alive: Duration,
     queue: usize,
@@ -132,6 +134,19 @@ impl ClientBuilder {
         self
     }
 
+    /// The client id for a clean session (default: a random one).
+    pub fn client_id(mut self, id: &str) -> Self {
+        self.client_id = Some(id.to_owned());
+        self
+    }
+
+    /// QoS of the subscriptions: 0, 1 or 2 (default 0, or 1 with a
+    /// persistent session).
+    pub fn qos(mut self, qos: u8) -> Self {
+        self.qos = Some(qos.min(2));
+        self
+    }
+
     /// Drops an event whose id was seen among the last `window` events
     /// (redundant bridges publish the same event with the same id).
     pub fn dedup(mut self, window: usize) -> Self {
@@ -169,6 +184,7 @@ impl ClientBuilder {
         let id = self
             .session
             .clone()
+            .or(self.client_id.clone())
             .unwrap_or_else(|| format!("firehose-sdk-{:016x}", rand::random::<u64>()));
         let addr = if ws {
             let path = match e.path.as_str() {
@@ -211,10 +227,10 @@ impl ClientBuilder {
         }
         let (mqtt, eventloop) = AsyncClient::new(opts, 256);
         let (state_tx, state_rx) = watch::channel(ConnectionState::Connecting);
-        let qos = if self.session.is_some() {
-            QoS::AtLeastOnce
-        } else {
-            QoS::AtMostOnce
+        let qos = match (self.qos, self.session.is_some()) {
+            (Some(2), _) => QoS::ExactlyOnce,
+            (Some(1), _) | (None, true) => QoS::AtLeastOnce,
+            _ => QoS::AtMostOnce,
         };
         let inner = Arc::new(Inner {
             mqtt: mqtt.clone(),
@@ -247,6 +263,8 @@ impl Client {
             password: None,
             ca: None,
             session: None,
+            client_id: None,
+            qos: None,
             dedup: 0,
             keep_alive: Duration::from_secs(30),
             queue: 1024,

@@ -55,6 +55,9 @@ pub struct Event {
     pub data: Value,
     /// A retained message (state, not news).
     pub retained: bool,
+    /// The payload exactly as it arrived.
+    #[serde(skip)]
+    pub payload: Vec<u8>,
     /// The typed event.
     #[serde(skip)]
     pub body: Body,
@@ -105,6 +108,7 @@ pub fn decode(topic: &str, payload: &[u8], retained: bool) -> Event {
             .clone()
             .unwrap_or_else(|| Value::String(String::from_utf8_lossy(payload).into_owned())),
         retained,
+        payload: payload.to_vec(),
         body: Body::Other { reason: None },
     };
     let envelope = json

@@ -29,35 +29,6 @@ fn gerrit_events() -> Vec<GerritEvent> {
         .collect()
 }
 
-/// An authenticated raw publisher, QoS 1.
-struct Publisher {
-    raw: Raw,
-    pkid: u16,
-}
-
-impl Publisher {
-    fn new(b: &BrokerProc) -> Publisher {
-        let (raw, ack) = Raw::connect(b.mqtt(), 4, "sdk-test-pub", Some(PUBLISHER));
-        assert_eq!(ack, vec![0, 0]);
-        Publisher { raw, pkid: 0 }
-    }
-
-    fn publish(&mut self, topic: &str, payload: &[u8], retain: bool) {
-        self.pkid = self.pkid % 60000 + 1;
-        let mut p = publish(4, topic.as_bytes(), payload, 1, self.pkid);
-        if retain {
-            p[0] |= 1;
-        }
-        self.raw.send(&p);
-        loop {
-            let (t, _) = self.raw.read().expect("PUBACK");
-            if t == 0x40 {
-                break;
-            }
-        }
-    }
-}
-
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -95,7 +66,7 @@ fn typed_events_and_a_broker_restart() {
         // Subscriptions reach the broker before anything is published.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let events = gerrit_events();
-        let mut p = Publisher::new(&b);
+        let mut p = Publisher::new(b.mqtt(), PUBLISHER);
         for (i, g) in events.iter().enumerate() {
             // Half raw, half CloudEvents: the reader sees the same.
             let payload = if i % 2 == 0 {
@@ -147,7 +118,7 @@ fn typed_events_and_a_broker_restart() {
             || b2.metric("firehose_broker_subscriptions") >= 2,
             || "the client to subscribe again".into(),
         );
-        let mut p = Publisher::new(&b2);
+        let mut p = Publisher::new(b2.mqtt(), PUBLISHER);
         let g = events.iter().find(|g| g.project() == "qt/qtbase").unwrap();
         p.publish(&g.topic(), &g.raw(), false);
         let ev = next(&mut qtbase).await;
@@ -182,7 +153,7 @@ fn shared_subscription_splits_work_and_dedup_drops_copies() {
             || "three subscriptions".into(),
         );
         let events = gerrit_events();
-        let mut p = Publisher::new(&b);
+        let mut p = Publisher::new(b.mqtt(), PUBLISHER);
         for g in &events {
             // Two redundant bridges: one raw, one CloudEvents, same id.
             p.publish(&g.topic(), &g.raw(), false);
@@ -226,7 +197,7 @@ fn shared_subscription_splits_work_and_dedup_drops_copies() {
 fn liveness_from_retained_status() {
     let dir = tempfile::tempdir().unwrap();
     let b = BrokerProc::with_users(dir.path(), &[PUBLISHER], &[]);
-    let mut p = Publisher::new(&b);
+    let mut p = Publisher::new(b.mqtt(), PUBLISHER);
     let status = |state: &str| {
         format!(
             r#"{{"state":"{state}","version":"firehose-gerrit 0.1.0","host":"h","started":"2026-01-01T00:00:00Z","upstream_connected":true,"counters":{{"read":0,"published":0,"pending":0,"malformed":0,"dropped":0,"reconnects":0}}}}"#

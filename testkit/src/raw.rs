@@ -282,3 +282,35 @@ impl Canary {
         }
     }
 }
+
+/// An authenticated raw publisher at QoS 1: each publish waits for its
+/// PUBACK, so what it sent is on the broker when it returns.
+pub struct Publisher {
+    raw: Raw,
+    pkid: u16,
+}
+
+impl Publisher {
+    /// Logs in to the broker at `addr` as `login`.
+    pub fn new(addr: SocketAddr, login: (&str, &str)) -> Publisher {
+        let id = format!("test-pub-{}", std::process::id());
+        let (raw, ack) = Raw::connect(addr, 4, &id, Some(login));
+        assert_eq!(ack, vec![0, 0], "publisher refused");
+        Publisher { raw, pkid: 0 }
+    }
+
+    pub fn publish(&mut self, topic: &str, payload: &[u8], retain: bool) {
+        self.pkid = self.pkid % 60000 + 1;
+        let mut p = publish(4, topic.as_bytes(), payload, 1, self.pkid);
+        if retain {
+            p[0] |= 1;
+        }
+        self.raw.send(&p);
+        loop {
+            let (t, _) = self.raw.read().expect("PUBACK");
+            if t == 0x40 {
+                break;
+            }
+        }
+    }
+}
