@@ -34,8 +34,10 @@ from ansible.plugins.callback import CallbackBase
 
 # Most bytes held for a slow bridge before events are dropped.
 MAX_BUFFER = 4 * 1024 * 1024
-# How long the end of the playbook waits for the last events to leave.
+# How long the end of the playbook waits for the last events to leave, at
+# most, and how long without any progress (a stuck bridge) it waits at all.
 FINAL_FLUSH_SECONDS = 2.0
+NO_PROGRESS_SECONDS = 0.2
 NO_LOG = (
     "the output has been hidden due to the fact that 'no_log: true' was "
     "specified for this result"
@@ -126,12 +128,15 @@ class CallbackModule(CallbackBase):
     def _final_flush(self):
         deadline = time.monotonic() + FINAL_FLUSH_SECONDS
         while self.buffer and self.sock is not None:
-            left = deadline - time.monotonic()
+            left = min(deadline - time.monotonic(), NO_PROGRESS_SECONDS)
             if left <= 0:
-                self._warn_once("the bridge is slow; the last events were not sent")
                 break
-            select.select([], [self.sock], [], left)
+            _, writable, _ = select.select([], [self.sock], [], left)
+            if not writable:
+                break  # no progress: the bridge is stuck
             self._flush()
+        if self.buffer:
+            self._warn_once("the bridge is not keeping up; the last events were not sent")
         self._close()
 
     # -- what a result says -------------------------------------------------
