@@ -150,6 +150,112 @@ impl GerritEvent {
     }
 }
 
+/// One vote in a `comment-added` (or `patchset-created`) event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    /// The label: `Code-Review`, `Verified`, `Workflow`, ...
+    pub label: String,
+    /// The vote, e.g. -2..+2 (gerrit writes it as a string).
+    pub value: i32,
+    /// The previous vote, when the event says.
+    pub old_value: Option<i32>,
+}
+
+/// Who did it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub username: Option<String>,
+}
+
+impl Account {
+    fn from(v: &Value) -> Option<Account> {
+        let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        v.is_object().then(|| Account {
+            name: s("name"),
+            email: s("email"),
+            username: s("username"),
+        })
+    }
+
+    /// The name, else the username, else the email.
+    pub fn display(&self) -> &str {
+        self.name
+            .as_deref()
+            .or(self.username.as_deref())
+            .or(self.email.as_deref())
+            .unwrap_or("")
+    }
+}
+
+impl GerritEvent {
+    /// The votes the event carries (`approvals`).
+    pub fn approvals(&self) -> Vec<Approval> {
+        let num = |v: Option<&Value>| match v? {
+            Value::String(s) => s.trim().parse().ok(),
+            Value::Number(n) => n.as_i64().map(|n| n as i32),
+            _ => None,
+        };
+        self.value
+            .get("approvals")
+            .and_then(Value::as_array)
+            .map(|list| {
+                list.iter()
+                    .filter_map(|a| {
+                        Some(Approval {
+                            label: a.get("type")?.as_str()?.to_owned(),
+                            value: num(a.get("value"))?,
+                            old_value: num(a.get("oldValue")),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Who acted: the comment's author, the uploader, the submitter, ...
+    pub fn actor(&self) -> Option<Account> {
+        [
+            "author",
+            "uploader",
+            "submitter",
+            "abandoner",
+            "restorer",
+            "changer",
+            "reviewer",
+        ]
+        .iter()
+        .find_map(|k| self.value.get(*k).and_then(Account::from))
+    }
+
+    /// The change's owner.
+    pub fn owner(&self) -> Option<Account> {
+        self.value.pointer("/change/owner").and_then(Account::from)
+    }
+
+    /// The change's subject line.
+    pub fn change_subject(&self) -> Option<&str> {
+        self.value
+            .pointer("/change/subject")
+            .and_then(Value::as_str)
+    }
+
+    /// The patch set number, when the event is about one.
+    pub fn patchset(&self) -> Option<u32> {
+        match self.value.pointer("/patchSet/number")? {
+            Value::String(s) => s.parse().ok(),
+            Value::Number(n) => n.as_u64().map(|n| n as u32),
+            _ => None,
+        }
+    }
+
+    /// The comment text (`comment-added`).
+    pub fn comment(&self) -> Option<&str> {
+        self.value.get("comment").and_then(Value::as_str)
+    }
+}
+
 impl crate::Publishable for GerritEvent {
     fn topic(&self) -> String {
         GerritEvent::topic(self)
@@ -165,6 +271,24 @@ impl crate::Publishable for GerritEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn votes_and_people() {
+        let g = GerritEvent::parse(br#"{"type":"comment-added","change":{"project":"p","number":3,"subject":"Fix","owner":{"name":"O"}},"patchSet":{"number":"2"},"author":{"username":"rev"},"approvals":[{"type":"Code-Review","value":"-1","oldValue":"0"},{"type":"Verified","value":1}],"comment":"nope"}"#).unwrap();
+        let a = g.approvals();
+        assert_eq!(a.len(), 2);
+        assert_eq!(
+            (a[0].label.as_str(), a[0].value, a[0].old_value),
+            ("Code-Review", -1, Some(0))
+        );
+        assert_eq!(a[1].value, 1);
+        assert_eq!(g.actor().unwrap().display(), "rev");
+        assert_eq!(g.owner().unwrap().display(), "O");
+        assert_eq!(
+            (g.change_subject(), g.patchset(), g.comment()),
+            (Some("Fix"), Some(2), Some("nope"))
+        );
+    }
 
     #[test]
     fn number_as_string_or_int_and_project_shapes() {

@@ -131,6 +131,58 @@ fn two_deployments_from_the_config_file_reconnect_on_their_own() {
     assert_eq!(sub.output().1.lines().count(), 2);
 }
 
+/// `--replay` reads bodies as they sit on RabbitMQ from a file (here
+/// stdin) instead of a queue; with `--print` nothing else is needed. A bad
+/// line is dead-lettered and the rest goes on.
+#[test]
+fn replay_bodies_from_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = fixtures("legacy.jsonl");
+    let mut input: Vec<u8> = Vec::new();
+    for m in &fx[..2] {
+        input.extend_from_slice(&m.body);
+        input.push(b'\n');
+    }
+    input.extend_from_slice(b"not json\n");
+    let mut child = Command::new(bin("firehose-nova"))
+        .args([
+            "--amqp",
+            "amqp://nova@rabbit.example/%2f",
+            "--deployment",
+            "cell1",
+        ])
+        .args(["--replay", "-", "--print", "json", "--payload", "raw"])
+        .arg("--dead-letter")
+        .arg(dir.path().join("dl.jsonl"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let (out, _) = finish(child, WAIT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let printed: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let topics: Vec<String> = printed
+        .iter()
+        .map(|p| p["topic"].as_str().unwrap().to_owned())
+        .collect();
+    let want: Vec<String> = fx[..2].iter().map(|m| m.expected_topic("cell1")).collect();
+    assert_eq!(topics, want);
+    assert_eq!(
+        printed[0]["payload"]["message_id"],
+        fx[0].inner()["message_id"]
+    );
+    assert!(stderr.contains("replay read to the end"), "{stderr}");
+    let dl = std::fs::read_to_string(dir.path().join("dl.jsonl")).unwrap();
+    assert_eq!(dl.lines().count(), 1, "{dl}");
+}
+
 #[test]
 fn print_json_and_yaml_instead_of_publishing() {
     let dir = tempfile::tempdir().unwrap();

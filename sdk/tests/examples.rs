@@ -1,0 +1,215 @@
+//! Every Rust example in `examples/` against a broker fed by the bridges'
+//! own replay sources (firehose-gerrit and firehose-nova `--replay`), and
+//! the Python paho-mqtt example: each prints what it should.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use firehose_testkit::*;
+
+const BRIDGE: (&str, &str) = ("bridge", "bridge-pw");
+
+fn example(name: &str) -> PathBuf {
+    let p = bin("firehose-gerrit")
+        .parent()
+        .expect("target dir")
+        .join("examples")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: cargo test builds the examples (or: cargo build -p firehose --examples)",
+        p.display()
+    );
+    p
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
+}
+
+/// Starts a reader and waits until the broker has its `subs` subscriptions.
+fn start(b: &BrokerProc, cmd: &mut Command, subs: u64) -> Child {
+    let before = b.metric("firehose_broker_subscriptions");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the example");
+    wait_until(
+        WAIT,
+        || {
+            b.metric("firehose_broker_subscriptions") >= before + subs
+                || child.try_wait().expect("try_wait").is_some()
+        },
+        || "the example to subscribe".into(),
+    );
+    child
+}
+
+fn lines(child: Child) -> Vec<String> {
+    let (out, killed) = finish(child, WAIT);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !killed && out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout.lines().map(str::to_owned).collect()
+}
+
+/// Replays a JSON-lines file through a bridge into the broker.
+fn replay(b: &BrokerProc, dir: &Path, bridge: &str, file: &Path, extra: &[&str]) {
+    let out = run(Command::new(bin(bridge))
+        .arg("--replay")
+        .arg(file)
+        .args(["--broker", &format!("mqtt://{}@{}", BRIDGE.0, b.mqtt())])
+        .arg("--password-file")
+        .arg(bridge_password_file(dir, BRIDGE.1))
+        .args(["--instance", "examples"])
+        .arg("--dead-letter")
+        .arg(dir.join(format!("{bridge}.dl")))
+        .args(extra));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn rust_and_python_examples_print_what_they_should() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BrokerProc::with_users(dir.path(), &[BRIDGE], &[]);
+    let url = format!("mqtt://{}", b.mqtt());
+    let gerrit = fixtures().join("gerrit/stream-events.jsonl");
+    let n = std::fs::read_to_string(&gerrit)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .count();
+    // Nova bodies, one per line, as firehose-nova --replay reads them.
+    let bodies = dir.path().join("nova.jsonl");
+    let mut text = String::new();
+    for l in std::fs::read_to_string(fixtures().join("nova/legacy.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let m: serde_json::Value = serde_json::from_str(l).unwrap();
+        text.push_str(m["body"].as_str().unwrap());
+        text.push('\n');
+    }
+    std::fs::write(&bodies, text).unwrap();
+
+    let all = start(
+        &b,
+        Command::new(example("subscribe_all")).args([&url, "--count", &n.to_string()]),
+        1,
+    );
+    let votes = start(
+        &b,
+        Command::new(example("gerrit_negative_votes")).args([&url, "--count", "1"]),
+        1,
+    );
+    let pool = start(
+        &b,
+        Command::new(example("worker_pool"))
+            .env("WORKERS", "2")
+            .args([&url, "--count", &n.to_string()]),
+        2,
+    );
+    let lifecycle = start(
+        &b,
+        Command::new(example("nova_lifecycle")).args([&url, "--count", "3"]),
+        2,
+    );
+    // Status: the nova replay's bridge says up, then down.
+    let status = start(
+        &b,
+        Command::new(example("status_watcher")).args([&url, "--count", "2"]),
+        2,
+    );
+    let python = start(
+        &b,
+        Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python/subscriber.py"))
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &b.port(),
+                "--topic",
+                "gerrit/#",
+                "--count",
+                "3",
+            ]),
+        1,
+    );
+
+    replay(
+        &b,
+        dir.path(),
+        "firehose-gerrit",
+        &gerrit,
+        &["--payload", "raw"],
+    );
+    replay(
+        &b,
+        dir.path(),
+        "firehose-nova",
+        &bodies,
+        &[
+            "--amqp",
+            "amqp://nova@rabbit.example/%2f",
+            "--deployment",
+            "cell1",
+        ],
+    );
+
+    // Everything: the gerrit events and the bridge's retained status.
+    let out = lines(all);
+    assert_eq!(out.len(), n);
+    assert!(
+        out.iter().all(|l| l.starts_with("gerrit.")
+            || l.starts_with("firehose.status firehose/status/gerrit/examples")),
+        "{out:?}"
+    );
+    assert!(out.iter().filter(|l| l.starts_with("gerrit.")).count() >= n - 2);
+    let out = lines(votes);
+    assert!(
+        out[0].contains("Code-Review -") || out[0].contains(" -"),
+        "{out:?}"
+    );
+    let out = lines(pool);
+    assert_eq!(out.len(), n);
+    assert!(
+        out.iter().any(|l| l.starts_with("worker 0:"))
+            && out.iter().any(|l| l.starts_with("worker 1:")),
+        "{out:?}"
+    );
+    let out = lines(lifecycle);
+    assert!(
+        out.iter()
+            .all(|l| l.contains("compute.instance") || l.contains("built")),
+        "{out:?}"
+    );
+    assert!(
+        out.iter()
+            .any(|l| l.starts_with("e6e990ec-e277-44bd-a78c-34d8c56bf340 ")),
+        "{out:?}"
+    );
+    let out = lines(status);
+    assert!(
+        out.iter()
+            .any(|l| l.starts_with("bridge gerrit/examples:")
+                || l.starts_with("bridge nova/examples:")),
+        "{out:?}"
+    );
+    let out = lines(python);
+    assert_eq!(out.len(), 3, "{out:?}");
+    assert!(
+        out.iter()
+            .all(|l| l.starts_with("gerrit.") && l.contains(" gerrit/")),
+        "{out:?}"
+    );
+}
