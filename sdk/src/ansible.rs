@@ -33,20 +33,26 @@ pub struct PluginEvent {
     pub session: String,
     /// The machine ansible runs on.
     pub launcher: String,
+    /// The play's uuid (the topic's third level).
     pub play_id: Option<String>,
+    /// The play's name (`playbook_name` in payloads).
     pub play_name: Option<String>,
     /// The target host (task, stats).
     pub host: Option<String>,
     /// `TASK: <name>`.
     pub task: Option<String>,
+    /// The task's module (`ping`, `command`, ...).
     pub action: Option<String>,
     /// OK, FAILED, UNREACHABLE, SKIPPED (task); OK, FAILED (finish).
     pub status: Option<String>,
     #[serde(default)]
+    /// The task changed something (published as OK).
     pub changed: bool,
     #[serde(default)]
+    /// A failure the task's `ignore_errors` let pass.
     pub ignored: bool,
     #[serde(default)]
+    /// One item of a loop.
     pub item: bool,
     /// The task result as the JSON string ansible's `_dump_results` gives.
     pub result: Option<String>,
@@ -61,10 +67,18 @@ pub struct PluginEvent {
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
     #[error("not a plugin event: {0}")]
+    /// The line is not JSON, or not the event's shape.
     Json(#[from] serde_json::Error),
     #[error("{event} event without {field}")]
-    Missing { event: String, field: &'static str },
+    /// A field the event needs is absent.
+    Missing {
+        /// The event's name.
+        event: String,
+        /// The absent field.
+        field: &'static str,
+    },
     #[error("unknown event {0:?}")]
+    /// An event name this version does not know.
     Unknown(String),
 }
 
@@ -205,10 +219,12 @@ impl Publishable for PluginEvent {
 /// `ansible_result` as an object in both payload modes).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PublishedAnsible {
+    /// The payload, `ansible_result` as an object.
     pub value: Value,
 }
 
 impl PublishedAnsible {
+    /// Wraps a published payload.
     pub fn new(value: Value) -> PublishedAnsible {
         PublishedAnsible { value }
     }

@@ -40,17 +40,22 @@ use crate::reader::{decode, Event};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("broker URL {0}")]
+    /// The broker URL cannot be used.
     Url(#[from] crate::url::UrlError),
     #[error(transparent)]
+    /// The TLS configuration cannot be built.
     Tls(#[from] crate::tls::TlsError),
     #[error("the client has stopped")]
+    /// The client's background task ended.
     Stopped,
 }
 
 /// Whether the client is connected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnectionState {
+    /// Not connected yet.
     Connecting,
+    /// Connected.
     Up,
     /// Lost or refused, with the reason; it keeps retrying.
     Down(String),

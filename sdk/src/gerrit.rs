@@ -15,12 +15,16 @@ use crate::topic;
 /// Why a line is not a gerrit event.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParseError {
+    /// The line is not UTF-8.
     #[error("line is not UTF-8")]
     NotUtf8,
+    /// The line is not JSON.
     #[error("line is not JSON: {0}")]
     NotJson(String),
+    /// The line is JSON but not an object.
     #[error("line is JSON but not an object")]
     NotObject,
+    /// The event has no `type`.
     #[error("event has no \"type\"")]
     NoType,
 }
@@ -164,8 +168,11 @@ pub struct Approval {
 /// Who did it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
+    /// Full name.
     pub name: Option<String>,
+    /// E-mail address.
     pub email: Option<String>,
+    /// Gerrit user name.
     pub username: Option<String>,
 }
 

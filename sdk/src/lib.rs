@@ -22,6 +22,8 @@
 //! - [`PayloadMode`]: CloudEvents, or byte-for-byte what the original
 //!   publisher sent (for existing consumers).
 
+#![deny(missing_docs)]
+
 pub mod ansible;
 pub mod client;
 pub mod envelope;

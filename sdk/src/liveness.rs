@@ -33,13 +33,20 @@ use crate::status::{State, Status};
 /// A change of state.
 #[derive(Debug, Clone)]
 pub enum Change {
+    /// A bridge's status message changed.
     Bridge {
+        /// `gerrit`, `nova`, ...
         bridge: String,
+        /// Its instance name.
         instance: String,
+        /// What it says now.
         status: Box<Status>,
     },
+    /// A nova service's state changed.
     NovaService {
+        /// The deployment (cell, region).
         deployment: String,
+        /// What nova says now.
         state: ServiceState,
     },
 }

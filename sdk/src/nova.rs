@@ -18,12 +18,16 @@ use crate::topic;
 /// Why a body is not a nova notification.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParseError {
+    /// The body is not JSON.
     #[error("body is not JSON: {0}")]
     NotJson(String),
+    /// The body is JSON but not an object.
     #[error("body is JSON but not an object")]
     NotObject,
+    /// `oslo.message` is not a JSON object in a string.
     #[error("oslo.message is not a JSON object in a string: {0}")]
     BadEnvelope(String),
+    /// The notification has no `event_type`.
     #[error("notification has no event_type")]
     NoEventType,
 }
@@ -44,6 +48,7 @@ pub struct Notification {
     text: Box<RawValue>,
     value: Value,
     event_type: String,
+    /// How the message sat on RabbitMQ (oslo 2.0 envelope or bare).
     pub envelope: Envelope,
 }
 
@@ -202,15 +207,23 @@ impl Notification {
 /// The state of one nova service, from `service.create/update/delete`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceStatus {
+    /// The service's host.
     pub host: String,
+    /// `nova-compute`, `nova-scheduler`, ...
     pub binary: String,
     /// `service.delete`: the service is gone.
     pub deleted: bool,
+    /// Takes no new work (still up).
     pub disabled: bool,
+    /// Why it was disabled.
     pub disabled_reason: Option<String>,
+    /// Told it is down.
     pub forced_down: bool,
+    /// When nova last heard from it.
     pub last_seen_up: Option<String>,
+    /// The service's uuid.
     pub uuid: Option<String>,
+    /// When the notification was sent.
     pub updated: Option<OffsetDateTime>,
 }
 
@@ -256,19 +269,27 @@ impl ServiceStatus {
 pub struct ServiceState {
     /// `up` or `down`.
     pub state: String,
+    /// The service's host.
     pub host: String,
+    /// `nova-compute`, `nova-scheduler`, ...
     pub binary: String,
     #[serde(default)]
+    /// Takes no new work (still up).
     pub disabled: bool,
     #[serde(default)]
+    /// Why it was disabled.
     pub disabled_reason: Option<String>,
     #[serde(default)]
+    /// Told it is down.
     pub forced_down: bool,
     #[serde(default)]
+    /// When nova last heard from it.
     pub last_seen_up: Option<String>,
     #[serde(default)]
+    /// The service was deleted.
     pub deleted: bool,
     #[serde(default)]
+    /// The service's uuid.
     pub uuid: Option<String>,
     /// When nova said so (RFC 3339).
     #[serde(default)]
@@ -285,7 +306,9 @@ impl ServiceState {
 /// A notification as one deployment publishes it: the topic needs the
 /// deployment's name.
 pub struct InDeployment<'a> {
+    /// The notification.
     pub notification: &'a Notification,
+    /// Its deployment's name (the topic's second level).
     pub deployment: &'a str,
 }
 

@@ -36,6 +36,7 @@ use crate::status::Status;
 /// `--where` and `--format` see.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
+    /// The MQTT topic it arrived on.
     pub topic: String,
     /// Unique per source event (the same in both payload modes).
     pub id: Option<String>,
@@ -66,16 +67,21 @@ pub struct Event {
 /// The typed event.
 #[derive(Debug, Clone)]
 pub enum Body {
+    /// A gerrit stream event.
     Gerrit(Box<GerritEvent>),
+    /// A nova notification.
     Nova(Box<Notification>),
     /// A nova service's retained up/down state.
     NovaService(ServiceState),
+    /// A Launchpad notification.
     Launchpad(LaunchpadEvent),
+    /// An ansible playbook event.
     Ansible(PublishedAnsible),
     /// A bridge's retained liveness message.
     Status(Box<Status>),
     /// Not a firehose event, or one that could not be read (`reason`).
     Other {
+        /// Why it could not be read as the event its topic promised.
         reason: Option<String>,
     },
 }
@@ -276,6 +282,7 @@ fn other(reason: String) -> Body {
 
 /// When the event happened, parsed.
 impl Event {
+    /// [`Event::time`] parsed, when it is RFC 3339.
     pub fn time_parsed(&self) -> Option<OffsetDateTime> {
         let t = self.time.as_deref()?;
         OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()

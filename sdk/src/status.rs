@@ -40,6 +40,7 @@ pub struct Counters {
 /// The JSON payload of `firehose/status/<bridge>/<instance>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
+    /// up, degraded or down.
     pub state: State,
     /// `<bridge> <version>`.
     pub version: String,
@@ -56,5 +57,6 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_event: Option<String>,
     #[serde(default)]
+    /// What the bridge has done since it started.
     pub counters: Counters,
 }

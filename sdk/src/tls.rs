@@ -9,7 +9,14 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("CA file {path}: {reason}")]
-    Ca { path: PathBuf, reason: String },
+    /// The CA file cannot be read or holds no certificate.
+    Ca {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// rustls refused the configuration.
     #[error("TLS: {0}")]
     Rustls(String),
 }

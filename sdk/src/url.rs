@@ -7,6 +7,7 @@
 /// A URL's parts.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Endpoint {
+    /// `mqtt`, `amqps`, `imap`, ...
     pub scheme: String,
     /// Decoded; `None` when absent.
     pub user: Option<String>,
@@ -14,6 +15,7 @@ pub struct Endpoint {
     pub password: Option<String>,
     /// Without brackets for IPv6.
     pub host: String,
+    /// The URL's port, or the scheme's default.
     pub port: u16,
     /// The path as written (still percent-encoded), `""` when none.
     pub path: String,
@@ -35,7 +37,9 @@ impl std::fmt::Debug for Endpoint {
 pub struct UrlError {
     /// The URL as given, password replaced.
     pub url: String,
+    /// What is wrong.
     pub reason: String,
+    /// The form expected.
     pub expected: String,
 }
 

@@ -242,3 +242,50 @@ fn liveness_from_retained_status() {
         assert_eq!(live.is_up("gerrit", "review"), Some(false));
     });
 }
+
+#[test]
+fn persistent_session_keeps_what_arrives_while_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BrokerProc::with_users(dir.path(), &[PUBLISHER], &[]);
+    let url = format!("mqtt://{}", b.mqtt());
+    let events = gerrit_events();
+    rt().block_on(async {
+        let first = Client::builder(&url)
+            .session("sdk-persistent")
+            .connect()
+            .await
+            .unwrap();
+        let _sub = first.subscribe(Filter::gerrit()).await.unwrap();
+        assert!(first.wait_connected(WAIT).await);
+        wait_until(
+            WAIT,
+            || b.metric("firehose_broker_subscriptions") >= 1,
+            || "the subscription".into(),
+        );
+        first.disconnect().await;
+        drop(first);
+        wait_until(
+            WAIT,
+            || b.metric("firehose_broker_clients_connected") == 0,
+            || "the client to be gone".into(),
+        );
+        // Published while nobody is connected: kept in the session.
+        let mut p = Publisher::new(b.mqtt(), PUBLISHER);
+        for g in &events {
+            p.publish(&g.topic(), &g.raw(), false);
+        }
+        drop(p);
+        let again = Client::builder(&url)
+            .session("sdk-persistent")
+            .connect()
+            .await
+            .unwrap();
+        let mut sub = again.subscribe(Filter::gerrit()).await.unwrap();
+        let mut ids = BTreeSet::new();
+        for _ in 0..events.len() {
+            ids.insert(next(&mut sub).await.id.unwrap());
+        }
+        let want: BTreeSet<String> = events.iter().map(|g| g.id()).collect();
+        assert_eq!(ids, want, "every event published while away");
+    });
+}
