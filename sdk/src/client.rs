@@ -368,13 +368,17 @@ async fn drive(
     url: String,
 ) {
     let mut failures: u32 = 0;
+    let mut check = tokio::time::interval(Duration::from_secs(1));
     loop {
-        if alive.strong_count() == 0 {
-            return;
-        }
-        let polled = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
-        let Ok(polled) = polled else {
-            continue;
+        let polled = tokio::select! {
+            biased;
+            p = eventloop.poll() => p,
+            _ = check.tick() => {
+                if alive.strong_count() == 0 {
+                    return;
+                }
+                continue;
+            }
         };
         match polled {
             Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
@@ -409,9 +413,13 @@ async fn drive(
                         .map(|route| route.tx.clone())
                         .collect()
                 };
-                for tx in targets {
-                    // Waits for a slow reader: backpressure, not loss.
-                    let _ = tx.send(ev.clone()).await;
+                // Waits for a slow reader: backpressure, not loss. The last
+                // (usually the only) subscription gets the event itself.
+                if let Some((last, others)) = targets.split_last() {
+                    for tx in others {
+                        let _ = tx.send(ev.clone()).await;
+                    }
+                    let _ = last.send(ev).await;
                 }
             }
             Ok(_) => {}

@@ -187,6 +187,28 @@ impl Filter {
         f
     }
 
+    /// Whether `topic` matches the filter's levels (no allocation).
+    fn topic_wanted(&self, topic: &str) -> bool {
+        if topic.starts_with('$') && !self.levels.first().is_some_and(|l| l.starts_with('$')) {
+            return false;
+        }
+        let mut t = topic.split('/');
+        for l in &self.levels {
+            match (l.as_str(), t.next()) {
+                ("#", _) => return true,
+                ("+", Some(_)) => {}
+                (a, Some(b)) if a == b => {}
+                _ => return false,
+            }
+        }
+        match t.next() {
+            None => true,
+            // More levels: only a trailing `#` takes them (or the level
+            // itself for `a/#`, which MQTT lets match `a`).
+            Some(_) => self.rest,
+        }
+    }
+
     /// The filter without `$share/<group>/`.
     fn topic_filter(&self) -> String {
         let mut levels = self.levels.clone();
@@ -198,7 +220,7 @@ impl Filter {
 
     /// Whether `ev` is one this filter wants (topic and event type).
     pub fn wants(&self, ev: &Event) -> bool {
-        if !topic_matches(&self.topic_filter(), &ev.topic) {
+        if !self.topic_wanted(&ev.topic) {
             return false;
         }
         if !self.types.is_empty() && !self.types.contains(&ev.kind) {

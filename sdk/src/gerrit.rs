@@ -58,6 +58,23 @@ impl GerritEvent {
         Ok(GerritEvent { text, value, kind })
     }
 
+    /// An event already parsed as JSON (a reader's payload): no second
+    /// parse, the text is written back from the value.
+    pub fn from_value(value: Value) -> Result<GerritEvent, ParseError> {
+        if !value.is_object() {
+            return Err(ParseError::NotObject);
+        }
+        let kind = value
+            .get("type")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .ok_or(ParseError::NoType)?
+            .to_owned();
+        let text = serde_json::value::to_raw_value(&value)
+            .map_err(|e| ParseError::NotJson(e.to_string()))?;
+        Ok(GerritEvent { text, value, kind })
+    }
+
     /// The event type, e.g. `comment-added`.
     pub fn event_type(&self) -> &str {
         &self.kind

@@ -53,6 +53,28 @@ pub struct Notification {
 }
 
 impl Notification {
+    /// A notification's inner message already parsed as JSON (what the
+    /// bridge publishes): no second parse.
+    pub fn from_value(value: Value) -> Result<Notification, ParseError> {
+        if !value.is_object() {
+            return Err(ParseError::NotObject);
+        }
+        let event_type = value
+            .get("event_type")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or(ParseError::NoEventType)?
+            .to_owned();
+        let text = serde_json::value::to_raw_value(&value)
+            .map_err(|e| ParseError::NotJson(e.to_string()))?;
+        Ok(Notification {
+            text,
+            value,
+            event_type,
+            envelope: Envelope::Bare,
+        })
+    }
+
     /// Parses an AMQP message body.
     pub fn parse(body: &[u8]) -> Result<Notification, ParseError> {
         let outer: Value =

@@ -21,7 +21,7 @@
 //! assert!(matches!(ev.body, firehose::reader::Body::Gerrit(_)));
 //! ```
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -86,21 +86,8 @@ pub enum Body {
     },
 }
 
-/// The CloudEvents fields, when the payload is an envelope.
-#[derive(Deserialize)]
-struct Envelope {
-    specversion: String,
-    id: Option<String>,
-    source: Option<String>,
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    time: Option<String>,
-    subject: Option<String>,
-    #[serde(default)]
-    data: Value,
-}
-
-/// Reads one message.
+/// Reads one message. The payload is parsed once; the typed event is
+/// built from that parse.
 pub fn decode(topic: &str, payload: &[u8], retained: bool) -> Event {
     let json: Option<Value> = serde_json::from_slice(payload).ok();
     let mut ev = Event {
@@ -110,42 +97,49 @@ pub fn decode(topic: &str, payload: &[u8], retained: bool) -> Event {
         kind: "mqtt".to_owned(),
         time: None,
         subject: None,
-        data: json
-            .clone()
-            .unwrap_or_else(|| Value::String(String::from_utf8_lossy(payload).into_owned())),
+        data: Value::Null,
         retained,
         payload: payload.to_vec(),
         body: Body::Other { reason: None },
     };
-    let envelope = json
-        .as_ref()
-        .filter(|v| v.get("specversion").is_some())
-        .and_then(|v| serde_json::from_value::<Envelope>(v.clone()).ok())
-        .filter(|e| e.specversion.starts_with('1'));
+    let json = match json {
+        Some(Value::Object(mut m)) if is_cloudevent(&m) => {
+            let mut s = |k: &str| match m.remove(k) {
+                Some(Value::String(v)) => Some(v),
+                _ => None,
+            };
+            ev.id = s("id");
+            ev.source = s("source");
+            ev.time = s("time");
+            ev.subject = s("subject");
+            ev.kind = s("type").unwrap_or_else(|| "mqtt".into());
+            ev.data = m.remove("data").unwrap_or(Value::Null);
+            ev.body = typed_cloudevent(&ev.kind, &ev.data);
+            return ev;
+        }
+        Some(v) => v,
+        None => {
+            ev.data = Value::String(String::from_utf8_lossy(payload).into_owned());
+            // Not JSON: still an event for readers of the raw payload, but
+            // one of ours would have been JSON.
+            if starts_with_source(topic).is_some() {
+                ev.body = other("payload is not JSON".into());
+            }
+            return ev;
+        }
+    };
+    ev.data = json;
     let levels: Vec<&str> = topic.split('/').collect();
-    // `--base-topic` puts levels before the bridge's own: find the first
-    // level that names a firehose source.
-    let start = levels
-        .iter()
-        .position(|l| matches!(*l, "gerrit" | "nova" | "launchpad" | "ansible" | "firehose"))
-        .unwrap_or(0);
-    let rest = &levels[start..];
-    if let Some(e) = envelope {
-        ev.id = e.id;
-        ev.source = e.source;
-        ev.time = e.time;
-        ev.subject = e.subject;
-        ev.kind = e.kind.unwrap_or_else(|| "mqtt".into());
-        ev.data = e.data;
-        ev.body = typed_cloudevent(&ev.kind, &ev.data);
-        return ev;
-    }
+    let rest = match starts_with_source(topic) {
+        Some(start) => &levels[start..],
+        None => return ev,
+    };
     match rest.first().copied() {
-        Some("gerrit") => raw_gerrit(&mut ev, payload),
+        Some("gerrit") => raw_gerrit(&mut ev),
         Some("nova") if rest.get(2) == Some(&"service") && rest.len() >= 5 => {
             raw_nova_service(&mut ev)
         }
-        Some("nova") => raw_nova(&mut ev, payload),
+        Some("nova") => raw_nova(&mut ev),
         Some("launchpad") => raw_launchpad(&mut ev),
         Some("ansible") => raw_ansible(&mut ev, rest),
         Some("firehose") if rest.get(1) == Some(&"status") => raw_status(&mut ev),
@@ -154,18 +148,28 @@ pub fn decode(topic: &str, payload: &[u8], retained: bool) -> Event {
     ev
 }
 
+/// A CloudEvents 1.x envelope.
+fn is_cloudevent(m: &serde_json::Map<String, Value>) -> bool {
+    matches!(m.get("specversion"), Some(Value::String(v)) if v.starts_with('1'))
+}
+
+/// Where the firehose levels start: `--base-topic` puts levels before the
+/// bridge's own, so the first level that names a source.
+fn starts_with_source(topic: &str) -> Option<usize> {
+    topic
+        .split('/')
+        .position(|l| matches!(l, "gerrit" | "nova" | "launchpad" | "ansible" | "firehose"))
+}
+
 /// The typed event inside a CloudEvents envelope, by its type.
 fn typed_cloudevent(kind: &str, data: &Value) -> Body {
-    let other = |reason: String| Body::Other {
-        reason: Some(reason),
-    };
     let (family, _) = kind.split_once('.').unwrap_or((kind, ""));
     match family {
-        "gerrit" => match GerritEvent::parse(data.to_string().as_bytes()) {
+        "gerrit" => match GerritEvent::from_value(data.clone()) {
             Ok(g) => Body::Gerrit(Box::new(g)),
             Err(e) => other(format!("gerrit data: {e}")),
         },
-        "nova" => match Notification::parse(data.to_string().as_bytes()) {
+        "nova" => match Notification::from_value(data.clone()) {
             Ok(n) => Body::Nova(Box::new(n)),
             Err(e) => other(format!("nova data: {e}")),
         },
@@ -178,11 +182,12 @@ fn typed_cloudevent(kind: &str, data: &Value) -> Body {
     }
 }
 
-fn raw_gerrit(ev: &mut Event, payload: &[u8]) {
-    match GerritEvent::parse(payload) {
+fn raw_gerrit(ev: &mut Event) {
+    match GerritEvent::from_value(ev.data.clone()) {
         Ok(g) => {
             ev.kind = format!("gerrit.{}", g.event_type());
-            ev.id = Some(g.id());
+            // The id the bridge gives: derived from the line as published.
+            ev.id = Some(stable_id("gerrit", &ev.payload));
             ev.subject = g.subject();
             ev.time = g.created().map(rfc3339);
             ev.body = Body::Gerrit(Box::new(g));
@@ -191,8 +196,8 @@ fn raw_gerrit(ev: &mut Event, payload: &[u8]) {
     }
 }
 
-fn raw_nova(ev: &mut Event, payload: &[u8]) {
-    match Notification::parse(payload) {
+fn raw_nova(ev: &mut Event) {
+    match Notification::from_value(ev.data.clone()) {
         Ok(n) => {
             ev.kind = format!("nova.{}", n.event_type());
             ev.id = Some(n.message_id());

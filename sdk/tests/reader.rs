@@ -136,7 +136,7 @@ fn status_base_topics_and_garbage() {
     let ev = decode("gerrit/p/x", b"not json", false);
     assert_eq!(ev.kind, "mqtt");
     match ev.body {
-        Body::Other { reason: Some(r) } => assert!(r.contains("gerrit payload"), "{r}"),
+        Body::Other { reason: Some(r) } => assert!(r.contains("not JSON"), "{r}"),
         other => panic!("{other:?}"),
     }
     assert_eq!(ev.data, Value::String("not json".into()));
