@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use firehose_testkit::*;
 
@@ -211,5 +212,82 @@ fn rust_and_python_examples_print_what_they_should() {
         out.iter()
             .all(|l| l.starts_with("gerrit.") && l.contains(" gerrit/")),
         "{out:?}"
+    );
+}
+
+/// The browser example, served from `examples/browser/` (MQTT.js vendored
+/// from npm), in headless Chromium (playwright-core): it shows an event
+/// published while it is open, typed.
+#[test]
+fn browser_example_shows_a_live_event() {
+    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/browser");
+    assert!(
+        browser_dir
+            .join("node_modules/mqtt/dist/mqtt.min.js")
+            .exists()
+            && browser_dir.join("node_modules/playwright-core").exists(),
+        "run: npm ci --prefix examples/browser (./scripts/test does)"
+    );
+    let chromium = require("chromium", "chromium");
+    let dir = tempfile::tempdir().unwrap();
+    let b = BrokerProc::with_users(dir.path(), &[BRIDGE], &[]);
+    let port = free_port();
+    let _http = Proc::spawn(
+        "http.server",
+        Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+                "--directory",
+            ])
+            .arg(&browser_dir),
+    );
+    wait_until(
+        WAIT,
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        || "the static server".into(),
+    );
+    let ws = b.ws.expect("ws listener");
+    let page = format!("http://127.0.0.1:{port}/index.html?url=ws://{ws}/mqtt&topic=gerrit/%23");
+    let shot = dir.path().join("browser.png");
+    let mut check = Proc::spawn(
+        "chromium",
+        Command::new("node")
+            .arg(browser_dir.join("check.mjs"))
+            .env("PAGE_URL", &page)
+            .env("CHROMIUM", &chromium)
+            .env("EXPECT", "gerrit/openstack/nova/comment-added")
+            .env("SCREENSHOT", &shot),
+    );
+    wait_until(
+        Duration::from_secs(60),
+        || check.stdout_lines().iter().any(|l| l == "ready"),
+        || format!("the page to subscribe: {}", check.logs()),
+    );
+    let mut p = Publisher::new(b.mqtt(), BRIDGE);
+    p.publish(
+        "gerrit/openstack/nova/comment-added",
+        br#"{"type":"comment-added","change":{"project":"openstack/nova","number":3033}}"#,
+        false,
+    );
+    wait_until(
+        WAIT,
+        || check.stdout_lines().len() >= 2,
+        || format!("the event on the page: {}", check.logs()),
+    );
+    assert!(check.wait_exit().success(), "{}", check.logs());
+    let shown = check.stdout_lines()[1].clone();
+    assert!(
+        shown.contains("gerrit.comment-added") && shown.contains("3033"),
+        "{shown}"
+    );
+    assert!(
+        std::fs::metadata(&shot)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false),
+        "a screenshot"
     );
 }
