@@ -291,3 +291,58 @@ fn browser_example_shows_a_live_event() {
         "a screenshot"
     );
 }
+
+/// The mqttwarn example (`examples/mqttwarn/firehose.ini`, mqttwarn from
+/// PyPI in `target/mqttwarn-venv`): merges from a replayed gerrit bridge
+/// and a Launchpad bug land in its file, nothing else.
+#[test]
+fn mqttwarn_example_notifies_merges_and_bugs() {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/mqttwarn-venv/bin/mqttwarn");
+    assert!(
+        venv.exists(),
+        "{} is missing: run ./scripts/test, or: python3 -m venv target/mqttwarn-venv && target/mqttwarn-venv/bin/pip install mqttwarn==0.36.1",
+        venv.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let b = BrokerProc::with_users(dir.path(), &[BRIDGE], &[]);
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/mqttwarn");
+    let out = dir.path().join("events.log");
+    let ini = std::fs::read_to_string(example.join("firehose.ini"))
+        .unwrap()
+        .replace("port      = 1883", &format!("port      = {}", b.port()))
+        .replace("/tmp/firehose-events.log", out.to_str().unwrap());
+    std::fs::write(dir.path().join("firehose.ini"), ini).unwrap();
+    std::fs::copy(example.join("firehose.py"), dir.path().join("firehose.py")).unwrap();
+    let before = b.metric("firehose_broker_subscriptions");
+    let _mqttwarn = Proc::spawn(
+        "mqttwarn",
+        Command::new(&venv)
+            .arg("--config-file")
+            .arg(dir.path().join("firehose.ini"))
+            .current_dir(dir.path()),
+    );
+    b.wait_metric("firehose_broker_subscriptions", before + 2);
+    let gerrit = fixtures().join("gerrit/stream-events.jsonl");
+    replay(&b, dir.path(), "firehose-gerrit", &gerrit, &[]);
+    let mut p = Publisher::new(b.mqtt(), BRIDGE);
+    p.publish(
+        "launchpad/nova/bug/123",
+        br#"{"event-type":"bug","bug-number":"123","project":"nova"}"#,
+        false,
+    );
+    let want = [
+        "gerrit/qt/qtbase/change-merged merged",
+        "gerrit/snix/change-merged merged",
+        "launchpad/nova/bug/123 bug",
+    ];
+    wait_until(
+        WAIT,
+        || {
+            let got = std::fs::read_to_string(&out).unwrap_or_default();
+            want.iter().all(|w| got.contains(w))
+        },
+        || format!("mqttwarn's file: {:?}", std::fs::read_to_string(&out)),
+    );
+    let got = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(got.lines().count(), 3, "only merges and the bug: {got}");
+}
