@@ -25,13 +25,14 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::filter::Filter;
 use crate::reader::{decode, Event};
@@ -88,6 +89,12 @@ struct Inner {
     state: watch::Receiver<ConnectionState>,
     qos: QoS,
     queue: usize,
+    /// Set by [`Client::disconnect`]: the connection is not re-opened.
+    closing: Arc<AtomicBool>,
+    /// Dropped with the last [`Client`]: stops the connection task at once
+    /// (a stale task would reconnect with the same id and take the session
+    /// over from a new client).
+    _stop: oneshot::Sender<()>,
 }
 
 struct Route {
@@ -168,18 +175,7 @@ impl ClientBuilder {
 
     /// Starts the client; it connects (and reconnects) in the background.
     pub async fn connect(self) -> Result<Client, ClientError> {
-        let e = crate::url::parse(
-            &self.url,
-            &[
-                ("mqtt", 1883),
-                ("tcp", 1883),
-                ("mqtts", 8883),
-                ("ssl", 8883),
-                ("ws", 80),
-                ("wss", 443),
-            ],
-            "mqtt://, mqtts://, ws:// or wss:// [USER[:PASSWORD]@]HOST[:PORT][/PATH]",
-        )?;
+        let e = crate::url::parse(&self.url, crate::url::MQTT_SCHEMES, crate::url::MQTT_FORM)?;
         let (tls, ws) = match e.scheme.as_str() {
             "mqtts" | "ssl" => (true, false),
             "ws" => (false, true),
@@ -237,18 +233,25 @@ impl ClientBuilder {
             (Some(1), _) | (None, true) => QoS::AtLeastOnce,
             _ => QoS::AtMostOnce,
         };
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let closing = Arc::new(AtomicBool::new(false));
         let inner = Arc::new(Inner {
             mqtt: mqtt.clone(),
             routes: Arc::new(Mutex::new(Vec::new())),
             state: state_rx,
             qos,
             queue: self.queue,
+            closing: closing.clone(),
+            _stop: stop_tx,
         });
         let shown = e.shown.clone();
         tokio::spawn(drive(
             eventloop,
             mqtt,
-            Arc::downgrade(&inner),
+            Stop {
+                dropped: stop_rx,
+                closing,
+            },
             inner.routes.clone(),
             state_tx,
             Dedup::new(self.dedup),
@@ -312,10 +315,19 @@ impl Client {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// Disconnects cleanly (a persistent session stays on the broker).
+    /// Disconnects cleanly and for good (a persistent session stays on
+    /// the broker, for the next client with its name).
     pub async fn disconnect(&self) {
+        self.inner.closing.store(true, Ordering::Release);
         let _ = self.inner.mqtt.disconnect().await;
     }
+}
+
+/// How the connection task learns it must end.
+struct Stop {
+    /// Resolves (with an error) when the last `Client` is dropped.
+    dropped: oneshot::Receiver<()>,
+    closing: Arc<AtomicBool>,
 }
 
 /// Remembers the last `window` event ids.
@@ -360,7 +372,7 @@ impl Dedup {
 async fn drive(
     mut eventloop: rumqttc::EventLoop,
     mqtt: AsyncClient,
-    alive: Weak<Inner>,
+    mut stop: Stop,
     routes: Arc<Mutex<Vec<Route>>>,
     state: watch::Sender<ConnectionState>,
     mut dedup: Dedup,
@@ -368,17 +380,13 @@ async fn drive(
     url: String,
 ) {
     let mut failures: u32 = 0;
-    let mut check = tokio::time::interval(Duration::from_secs(1));
     loop {
+        // Only the client's end cancels a poll: rumqttc's poll must not be
+        // dropped while it connects or reads.
         let polled = tokio::select! {
             biased;
+            _ = &mut stop.dropped => return,
             p = eventloop.poll() => p,
-            _ = check.tick() => {
-                if alive.strong_count() == 0 {
-                    return;
-                }
-                continue;
-            }
         };
         match polled {
             Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
@@ -423,6 +431,10 @@ async fn drive(
                 }
             }
             Ok(_) => {}
+            Err(e) if stop.closing.load(Ordering::Acquire) => {
+                state.send_replace(ConnectionState::Down(format!("disconnected ({e})")));
+                return;
+            }
             Err(e) => {
                 failures = failures.saturating_add(1);
                 state.send_replace(ConnectionState::Down(e.to_string()));

@@ -37,6 +37,19 @@ pub struct GerritEvent {
     kind: String,
 }
 
+/// The `type` of an event object.
+fn kind_of(value: &Value) -> Result<String, ParseError> {
+    if !value.is_object() {
+        return Err(ParseError::NotObject);
+    }
+    value
+        .get("type")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .ok_or(ParseError::NoType)
+}
+
 impl GerritEvent {
     /// Parses one line (without its newline; a trailing `\r` is ignored).
     pub fn parse(line: &[u8]) -> Result<GerritEvent, ParseError> {
@@ -46,30 +59,14 @@ impl GerritEvent {
             serde_json::from_str(s.trim_end()).map_err(|e| ParseError::NotJson(e.to_string()))?;
         let value: Value =
             serde_json::from_str(text.get()).map_err(|e| ParseError::NotJson(e.to_string()))?;
-        if !value.is_object() {
-            return Err(ParseError::NotObject);
-        }
-        let kind = value
-            .get("type")
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-            .ok_or(ParseError::NoType)?
-            .to_owned();
+        let kind = kind_of(&value)?;
         Ok(GerritEvent { text, value, kind })
     }
 
     /// An event already parsed as JSON (a reader's payload): no second
     /// parse, the text is written back from the value.
     pub fn from_value(value: Value) -> Result<GerritEvent, ParseError> {
-        if !value.is_object() {
-            return Err(ParseError::NotObject);
-        }
-        let kind = value
-            .get("type")
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-            .ok_or(ParseError::NoType)?
-            .to_owned();
+        let kind = kind_of(&value)?;
         let text = serde_json::value::to_raw_value(&value)
             .map_err(|e| ParseError::NotJson(e.to_string()))?;
         Ok(GerritEvent { text, value, kind })

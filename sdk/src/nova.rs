@@ -52,6 +52,16 @@ pub struct Notification {
     pub envelope: Envelope,
 }
 
+/// The `event_type` of a notification's inner message.
+fn event_type_of(value: &Value) -> Result<String, ParseError> {
+    value
+        .get("event_type")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .ok_or(ParseError::NoEventType)
+}
+
 impl Notification {
     /// A notification's inner message already parsed as JSON (what the
     /// bridge publishes): no second parse.
@@ -59,12 +69,7 @@ impl Notification {
         if !value.is_object() {
             return Err(ParseError::NotObject);
         }
-        let event_type = value
-            .get("event_type")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .ok_or(ParseError::NoEventType)?
-            .to_owned();
+        let event_type = event_type_of(&value)?;
         let text = serde_json::value::to_raw_value(&value)
             .map_err(|e| ParseError::NotJson(e.to_string()))?;
         Ok(Notification {
@@ -105,12 +110,7 @@ impl Notification {
                 "the message is not an object".into(),
             ));
         }
-        let event_type = value
-            .get("event_type")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .ok_or(ParseError::NoEventType)?
-            .to_owned();
+        let event_type = event_type_of(&value)?;
         Ok(Notification {
             text,
             value,

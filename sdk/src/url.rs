@@ -4,6 +4,20 @@
 //! without their brackets, the scheme's default port, and a form to show
 //! that never holds the password.
 
+/// The schemes of a broker URL, with their default ports.
+pub const MQTT_SCHEMES: &[(&str, u16)] = &[
+    ("mqtt", 1883),
+    ("tcp", 1883),
+    ("mqtts", 8883),
+    ("ssl", 8883),
+    ("ws", 80),
+    ("wss", 443),
+];
+
+/// What a broker URL looks like, for errors.
+pub const MQTT_FORM: &str =
+    "mqtt://, mqtts://, ws:// or wss:// [USER[:PASSWORD]@]HOST[:PORT][/PATH]";
+
 /// A URL's parts.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Endpoint {

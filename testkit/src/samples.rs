@@ -81,3 +81,17 @@ pub fn assert_sample_checks(check_config_output: &str) {
         "the sample's files are the only problem: {text}"
     );
 }
+
+/// The non-empty lines of a fixture file (`fixtures/<rel>` in the
+/// repository), e.g. `gerrit/stream-events.jsonl`.
+pub fn fixture_lines(rel: &str) -> Vec<String> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures")
+        .join(rel);
+    std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
+}

@@ -128,19 +128,8 @@ impl std::str::FromStr for BrokerUrl {
     type Err = MqttError;
 
     fn from_str(s: &str) -> Result<BrokerUrl, MqttError> {
-        let e = crate::url::parse(
-            s,
-            &[
-                ("mqtt", 1883),
-                ("tcp", 1883),
-                ("mqtts", 8883),
-                ("ssl", 8883),
-                ("ws", 80),
-                ("wss", 443),
-            ],
-            "mqtt://, mqtts://, ws:// or wss:// [USER[:PASSWORD]@]HOST[:PORT]",
-        )
-        .map_err(MqttError::Url)?;
+        let e = crate::url::parse(s, crate::url::MQTT_SCHEMES, crate::url::MQTT_FORM)
+            .map_err(MqttError::Url)?;
         let scheme = match e.scheme.as_str() {
             "mqtt" | "tcp" => Scheme::Mqtt,
             "mqtts" | "ssl" => Scheme::Mqtts,

@@ -13,14 +13,8 @@ use time::OffsetDateTime;
 const PUBLISHER: (&str, &str) = ("bridge", "bridge-pw");
 
 fn gerrit_events() -> Vec<GerritEvent> {
-    let p = format!(
-        "{}/../../fixtures/gerrit/stream-events.jsonl",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::read_to_string(p)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.is_empty())
+    fixture_lines("gerrit/stream-events.jsonl")
+        .iter()
         .map(|l| GerritEvent::parse(l.as_bytes()).unwrap())
         .collect()
 }
