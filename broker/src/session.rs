@@ -437,6 +437,7 @@ impl Session {
                         Box::pin(self.drain_for_shutdown(&mut writer, &mut wbuf, &mut wpos)).await;
                         let bye = self.disconnect_packet(DisconnectReasonCode::ServerShuttingDown);
                         Box::pin(last_write(&mut writer, &wbuf[wpos..], &bye)).await;
+                        Box::pin(linger(&mut writer, &mut reader)).await;
                         break End::Shutdown;
                     }
                     next = mailbox.recv() => {
@@ -1197,6 +1198,24 @@ async fn last_write(writer: &mut WriteHalf<BoxIo>, pending: &[u8], last: &[u8]) 
         let _ = writer.write_all(pending).await;
         let _ = writer.write_all(last).await;
         let _ = writer.flush().await;
+    })
+    .await;
+}
+
+/// Closes a connection gracefully at shutdown: FIN, then reads (and drops)
+/// what the client still sends (its PUBACKs) until it closes too, for at
+/// most a second. Dropping a socket with unread input sends RST instead of
+/// FIN, and an RST makes the client's kernel discard what the client had
+/// not read yet: the last messages delivered to it would be lost.
+async fn linger(writer: &mut WriteHalf<BoxIo>, reader: &mut tokio::io::ReadHalf<BoxIo>) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = writer.shutdown().await;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
     })
     .await;
 }

@@ -120,8 +120,16 @@ impl Source for Consumer {
             max_body_bytes: self.max_body_bytes,
         };
         let mut acks: Acks<Acker> = Acks::new();
+        // lapin reports a dead connection in its log but does not always
+        // end the consumer stream: look at the connection's state too.
+        let mut alive = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tokio::select! {
+                _ = alive.tick() => {
+                    if !conn.status().connected() || !channel.status().connected() {
+                        return Err(SourceError::Ended(format!("the connection to {} is gone", d.display)));
+                    }
+                }
                 delivery = consumer.next() => {
                     let Some(delivery) = delivery else {
                         return Err(SourceError::Ended("consumer cancelled by RabbitMQ".into()));
@@ -129,7 +137,7 @@ impl Source for Consumer {
                     let delivery = delivery.lost("consumer")?;
                     handle(ctx, d, &channel, &bodies, &acks, delivery).await?;
                 }
-                (acker, status) = acks.next() => settle(d, acker, status).await,
+                (acker, status) = acks.next() => settle(d, acker, status).await?,
             }
         }
     }
@@ -228,31 +236,47 @@ async fn handle(
 }
 
 /// Acks a message whose events all reached the broker; requeues one that
-/// lost an event; rejects (without requeue) one the broker refused.
-async fn settle(d: &Deployment, acker: Acker, status: BatchStatus) {
-    let r = match status {
-        BatchStatus::Delivered => acker.ack(BasicAckOptions::default()).await,
-        BatchStatus::Failed => {
-            acker
-                .nack(BasicNackOptions {
-                    multiple: false,
-                    requeue: true,
-                })
-                .await
-        }
-        // The broker refused it (dead-lettered by the runtime): requeued it
-        // would loop; dropped here, or routed to the queue's own DLX.
-        BatchStatus::Rejected => {
-            acker
-                .nack(BasicNackOptions {
-                    multiple: false,
-                    requeue: false,
-                })
-                .await
+/// lost an event; rejects (without requeue) one the broker refused. An ack
+/// that gets no answer means the connection is gone (lapin does not always
+/// say so at once): the consumer reconnects, and RabbitMQ redelivers.
+async fn settle(d: &Deployment, acker: Acker, status: BatchStatus) -> Result<(), SourceError> {
+    let sent = async {
+        match status {
+            BatchStatus::Delivered => acker.ack(BasicAckOptions::default()).await,
+            BatchStatus::Failed => {
+                acker
+                    .nack(BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    })
+                    .await
+            }
+            // The broker refused it (dead-lettered by the runtime): requeued
+            // it would loop; dropped here, or routed to the queue's own DLX.
+            BatchStatus::Rejected => {
+                acker
+                    .nack(BasicNackOptions {
+                        multiple: false,
+                        requeue: false,
+                    })
+                    .await
+            }
         }
     };
-    if let Err(e) = r {
-        // The channel is gone: RabbitMQ redelivers the message.
-        tracing::debug!(deployment = %d.name, error = %e, "ack not sent; RabbitMQ will redeliver");
+    match tokio::time::timeout(ACK_TIMEOUT, sent).await {
+        // false: the acker was already used or its channel poisoned; the
+        // message will come again, nothing to do here.
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(SourceError::Lost {
+            context: format!("acking on {}", d.display),
+            source: Box::new(e),
+        }),
+        Err(_) => Err(SourceError::Ended(format!(
+            "no answer to an ack within {ACK_TIMEOUT:?}: the connection to {} is gone",
+            d.display
+        ))),
     }
 }
+
+/// How long an ack may take before the connection is taken for dead.
+const ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
