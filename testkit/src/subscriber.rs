@@ -25,12 +25,17 @@ impl Subscriber {
         let s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
         s.set_read_timeout(Some(crate::process::WAIT)).ok()?;
         let mut r = Raw::from_stream(s);
-        r.send(&connect(4, "persistent-sub", 30, false, None));
+        // A broker that is going away may accept and then reset.
+        if !r.try_send(&connect(4, "persistent-sub", 30, false, None)) {
+            return None;
+        }
         let (t, body) = r.read()?;
         if (t, body.get(1)) != (0x20, Some(&0)) {
             return None;
         }
-        r.send(&subscribe(4, 1, filter, 1));
+        if !r.try_send(&subscribe(4, 1, filter, 1)) {
+            return None;
+        }
         loop {
             let (t, _) = r.read()?;
             if t == 0x90 {

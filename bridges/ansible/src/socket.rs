@@ -110,8 +110,10 @@ impl Source for Serve {
         tracing::info!(socket = %self.path.display(), "waiting for ansible callback connections");
         ctx.connected();
         let mut conns = JoinSet::new();
+        let mut shutdown = ctx.shutdown.clone();
         loop {
             tokio::select! {
+                _ = shutdown.changed() => return Err(SourceError::Stopped),
                 accepted = listener.accept() => {
                     let (stream, _) = accepted.lost("accepting a plugin connection")?;
                     tracing::debug!("plugin connected");

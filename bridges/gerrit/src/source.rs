@@ -88,8 +88,13 @@ async fn pump(
 ) -> Result<String, SourceError> {
     let mut lines = Lines::new(max_line_bytes);
     let mut exit: Option<String> = None;
+    let mut shutdown = ctx.shutdown.clone();
     loop {
-        match stream.channel.wait().await {
+        let msg = tokio::select! {
+            m = stream.channel.wait() => m,
+            _ = shutdown.changed() => return Err(SourceError::Stopped),
+        };
+        match msg {
             Some(ChannelMsg::Data { data }) => {
                 tracing::trace!(bytes = data.len(), "stream data");
                 for line in lines.push(&data) {

@@ -138,13 +138,22 @@ impl Source for ImapSource {
         tracing::info!(imap = %a.display, folder = %a.folder, idle, "watching for Launchpad mail");
         let poll = a.poll_interval;
         ctx.connected();
+        let mut shutdown = ctx.shutdown.clone();
         loop {
             self.round(ctx, &mut session).await?;
-            session = if idle {
-                wait_idle(session).await?
-            } else {
-                tokio::time::sleep(poll).await;
-                session
+            let wait = async move {
+                if idle {
+                    wait_idle(session).await
+                } else {
+                    tokio::time::sleep(poll).await;
+                    Ok(session)
+                }
+            };
+            session = tokio::select! {
+                s = wait => s?,
+                // Everything published so far is settled (round waits for
+                // it): nothing is left to mark.
+                _ = shutdown.changed() => return Err(SourceError::Stopped),
             };
         }
     }

@@ -123,8 +123,17 @@ impl Source for Consumer {
         // lapin reports a dead connection in its log but does not always
         // end the consumer stream: look at the connection's state too.
         let mut alive = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut shutdown = ctx.shutdown.clone();
         loop {
             tokio::select! {
+                _ = shutdown.changed() => {
+                    // Take nothing more; ack what the broker already has.
+                    while acks.pending() > 0 {
+                        let (acker, status) = acks.next().await;
+                        settle(d, acker, status).await?;
+                    }
+                    return Err(SourceError::Stopped);
+                }
                 _ = alive.tick() => {
                     if !conn.status().connected() || !channel.status().connected() {
                         return Err(SourceError::Ended(format!("the connection to {} is gone", d.display)));

@@ -373,6 +373,9 @@ impl SourceContext {
     }
 }
 
+/// How long a stopping source may take to settle its acks.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
 /// A connection that lasted this long was a success: the next failure
 /// starts the backoff from the beginning.
 const STABLE: Duration = Duration::from_secs(10);
@@ -391,9 +394,17 @@ pub(crate) async fn drive<S: Source>(
         if ctx.stopping() {
             return Ok(());
         }
+        let run = source.run(&ctx);
+        tokio::pin!(run);
         let result = tokio::select! {
-            r = source.run(&ctx) => r,
-            _ = shutdown.changed() => return Ok(()),
+            r = &mut run => r,
+            _ = shutdown.changed() => {
+                // A source that watches `ctx.shutdown` settles what it
+                // already handed over (acks upstream) and returns; give it
+                // a moment, then drop it.
+                let _ = tokio::time::timeout(STOP_GRACE, &mut run).await;
+                return Ok(());
+            }
         };
         let was_up = ctx.take_connected_at();
         let error = match result {
