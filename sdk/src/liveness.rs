@@ -53,6 +53,8 @@ pub enum Change {
 
 #[derive(Default)]
 struct Known {
+    /// Told when the first message arrives.
+    first: Arc<tokio::sync::Notify>,
     bridges: HashMap<(String, String), Status>,
     services: HashMap<(String, String, String), ServiceState>,
     /// A message arrived since subscribing (retained ones come first).
@@ -104,7 +106,15 @@ impl Client {
                     }
                     _ => continue,
                 };
-                l.lock().seen_any = true;
+                let first = {
+                    let mut k = l.lock();
+                    let was = k.seen_any;
+                    k.seen_any = true;
+                    (!was).then(|| k.first.clone())
+                };
+                if let Some(n) = first {
+                    n.notify_waiters();
+                }
                 let _ = l.changes.send(change);
             }
         });
@@ -117,14 +127,24 @@ impl Liveness {
         self.known.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits until the retained states arrived (the first message, then a
-    /// short quiet period), at most `timeout`.
+    /// Waits until the retained states arrived, at most `timeout`: the
+    /// first message, then until none came for 100 ms (MQTT has no "end of
+    /// retained" marker; the broker sends them all at once on subscribe).
     pub async fn wait_synced(&self, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
-        while !self.lock().seen_any && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let first = self.lock().first.clone();
+        // Made before looking, so a first message in between still wakes it.
+        let arrived = first.notified();
+        if !self.lock().seen_any {
+            let _ = tokio::time::timeout_at(deadline, arrived).await;
         }
-        tokio::time::sleep(Duration::from_millis(100).min(timeout)).await;
+        let mut changes = self.changes();
+        while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(100), changes.recv()).await
+        {
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+        }
     }
 
     /// Whether a bridge says it is up (`None`: never heard of it).

@@ -57,8 +57,8 @@ fn typed_events_and_a_broker_restart() {
             .await
             .unwrap();
         assert!(client.wait_connected(WAIT).await);
-        // Subscriptions reach the broker before anything is published.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Both subscriptions reach the broker before anything is published.
+        b.wait_metric("firehose_broker_subscriptions", 2);
         let events = gerrit_events();
         let mut p = Publisher::new(b.mqtt(), PUBLISHER);
         for (i, g) in events.iter().enumerate() {
@@ -170,11 +170,16 @@ fn shared_subscription_splits_work_and_dedup_drops_copies() {
         // The pool: 2n messages, each to exactly one worker.
         let mut got = Vec::new();
         let deadline = tokio::time::Instant::now() + WAIT;
-        while got.len() < 2 * n && tokio::time::Instant::now() < deadline {
-            tokio::select! {
-                Some(e) = wa.next() => got.push(("a", e)),
-                Some(e) = wc.next() => got.push(("c", e)),
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        while got.len() < 2 * n {
+            let next = tokio::time::timeout_at(deadline, async {
+                tokio::select! {
+                    Some(e) = wa.next() => ("a", e),
+                    Some(e) = wc.next() => ("c", e),
+                }
+            });
+            match next.await {
+                Ok(e) => got.push(e),
+                Err(_) => break,
             }
         }
         assert_eq!(got.len(), 2 * n, "every message to one worker");

@@ -18,7 +18,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use async_imap::extensions::idle::IdleResponse;
 use async_imap::Session;
 use firehose_bridge::{Acks, BatchStatus, ResultExt, Source, SourceContext, SourceError};
 use futures_util::TryStreamExt;
@@ -82,6 +81,13 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// What became of one fetched mail.
+enum Outcome {
+    Published,
+    DeadLettered,
+    Skipped,
+}
+
 /// The IMAP source: the account, and what is published and not yet settled.
 pub struct ImapSource {
     account: Imap,
@@ -89,8 +95,9 @@ pub struct ImapSource {
     /// UIDs published and waiting for the broker, with the folder's
     /// UIDVALIDITY they belong to.
     pending: BTreeSet<u32>,
-    /// UIDs whose event the broker refused (dead-lettered): left unseen on
-    /// the server, not published again by this process.
+    /// UIDs left unseen on the server and not fetched again by this
+    /// process: events the broker refused (dead-lettered), and mail the
+    /// server's search matched that is not from Launchpad after all.
     refused: BTreeSet<u32>,
     uid_validity: Option<u32>,
 }
@@ -188,8 +195,9 @@ impl ImapSource {
                     continue;
                 };
                 match self.publish(ctx, uid, raw).await? {
-                    true => published += 1,
-                    false => dead.push(uid),
+                    Outcome::Published => published += 1,
+                    Outcome::DeadLettered => dead.push(uid),
+                    Outcome::Skipped => {}
                 }
             }
         }
@@ -202,13 +210,13 @@ impl ImapSource {
         self.settle(session).await
     }
 
-    /// One mail: an event (`true`, pending until acked) or a dead letter.
+    /// One mail: an event (pending until acked), a dead letter, or not ours.
     async fn publish(
         &mut self,
         ctx: &SourceContext,
         uid: u32,
         raw: &[u8],
-    ) -> Result<bool, SourceError> {
+    ) -> Result<Outcome, SourceError> {
         let parsed = mail::parse_limited(raw, self.account.max_mail_bytes);
         match parsed {
             Ok(Some(ev)) => {
@@ -216,13 +224,17 @@ impl ImapSource {
                 ctx.publish(&ev, &self.account.display, Some(&batch))
                     .await?;
                 self.pending.insert(uid);
-                Ok(true)
+                Ok(Outcome::Published)
             }
-            // The search said Launchpad; the mail says otherwise: leave it.
-            Ok(None) => Ok(true),
+            // The search said Launchpad; the mail says otherwise: leave it,
+            // and do not fetch it again.
+            Ok(None) => {
+                self.refused.insert(uid);
+                Ok(Outcome::Skipped)
+            }
             Err(reason) => {
                 ctx.malformed_whole("launchpad", &format!("uid {uid}: {reason}"), raw);
-                Ok(false)
+                Ok(Outcome::DeadLettered)
             }
         }
     }
@@ -349,10 +361,6 @@ async fn wait_idle(session: Session<Stream>) -> Result<Session<Stream>, SourceEr
     let (wait, _stop) = handle.wait_with_timeout(IDLE_RENEW);
     let why = wait.await.lost("IDLE")?;
     tracing::debug!(?why, "IDLE ended");
-    if matches!(why, IdleResponse::NewData(_)) {
-        // Let a burst of deliveries land before searching.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     handle.done().await.lost("IDLE DONE")
 }
 
