@@ -111,6 +111,18 @@ struct Latency {
     seconds: u64,
     #[arg(long, default_value_t = 256)]
     size: usize,
+    /// The clients: `bare` (hand-written MQTT 3.1.1, one socket read per
+    /// wake-up: measures the broker) or `rumqttc` (a full client library:
+    /// measures what an application would see).
+    #[arg(long, value_enum, default_value_t = LatencyClient::Bare)]
+    client: LatencyClient,
+}
+
+/// Which clients the latency case runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LatencyClient {
+    Bare,
+    Rumqttc,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -436,27 +448,68 @@ async fn latency(a: Latency) -> Result<()> {
     let total = a.rate * a.seconds;
     let deadline = Instant::now() + Duration::from_secs(t.timeout.max(a.seconds + 30));
     let epoch = Instant::now();
-    let subs = subscribers(t, a.subscribers, "load/#", 0, total, epoch, deadline).await?;
-    let (client, task, _) = publisher(t, "load-pub-rate");
-    let cpu0 = cpu_secs(t.pid);
-    let t0 = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / a.rate.max(1)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut payload = vec![b'x'; a.size];
-    for i in 0..total {
-        tick.tick().await;
-        stamp(&mut payload, epoch, i);
-        client
-            .publish("load/rate", QoS::AtMostOnce, false, payload.clone())
+    let (cpu0, t0, delivered, h) = match a.client {
+        LatencyClient::Rumqttc => {
+            let subs = subscribers(t, a.subscribers, "load/#", 0, total, epoch, deadline).await?;
+            let (client, task, _) = publisher(t, "load-pub-rate");
+            let cpu0 = cpu_secs(t.pid);
+            let t0 = Instant::now();
+            paced(&a, epoch, |payload| {
+                let client = client.clone();
+                async move {
+                    client
+                        .publish("load/rate", QoS::AtMostOnce, false, payload)
+                        .await
+                        .map_err(anyhow::Error::from)
+                }
+            })
             .await?;
-    }
-    let (delivered, h, _) = subs.finish().await?;
+            let (delivered, h, _) = subs.finish().await?;
+            task.abort();
+            (cpu0, t0, delivered, h)
+        }
+        LatencyClient::Bare => {
+            let mut tasks = Vec::new();
+            for i in 0..a.subscribers {
+                let s = raw::subscriber(t, &format!("load-sub-{i}"), "load/#").await?;
+                tasks.push(tokio::spawn(async move {
+                    let mut h = Histogram::<u64>::new(3).expect("histogram");
+                    let got = raw::read_publishes(s, total, deadline, |p| {
+                        let now = epoch.elapsed().as_nanos() as u64;
+                        if let Some(sent) = p.get(..8).and_then(|b| b.try_into().ok()) {
+                            let _ = h.record(now.saturating_sub(u64::from_be_bytes(sent)) / 1000);
+                        }
+                    })
+                    .await;
+                    (got, h)
+                }));
+            }
+            let pubs = tokio::sync::Mutex::new(raw::publisher(t, "load-pub-rate").await?);
+            let pubs = &pubs;
+            let cpu0 = cpu_secs(t.pid);
+            let t0 = Instant::now();
+            paced(&a, epoch, |payload| async move {
+                let packet = firehose_testkit::raw::publish(4, b"load/rate", &payload, 0, 0);
+                tokio::io::AsyncWriteExt::write_all(&mut *pubs.lock().await, &packet).await?;
+                Ok(())
+            })
+            .await?;
+            let mut h = Histogram::<u64>::new(3)?;
+            let mut delivered = 0;
+            for task in tasks {
+                let (n, one) = task.await?;
+                delivered += n;
+                h.add(one)?;
+            }
+            (cpu0, t0, delivered, h)
+        }
+    };
     let cpu = cpu_secs(t.pid) - cpu0;
     let secs = t0.elapsed().as_secs_f64();
-    task.abort();
     println!(
-        "{} case=latency rate={} seconds={} subscribers={} delivered={} expected={} p50_us={} p99_us={} p999_us={} max_us={} cpu_pct={:.1}",
+        "{} case=latency client={:?} rate={} seconds={} subscribers={} delivered={} expected={} p50_us={} p99_us={} p999_us={} max_us={} cpu_pct={:.1}",
         t.label,
+        a.client,
         a.rate,
         a.seconds,
         a.subscribers,
@@ -468,6 +521,24 @@ async fn latency(a: Latency) -> Result<()> {
         h.max(),
         100.0 * cpu / secs
     );
+    Ok(())
+}
+
+/// Sends `rate × seconds` stamped payloads at a fixed rate through `send`
+/// (the stamp is taken right before each send).
+async fn paced<F, Fut>(a: &Latency, epoch: Instant, send: F) -> Result<()>
+where
+    F: Fn(Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / a.rate.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut payload = vec![b'x'; a.size];
+    for i in 0..a.rate * a.seconds {
+        tick.tick().await;
+        stamp(&mut payload, epoch, i);
+        send(payload.clone()).await?;
+    }
     Ok(())
 }
 

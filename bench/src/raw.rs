@@ -126,3 +126,76 @@ fn rand_u32() -> u32 {
     h.write_u64(Instant::now().elapsed().as_nanos() as u64);
     h.finish() as u32
 }
+
+/// A bare subscriber for the latency case: CONNECT, SUBSCRIBE at QoS 0,
+/// TCP_NODELAY, nothing else.
+pub async fn subscriber(t: &Target, id: &str, filter: &str) -> Result<TcpStream> {
+    let s = subscribe_one(t, 1, id, filter).await?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// A bare publisher: CONNECT (with the target's credentials) and CONNACK.
+pub async fn publisher(t: &Target, id: &str) -> Result<TcpStream> {
+    let mut s = TcpStream::connect((t.host.as_str(), t.port)).await?;
+    s.set_nodelay(true)?;
+    let login = t.username.as_deref().zip(t.password.as_deref());
+    s.write_all(&firehose_testkit::raw::connect(4, id, 600, true, login))
+        .await?;
+    let mut got = [0u8; 4];
+    s.read_exact(&mut got).await?;
+    if got[0] != 0x20 || got[3] != 0 {
+        bail!("publisher refused: CONNACK {got:02x?}");
+    }
+    Ok(s)
+}
+
+/// Reads QoS 0 PUBLISH packets from `s` until `expected` arrived or the
+/// deadline, passing each payload to `on_payload`. Returns how many arrived.
+pub async fn read_publishes(
+    mut s: TcpStream,
+    expected: u64,
+    deadline: Instant,
+    mut on_payload: impl FnMut(&[u8]),
+) -> u64 {
+    let mut buf = bytes::BytesMut::with_capacity(64 * 1024);
+    let mut got = 0u64;
+    while got < expected {
+        // Whole packets in the buffer first.
+        while let Some((first, body, len)) = split_packet(&buf) {
+            if first >> 4 == 3 && body.len() >= 2 {
+                let tlen = u16::from_be_bytes([body[0], body[1]]) as usize;
+                if let Some(p) = body.get(2 + tlen..) {
+                    on_payload(p);
+                    got += 1;
+                }
+            }
+            let _ = buf.split_to(len);
+        }
+        if got >= expected {
+            break;
+        }
+        match tokio::time::timeout_at(deadline.into(), s.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => break,
+        }
+    }
+    let _ = s.write_all(&[0xE0, 0]).await;
+    got
+}
+
+/// The first whole packet of `b`: (first byte, body, total length).
+fn split_packet(b: &[u8]) -> Option<(u8, &[u8], usize)> {
+    let mut len = 0usize;
+    let mut i = 1;
+    loop {
+        let byte = *b.get(i)?;
+        len |= ((byte & 0x7f) as usize) << (7 * (i - 1));
+        i += 1;
+        if byte & 0x80 == 0 || i > 4 {
+            break;
+        }
+    }
+    let body = b.get(i..i + len)?;
+    Some((b[0], body, i + len))
+}
