@@ -35,7 +35,7 @@ use rumqttc::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::filter::Filter;
-use crate::reader::{decode, Event};
+use crate::reader::{decode_bytes, Event};
 
 /// Errors from connecting or subscribing; each says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -408,8 +408,7 @@ async fn drive(
                 }
             }
             Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
-                let topic = p.topic.clone();
-                let ev = decode(&topic, &p.payload, p.retain);
+                let ev = decode_bytes(&p.topic, p.payload, p.retain);
                 if dedup.repeat(ev.id.as_deref()) {
                     continue;
                 }

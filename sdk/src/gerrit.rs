@@ -5,6 +5,9 @@
 //! `eventCreatedOn`, the webhooks plugin writes `"project": {"name": ...}`.
 //! Unknown event types are fine: they are published under their own name.
 
+use std::sync::OnceLock;
+
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -30,24 +33,147 @@ pub enum ParseError {
 }
 
 /// One gerrit event, with its original text kept for raw mode and `data`.
+///
+/// What every event needs (type, project, change number, ref, time) is
+/// read once, without building the JSON tree; the whole event as a
+/// [`Value`] is built the first time an accessor needs it. A reader that
+/// only routes events by type and project never pays for the tree.
 #[derive(Debug, Clone)]
 pub struct GerritEvent {
-    text: Box<RawValue>,
-    value: Value,
-    kind: String,
+    /// Valid JSON (the head parse read all of it).
+    text: Box<str>,
+    head: Head,
+    value: OnceLock<Value>,
 }
 
-/// The `type` of an event object.
-fn kind_of(value: &Value) -> Result<String, ParseError> {
-    if !value.is_object() {
-        return Err(ParseError::NotObject);
+/// The fields every event is routed and named by.
+#[derive(Debug, Clone, Default)]
+struct Head {
+    kind: String,
+    project: String,
+    change_number: Option<String>,
+    ref_name: Option<String>,
+    created: Option<i64>,
+}
+
+/// What gerrit may write where a field is expected: scalars of any type
+/// are read leniently, nested objects by the few keys used.
+#[derive(Debug, Default, serde::Deserialize)]
+struct HeadJson {
+    #[serde(rename = "type")]
+    kind: Option<Value>,
+    project: Option<Value>,
+    #[serde(rename = "projectName")]
+    project_name: Option<Value>,
+    change: Option<Part>,
+    #[serde(rename = "refUpdate")]
+    ref_update: Option<Part>,
+    #[serde(rename = "eventCreatedOn")]
+    created: Option<Value>,
+}
+
+/// `change` or `refUpdate`: the keys the head needs; anything that is not
+/// an object reads as empty.
+#[derive(Debug, Default)]
+struct Part {
+    project: Option<Value>,
+    number: Option<Value>,
+    ref_name: Option<Value>,
+}
+
+impl<'de> serde::Deserialize<'de> for Part {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Part, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Part;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Part, A::Error> {
+                let mut p = Part::default();
+                while let Some(k) = m.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match k.as_ref() {
+                        "project" => p.project = Some(m.next_value()?),
+                        "number" => p.number = Some(m.next_value()?),
+                        "refName" => p.ref_name = Some(m.next_value()?),
+                        _ => {
+                            m.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(p)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Part, A::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Part::default())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Part, E> {
+                Ok(Part::default())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Part, E> {
+                Ok(Part::default())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Part, E> {
+                Ok(Part::default())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Part, E> {
+                Ok(Part::default())
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Part, E> {
+                Ok(Part::default())
+            }
+            fn visit_unit<E>(self) -> Result<Part, E> {
+                Ok(Part::default())
+            }
+        }
+        d.deserialize_any(V)
     }
-    value
-        .get("type")
-        .and_then(Value::as_str)
-        .filter(|t| !t.is_empty())
-        .map(str::to_owned)
-        .ok_or(ParseError::NoType)
+}
+
+impl HeadJson {
+    fn into_head(self) -> Result<Head, ParseError> {
+        let kind = match self.kind {
+            Some(Value::String(t)) if !t.is_empty() => t,
+            _ => return Err(ParseError::NoType),
+        };
+        let name = |p: &Option<Value>| match p.as_ref()? {
+            Value::String(s) => Some(s.clone()),
+            Value::Object(o) => o.get("name").and_then(Value::as_str).map(str::to_owned),
+            _ => None,
+        };
+        let change = self.change.unwrap_or_default();
+        let ref_update = self.ref_update.unwrap_or_default();
+        let project = name(&self.project)
+            .or_else(|| name(&change.project))
+            .or_else(|| name(&ref_update.project))
+            .or_else(|| match &self.project_name {
+                Some(Value::String(s)) => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let change_number = match change.number {
+            Some(Value::String(s)) => Some(s),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        let ref_name = match ref_update.ref_name {
+            Some(Value::String(s)) => Some(s),
+            _ => None,
+        };
+        let created = match self.created {
+            Some(Value::Number(n)) => n.as_i64(),
+            Some(Value::String(s)) => s.parse().ok(),
+            _ => None,
+        };
+        Ok(Head {
+            kind,
+            project,
+            change_number,
+            ref_name,
+            created,
+        })
+    }
 }
 
 impl GerritEvent {
@@ -55,36 +181,59 @@ impl GerritEvent {
     pub fn parse(line: &[u8]) -> Result<GerritEvent, ParseError> {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let s = std::str::from_utf8(line).map_err(|_| ParseError::NotUtf8)?;
-        let text: Box<RawValue> =
-            serde_json::from_str(s.trim_end()).map_err(|e| ParseError::NotJson(e.to_string()))?;
-        let value: Value =
-            serde_json::from_str(text.get()).map_err(|e| ParseError::NotJson(e.to_string()))?;
-        let kind = kind_of(&value)?;
-        Ok(GerritEvent { text, value, kind })
+        GerritEvent::from_text(s.trim())
     }
 
-    /// An event already parsed as JSON (a reader's payload): no second
-    /// parse, the text is written back from the value.
+    /// An event from its JSON text (a reader's payload, or the `data` of a
+    /// CloudEvent): one pass reads the head and checks the whole text is
+    /// JSON; the tree is not built.
+    pub fn from_text(text: &str) -> Result<GerritEvent, ParseError> {
+        if !text.starts_with('{') {
+            return match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                Ok(_) => Err(ParseError::NotObject),
+                Err(e) => Err(ParseError::NotJson(e.to_string())),
+            };
+        }
+        let head: HeadJson =
+            serde_json::from_str(text).map_err(|e| ParseError::NotJson(e.to_string()))?;
+        Ok(GerritEvent {
+            head: head.into_head()?,
+            text: text.into(),
+            value: OnceLock::new(),
+        })
+    }
+
+    /// An event already parsed as JSON: the text is written back from the
+    /// value.
     pub fn from_value(value: Value) -> Result<GerritEvent, ParseError> {
-        let kind = kind_of(&value)?;
-        let text = serde_json::value::to_raw_value(&value)
-            .map_err(|e| ParseError::NotJson(e.to_string()))?;
-        Ok(GerritEvent { text, value, kind })
+        if !value.is_object() {
+            return Err(ParseError::NotObject);
+        }
+        let head = HeadJson::deserialize(&value)
+            .map_err(|e| ParseError::NotJson(e.to_string()))?
+            .into_head()?;
+        let text = value.to_string().into();
+        Ok(GerritEvent {
+            text,
+            head,
+            value: OnceLock::from(value),
+        })
     }
 
     /// The event type, e.g. `comment-added`.
     pub fn event_type(&self) -> &str {
-        &self.kind
+        &self.head.kind
     }
 
-    /// The whole event as JSON.
+    /// The whole event as JSON (built on first use).
     pub fn value(&self) -> &Value {
-        &self.value
+        self.value
+            .get_or_init(|| serde_json::from_str(&self.text).unwrap_or(Value::Null))
     }
 
     /// The event exactly as gerrit printed it.
     pub fn text(&self) -> &str {
-        self.text.get()
+        &self.text
     }
 
     /// The project, as germqtt found it: top-level `project` (a string, or
@@ -92,60 +241,31 @@ impl GerritEvent {
     /// `change.project`, else `refUpdate.project`; `project-created` names
     /// it in `projectName`. Empty when the event has none.
     pub fn project(&self) -> String {
-        let v = &self.value;
-        let name = |p: &Value| match p {
-            Value::String(s) => Some(s.clone()),
-            Value::Object(o) => o.get("name").and_then(Value::as_str).map(str::to_owned),
-            _ => None,
-        };
-        v.get("project")
-            .and_then(name)
-            .or_else(|| v.pointer("/change/project").and_then(name))
-            .or_else(|| v.pointer("/refUpdate/project").and_then(name))
-            .or_else(|| {
-                v.get("projectName")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            })
-            .unwrap_or_default()
+        self.head.project.clone()
     }
 
     /// The change number, whether gerrit wrote it as a string or an integer.
     pub fn change_number(&self) -> Option<String> {
-        match self.value.pointer("/change/number")? {
-            Value::String(s) => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        }
+        self.head.change_number.clone()
     }
 
     /// When the event happened: `eventCreatedOn` (epoch seconds, number or
     /// string), when present.
     pub fn created(&self) -> Option<OffsetDateTime> {
-        let secs = match self.value.get("eventCreatedOn")? {
-            Value::Number(n) => n.as_i64()?,
-            Value::String(s) => s.parse().ok()?,
-            _ => return None,
-        };
-        OffsetDateTime::from_unix_timestamp(secs).ok()
+        OffsetDateTime::from_unix_timestamp(self.head.created?).ok()
     }
 
     /// What the event is about: the change number, else the ref name, else
     /// the project.
     pub fn subject(&self) -> Option<String> {
         self.change_number()
-            .or_else(|| {
-                self.value
-                    .pointer("/refUpdate/refName")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            })
+            .or_else(|| self.head.ref_name.clone())
             .or_else(|| Some(self.project()).filter(|p| !p.is_empty()))
     }
 
     /// `gerrit/<project>/<event-type>`.
     pub fn topic(&self) -> String {
-        topic::gerrit(&self.project(), &self.kind)
+        topic::gerrit(&self.head.project, &self.head.kind)
     }
 
     /// Stable id: derived from the line, so two bridges on the same gerrit
@@ -160,10 +280,12 @@ impl GerritEvent {
         CloudEvent::new(
             self.id(),
             source,
-            format!("gerrit.{}", self.kind),
+            format!("gerrit.{}", self.head.kind),
             self.created().unwrap_or(received),
             self.subject(),
-            self.text.clone(),
+            // Valid JSON by construction: the fallback is never taken.
+            RawValue::from_string(self.text.to_string())
+                .unwrap_or_else(|_| RawValue::NULL.to_owned()),
         )
     }
 }
@@ -218,7 +340,7 @@ impl GerritEvent {
             Value::Number(n) => n.as_i64().map(|n| n as i32),
             _ => None,
         };
-        self.value
+        self.value()
             .get("approvals")
             .and_then(Value::as_array)
             .map(|list| {
@@ -247,24 +369,26 @@ impl GerritEvent {
             "reviewer",
         ]
         .iter()
-        .find_map(|k| self.value.get(*k).and_then(Account::from))
+        .find_map(|k| self.value().get(*k).and_then(Account::from))
     }
 
     /// The change's owner.
     pub fn owner(&self) -> Option<Account> {
-        self.value.pointer("/change/owner").and_then(Account::from)
+        self.value()
+            .pointer("/change/owner")
+            .and_then(Account::from)
     }
 
     /// The change's subject line.
     pub fn change_subject(&self) -> Option<&str> {
-        self.value
+        self.value()
             .pointer("/change/subject")
             .and_then(Value::as_str)
     }
 
     /// The patch set number, when the event is about one.
     pub fn patchset(&self) -> Option<u32> {
-        match self.value.pointer("/patchSet/number")? {
+        match self.value().pointer("/patchSet/number")? {
             Value::String(s) => s.parse().ok(),
             Value::Number(n) => n.as_u64().map(|n| n as u32),
             _ => None,
@@ -273,7 +397,7 @@ impl GerritEvent {
 
     /// The comment text (`comment-added`).
     pub fn comment(&self) -> Option<&str> {
-        self.value.get("comment").and_then(Value::as_str)
+        self.value().get("comment").and_then(Value::as_str)
     }
 }
 

@@ -21,7 +21,14 @@
 //! assert!(matches!(ev.body, firehose::reader::Body::Gerrit(_)));
 //! ```
 
-use serde::Serialize;
+use std::borrow::Cow;
+use std::ops::Range;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use serde::ser::{Serialize, SerializeStruct, Serializer};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -33,8 +40,14 @@ use crate::nova::{Notification, ServiceState};
 use crate::status::Status;
 
 /// One event, normalized: what `firehose-sub --json` prints and what
-/// `--where` and `--format` see.
-#[derive(Debug, Clone, Serialize)]
+/// `--where` and `--format` see (serialized as `topic`, `id`, `source`,
+/// `type`, `time`, `subject`, `data`, `retained`).
+///
+/// The common fields are read when the message arrives, without building
+/// a JSON tree; [`Event::data`] builds the tree the first time it is asked
+/// for, so a reader that routes by type, subject or typed accessors does
+/// not pay for it.
+#[derive(Debug, Clone)]
 pub struct Event {
     /// The MQTT topic it arrived on.
     pub topic: String,
@@ -45,23 +58,87 @@ pub struct Event {
     /// `gerrit.comment-added`, `nova.instance.create.end`, `launchpad.bug`,
     /// `ansible.task.failed`, `firehose.status`, `nova.service`, or `mqtt`
     /// for messages that are not firehose events.
-    #[serde(rename = "type")]
     pub kind: String,
     /// When it happened (RFC 3339), when known.
     pub time: Option<String>,
     /// What it is about: a change, a bug, an instance, a host.
     pub subject: Option<String>,
-    /// The event itself (CloudEvents `data`, or the raw payload as JSON;
-    /// a string when the payload is not JSON).
-    pub data: Value,
     /// A retained message (state, not news).
     pub retained: bool,
     /// The payload exactly as it arrived.
-    #[serde(skip)]
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
     /// The typed event.
-    #[serde(skip)]
     pub body: Body,
+    data: Data,
+}
+
+/// Where the event's `data` is, and its tree once built.
+#[derive(Debug, Clone)]
+struct Data {
+    span: Span,
+    value: OnceLock<Value>,
+}
+
+#[derive(Debug, Clone)]
+enum Span {
+    /// JSON at this range of the payload.
+    Json(Range<usize>),
+    /// The payload is not JSON: `data` is its text.
+    Text,
+    /// A CloudEvent without `data`.
+    Null,
+}
+
+impl Event {
+    /// The event itself: CloudEvents `data`, or the raw payload as JSON (a
+    /// string when the payload is not JSON). Built on first use.
+    pub fn data(&self) -> &Value {
+        self.data.value.get_or_init(|| match &self.data.span {
+            Span::Json(r) => {
+                serde_json::from_slice(&self.payload[r.clone()]).unwrap_or(Value::Null)
+            }
+            Span::Text => Value::String(String::from_utf8_lossy(&self.payload).into_owned()),
+            Span::Null => Value::Null,
+        })
+    }
+
+    /// `data` as JSON text, exactly as it arrived when it was JSON (no tree
+    /// built).
+    pub fn data_json(&self) -> Cow<'_, str> {
+        match (&self.data.span, self.data.value.get()) {
+            (Span::Json(r), None) => String::from_utf8_lossy(&self.payload[r.clone()]),
+            _ => Cow::Owned(self.data().to_string()),
+        }
+    }
+
+    /// `data`'s JSON text, when it is JSON.
+    fn data_text(&self) -> Option<&str> {
+        match &self.data.span {
+            Span::Json(r) => std::str::from_utf8(&self.payload[r.clone()]).ok(),
+            _ => None,
+        }
+    }
+
+    /// [`Event::time`] parsed, when it is RFC 3339.
+    pub fn time_parsed(&self) -> Option<OffsetDateTime> {
+        let t = self.time.as_deref()?;
+        OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+    }
+}
+
+impl Serialize for Event {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Event", 8)?;
+        st.serialize_field("topic", &self.topic)?;
+        st.serialize_field("id", &self.id)?;
+        st.serialize_field("source", &self.source)?;
+        st.serialize_field("type", &self.kind)?;
+        st.serialize_field("time", &self.time)?;
+        st.serialize_field("subject", &self.subject)?;
+        st.serialize_field("data", self.data())?;
+        st.serialize_field("retained", &self.retained)?;
+        st.end()
+    }
 }
 
 /// The typed event.
@@ -86,10 +163,42 @@ pub enum Body {
     },
 }
 
-/// Reads one message. The payload is parsed once; the typed event is
-/// built from that parse.
+/// The CloudEvents attributes, read without building the payload's tree
+/// (`data` stays text). Attributes that are not strings are ignored.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    specversion: Option<Value>,
+    id: Option<Value>,
+    source: Option<Value>,
+    #[serde(rename = "type")]
+    kind: Option<Value>,
+    time: Option<Value>,
+    subject: Option<Value>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+fn string(v: Option<Value>) -> Option<String> {
+    match v {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// Where `inner` (a slice of `outer`) starts in `outer`.
+fn offset(outer: &[u8], inner: &str) -> Range<usize> {
+    let start = (inner.as_ptr() as usize).saturating_sub(outer.as_ptr() as usize);
+    start..start + inner.len()
+}
+
+/// Reads one message (copies the payload; [`decode_bytes`] does not).
 pub fn decode(topic: &str, payload: &[u8], retained: bool) -> Event {
-    let json: Option<Value> = serde_json::from_slice(payload).ok();
+    decode_bytes(topic, Bytes::copy_from_slice(payload), retained)
+}
+
+/// Reads one message. The common fields are read in one pass over the
+/// payload; the typed event is built from its text.
+pub fn decode_bytes(topic: &str, payload: Bytes, retained: bool) -> Event {
     let mut ev = Event {
         topic: topic.to_owned(),
         id: None,
@@ -97,29 +206,48 @@ pub fn decode(topic: &str, payload: &[u8], retained: bool) -> Event {
         kind: "mqtt".to_owned(),
         time: None,
         subject: None,
-        data: Value::Null,
         retained,
-        payload: payload.to_vec(),
+        payload,
         body: Body::Other { reason: None },
+        data: Data {
+            span: Span::Text,
+            value: OnceLock::new(),
+        },
     };
-    let json = match json {
-        Some(Value::Object(mut m)) if is_cloudevent(&m) => {
-            let mut s = |k: &str| match m.remove(k) {
-                Some(Value::String(v)) => Some(v),
-                _ => None,
-            };
-            ev.id = s("id");
-            ev.source = s("source");
-            ev.time = s("time");
-            ev.subject = s("subject");
-            ev.kind = s("type").unwrap_or_else(|| "mqtt".into());
-            ev.data = m.remove("data").unwrap_or(Value::Null);
-            ev.body = typed_cloudevent(&ev.kind, &ev.data);
-            return ev;
+    let p = &ev.payload;
+    // Only a payload that names `specversion` can be a CloudEvent: raw
+    // payloads skip the envelope pass.
+    if memchr::memmem::find(p, b"\"specversion\"").is_some() {
+        if let Ok(env) = serde_json::from_slice::<Envelope>(p) {
+            if matches!(&env.specversion, Some(Value::String(v)) if v.starts_with('1')) {
+                ev.data.span = match env.data {
+                    Some(d) => Span::Json(offset(p, d.get())),
+                    None => Span::Null,
+                };
+                ev.id = string(env.id);
+                ev.source = string(env.source);
+                ev.time = string(env.time);
+                ev.subject = string(env.subject);
+                ev.kind = string(env.kind).unwrap_or_else(|| "mqtt".into());
+                ev.body = typed_cloudevent(&ev);
+                return ev;
+            }
         }
-        Some(v) => v,
-        None => {
-            ev.data = Value::String(String::from_utf8_lossy(payload).into_owned());
+    }
+    // A raw gerrit event: reading its head checks the whole text is JSON.
+    if let Some(text) = std::str::from_utf8(p).ok().map(str::trim) {
+        let span = offset(p, text);
+        if is_gerrit_topic(topic) {
+            if let Ok(g) = GerritEvent::from_text(text) {
+                ev.data.span = Span::Json(span);
+                raw_gerrit(&mut ev, g);
+                return ev;
+            }
+        }
+    }
+    match serde_json::from_slice::<&RawValue>(p) {
+        Ok(whole) => ev.data.span = Span::Json(offset(p, whole.get())),
+        Err(_) => {
             // Not JSON: still an event for readers of the raw payload, but
             // one of ours would have been JSON.
             if starts_with_source(topic).is_some() {
@@ -127,15 +255,18 @@ pub fn decode(topic: &str, payload: &[u8], retained: bool) -> Event {
             }
             return ev;
         }
-    };
-    ev.data = json;
+    }
     let levels: Vec<&str> = topic.split('/').collect();
     let rest = match starts_with_source(topic) {
         Some(start) => &levels[start..],
         None => return ev,
     };
     match rest.first().copied() {
-        Some("gerrit") => raw_gerrit(&mut ev),
+        Some("gerrit") => {
+            if let Err(e) = gerrit(&ev) {
+                ev.body = other(format!("gerrit payload: {e}"));
+            }
+        }
         Some("nova") if rest.get(2) == Some(&"service") && rest.len() >= 5 => {
             raw_nova_service(&mut ev)
         }
@@ -148,9 +279,9 @@ pub fn decode(topic: &str, payload: &[u8], retained: bool) -> Event {
     ev
 }
 
-/// A CloudEvents 1.x envelope.
-fn is_cloudevent(m: &serde_json::Map<String, Value>) -> bool {
-    matches!(m.get("specversion"), Some(Value::String(v)) if v.starts_with('1'))
+/// A topic whose first source level is `gerrit`.
+fn is_gerrit_topic(topic: &str) -> bool {
+    starts_with_source(topic).and_then(|i| topic.split('/').nth(i)) == Some("gerrit")
 }
 
 /// Where the firehose levels start: `--base-topic` puts levels before the
@@ -161,43 +292,50 @@ fn starts_with_source(topic: &str) -> Option<usize> {
         .position(|l| matches!(l, "gerrit" | "nova" | "launchpad" | "ansible" | "firehose"))
 }
 
+/// A gerrit event from `data`'s text.
+fn gerrit(ev: &Event) -> Result<GerritEvent, String> {
+    let text = ev.data_text().ok_or("not JSON text")?;
+    GerritEvent::from_text(text).map_err(|e| e.to_string())
+}
+
+/// A nova notification from `data`'s text.
+fn nova(ev: &Event) -> Result<Notification, String> {
+    let text = ev.data_text().ok_or("not JSON text")?;
+    Notification::parse(text.as_bytes()).map_err(|e| e.to_string())
+}
+
 /// The typed event inside a CloudEvents envelope, by its type.
-fn typed_cloudevent(kind: &str, data: &Value) -> Body {
-    let (family, _) = kind.split_once('.').unwrap_or((kind, ""));
+fn typed_cloudevent(ev: &Event) -> Body {
+    let (family, _) = ev.kind.split_once('.').unwrap_or((&ev.kind, ""));
     match family {
-        "gerrit" => match GerritEvent::from_value(data.clone()) {
+        "gerrit" => match gerrit(ev) {
             Ok(g) => Body::Gerrit(Box::new(g)),
             Err(e) => other(format!("gerrit data: {e}")),
         },
-        "nova" => match Notification::from_value(data.clone()) {
+        "nova" => match nova(ev) {
             Ok(n) => Body::Nova(Box::new(n)),
             Err(e) => other(format!("nova data: {e}")),
         },
-        "launchpad" => match LaunchpadEvent::from_payload(data) {
+        "launchpad" => match LaunchpadEvent::from_payload(ev.data()) {
             Some(l) => Body::Launchpad(l),
             None => other("launchpad data is not an object".into()),
         },
-        "ansible" => Body::Ansible(PublishedAnsible::new(data.clone())),
+        "ansible" => Body::Ansible(PublishedAnsible::new(ev.data().clone())),
         _ => Body::Other { reason: None },
     }
 }
 
-fn raw_gerrit(ev: &mut Event) {
-    match GerritEvent::from_value(ev.data.clone()) {
-        Ok(g) => {
-            ev.kind = format!("gerrit.{}", g.event_type());
-            // The id the bridge gives: derived from the line as published.
-            ev.id = Some(stable_id("gerrit", &ev.payload));
-            ev.subject = g.subject();
-            ev.time = g.created().map(rfc3339);
-            ev.body = Body::Gerrit(Box::new(g));
-        }
-        Err(e) => ev.body = other(format!("gerrit payload: {e}")),
-    }
+fn raw_gerrit(ev: &mut Event, g: GerritEvent) {
+    ev.kind = format!("gerrit.{}", g.event_type());
+    // The id the bridge gives: derived from the line as published.
+    ev.id = Some(stable_id("gerrit", &ev.payload));
+    ev.subject = g.subject();
+    ev.time = g.created().map(rfc3339);
+    ev.body = Body::Gerrit(Box::new(g));
 }
 
 fn raw_nova(ev: &mut Event) {
-    match Notification::from_value(ev.data.clone()) {
+    match nova(ev) {
         Ok(n) => {
             ev.kind = format!("nova.{}", n.event_type());
             ev.id = Some(n.message_id());
@@ -210,7 +348,7 @@ fn raw_nova(ev: &mut Event) {
 }
 
 fn raw_nova_service(ev: &mut Event) {
-    match serde_json::from_value::<ServiceState>(ev.data.clone()) {
+    match serde_json::from_slice::<ServiceState>(ev.data_text().unwrap_or("").as_bytes()) {
         Ok(s) => {
             ev.kind = "nova.service".into();
             ev.subject = Some(format!("{}/{}", s.binary, s.host));
@@ -222,10 +360,10 @@ fn raw_nova_service(ev: &mut Event) {
 }
 
 fn raw_launchpad(ev: &mut Event) {
-    match LaunchpadEvent::from_payload(&ev.data) {
+    match LaunchpadEvent::from_payload(ev.data()) {
         Some(l) => {
             ev.kind = format!("launchpad.{}", l.event_type());
-            ev.id = Some(stable_id("launchpad", ev.data.to_string().as_bytes()));
+            ev.id = Some(stable_id("launchpad", ev.data().to_string().as_bytes()));
             ev.subject = l.bug_number().map(str::to_owned);
             ev.body = Body::Launchpad(l);
         }
@@ -246,30 +384,31 @@ fn raw_ansible(ev: &mut Event, levels: &[&str]) {
             return;
         }
     };
-    if !ev.data.is_object() {
+    let mut data = ev.data().clone();
+    if !data.is_object() {
         ev.body = other("ansible payload is not a JSON object".into());
         return;
     }
     // The original plugin sent the result as a JSON string inside the
     // JSON: readers get it as an object, as in CloudEvents mode.
-    if let Some(Value::String(s)) = ev.data.get("ansible_result") {
+    if let Some(Value::String(s)) = data.get("ansible_result") {
         if let Ok(v) = serde_json::from_str::<Value>(s) {
-            ev.data["ansible_result"] = v;
+            data["ansible_result"] = v;
         }
     }
     ev.kind = kind;
-    ev.id = Some(stable_id("ansible", ev.data.to_string().as_bytes()));
-    ev.subject = ev
-        .data
+    ev.id = Some(stable_id("ansible", data.to_string().as_bytes()));
+    ev.subject = data
         .get("ansible_host")
-        .or_else(|| ev.data.get("playbook_id"))
+        .or_else(|| data.get("playbook_id"))
         .and_then(Value::as_str)
         .map(str::to_owned);
-    ev.body = Body::Ansible(PublishedAnsible::new(ev.data.clone()));
+    ev.body = Body::Ansible(PublishedAnsible::new(data.clone()));
+    ev.data.value = OnceLock::from(data);
 }
 
 fn raw_status(ev: &mut Event) {
-    match serde_json::from_value::<Status>(ev.data.clone()) {
+    match serde_json::from_slice::<Status>(ev.data_text().unwrap_or("").as_bytes()) {
         Ok(s) => {
             ev.kind = "firehose.status".into();
             ev.subject = Some(ev.topic.clone());
@@ -282,14 +421,5 @@ fn raw_status(ev: &mut Event) {
 fn other(reason: String) -> Body {
     Body::Other {
         reason: Some(reason),
-    }
-}
-
-/// When the event happened, parsed.
-impl Event {
-    /// [`Event::time`] parsed, when it is RFC 3339.
-    pub fn time_parsed(&self) -> Option<OffsetDateTime> {
-        let t = self.time.as_deref()?;
-        OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
     }
 }

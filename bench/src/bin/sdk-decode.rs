@@ -111,10 +111,12 @@ async fn drain_bare(port: u16, n: usize) -> Result<Duration> {
     Ok(start.elapsed())
 }
 
-/// The SDK: typed, normalized events from a subscription.
-async fn drain_sdk(port: u16, n: usize) -> Result<Duration> {
+/// The SDK: typed, normalized events from a subscription. With `tree`,
+/// the reader also asks for each event's whole JSON tree (`data()`), which
+/// the SDK builds only on demand.
+async fn drain_sdk(port: u16, n: usize, session: &str, tree: bool) -> Result<Duration> {
     let client = Client::builder(&format!("mqtt://127.0.0.1:{port}"))
-        .session("bench-sdk")
+        .session(session)
         .connect()
         .await?;
     let start = Instant::now();
@@ -125,6 +127,9 @@ async fn drain_sdk(port: u16, n: usize) -> Result<Duration> {
         let ev = sub.next().await.context("the client stopped")?;
         if matches!(ev.body, firehose::reader::Body::Gerrit(_)) {
             typed += 1;
+        }
+        if tree {
+            std::hint::black_box(ev.data());
         }
         got += 1;
     }
@@ -164,11 +169,13 @@ fn main() -> Result<()> {
     rt.block_on(async {
         register(port, "bench-bare").await?;
         register(port, "bench-sdk").await?;
+        register(port, "bench-sdk-tree").await?;
         publish(port, &msgs).await
     })?;
     eprintln!("queued {} events for each reader", args.count);
     let bare = rt.block_on(drain_bare(port, args.count))?;
-    let sdk = rt.block_on(drain_sdk(port, args.count))?;
+    let sdk = rt.block_on(drain_sdk(port, args.count, "bench-sdk", false))?;
+    let tree = rt.block_on(drain_sdk(port, args.count, "bench-sdk-tree", true))?;
     let rate = |d: Duration| args.count as f64 / d.as_secs_f64();
     println!("| reader (one core) | time | events/s |");
     println!("|---|---|---|");
@@ -185,6 +192,12 @@ fn main() -> Result<()> {
     println!(
         "| **ratio** (SDK / bare) | | **{:.2}x** |",
         rate(sdk) / rate(bare)
+    );
+    println!(
+        "| firehose SDK, and each event's whole JSON tree (`data()`) | {:.2} s | {:.0} ({:.2}x) |",
+        tree.as_secs_f64(),
+        rate(tree),
+        rate(tree) / rate(bare)
     );
     println!(
         "| (reader::decode alone, no network) | {:.2} s | {:.0} |",

@@ -92,8 +92,8 @@ fn denied_events_are_dead_lettered_counted_and_fail_a_replay() {
         }
     }
     let last = states.last().expect("status messages");
-    assert_eq!(last["state"], "down");
-    assert_eq!(last["counters"]["rejected"], denied as u64, "{last}");
+    assert_eq!(last["state"], "down", "{states:#?}\n{log}");
+    assert_eq!(last["counters"]["rejected"], denied as u64, "{last}\n{log}");
     let why = |s: &serde_json::Value| s["upstream_error"].as_str().unwrap_or("").to_owned();
     assert!(
         states.iter().any(|s| s["state"] == "degraded"

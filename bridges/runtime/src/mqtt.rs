@@ -489,6 +489,28 @@ impl Connection {
         }
     }
 
+    /// Closes without losing what is in flight: our side is shut first,
+    /// then what the broker still sends is read until it closes too (1 s at
+    /// most). Dropping a socket with unread input makes the kernel send a
+    /// reset, and a reset makes the broker's kernel drop what it had not
+    /// read yet: our last status message and DISCONNECT.
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            match &mut self.io {
+                Io::Stream(s) => {
+                    let _ = s.shutdown().await;
+                    let mut sink = [0u8; 4096];
+                    while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+                }
+                Io::Ws(ws) => {
+                    let _ = (**ws).close(None).await;
+                    while let Some(Ok(_)) = ws.next().await {}
+                }
+            }
+        })
+        .await;
+    }
+
     /// Writes encoded packets.
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), MqttError> {
         match &mut self.io {

@@ -479,7 +479,7 @@ impl Publisher {
         retain: bool,
         seq: u64,
         out: &mut BytesMut,
-    ) {
+    ) -> Option<u16> {
         let qos1 = self.cfg.qos == 1 || seq == 0;
         if let Some(max) = conn.max_packet {
             // Topic, payload and a generous header: over the broker's
@@ -494,7 +494,7 @@ impl Publisher {
                         "larger than the broker's maximum packet size ({max} bytes)"
                     )),
                 );
-                return;
+                return None;
             }
         }
         let pkid = if qos1 { self.alloc_pkid() } else { 0 };
@@ -511,6 +511,7 @@ impl Publisher {
         } else {
             self.acked(seq);
         }
+        qos1.then_some(pkid)
     }
 
     /// What a PUBACK says about a publish we sent.
@@ -689,7 +690,7 @@ impl Publisher {
                 }
             }
             if self.done() {
-                self.goodbye(&mut conn).await;
+                self.goodbye(conn).await;
                 return Ended::Finished;
             }
             let flush_deadline = self.finish_deadline();
@@ -730,27 +731,30 @@ impl Publisher {
                 _ = self.stopping.changed() => {}
                 _ = sleep_until_opt(flush_deadline), if flush_deadline.is_some() => {
                     tracing::warn!(pending = self.spool.len(), "flush timed out; undelivered events stay in the spool");
-                    self.goodbye(&mut conn).await;
+                    self.goodbye(conn).await;
                     return Ended::Finished;
                 }
             }
         }
     }
 
-    /// A clean exit: retained "down", then DISCONNECT (so the will is not needed).
-    async fn goodbye(&mut self, conn: &mut Connection) {
+    /// A clean exit: retained "down", then DISCONNECT (so the will is not
+    /// needed), then a graceful close.
+    async fn goodbye(&mut self, mut conn: Connection) {
         let mut out = BytesMut::new();
         let status = self.status(State::Down);
         let topic = self.status_topic.clone();
-        self.encode(conn, &topic, status.into(), true, 0, &mut out);
+        let down = self.encode(&conn, &topic, status.into(), true, 0, &mut out);
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             if conn.send(&out).await.is_err() {
                 return;
             }
-            // Wait for the status PUBACK so "down" is on the broker.
+            // Wait for this status's PUBACK (not an earlier status's) so
+            // "down" is on the broker.
             while let Ok(p) = conn.recv().await {
                 if let Incoming::PubAck { pkid, reason, why } = p {
-                    if self.puback(pkid, reason, why) == Some(0) {
+                    self.puback(pkid, reason, why);
+                    if Some(pkid) == down {
                         break;
                     }
                 }
@@ -759,7 +763,9 @@ impl Publisher {
         .await;
         let mut out = BytesMut::new();
         conn.encode_disconnect(&mut out);
-        let _ = conn.send(&out).await;
+        if conn.send(&out).await.is_ok() {
+            conn.close().await;
+        }
         tracing::info!(
             published = self.stats.published.load(Relaxed),
             rejected = self.stats.rejected.load(Relaxed),
