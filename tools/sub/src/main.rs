@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use firehose::client::ConnectionState;
 use firehose::{Client, Filter};
-use firehose_sub::{Format, Printer, Style, Where};
+use firehose_sub::{Printer, Style, Template, Where};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -112,7 +112,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<u8, String> {
     let style = match (&cli.format, cli.json) {
-        (Some(t), _) => Style::Template(Box::new(Format::new(t).map_err(|e| e.to_string())?)),
+        (Some(t), _) => Style::Template(Box::new(Template::new(t).map_err(|e| format!("--format: {e}"))?)),
         (None, true) => Style::Json { pretty: cli.pretty },
         (None, false) => Style::Mosquitto {
             verbose: cli.verbose,
@@ -122,7 +122,7 @@ fn run(cli: Cli) -> Result<u8, String> {
         style,
         types: cli.types.clone(),
         filter: match &cli.filter {
-            Some(e) => Some(Where::new(e).map_err(|e| e.to_string())?),
+            Some(e) => Some(Where::new(e).map_err(|e| format!("--where: {e}"))?),
             None => None,
         },
         skip_retained: cli.no_retained,
