@@ -35,19 +35,12 @@ fn main() -> ExitCode {
 /// without rustls' per-handshake warnings (clients that connect by IP
 /// address send no server name; that is not worth a line each).
 fn init_logging(verbose: bool) -> Result<()> {
-    use tracing_subscriber::EnvFilter;
-    let filter = match std::env::var("FIREHOSE_LOG") {
-        Ok(spec) => EnvFilter::try_new(&spec)
-            .with_context(|| format!("FIREHOSE_LOG={spec:?} is not a valid log filter (e.g. FIREHOSE_LOG=debug or info,firehose_broker::session=debug)"))?,
-        Err(_) if verbose => EnvFilter::new("info,rustls=error"),
-        Err(_) => EnvFilter::new(format!("info,rustls=error,{}=warn", firehose_broker::stats::CLIENTS)),
+    let default = if verbose {
+        "info,rustls=error".to_owned()
+    } else {
+        format!("info,rustls=error,{}=warn", firehose_broker::stats::CLIENTS)
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
-    Ok(())
+    firehose::logging::init(&default).map_err(anyhow::Error::msg)
 }
 
 fn set_password(file: &std::path::Path, user: &str) -> Result<()> {

@@ -173,8 +173,10 @@ impl ClientBuilder {
         self
     }
 
-    /// Starts the client; it connects (and reconnects) in the background.
-    pub async fn connect(self) -> Result<Client, ClientError> {
+    /// The rumqttc options this builder connects with (URL, transport,
+    /// TLS, credentials, session): for a program that also publishes, on
+    /// its own rumqttc client.
+    pub fn mqtt_options(&self) -> Result<MqttOptions, ClientError> {
         let e = crate::url::parse(&self.url, crate::url::MQTT_SCHEMES, crate::url::MQTT_FORM)?;
         let (tls, ws) = match e.scheme.as_str() {
             "mqtts" | "ssl" => (true, false),
@@ -226,6 +228,13 @@ impl ClientBuilder {
         } else if ws {
             opts.set_transport(Transport::Ws);
         }
+        Ok(opts)
+    }
+
+    /// Starts the client; it connects (and reconnects) in the background.
+    pub async fn connect(self) -> Result<Client, ClientError> {
+        let opts = self.mqtt_options()?;
+        let shown = crate::url::redact(&self.url);
         let (mqtt, eventloop) = AsyncClient::new(opts, 256);
         let (state_tx, state_rx) = watch::channel(ConnectionState::Connecting);
         let qos = match (self.qos, self.session.is_some()) {
@@ -244,7 +253,6 @@ impl ClientBuilder {
             closing: closing.clone(),
             _stop: stop_tx,
         });
-        let shown = e.shown.clone();
         tokio::spawn(drive(
             eventloop,
             mqtt,

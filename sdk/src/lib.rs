@@ -19,6 +19,8 @@
 //! - [`Client`] ([`client`]): the reconnecting subscriber; [`Filter`]
 //!   ([`filter`]) builds what to subscribe to; [`liveness`] answers "is it
 //!   up?" from the retained status topics.
+//! - `logging` (feature `logging`): the log setup of every Firehose
+//!   program (`FIREHOSE_LOG`).
 //! - [`PayloadMode`]: CloudEvents, or byte-for-byte what the original
 //!   publisher sent (for existing consumers).
 
@@ -31,6 +33,8 @@ pub mod filter;
 pub mod gerrit;
 pub mod launchpad;
 pub mod liveness;
+#[cfg(feature = "logging")]
+pub mod logging;
 pub mod nova;
 pub mod reader;
 pub mod status;

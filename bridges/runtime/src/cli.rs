@@ -8,7 +8,6 @@
 //! A bridge's own code is a closure from its `[source]` table (with its
 //! flags applied) to a [`Plan`]: the sources to run.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -65,19 +64,7 @@ pub struct Plan<S> {
 /// Logs to stderr: `FIREHOSE_LOG` if set (an error when it does not
 /// parse), else `default`; colours only on a terminal.
 pub fn init_logging(default: &str) -> Result<(), String> {
-    use tracing_subscriber::EnvFilter;
-    let filter = match std::env::var("FIREHOSE_LOG") {
-        Ok(spec) => EnvFilter::try_new(&spec).map_err(|e| {
-            format!("FIREHOSE_LOG={spec:?} is not a valid log filter ({e}); e.g. FIREHOSE_LOG=debug or info,firehose_bridge=debug")
-        })?,
-        Err(_) => EnvFilter::new(default),
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
-    Ok(())
+    firehose::logging::init(default)
 }
 
 /// Reads the config file (`--config`, else `FIREHOSE_<BRIDGE>_CONFIG`, else

@@ -19,7 +19,7 @@
 //! let input = Input::new(&ev);
 //! assert!(Where::new(r#".type == "gerrit.change-merged""#).unwrap().test(&input));
 //! let t = Template::new("{{ subject }}: {{ data.change.subject }}").unwrap();
-//! assert_eq!(t.render(&input).unwrap(), "7: Fix");
+//! assert_eq!(t.render(input.json()).unwrap(), "7: Fix");
 //! ```
 
 use firehose::reader::Event;
@@ -48,10 +48,11 @@ pub enum ExprError {
     },
 }
 
-/// One event as expressions see it, converted once.
+/// One event as expressions see it: its JSON, and jq's value of it built
+/// once, on the first [`Where::test`].
 pub struct Input {
     json: serde_json::Value,
-    jq: Option<Val>,
+    jq: std::cell::OnceCell<Option<Val>>,
 }
 
 impl Input {
@@ -62,8 +63,10 @@ impl Input {
 
     /// Any JSON object (a normalized event with extra fields, a test).
     pub fn from_json(json: serde_json::Value) -> Input {
-        let jq = jaq_json::read::parse_single(json.to_string().as_bytes()).ok();
-        Input { json, jq }
+        Input {
+            json,
+            jq: std::cell::OnceCell::new(),
+        }
     }
 
     /// Adds a top-level field (e.g. `payload`, `received`) for templates
@@ -72,7 +75,14 @@ impl Input {
         if let Some(m) = self.json.as_object_mut() {
             m.insert(key.to_owned(), value);
         }
-        Input::from_json(self.json)
+        self.jq = std::cell::OnceCell::new();
+        self
+    }
+
+    fn jq(&self) -> Option<&Val> {
+        self.jq
+            .get_or_init(|| jaq_json::read::parse_single(self.json.to_string().as_bytes()).ok())
+            .as_ref()
     }
 
     /// The JSON every expression sees.
@@ -134,7 +144,7 @@ impl Where {
     /// True when the expression's first output is true in jq's sense
     /// (anything but `false` and `null`). An error is false.
     pub fn test(&self, input: &Input) -> bool {
-        let Some(val) = input.jq.clone() else {
+        let Some(val) = input.jq().cloned() else {
             return false;
         };
         let ctx = Ctx::<data::JustLut<Val>>::new(&self.filter.lut, Vars::new([]));
@@ -161,10 +171,10 @@ impl Template {
         Ok(Template { env })
     }
 
-    /// The text for one event, or minijinja's error (an undefined filter,
-    /// a type error) as text.
-    pub fn render(&self, input: &Input) -> Result<String, String> {
-        let ctx = minijinja::Value::from(minijinja::value::Serde(&input.json));
+    /// The text for one event ([`Input::json`], or any JSON object), or
+    /// minijinja's error (an undefined filter, a type error) as text.
+    pub fn render(&self, json: &serde_json::Value) -> Result<String, String> {
+        let ctx = minijinja::Value::from(minijinja::value::Serde(json));
         self.env
             .get_template("t")
             .and_then(|t| t.render(ctx))
@@ -195,7 +205,7 @@ mod tests {
         assert!(Where::new(r#".data.change.number > 5"#).unwrap().test(&e));
         assert!(Where::new(".nope |").is_err());
         let f = Template::new("{{ type }} {{ subject }}: {{ data.change.subject }}").unwrap();
-        assert_eq!(f.render(&e).unwrap(), "gerrit.change-merged 7: Fix it");
+        assert_eq!(f.render(e.json()).unwrap(), "gerrit.change-merged 7: Fix it");
         assert!(Template::new("{{ unclosed").is_err());
     }
 
@@ -205,7 +215,7 @@ mod tests {
         assert_eq!(
             Template::new("{{ topic }} {{ payload }}")
                 .unwrap()
-                .render(&e)
+                .render(e.json())
                 .unwrap(),
             "x/y hello"
         );

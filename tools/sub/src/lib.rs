@@ -78,7 +78,7 @@ impl Printer {
             // A template error becomes the text: one odd event never
             // stops the stream.
             Style::Template(f) => f
-                .render(&Input::new(ev))
+                .render(Input::new(ev).json())
                 .unwrap_or_else(|e| format!("<format error: {e}>"))
                 .into_bytes(),
         };

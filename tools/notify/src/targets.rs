@@ -1,0 +1,634 @@
+//! Targets: where notifications go. Each has its own bounded queue and a
+//! task that delivers from it with retries and backoff, so a dead or slow
+//! target never delays the others or the MQTT session; a full queue drops
+//! its oldest notification and counts it.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use firehose_expr::Template;
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Notify;
+
+use crate::config::{read_password, BrokerConfig, ConfigError, TargetConfig, TargetKind};
+use crate::stats::Stats;
+
+/// Why one delivery attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// The keys of the normalized event (what exec gets on stdin).
+const EVENT_KEYS: [&str; 8] = [
+    "topic", "id", "source", "type", "time", "subject", "data", "retained",
+];
+
+/// A rendered template, or the error as the text (one odd event must not
+/// stop a notification).
+fn render(t: &Template, note: &Value) -> String {
+    t.render(note)
+        .unwrap_or_else(|e| format!("<template error: {e}>"))
+}
+
+fn message(note: &Value) -> String {
+    note.get("message")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn compile(name: &str, t: &str) -> Result<Template, ConfigError> {
+    Template::new(t).map_err(|e| ConfigError::Invalid(format!("target {name:?}: {e}")))
+}
+
+/// How a target delivers.
+pub enum Sender {
+    Exec {
+        argv: Vec<Template>,
+    },
+    Webhook {
+        client: reqwest::Client,
+        url: String,
+        put: bool,
+        body: Option<Template>,
+        headers: Vec<(String, Template)>,
+        preset: Option<String>,
+    },
+    Smtp {
+        transport: lettre::AsyncSmtpTransport<lettre::Tokio1Executor>,
+        from: lettre::message::Mailbox,
+        to: Vec<lettre::message::Mailbox>,
+        subject: Template,
+        body: Option<Template>,
+        shown: String,
+    },
+    File {
+        path: PathBuf,
+        line: Option<Template>,
+    },
+    Mqtt {
+        client: rumqttc::AsyncClient,
+        topic: Template,
+        payload: Option<Template>,
+        retain: bool,
+        qos: rumqttc::QoS,
+    },
+    Log,
+}
+
+impl Sender {
+    /// Builds a target's sender (an HTTP client, an SMTP transport, an MQTT
+    /// connection task); nothing is sent yet.
+    pub fn build(t: &TargetConfig, broker: &BrokerConfig) -> Result<Sender, ConfigError> {
+        let name = t.name.as_str();
+        let invalid = |m: String| ConfigError::Invalid(format!("target {name:?}: {m}"));
+        Ok(match &t.kind {
+            TargetKind::Exec { argv } => Sender::Exec {
+                argv: argv
+                    .iter()
+                    .map(|a| compile(name, a))
+                    .collect::<Result<_, _>>()?,
+            },
+            TargetKind::Webhook {
+                url,
+                method,
+                body,
+                headers,
+                preset,
+                ca,
+            } => {
+                let mut b = reqwest::Client::builder().timeout(t.timeout);
+                if url.starts_with("https://") {
+                    let tls = firehose::tls::client_config(ca.as_deref())
+                        .map_err(|e| invalid(e.to_string()))?;
+                    b = b.use_preconfigured_tls((*tls).clone());
+                }
+                Sender::Webhook {
+                    client: b.build().map_err(|e| invalid(e.to_string()))?,
+                    url: url.clone(),
+                    put: method.eq_ignore_ascii_case("PUT"),
+                    body: body.as_deref().map(|b| compile(name, b)).transpose()?,
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| Ok((k.clone(), compile(name, v)?)))
+                        .collect::<Result<_, ConfigError>>()?,
+                    preset: preset.clone(),
+                }
+            }
+            TargetKind::Smtp {
+                host,
+                port,
+                security,
+                username,
+                password,
+                password_file,
+                from,
+                to,
+                subject,
+                body,
+                ca,
+            } => {
+                use lettre::transport::smtp::authentication::Credentials;
+                use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+                let params = || -> Result<TlsParameters, ConfigError> {
+                    let mut p = TlsParameters::builder(host.clone());
+                    if let Some(ca) = ca {
+                        let pem = std::fs::read(ca).map_err(|e| {
+                            invalid(format!("cannot read CA {}: {e}", ca.display()))
+                        })?;
+                        p = p.add_root_certificate(
+                            Certificate::from_pem(&pem).map_err(|e| invalid(e.to_string()))?,
+                        );
+                    }
+                    p.build_rustls().map_err(|e| invalid(e.to_string()))
+                };
+                let (tls, default_port) = match security.as_str() {
+                    "tls" => (Tls::Wrapper(params()?), 465),
+                    "none" => (Tls::None, 25),
+                    _ => (Tls::Required(params()?), 587),
+                };
+                let mut b =
+                    lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::builder_dangerous(host)
+                        .port(port.unwrap_or(default_port))
+                        .tls(tls)
+                        .timeout(Some(t.timeout));
+                let pass = match (password, password_file) {
+                    (Some(p), _) => Some(p.clone()),
+                    (None, Some(f)) => Some(read_password(f)?),
+                    (None, None) => None,
+                };
+                if let Some(user) = username {
+                    b = b.credentials(Credentials::new(user.clone(), pass.unwrap_or_default()));
+                }
+                let mailbox = |a: &str| {
+                    a.parse::<lettre::message::Mailbox>()
+                        .map_err(|e| invalid(format!("address {a:?}: {e}")))
+                };
+                Sender::Smtp {
+                    transport: b.build(),
+                    from: mailbox(from)?,
+                    to: to.iter().map(|a| mailbox(a)).collect::<Result<_, _>>()?,
+                    subject: compile(name, subject)?,
+                    body: body.as_deref().map(|b| compile(name, b)).transpose()?,
+                    shown: format!("{host}:{}", port.unwrap_or(default_port)),
+                }
+            }
+            TargetKind::File { path, line } => Sender::File {
+                path: path.clone(),
+                line: line.as_deref().map(|l| compile(name, l)).transpose()?,
+            },
+            TargetKind::Mqtt {
+                topic,
+                url,
+                username,
+                password,
+                password_file,
+                retain,
+                qos,
+                payload,
+            } => {
+                let mut b = firehose::Client::builder(url.as_deref().unwrap_or(&broker.url))
+                    .client_id(&format!("firehose-notify-{name}-{:08x}", rand_u32()));
+                let (user, pass, pass_file) = if url.is_some() {
+                    (username, password, password_file)
+                } else {
+                    (&broker.username, &broker.password, &broker.password_file)
+                };
+                if let Some(u) = user {
+                    let p = match (pass, pass_file) {
+                        (Some(p), _) => p.clone(),
+                        (None, Some(f)) => read_password(f)?,
+                        (None, None) => String::new(),
+                    };
+                    b = b.credentials(u, &p);
+                }
+                if let Some(ca) = &broker.ca {
+                    b = b.ca(ca);
+                }
+                let opts = b.mqtt_options().map_err(|e| invalid(e.to_string()))?;
+                let (client, mut ev) = rumqttc::AsyncClient::new(opts, 1000);
+                let shown = name.to_owned();
+                tokio::spawn(async move {
+                    loop {
+                        if let Err(e) = ev.poll().await {
+                            tracing::warn!(target_name = %shown, error = %e, "mqtt target: connection lost; reconnecting in 1 s");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                });
+                Sender::Mqtt {
+                    client,
+                    topic: compile(name, topic)?,
+                    payload: payload.as_deref().map(|p| compile(name, p)).transpose()?,
+                    retain: *retain,
+                    qos: if *qos == 0 {
+                        rumqttc::QoS::AtMostOnce
+                    } else {
+                        rumqttc::QoS::AtLeastOnce
+                    },
+                }
+            }
+            TargetKind::Log => Sender::Log,
+        })
+    }
+
+    /// The webhook's body and content type.
+    fn webhook_body(body: &Option<Template>, preset: &Option<String>, note: &Value) -> (String, &'static str) {
+        let text = |t: &Option<Template>| match t {
+            Some(t) => render(t, note),
+            None => message(note),
+        };
+        match preset.as_deref() {
+            Some("matrix") => (
+                serde_json::json!({"msgtype": "m.text", "body": text(body)}).to_string(),
+                "application/json",
+            ),
+            Some(_) => (
+                serde_json::json!({"text": text(body)}).to_string(),
+                "application/json",
+            ),
+            None => match body {
+                Some(t) => (render(t, note), "text/plain; charset=utf-8"),
+                None => (event_json(note), "application/json"),
+            },
+        }
+    }
+
+    /// One delivery attempt.
+    pub async fn send(&self, note: &Value, timeout: Duration) -> Result<(), SendError> {
+        let fail = |e: String| SendError::Failed(e);
+        let attempt = async {
+            match self {
+                Sender::Exec { argv } => exec(argv, note).await,
+                Sender::Webhook {
+                    client,
+                    url,
+                    put,
+                    body,
+                    headers,
+                    preset,
+                } => {
+                    let (body, ctype) = Sender::webhook_body(body, preset, note);
+                    let mut req = if *put { client.put(url) } else { client.post(url) };
+                    req = req.header("content-type", ctype);
+                    for (k, v) in headers {
+                        req = req.header(k.as_str(), render(v, note));
+                    }
+                    let resp = req.body(body).send().await.map_err(|e| fail(e.to_string()))?;
+                    if !resp.status().is_success() {
+                        return Err(fail(format!("{url} answered {}", resp.status())));
+                    }
+                    Ok(())
+                }
+                Sender::Smtp {
+                    transport,
+                    from,
+                    to,
+                    subject,
+                    body,
+                    ..
+                } => {
+                    use lettre::AsyncTransport;
+                    let mut m = lettre::Message::builder()
+                        .from(from.clone())
+                        .subject(render(subject, note).replace(['\r', '\n'], " "));
+                    for a in to {
+                        m = m.to(a.clone());
+                    }
+                    let text = match body {
+                        Some(t) => render(t, note),
+                        None => message(note),
+                    };
+                    let mail = m
+                        .header(lettre::message::header::ContentType::TEXT_PLAIN)
+                        .body(text)
+                        .map_err(|e| fail(e.to_string()))?;
+                    transport.send(mail).await.map_err(|e| fail(e.to_string()))?;
+                    Ok(())
+                }
+                Sender::File { path, line } => {
+                    let mut text = match line {
+                        Some(t) => render(t, note),
+                        None => message(note),
+                    };
+                    text.push('\n');
+                    let mut f = tokio::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .await
+                        .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+                    f.write_all(text.as_bytes())
+                        .await
+                        .map_err(|e| fail(format!("{}: {e}", path.display())))
+                }
+                Sender::Mqtt {
+                    client,
+                    topic,
+                    payload,
+                    retain,
+                    qos,
+                } => {
+                    let body = match payload {
+                        Some(t) => render(t, note),
+                        None => message(note),
+                    };
+                    client
+                        .publish(render(topic, note), *qos, *retain, body)
+                        .await
+                        .map_err(|e| fail(e.to_string()))
+                }
+                Sender::Log => {
+                    tracing::info!(
+                        target: "firehose_notify::log",
+                        rule = note.get("rule").and_then(Value::as_str).unwrap_or(""),
+                        topic = note.get("topic").and_then(Value::as_str).unwrap_or(""),
+                        message = %message(note),
+                        "notification"
+                    );
+                    Ok(())
+                }
+            }
+        };
+        tokio::time::timeout(timeout, attempt)
+            .await
+            .map_err(|_| SendError::Timeout(timeout))?
+    }
+
+    /// What `--dry-run` prints instead of sending.
+    pub fn describe(&self, note: &Value) -> String {
+        match self {
+            Sender::Exec { argv } => {
+                let args: Vec<String> = argv.iter().map(|a| render(a, note)).collect();
+                format!("exec {args:?} with the event on stdin")
+            }
+            Sender::Webhook {
+                url,
+                put,
+                body,
+                headers,
+                preset,
+                ..
+            } => {
+                let (body, _) = Sender::webhook_body(body, preset, note);
+                let hs: Vec<String> = headers
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {}", render(v, note)))
+                    .collect();
+                format!(
+                    "{} {url} headers {hs:?} body {body}",
+                    if *put { "PUT" } else { "POST" }
+                )
+            }
+            Sender::Smtp {
+                to,
+                subject,
+                body,
+                shown,
+                ..
+            } => {
+                let to: Vec<String> = to.iter().map(|a| a.to_string()).collect();
+                let text = match body {
+                    Some(t) => render(t, note),
+                    None => message(note),
+                };
+                format!(
+                    "mail via {shown} to {} subject {:?} body {text:?}",
+                    to.join(", "),
+                    render(subject, note)
+                )
+            }
+            Sender::File { path, line } => format!(
+                "append to {}: {}",
+                path.display(),
+                match line {
+                    Some(t) => render(t, note),
+                    None => message(note),
+                }
+            ),
+            Sender::Mqtt {
+                topic,
+                payload,
+                retain,
+                ..
+            } => format!(
+                "publish to {}{}: {}",
+                render(topic, note),
+                if *retain { " (retained)" } else { "" },
+                match payload {
+                    Some(t) => render(t, note),
+                    None => message(note),
+                }
+            ),
+            Sender::Log => format!("log: {}", message(note)),
+        }
+    }
+}
+
+/// The normalized event alone (no notify extras), as one JSON document.
+fn event_json(note: &Value) -> String {
+    let mut ev = serde_json::Map::new();
+    for k in EVENT_KEYS {
+        ev.insert(k.into(), note.get(k).cloned().unwrap_or(Value::Null));
+    }
+    Value::Object(ev).to_string()
+}
+
+/// Runs the program: the event on stdin, the common fields in the
+/// environment; a non-zero exit is a failure.
+async fn exec(argv: &[Template], note: &Value) -> Result<(), SendError> {
+    use std::process::Stdio;
+    let args: Vec<String> = argv.iter().map(|a| render(a, note)).collect();
+    let Some((prog, rest)) = args.split_first() else {
+        return Err(SendError::Failed("argv is empty".into()));
+    };
+    let s = |k: &str| match note.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(v) => v.to_string(),
+    };
+    let mut cmd = tokio::process::Command::new(prog);
+    cmd.args(rest)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (var, key) in [
+        ("FIREHOSE_TOPIC", "topic"),
+        ("FIREHOSE_ID", "id"),
+        ("FIREHOSE_SOURCE", "source"),
+        ("FIREHOSE_TYPE", "type"),
+        ("FIREHOSE_TIME", "time"),
+        ("FIREHOSE_SUBJECT", "subject"),
+        ("FIREHOSE_RETAINED", "retained"),
+        ("FIREHOSE_MESSAGE", "message"),
+        ("FIREHOSE_RULE", "rule"),
+    ] {
+        cmd.env(var, s(key));
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| SendError::Failed(format!("cannot run {prog}: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A program that does not read its stdin is fine.
+        let _ = stdin.write_all(event_json(note).as_bytes()).await;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| SendError::Failed(format!("{prog}: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: String = err.lines().last().unwrap_or("").chars().take(200).collect();
+        Err(SendError::Failed(format!("{prog} exited with {}: {tail}", out.status)))
+    }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish() as u32
+}
+
+/// A target: its sender, its queue and the task that delivers from it.
+pub struct Target {
+    pub name: String,
+    sender: Arc<Sender>,
+    queue: Arc<Queue>,
+}
+
+struct Queue {
+    items: Mutex<VecDeque<Arc<Value>>>,
+    max: usize,
+    ready: Notify,
+    /// Set at shutdown: deliver what is queued, then stop.
+    closing: AtomicBool,
+    /// Set when the queue is empty and closing.
+    done: Notify,
+}
+
+impl Target {
+    /// Starts the target's delivery task.
+    pub fn start(cfg: &TargetConfig, broker: &BrokerConfig, stats: Arc<Stats>) -> Result<Target, ConfigError> {
+        let sender = Arc::new(Sender::build(cfg, broker)?);
+        let queue = Arc::new(Queue {
+            items: Mutex::new(VecDeque::new()),
+            max: cfg.queue,
+            ready: Notify::new(),
+            closing: AtomicBool::new(false),
+            done: Notify::new(),
+        });
+        tokio::spawn(deliver(
+            cfg.name.clone(),
+            sender.clone(),
+            queue.clone(),
+            cfg.attempts,
+            cfg.timeout,
+            stats,
+        ));
+        Ok(Target {
+            name: cfg.name.clone(),
+            sender,
+            queue,
+        })
+    }
+
+    /// Queues a notification; a full queue drops its oldest (counted).
+    pub fn push(&self, note: Arc<Value>, stats: &Stats) {
+        let dropped = {
+            let mut q = self.queue.items.lock().unwrap_or_else(|e| e.into_inner());
+            q.push_back(note);
+            if q.len() > self.queue.max {
+                q.pop_front();
+                true
+            } else {
+                false
+            }
+        };
+        if dropped {
+            stats.count_target(&self.name, |c| c.dropped += 1);
+            tracing::warn!(target_name = %self.name, queue = self.queue.max, "target queue full; dropped the oldest notification");
+        }
+        self.queue.ready.notify_one();
+    }
+
+    /// What `--dry-run` prints for this target.
+    pub fn describe(&self, note: &Value) -> String {
+        format!("[{}] {}", self.name, self.sender.describe(note))
+    }
+
+    /// Delivers what is queued (each attempt bounded by the target's
+    /// timeout), then stops; gives up at `deadline`.
+    pub async fn close(&self, deadline: tokio::time::Instant) {
+        self.queue.closing.store(true, Ordering::Release);
+        let done = self.queue.done.notified();
+        self.queue.ready.notify_one();
+        let pending = self.queue.items.lock().map(|q| q.len()).unwrap_or(0);
+        if pending > 0 {
+            tracing::info!(target_name = %self.name, pending, "delivering queued notifications before exit");
+        }
+        if tokio::time::timeout_at(deadline, done).await.is_err() {
+            let left = self.queue.items.lock().map(|q| q.len()).unwrap_or(0);
+            tracing::warn!(target_name = %self.name, left, "gave up delivering at exit");
+        }
+    }
+}
+
+/// The delivery loop of one target: one notification at a time, each
+/// tried `attempts` times with backoff (1 s, doubling, at most 60 s).
+async fn deliver(
+    name: String,
+    sender: Arc<Sender>,
+    queue: Arc<Queue>,
+    attempts: u32,
+    timeout: Duration,
+    stats: Arc<Stats>,
+) {
+    loop {
+        let next = queue
+            .items
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front();
+        let Some(note) = next else {
+            if queue.closing.load(Ordering::Acquire) {
+                queue.done.notify_waiters();
+                return;
+            }
+            queue.ready.notified().await;
+            continue;
+        };
+        let mut delay = Duration::from_secs(1);
+        for attempt in 1..=attempts {
+            match sender.send(&note, timeout).await {
+                Ok(()) => {
+                    stats.count_target(&name, |c| c.sent += 1);
+                    tracing::debug!(target_name = %name, rule = note.get("rule").and_then(Value::as_str).unwrap_or(""), "sent");
+                    break;
+                }
+                Err(e) if attempt == attempts || queue.closing.load(Ordering::Acquire) && attempt >= 2 => {
+                    stats.count_target(&name, |c| c.failed += 1);
+                    tracing::error!(target_name = %name, attempts = attempt, error = %e, "notification failed; giving up");
+                    break;
+                }
+                Err(e) => {
+                    stats.count_target(&name, |c| c.retried += 1);
+                    tracing::warn!(target_name = %name, attempt, error = %e, retry_in = ?delay, "notification failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+    }
+}
