@@ -205,7 +205,10 @@ mod tests {
         assert!(Where::new(r#".data.change.number > 5"#).unwrap().test(&e));
         assert!(Where::new(".nope |").is_err());
         let f = Template::new("{{ type }} {{ subject }}: {{ data.change.subject }}").unwrap();
-        assert_eq!(f.render(e.json()).unwrap(), "gerrit.change-merged 7: Fix it");
+        assert_eq!(
+            f.render(e.json()).unwrap(),
+            "gerrit.change-merged 7: Fix it"
+        );
         assert!(Template::new("{{ unclosed").is_err());
     }
 

@@ -514,7 +514,10 @@ dedup = "10m"
     fn mistakes_are_named() {
         let err = |text: &str| Config::parse(text).unwrap_err().to_string();
         let e = err(&MINIMAL.replace(r#"targets = ["hook", "script"]"#, r#"targets = ["hok"]"#));
-        assert!(e.contains("no target is named \"hok\" (targets: hook, script)"), "{e}");
+        assert!(
+            e.contains("no target is named \"hok\" (targets: hook, script)"),
+            "{e}"
+        );
         let e = err(&MINIMAL.replace("dedup = \"10m\"", "dedup = \"ten\""));
         assert!(e.contains("\"ten\""), "{e}");
         let e = err(&MINIMAL.replace("body = \"{{ topic }}\"", "body = \"{{ topic \""));

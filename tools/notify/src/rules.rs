@@ -294,7 +294,11 @@ mod tests {
         let p = format!(
             r#"{{"type":"comment-added","change":{{"project":"{project}","number":{n}}},"approvals":[{{"type":"Code-Review","value":"-2"}}]}}"#
         );
-        firehose::reader::decode(&format!("gerrit/{project}/comment-added"), p.as_bytes(), false)
+        firehose::reader::decode(
+            &format!("gerrit/{project}/comment-added"),
+            p.as_bytes(),
+            false,
+        )
     }
 
     #[test]
@@ -323,14 +327,14 @@ targets = ["t"]
     #[test]
     fn dedup_and_throttle_with_a_summary() {
         let mut e = engine(
-            r#"
+            r##"
 [[rule]]
 name = "r"
 topics = ["#"]
 dedup = "1m"
 throttle = { max = 2, per = "10s", key = "{{ data.change.project }}" }
 targets = ["t"]
-"#,
+"##,
         );
         let t0 = Instant::now();
         let ev = gerrit("p", 1);
@@ -341,7 +345,11 @@ targets = ["t"]
             sent += e.process(&gerrit("p", n), t0, "").len();
         }
         assert_eq!(sent, 2, "two per window for project p");
-        assert_eq!(e.process(&gerrit("q", 1), t0, "").len(), 1, "q has its own budget");
+        assert_eq!(
+            e.process(&gerrit("q", 1), t0, "").len(),
+            1,
+            "q has its own budget"
+        );
         assert!(e.expire(t0 + Duration::from_secs(5), "").is_empty());
         let s = e.expire(t0 + Duration::from_secs(10), "now");
         assert_eq!(s.len(), 1, "one summary, for p only");
@@ -350,7 +358,8 @@ targets = ["t"]
         assert!(s[0].note["message"].as_str().unwrap().starts_with("8 more"));
         // A new window.
         assert_eq!(
-            e.process(&gerrit("p", 11), t0 + Duration::from_secs(11), "").len(),
+            e.process(&gerrit("p", 11), t0 + Duration::from_secs(11), "")
+                .len(),
             1
         );
     }

@@ -85,36 +85,71 @@ impl Stats {
             self.events.load(Relaxed)
         );
         let rules = self.rules.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let targets = self.targets.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let rule_metrics: [(&str, &str, fn(&RuleCounters) -> u64); 4] = [
-            ("matched", "Events that became notifications.", |c| c.matched),
-            ("deduped", "Events dropped as repeats within the dedup window.", |c| c.deduped),
-            ("throttled", "Events held back by the throttle.", |c| c.throttled),
+        let targets = self
+            .targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let rule_metrics: [Metric<RuleCounters>; 4] = [
+            ("matched", "Events that became notifications.", |c| {
+                c.matched
+            }),
+            (
+                "deduped",
+                "Events dropped as repeats within the dedup window.",
+                |c| c.deduped,
+            ),
+            ("throttled", "Events held back by the throttle.", |c| {
+                c.throttled
+            }),
             ("summaries", "Throttle summaries sent.", |c| c.summaries),
         ];
         for (name, help, get) in rule_metrics {
             let _ = writeln!(out, "# HELP firehose_notify_rule_{name}_total {help}\n# TYPE firehose_notify_rule_{name}_total counter");
             for (rule, c) in &rules {
-                let _ = writeln!(out, "firehose_notify_rule_{name}_total{{rule=\"{}\"}} {}", escape(rule), get(c));
+                let _ = writeln!(
+                    out,
+                    "firehose_notify_rule_{name}_total{{rule=\"{}\"}} {}",
+                    escape(rule),
+                    get(c)
+                );
             }
         }
-        let target_metrics: [(&str, &str, fn(&TargetCounters) -> u64); 4] = [
+        let target_metrics: [Metric<TargetCounters>; 4] = [
             ("sent", "Notifications delivered.", |c| c.sent),
-            ("failed", "Notifications given up after every attempt.", |c| c.failed),
-            ("retried", "Attempts that failed and were retried.", |c| c.retried),
-            ("dropped", "Notifications dropped from a full queue.", |c| c.dropped),
+            (
+                "failed",
+                "Notifications given up after every attempt.",
+                |c| c.failed,
+            ),
+            ("retried", "Attempts that failed and were retried.", |c| {
+                c.retried
+            }),
+            ("dropped", "Notifications dropped from a full queue.", |c| {
+                c.dropped
+            }),
         ];
         for (name, help, get) in target_metrics {
             let _ = writeln!(out, "# HELP firehose_notify_target_{name}_total {help}\n# TYPE firehose_notify_target_{name}_total counter");
             for (target, c) in &targets {
-                let _ = writeln!(out, "firehose_notify_target_{name}_total{{target=\"{}\"}} {}", escape(target), get(c));
+                let _ = writeln!(
+                    out,
+                    "firehose_notify_target_{name}_total{{target=\"{}\"}} {}",
+                    escape(target),
+                    get(c)
+                );
             }
         }
         out
     }
 }
 
+/// A metric: its name, its help, and how to read it from the counters.
+type Metric<C> = (&'static str, &'static str, fn(&C) -> u64);
+
 /// A Prometheus label value.
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

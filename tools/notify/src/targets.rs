@@ -63,7 +63,7 @@ pub enum Sender {
         preset: Option<String>,
     },
     Smtp {
-        transport: lettre::AsyncSmtpTransport<lettre::Tokio1Executor>,
+        transport: Box<lettre::AsyncSmtpTransport<lettre::Tokio1Executor>>,
         from: lettre::message::Mailbox,
         to: Vec<lettre::message::Mailbox>,
         subject: Template,
@@ -173,7 +173,7 @@ impl Sender {
                         .map_err(|e| invalid(format!("address {a:?}: {e}")))
                 };
                 Sender::Smtp {
-                    transport: b.build(),
+                    transport: Box::new(b.build()),
                     from: mailbox(from)?,
                     to: to.iter().map(|a| mailbox(a)).collect::<Result<_, _>>()?,
                     subject: compile(name, subject)?,
@@ -241,7 +241,11 @@ impl Sender {
     }
 
     /// The webhook's body and content type.
-    fn webhook_body(body: &Option<Template>, preset: &Option<String>, note: &Value) -> (String, &'static str) {
+    fn webhook_body(
+        body: &Option<Template>,
+        preset: &Option<String>,
+        note: &Value,
+    ) -> (String, &'static str) {
         let text = |t: &Option<Template>| match t {
             Some(t) => render(t, note),
             None => message(note),
@@ -277,12 +281,20 @@ impl Sender {
                     preset,
                 } => {
                     let (body, ctype) = Sender::webhook_body(body, preset, note);
-                    let mut req = if *put { client.put(url) } else { client.post(url) };
+                    let mut req = if *put {
+                        client.put(url)
+                    } else {
+                        client.post(url)
+                    };
                     req = req.header("content-type", ctype);
                     for (k, v) in headers {
                         req = req.header(k.as_str(), render(v, note));
                     }
-                    let resp = req.body(body).send().await.map_err(|e| fail(e.to_string()))?;
+                    let resp = req
+                        .body(body)
+                        .send()
+                        .await
+                        .map_err(|e| fail(e.to_string()))?;
                     if !resp.status().is_success() {
                         return Err(fail(format!("{url} answered {}", resp.status())));
                     }
@@ -311,7 +323,10 @@ impl Sender {
                         .header(lettre::message::header::ContentType::TEXT_PLAIN)
                         .body(text)
                         .map_err(|e| fail(e.to_string()))?;
-                    transport.send(mail).await.map_err(|e| fail(e.to_string()))?;
+                    transport
+                        .send(mail)
+                        .await
+                        .map_err(|e| fail(e.to_string()))?;
                     Ok(())
                 }
                 Sender::File { path, line } => {
@@ -349,8 +364,8 @@ impl Sender {
                 Sender::Log => {
                     tracing::info!(
                         target: "firehose_notify::log",
-                        rule = note.get("rule").and_then(Value::as_str).unwrap_or(""),
-                        topic = note.get("topic").and_then(Value::as_str).unwrap_or(""),
+                        rule = note.get("rule").and_then(serde_json::Value::as_str).unwrap_or(""),
+                        topic = note.get("topic").and_then(serde_json::Value::as_str).unwrap_or(""),
                         message = %message(note),
                         "notification"
                     );
@@ -490,7 +505,10 @@ async fn exec(argv: &[Template], note: &Value) -> Result<(), SendError> {
     } else {
         let err = String::from_utf8_lossy(&out.stderr);
         let tail: String = err.lines().last().unwrap_or("").chars().take(200).collect();
-        Err(SendError::Failed(format!("{prog} exited with {}: {tail}", out.status)))
+        Err(SendError::Failed(format!(
+            "{prog} exited with {}: {tail}",
+            out.status
+        )))
     }
 }
 
@@ -520,7 +538,11 @@ struct Queue {
 
 impl Target {
     /// Starts the target's delivery task.
-    pub fn start(cfg: &TargetConfig, broker: &BrokerConfig, stats: Arc<Stats>) -> Result<Target, ConfigError> {
+    pub fn start(
+        cfg: &TargetConfig,
+        broker: &BrokerConfig,
+        stats: Arc<Stats>,
+    ) -> Result<Target, ConfigError> {
         let sender = Arc::new(Sender::build(cfg, broker)?);
         let queue = Arc::new(Queue {
             items: Mutex::new(VecDeque::new()),
@@ -614,10 +636,13 @@ async fn deliver(
             match sender.send(&note, timeout).await {
                 Ok(()) => {
                     stats.count_target(&name, |c| c.sent += 1);
-                    tracing::debug!(target_name = %name, rule = note.get("rule").and_then(Value::as_str).unwrap_or(""), "sent");
+                    tracing::debug!(target_name = %name, rule = note.get("rule").and_then(serde_json::Value::as_str).unwrap_or(""), "sent");
                     break;
                 }
-                Err(e) if attempt == attempts || queue.closing.load(Ordering::Acquire) && attempt >= 2 => {
+                Err(e)
+                    if attempt == attempts
+                        || queue.closing.load(Ordering::Acquire) && attempt >= 2 =>
+                {
                     stats.count_target(&name, |c| c.failed += 1);
                     tracing::error!(target_name = %name, attempts = attempt, error = %e, "notification failed; giving up");
                     break;

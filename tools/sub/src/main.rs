@@ -112,7 +112,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<u8, String> {
     let style = match (&cli.format, cli.json) {
-        (Some(t), _) => Style::Template(Box::new(Template::new(t).map_err(|e| format!("--format: {e}"))?)),
+        (Some(t), _) => Style::Template(Box::new(
+            Template::new(t).map_err(|e| format!("--format: {e}"))?,
+        )),
         (None, true) => Style::Json { pretty: cli.pretty },
         (None, false) => Style::Mosquitto {
             verbose: cli.verbose,
