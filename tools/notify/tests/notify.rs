@@ -266,7 +266,7 @@ targets = ["notes"]
             v["approvals"].as_array().is_some_and(|a| {
                 a.iter().any(|x| match &x["value"] {
                     serde_json::Value::String(s) => s == "2",
-                    other => other.to_string() == "2",
+                    other => other.as_i64() == Some(2),
                 })
             })
         })
@@ -486,19 +486,19 @@ fn sighup_reloads_a_good_file_and_keeps_running_on_a_bad_one() {
     let mut p = Publisher::new(b.mqtt(), PUBLISHER);
     let lines = || std::fs::read_to_string(&out).unwrap_or_default();
     p.publish("test/a", b"{}", false);
-    wait_until(WAIT, || lines().contains("v1 test/a"), || lines());
+    wait_until(WAIT, || lines().contains("v1 test/a"), lines);
     private_file(&n.config, &config("v2"));
     n.proc.signal("HUP");
     n.proc.wait_log("configuration reloaded");
     p.publish("test/b", b"{}", false);
-    wait_until(WAIT, || lines().contains("v2 test/b"), || lines());
+    wait_until(WAIT, || lines().contains("v2 test/b"), lines);
     // A broken file: logged, and the running configuration stays.
     private_file(&n.config, &config("v3").replace("[[rule]]", "[[rule"));
     n.proc.signal("HUP");
     n.proc
         .wait_log("reload failed; keeping the running configuration");
     p.publish("test/c", b"{}", false);
-    wait_until(WAIT, || lines().contains("v2 test/c"), || lines());
+    wait_until(WAIT, || lines().contains("v2 test/c"), lines);
     assert!(!lines().contains("v3"));
 }
 
@@ -540,7 +540,7 @@ fn a_persistent_session_loses_nothing_across_a_restart() {
     let mut p = Publisher::new(b.mqtt(), PUBLISHER);
     let mut n = Notify::start(&b, dir.path(), "notify", &config, &[]);
     p.publish("test/0", b"{}", false);
-    wait_until(WAIT, || lines().contains("test/0"), || lines());
+    wait_until(WAIT, || lines().contains("test/0"), lines);
     n.proc.signal("TERM");
     assert!(n.proc.wait_exit().success());
     for i in 1..=5 {
