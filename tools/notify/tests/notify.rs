@@ -518,7 +518,7 @@ fn dry_run_prints_instead_of_sending() {
     let want = format!("[hook] POST {} headers [] body test/dry", hook.url("/hook"));
     wait_until(
         WAIT,
-        || n.proc.stdout_lines().iter().any(|l| *l == want),
+        || n.proc.stdout_lines().contains(&want),
         || format!("{want:?} in {:?}", n.proc.stdout_lines()),
     );
     assert!(hook.requests().is_empty(), "a dry run sends nothing");
