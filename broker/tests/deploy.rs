@@ -14,6 +14,7 @@ const UNITS: [(&str, &str); 5] = [
     ("firehose-nova.service", "firehose-nova"),
     ("firehose-launchpad.service", "firehose-launchpad"),
     ("firehose-ansible.service", "firehose-ansible"),
+    ("firehose-notify.service", "firehose-notify"),
 ];
 
 #[test]

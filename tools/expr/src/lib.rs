@@ -153,8 +153,9 @@ impl Where {
     }
 }
 
-/// A compiled Jinja template (minijinja): `{{ topic }}`, `{{ type }}`,
-/// `{{ data.change.subject }}`.
+/// A compiled Jinja template (minijinja, with Python's string methods):
+/// `{{ topic }}`, `{{ type }}`, `{{ data.change.subject }}`,
+/// `{{ topic.split('/')[1] }}`.
 pub struct Template {
     env: minijinja::Environment<'static>,
 }
@@ -163,6 +164,9 @@ impl Template {
     /// Parses `source`.
     pub fn new(source: &str) -> Result<Template, ExprError> {
         let mut env = minijinja::Environment::new();
+        // Python's string and dict methods (`topic.split('/')`,
+        // `s.startswith(...)`, `d.items()`), as Jinja users expect.
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_template_owned("t", source.to_owned())
             .map_err(|e| ExprError::Template {
                 template: source.to_owned(),

@@ -528,3 +528,15 @@ dedup = "10m"
         assert!(e.contains("pager"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod typo_tests {
+    use super::*;
+
+    #[test]
+    fn a_misspelt_target_key_is_an_error() {
+        let text = "[broker]\nurl = \"mqtt://127.0.0.1\"\n[[target]]\nname = \"f\"\ntype = \"file\"\npath = \"/tmp/x\"\nlinee = \"{{ topic }}\"\n";
+        let e = Config::parse(text).unwrap_err().to_string();
+        assert!(e.contains("linee"), "{e}");
+    }
+}

@@ -6,7 +6,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use firehose::filter::topic_matches;
 use firehose::reader::Event;
 use firehose_expr::{Input, Template, Where};
 use serde_json::{json, Value};
@@ -82,7 +81,71 @@ impl Dedup {
 /// Every rule, in file order.
 pub struct Engine {
     rules: Vec<Rule>,
+    index: FilterIndex,
     stats: Arc<Stats>,
+}
+
+/// The rules' topic filters in a tree of levels, so an event finds the
+/// rules its topic matches in a walk of its own levels, whatever the
+/// number of rules.
+#[derive(Default)]
+struct FilterIndex {
+    root: Level,
+}
+
+#[derive(Default)]
+struct Level {
+    exact: HashMap<String, Level>,
+    plus: Option<Box<Level>>,
+    /// Rules whose filter ends here with `#`.
+    hash: Vec<usize>,
+    /// Rules whose filter ends exactly here.
+    end: Vec<usize>,
+}
+
+impl FilterIndex {
+    fn add(&mut self, filter: &str, rule: usize) {
+        let mut node = &mut self.root;
+        for level in filter.split('/') {
+            match level {
+                "#" => {
+                    node.hash.push(rule);
+                    return;
+                }
+                "+" => node = node.plus.get_or_insert_with(Default::default),
+                l => node = node.exact.entry(l.to_owned()).or_default(),
+            }
+        }
+        node.end.push(rule);
+    }
+
+    /// The rules whose filters match `topic`, in rule order, once each.
+    fn matching(&self, topic: &str) -> Vec<usize> {
+        let levels: Vec<&str> = topic.split('/').collect();
+        let mut out = Vec::new();
+        // Wildcards never match a `$` topic's first level (MQTT-4.7.2-1).
+        let system = topic.starts_with('$');
+        walk(&self.root, &levels, system, &mut out);
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
+fn walk(node: &Level, levels: &[&str], first_is_system: bool, out: &mut Vec<usize>) {
+    if !first_is_system {
+        out.extend(&node.hash);
+    }
+    let Some((first, rest)) = levels.split_first() else {
+        out.extend(&node.end);
+        return;
+    };
+    if let Some(next) = node.exact.get(*first) {
+        walk(next, rest, false, out);
+    }
+    if let (Some(plus), false) = (&node.plus, first_is_system) {
+        walk(plus, rest, false, out);
+    }
 }
 
 impl Engine {
@@ -140,7 +203,17 @@ impl Engine {
                 skip_retained: r.skip_retained,
             });
         }
-        Ok(Engine { rules, stats })
+        let mut index = FilterIndex::default();
+        for (i, r) in rules.iter().enumerate() {
+            for t in &r.topics {
+                index.add(t, i);
+            }
+        }
+        Ok(Engine {
+            rules,
+            index,
+            stats,
+        })
     }
 
     /// The distinct topic filters the rules need, in rule order.
@@ -158,10 +231,8 @@ impl Engine {
     pub fn process(&mut self, ev: &Event, now: Instant, received: &str) -> Vec<Dispatch> {
         let mut out = Vec::new();
         let mut input: Option<Input> = None;
-        for rule in &mut self.rules {
-            if !rule.topics.iter().any(|f| topic_matches(f, &ev.topic)) {
-                continue;
-            }
+        for i in self.index.matching(&ev.topic) {
+            let rule = &mut self.rules[i];
             if rule.skip_retained && ev.retained {
                 continue;
             }
@@ -322,6 +393,26 @@ targets = ["t"]
         let other = firehose::reader::decode("nova/x/y", b"{}", false);
         assert!(e.process(&other, now, "").is_empty());
         assert_eq!(e.topics(), vec!["gerrit/#".to_string()]);
+    }
+
+    #[test]
+    fn the_index_matches_as_mqtt_does() {
+        let filters = [
+            "#", "a/#", "a/+", "a/b", "+/b", "+/+/c", "a/b/#", "$SYS/#", "+/#", "a/+/#",
+        ];
+        let mut idx = FilterIndex::default();
+        for (i, f) in filters.iter().enumerate() {
+            idx.add(f, i);
+        }
+        for topic in ["a", "a/b", "a/b/c", "x/b", "x/y/c", "$SYS/x", "a/", "/b"] {
+            let want: Vec<usize> = filters
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| firehose::filter::topic_matches(f, topic))
+                .map(|(i, _)| i)
+                .collect();
+            assert_eq!(idx.matching(topic), want, "{topic}");
+        }
     }
 
     #[test]

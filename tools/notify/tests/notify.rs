@@ -653,3 +653,45 @@ fn import_converts_a_mqttwarn_ini() {
         .arg(&file));
     assert!(out.status.success(), "{out:?}");
 }
+
+/// `deploy/notify.toml` shows every key, checks, and its templates render.
+#[test]
+fn the_deploy_sample_is_complete_and_checks() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/notify.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let cfg = firehose_notify::config::Config::parse(&text).unwrap();
+    let known: std::collections::BTreeSet<String> = [
+        "broker.url", "broker.username", "broker.password", "broker.password_file",
+        "broker.ca", "broker.client_id", "broker.session",
+        "target.name", "target.type", "target.queue", "target.attempts", "target.timeout",
+        "target.argv", "target.url", "target.method", "target.body", "target.headers",
+        "target.preset", "target.ca", "target.host", "target.port", "target.security",
+        "target.username", "target.password", "target.password_file", "target.from",
+        "target.to", "target.subject", "target.path", "target.line", "target.topic",
+        "target.retain", "target.qos", "target.payload",
+        "rule.name", "rule.topics", "rule.type", "rule.where", "rule.template",
+        "rule.targets", "rule.throttle", "rule.dedup", "rule.skip_retained",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    assert_sample_complete("deploy/notify.toml", &text, &known);
+    let kinds: Vec<String> = cfg
+        .targets
+        .iter()
+        .map(|t| format!("{:?}", t.kind).split([' ', '{']).next().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds, ["Exec", "Webhook", "Smtp", "File", "Mqtt", "Log"]);
+    let out = run(Command::new(bin("firehose-notify"))
+        .arg("--check-config")
+        .arg("--config")
+        .arg(&path));
+    assert!(out.status.success(), "{out:?}");
+    // The throttle key names the deployment.
+    let key = firehose_expr::Template::new(
+        cfg.rules[1].throttle.as_ref().unwrap().key.as_deref().unwrap(),
+    )
+    .unwrap();
+    let ev = serde_json::json!({"topic": "nova/cell1/compute/instance/create/error"});
+    assert_eq!(key.render(&ev).unwrap(), "cell1");
+}
