@@ -8,7 +8,7 @@ use std::process::Command;
 
 use firehose_testkit::*;
 
-const UNITS: [(&str, &str); 5] = [
+const UNITS: [(&str, &str); 6] = [
     ("firehose-broker.service", "firehose-broker"),
     ("firehose-gerrit.service", "firehose-gerrit"),
     ("firehose-nova.service", "firehose-nova"),

@@ -28,7 +28,9 @@ struct Args {
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    let mut text = String::from("[broker]\nurl = \"mqtt://127.0.0.1\"\n[[target]]\nname = \"log\"\ntype = \"log\"\n");
+    let mut text = String::from(
+        "[broker]\nurl = \"mqtt://127.0.0.1\"\n[[target]]\nname = \"log\"\ntype = \"log\"\n",
+    );
     for i in 0..a.rules {
         text.push_str(&format!(
             "[[rule]]\nname = \"r{i}\"\ntopics = [\"gerrit/project-{i}/#\"]\ntype = [\"gerrit.comment-added\", \"gerrit.change-merged\", \"gerrit.patchset-created\"]\ntemplate = \"{{{{ data.change.subject }}}} in {{{{ topic }}}}\"\ntargets = [\"log\"]\n"

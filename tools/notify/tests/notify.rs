@@ -661,16 +661,49 @@ fn the_deploy_sample_is_complete_and_checks() {
     let text = std::fs::read_to_string(&path).unwrap();
     let cfg = firehose_notify::config::Config::parse(&text).unwrap();
     let known: std::collections::BTreeSet<String> = [
-        "broker.url", "broker.username", "broker.password", "broker.password_file",
-        "broker.ca", "broker.client_id", "broker.session",
-        "target.name", "target.type", "target.queue", "target.attempts", "target.timeout",
-        "target.argv", "target.url", "target.method", "target.body", "target.headers",
-        "target.preset", "target.ca", "target.host", "target.port", "target.security",
-        "target.username", "target.password", "target.password_file", "target.from",
-        "target.to", "target.subject", "target.path", "target.line", "target.topic",
-        "target.retain", "target.qos", "target.payload",
-        "rule.name", "rule.topics", "rule.type", "rule.where", "rule.template",
-        "rule.targets", "rule.throttle", "rule.dedup", "rule.skip_retained",
+        "broker.url",
+        "broker.username",
+        "broker.password",
+        "broker.password_file",
+        "broker.ca",
+        "broker.client_id",
+        "broker.session",
+        "target.name",
+        "target.type",
+        "target.queue",
+        "target.attempts",
+        "target.timeout",
+        "target.argv",
+        "target.url",
+        "target.method",
+        "target.body",
+        "target.headers",
+        "target.preset",
+        "target.ca",
+        "target.host",
+        "target.port",
+        "target.security",
+        "target.username",
+        "target.password",
+        "target.password_file",
+        "target.from",
+        "target.to",
+        "target.subject",
+        "target.path",
+        "target.line",
+        "target.topic",
+        "target.retain",
+        "target.qos",
+        "target.payload",
+        "rule.name",
+        "rule.topics",
+        "rule.type",
+        "rule.where",
+        "rule.template",
+        "rule.targets",
+        "rule.throttle",
+        "rule.dedup",
+        "rule.skip_retained",
     ]
     .into_iter()
     .map(str::to_owned)
@@ -679,7 +712,13 @@ fn the_deploy_sample_is_complete_and_checks() {
     let kinds: Vec<String> = cfg
         .targets
         .iter()
-        .map(|t| format!("{:?}", t.kind).split([' ', '{']).next().unwrap().to_owned())
+        .map(|t| {
+            format!("{:?}", t.kind)
+                .split([' ', '{'])
+                .next()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     assert_eq!(kinds, ["Exec", "Webhook", "Smtp", "File", "Mqtt", "Log"]);
     let out = run(Command::new(bin("firehose-notify"))
@@ -689,9 +728,64 @@ fn the_deploy_sample_is_complete_and_checks() {
     assert!(out.status.success(), "{out:?}");
     // The throttle key names the deployment.
     let key = firehose_expr::Template::new(
-        cfg.rules[1].throttle.as_ref().unwrap().key.as_deref().unwrap(),
+        cfg.rules[1]
+            .throttle
+            .as_ref()
+            .unwrap()
+            .key
+            .as_deref()
+            .unwrap(),
     )
     .unwrap();
     let ev = serde_json::json!({"topic": "nova/cell1/compute/instance/create/error"});
     assert_eq!(key.render(&ev).unwrap(), "cell1");
+}
+
+/// A webhook over HTTPS, with a private CA (Python's http.server behind
+/// ssl, on loopback).
+#[test]
+fn webhook_over_https_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path());
+    let b = broker(dir.path());
+    let port = free_port();
+    let got = dir.path().join("got.txt");
+    let server = format!(
+        r#"
+import http.server, ssl
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers['Content-Length']))
+        with open({got:?}, 'ab') as f:
+            f.write(body + b'\n')
+        self.send_response(204)
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+s = http.server.HTTPServer(('127.0.0.1', {port}), H)
+c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+c.load_cert_chain({cert:?}, {key:?})
+s.socket = c.wrap_socket(s.socket, server_side=True)
+print('listening', flush=True)
+s.serve_forever()
+"#,
+        got = got.display().to_string(),
+        cert = dir.path().join("server.pem").display().to_string(),
+        key = dir.path().join("server.key").display().to_string(),
+    );
+    let https = Proc::spawn("https", Command::new("python3").arg("-c").arg(&server));
+    wait_until(
+        WAIT,
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        || https.logs(),
+    );
+    let config = format!(
+        "[broker]\nurl = \"mqtt://{}\"\n\n[[target]]\nname = \"tls\"\ntype = \"webhook\"\nurl = \"https://localhost:{port}/hook\"\nca = \"{}\"\nbody = \"{{{{ topic }}}}\"\n\n[[rule]]\ntopics = [\"test/#\"]\ntargets = [\"tls\"]\n",
+        b.mqtt(),
+        dir.path().join("ca.pem").display()
+    );
+    let n = Notify::start(&b, dir.path(), "notify", &config, &[]);
+    Publisher::new(b.mqtt(), PUBLISHER).publish("test/tls", b"{}", false);
+    n.wait_metric("firehose_notify_target_sent_total{target=\"tls\"}", 1);
+    assert_eq!(std::fs::read_to_string(&got).unwrap(), "test/tls\n");
 }
