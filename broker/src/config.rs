@@ -197,6 +197,10 @@ pub struct Config {
     pub limits: Limits,
     /// Seconds between `$SYS` updates.
     pub sys_interval_secs: u64,
+    /// Worker threads; 0: one per CPU. One thread has the lowest latency
+    /// and CPU per message on a small machine (no cross-thread wake-ups);
+    /// more carry more fan-out on a large one (BENCHMARKS.md).
+    pub threads: usize,
 }
 
 impl Default for Config {
@@ -207,6 +211,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             limits: Limits::default(),
             sys_interval_secs: 10,
+            threads: 0,
         }
     }
 }
@@ -422,6 +427,10 @@ pub struct RunArgs {
     /// Seconds between $SYS updates [default: 10].
     #[arg(long, value_name = "SECONDS")]
     pub sys_interval: Option<u64>,
+    /// Worker threads [default: 0, one per CPU]. 1 gives the lowest latency
+    /// and CPU per message on a small machine.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
     /// Log every client connect and disconnect at info (by default only a
     /// summary per minute). FIREHOSE_LOG (an EnvFilter, e.g. "debug" or
     /// "info,firehose_broker::session=debug") overrides all log settings.
@@ -504,6 +513,9 @@ impl RunArgs {
         }
         if let Some(v) = self.sys_interval {
             c.sys_interval_secs = v;
+        }
+        if let Some(v) = self.threads {
+            c.threads = v;
         }
         c.apply_default_listeners();
         c.validate()?;

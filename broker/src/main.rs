@@ -91,7 +91,11 @@ fn run(args: firehose_broker::config::RunArgs) -> Result<()> {
         println!("configuration OK");
         return Ok(());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if cfg.threads > 0 {
+        rt.worker_threads(cfg.threads);
+    }
+    let rt = rt
         .enable_all()
         .thread_name("firehose")
         .build()

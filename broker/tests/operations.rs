@@ -262,3 +262,22 @@ fn sample_config_has_every_key_and_only_known_ones() {
     .unwrap();
     assert_sample_complete("deploy/broker.toml", &sample, &known);
 }
+
+/// `--threads 1` (the small-machine setting in BENCHMARKS.md) runs the
+/// whole broker on one worker.
+#[test]
+fn one_worker_thread_serves_publishers_and_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BrokerProc::with_users(dir.path(), &[("bridge", "pw")], &["--threads", "1"]);
+    let sub = Sub::spawn(&b, &["-t", "one/#", "-v", "-C", "3", "-W", "20"]);
+    b.wait_metric("firehose_broker_subscriptions", 1);
+    let mut p = Publisher::new(b.mqtt(), ("bridge", "pw"));
+    for i in 0..3 {
+        p.publish(&format!("one/{i}"), b"x", false);
+    }
+    let (code, out, _) = sub.output();
+    assert_eq!(code, 0);
+    assert_eq!(out, "one/0 x\none/1 x\none/2 x\n");
+    let out = run(bin().args(["--threads", "1", "--print-config"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("threads = 1"));
+}
