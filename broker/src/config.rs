@@ -197,6 +197,9 @@ pub struct Config {
     pub limits: Limits,
     /// Seconds between `$SYS` updates.
     pub sys_interval_secs: u64,
+    /// Publish bundled sample events from all four sources (see
+    /// `demo.rs`), so a new user sees traffic at once.
+    pub demo: bool,
     /// Worker threads; 0: one per CPU. One thread has the lowest latency
     /// and CPU per message on a small machine (no cross-thread wake-ups);
     /// more carry more fan-out on a large one (BENCHMARKS.md).
@@ -212,6 +215,7 @@ impl Default for Config {
             limits: Limits::default(),
             sys_interval_secs: 10,
             threads: 0,
+            demo: false,
         }
     }
 }
@@ -427,6 +431,11 @@ pub struct RunArgs {
     /// Seconds between $SYS updates [default: 10].
     #[arg(long, value_name = "SECONDS")]
     pub sys_interval: Option<u64>,
+    /// Publish sample events from gerrit, nova, launchpad and ansible (two
+    /// a second, round and round) as an internal publisher, so
+    /// `mosquitto_sub -t '#' -v` and the live page show traffic at once.
+    #[arg(long)]
+    pub demo: bool,
     /// Worker threads [default: 0, one per CPU]. 1 gives the lowest latency
     /// and CPU per message on a small machine.
     #[arg(long, value_name = "N")]
@@ -516,6 +525,9 @@ impl RunArgs {
         }
         if let Some(v) = self.threads {
             c.threads = v;
+        }
+        if self.demo {
+            c.demo = true;
         }
         c.apply_default_listeners();
         c.validate()?;

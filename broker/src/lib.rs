@@ -17,6 +17,7 @@ pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod connect;
+pub mod demo;
 pub mod message;
 pub mod outbox;
 pub mod router;

@@ -175,6 +175,9 @@ impl Broker {
         }
         tasks.spawn(sys_loop(shared.clone()));
         tasks.spawn(client_summary(shared.clone()));
+        if shared.cfg.demo {
+            tasks.spawn(crate::demo::run(shared.clone()));
+        }
         publish_sys(&shared);
         let p = shared.auth.policy();
         tracing::info!(
@@ -237,7 +240,11 @@ struct Http {
     shared: Arc<Shared>,
 }
 
-const PAGE: &str = include_str!("page.html");
+/// The live page: the stream itself over MQTT over websockets, with a
+/// status panel (`live.html`, no outside scripts).
+const LIVE: &str = include_str!("live.html");
+/// The broker's own statistics, refreshed from `/stats.json`.
+const STATUS_PAGE: &str = include_str!("page.html");
 
 impl HttpHandler for Http {
     fn get(&self, path: &str) -> Option<(u16, &'static str, String)> {
@@ -267,7 +274,8 @@ impl HttpHandler for Http {
                     serde_json::Value::Object(m).to_string(),
                 ))
             }
-            "/" | "/index.html" => Some((200, "text/html; charset=utf-8", PAGE.to_owned())),
+            "/" | "/index.html" => Some((200, "text/html; charset=utf-8", LIVE.to_owned())),
+            "/status" => Some((200, "text/html; charset=utf-8", STATUS_PAGE.to_owned())),
             _ => None,
         }
     }

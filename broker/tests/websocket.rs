@@ -62,6 +62,10 @@ fn http_endpoints() {
     assert!(body.contains("firehose_broker_dropped_total{reason=\"queue_full\"} 0"));
     let (s, body) = http_get(ws, "/");
     assert_eq!(s, 200);
+    assert!(body.contains("<title>Firehose: live</title>"));
+    assert!(!body.contains("<script src"), "no outside scripts");
+    let (s, body) = http_get(ws, "/status");
+    assert_eq!(s, 200);
     assert!(body.contains("<title>Firehose broker</title>"));
     let (s, body) = http_get(ws, "/stats.json");
     assert_eq!(s, 200);

@@ -60,3 +60,13 @@ pub struct Status {
     /// What the bridge has done since it started.
     pub counters: Counters,
 }
+
+/// This machine's host name (for a status message's `host` and a default
+/// instance name); `localhost` when it cannot be read.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}

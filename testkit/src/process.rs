@@ -270,6 +270,11 @@ impl Proc {
         assert!(st.success());
     }
 
+    /// The exit status if the process has ended, else `None`.
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Waits for the process to exit and returns its status.
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
         let name = self.name.clone();

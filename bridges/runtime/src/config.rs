@@ -326,11 +326,7 @@ fn read_password(path: &Path) -> Result<String, ConfigError> {
 
 /// This machine's host name, for status messages and default ids.
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
+    firehose::status::hostname()
 }
 
 #[cfg(test)]
