@@ -54,3 +54,37 @@ fn units_verify_and_rate_ok_in_systemd_analyze_security() {
         assert!(out.status.success(), "{unit}: exposure above 2.0\n{text}");
     }
 }
+
+/// `deploy/prometheus/`: the scrape config and the alert rules pass
+/// promtool, the rules' own unit tests pass (each alert fires on the series
+/// that should trigger it), and every broker metric they use exists.
+#[test]
+fn prometheus_rules_check_and_their_tests_pass() {
+    let promtool = require("promtool", "prometheus");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus");
+    for args in [
+        vec!["check", "rules", "firehose-alerts.yml"],
+        vec!["check", "config", "prometheus.yml"],
+        vec!["test", "rules", "firehose-alerts-test.yml"],
+    ] {
+        let out = run(Command::new(&promtool).current_dir(&dir).args(&args));
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rules = std::fs::read_to_string(dir.join("firehose-alerts.yml")).unwrap();
+    let b = BrokerProc::start(&[]);
+    let (_, metrics) = http_get(b.ws.expect("ws listener"), "/metrics");
+    for name in rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("firehose_broker_"))
+    {
+        assert!(
+            metrics.contains(name),
+            "{name} is not in the broker's /metrics"
+        );
+    }
+}

@@ -70,6 +70,14 @@ impl Bodies {
         ctx.publish(&n.in_deployment(&self.deployment), &self.source_uri, batch)
             .await?;
         if let Some(status) = n.service_status() {
+            // For alerting: 1 up, 0 down; a deleted service leaves.
+            let labels = [
+                ("deployment", self.deployment.as_str()),
+                ("binary", status.binary.as_str()),
+                ("host", status.host.as_str()),
+            ];
+            let up = (!status.deleted).then_some(i64::from(status.state() == "up"));
+            ctx.stats.set_gauge("nova_service_up", &labels, up);
             ctx.retain(&status.topic(&self.deployment), status.to_json(), batch)
                 .await?;
         }

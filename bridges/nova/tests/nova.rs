@@ -33,7 +33,7 @@ fn every_notification_on_its_topic_in_both_modes_and_others_get_all() {
             &pw,
             dir.path(),
             deployment,
-            &["--payload", mode],
+            &["--payload", mode, "--metrics", "127.0.0.1:0"],
         );
         br.wait_log("consuming nova notifications");
         let want = fx.len() + services;

@@ -30,9 +30,34 @@ pub struct Stats {
     pub source_connected: AtomicI64,
     /// When the source last read an event (Unix nanoseconds; 0: never).
     last_event_ns: AtomicI64,
+    /// Gauges a source keeps per labelled thing (e.g. one nova service's
+    /// up/down): name → rendered labels → value.
+    gauges: std::sync::Mutex<
+        std::collections::BTreeMap<&'static str, std::collections::BTreeMap<String, i64>>,
+    >,
 }
 
 impl Stats {
+    /// Sets a source's own gauge, exported as `firehose_bridge_<name>` with
+    /// the bridge label and `labels`; `None` removes the sample (a thing that
+    /// is gone, so no alert stays on it).
+    pub fn set_gauge(&self, name: &'static str, labels: &[(&str, &str)], value: Option<i64>) {
+        let rendered: String = labels
+            .iter()
+            .map(|(k, v)| format!(",{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+            .collect();
+        let mut g = self.gauges.lock().unwrap_or_else(|e| e.into_inner());
+        let samples = g.entry(name).or_default();
+        match value {
+            Some(v) => {
+                samples.insert(rendered, v);
+            }
+            None => {
+                samples.remove(&rendered);
+            }
+        }
+    }
+
     /// Counts one event read from the source. On every event's path, so
     /// two atomic stores; the time is formatted only for the status.
     pub fn event_read(&self) {
@@ -150,6 +175,16 @@ impl Stats {
             "",
             self.source_connected.load(Relaxed),
         );
+        let gauges = self.gauges.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, samples) in gauges.iter() {
+            let _ = writeln!(s, "# TYPE firehose_bridge_{name} gauge");
+            for (labels, v) in samples {
+                let _ = writeln!(
+                    s,
+                    "firehose_bridge_{name}{{bridge=\"{bridge}\"{labels}}} {v}"
+                );
+            }
+        }
         s
     }
 }
