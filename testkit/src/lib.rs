@@ -7,6 +7,7 @@
 pub mod broker;
 pub mod certs;
 pub mod dovecot;
+pub mod mosquitto;
 pub mod process;
 pub mod rabbitmq;
 pub mod raw;
@@ -18,6 +19,7 @@ pub mod subscriber;
 pub use broker::*;
 pub use certs::*;
 pub use dovecot::*;
+pub use mosquitto::*;
 pub use process::*;
 pub use rabbitmq::*;
 pub use raw::*;
