@@ -84,6 +84,19 @@ impl Listeners {
     }
 }
 
+/// `[upstream]`: mirror a core broker (a read-only edge, see
+/// `upstream.rs`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Upstream {
+    /// `mqtt://` or `mqtts://[USER@]HOST[:PORT]`; unset: not an edge.
+    pub url: Option<String>,
+    /// CA certificate(s) (PEM) for an mqtts:// core with a private CA.
+    pub ca: Option<PathBuf>,
+    /// The password for the URL's user (first line).
+    pub password_file: Option<PathBuf>,
+}
+
 /// TLS material, PEM files.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -200,6 +213,8 @@ pub struct Config {
     /// Publish bundled sample events from all four sources (see
     /// `demo.rs`), so a new user sees traffic at once.
     pub demo: bool,
+    /// Mirror a core broker (read-only edge).
+    pub upstream: Upstream,
     /// Worker threads; 0: one per CPU. One thread has the lowest latency
     /// and CPU per message on a small machine (no cross-thread wake-ups);
     /// more carry more fan-out on a large one (BENCHMARKS.md).
@@ -216,6 +231,7 @@ impl Default for Config {
             sys_interval_secs: 10,
             threads: 0,
             demo: false,
+            upstream: Upstream::default(),
         }
     }
 }
@@ -436,6 +452,17 @@ pub struct RunArgs {
     /// `mosquitto_sub -t '#' -v` and the live page show traffic at once.
     #[arg(long)]
     pub demo: bool,
+    /// Make this broker a read-only edge that mirrors a core broker:
+    /// mqtt:// or mqtts://[USER@]HOST[:PORT] (everything but $SYS, retained
+    /// state included; its own clients may only read).
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+    /// CA certificate(s) (PEM) for an mqtts:// upstream with a private CA.
+    #[arg(long, value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
+    /// The upstream user's password, first line of FILE.
+    #[arg(long, value_name = "FILE")]
+    pub upstream_password_file: Option<PathBuf>,
     /// Worker threads [default: 0, one per CPU]. 1 gives the lowest latency
     /// and CPU per message on a small machine.
     #[arg(long, value_name = "N")]
@@ -528,6 +555,15 @@ impl RunArgs {
         }
         if self.demo {
             c.demo = true;
+        }
+        if let Some(u) = &self.upstream {
+            c.upstream.url = Some(u.clone());
+        }
+        if let Some(p) = &self.upstream_ca {
+            c.upstream.ca = Some(p.clone());
+        }
+        if let Some(p) = &self.upstream_password_file {
+            c.upstream.password_file = Some(p.clone());
         }
         c.apply_default_listeners();
         c.validate()?;

@@ -6,14 +6,12 @@
 //! an internal publisher with its own identity: a retained status on
 //! `firehose/status/demo/<host>` says it is up, as a bridge's would.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::message::Message;
 use crate::server::Shared;
 
 /// The bundled events: one `{"topic", "retain", "payload"}` per line.
@@ -51,23 +49,10 @@ pub fn events() -> Vec<(String, Bytes, bool)> {
         .collect()
 }
 
-/// Publishes as a client would, at QoS 1 (each reader gets the lower of
-/// that and its subscription's), under the current ACL snapshot.
+/// Publishes at QoS 1 (each reader gets the lower of that and its
+/// subscription's).
 fn publish(shared: &Shared, topic: &str, payload: Bytes, retain: bool) {
-    // Origin 0: no session has it, so no-local never hides these.
-    let msg = Message::new(
-        Bytes::copy_from_slice(topic.as_bytes()),
-        payload,
-        1,
-        retain,
-        None,
-        0,
-    );
-    shared.stats.publish_received.fetch_add(1, Relaxed);
-    let policy = shared.auth.policy();
-    // At two events a second nobody needs pushing back.
-    let mut pressure = Vec::new();
-    shared.router.publish(&msg, &policy, &mut pressure);
+    shared.publish_internal(Bytes::copy_from_slice(topic.as_bytes()), payload, 1, retain);
 }
 
 fn status(state: firehose::status::State, started: &str, published: u64) -> Bytes {

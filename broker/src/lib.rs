@@ -26,6 +26,7 @@ pub mod session;
 pub mod stats;
 pub mod topic;
 pub mod transport;
+pub mod upstream;
 
 pub use config::Config;
 pub use server::Broker;

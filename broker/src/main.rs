@@ -88,6 +88,9 @@ fn run(args: firehose_broker::config::RunArgs) -> Result<()> {
             firehose_broker::transport::tls_acceptor(c, k, cfg.tls.client_ca.as_deref())
                 .context("TLS files")?;
         }
+        if cfg.upstream.url.is_some() {
+            firehose_broker::upstream::options(&cfg.upstream).context("upstream")?;
+        }
         println!("configuration OK");
         return Ok(());
     }

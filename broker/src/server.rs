@@ -47,6 +47,25 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Publishes from inside the broker (the demo, a mirror edge's
+    /// upstream) as a client would: through the router, under the current
+    /// ACL snapshot, with origin 0 (no session has it, so no-local never
+    /// hides these). Nobody is pushed back: these publishers are not
+    /// sockets that could be paused.
+    pub fn publish_internal(
+        &self,
+        topic: bytes::Bytes,
+        payload: bytes::Bytes,
+        qos: u8,
+        retain: bool,
+    ) {
+        let msg = crate::message::Message::new(topic, payload, qos, retain, None, 0);
+        self.stats.publish_received.fetch_add(1, Relaxed);
+        let policy = self.auth.policy();
+        let mut pressure = Vec::new();
+        self.router.publish(&msg, &policy, &mut pressure);
+    }
+
     /// Sockets open from `ip`, this one included.
     pub(crate) fn connections_from(&self, ip: std::net::IpAddr) -> u32 {
         let m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
@@ -100,6 +119,8 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error("{0}")]
     Bind(std::io::Error),
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::UpstreamError),
 }
 
 /// A running broker.
@@ -177,6 +198,14 @@ impl Broker {
         tasks.spawn(client_summary(shared.clone()));
         if shared.cfg.demo {
             tasks.spawn(crate::demo::run(shared.clone()));
+        }
+        if let Some(url) = &shared.cfg.upstream.url {
+            let opts = crate::upstream::options(&shared.cfg.upstream)?;
+            tasks.spawn(crate::upstream::run(
+                shared.clone(),
+                opts,
+                firehose::url::redact(url),
+            ));
         }
         publish_sys(&shared);
         let p = shared.auth.policy();

@@ -844,8 +844,10 @@ impl Session {
             .map_err(|_| DecodeError::Malformed("topic is not UTF-8".into()))?;
         let limits = self.shared.cfg.topic_limits();
         let refused = match topic::validate_name(topic_str, limits) {
+            // A mirror edge is read-only: what it serves comes from its core.
             Ok(()) => {
-                if policy.may_write(self.who(), topic_str) {
+                if policy.may_write(self.who(), topic_str) && self.shared.cfg.upstream.url.is_none()
+                {
                     None
                 } else {
                     Some(Reason::AclPublish)

@@ -156,6 +156,10 @@ pub struct Stats {
     /// Persistent sessions of anonymous clients.
     pub anonymous_persistent: AtomicI64,
     pub retained: AtomicI64,
+    /// 1 while a mirror edge is connected to its upstream.
+    pub upstream_connected: AtomicI64,
+    /// Messages a mirror edge received from its upstream.
+    pub upstream_messages: AtomicU64,
     dropped: [AtomicU64; Reason::ALL.len()],
 }
 
@@ -178,6 +182,8 @@ impl Default for Stats {
             filters: AtomicI64::new(0),
             queued_bytes: AtomicI64::new(0),
             anonymous_persistent: AtomicI64::new(0),
+            upstream_connected: AtomicI64::new(0),
+            upstream_messages: AtomicU64::new(0),
             retained: AtomicI64::new(0),
             dropped: Default::default(),
         }
@@ -362,6 +368,18 @@ impl Stats {
             "gauge",
             "Retained messages.",
             self.retained.load(Relaxed).to_string(),
+        );
+        metric(
+            "upstream_connected",
+            "gauge",
+            "1 while a mirror edge (--upstream) is connected to its core.",
+            self.upstream_connected.load(Relaxed).to_string(),
+        );
+        metric(
+            "upstream_messages_total",
+            "counter",
+            "Messages a mirror edge received from its core.",
+            self.upstream_messages.load(Relaxed).to_string(),
         );
         let _ = writeln!(s, "# HELP firehose_broker_dropped_total Messages dropped and connections refused, by reason.");
         let _ = writeln!(s, "# TYPE firehose_broker_dropped_total counter");
