@@ -51,6 +51,8 @@ pub enum DecodeError {
     Malformed(String),
     #[error("protocol error: {0}")]
     Protocol(String),
+    #[error("topic alias {0} is not valid (topic alias maximum is 0)")]
+    TopicAlias(u16),
 }
 
 impl DecodeError {
@@ -63,6 +65,7 @@ impl DecodeError {
             DecodeError::ReservedFlags(_) => "reserved_flags",
             DecodeError::Malformed(_) => "malformed",
             DecodeError::Protocol(_) => "protocol_error",
+            DecodeError::TopicAlias(_) => "topic_alias_invalid",
         }
     }
 }

@@ -90,6 +90,15 @@ struct Session {
     /// This anonymous session holds one of the persistent-session slots.
     anonymous_slot: bool,
     denied_logged: u64,
+    /// The client's Receive Maximum (MQTT 5): QoS >= 1 deliveries in
+    /// flight at most, below ours.
+    client_receive_max: Option<u16>,
+    /// The client's Maximum Packet Size (MQTT 5): larger messages are not
+    /// sent to it (counted as `too_large_for_client`).
+    client_max_packet: Option<u32>,
+    /// The CONNECT asked for no session expiry: DISCONNECT may not set one
+    /// (MQTT-3.14.2-2).
+    expiry_was_zero: bool,
 }
 
 pub(crate) async fn run(first: Box<Pending>, mailbox: Arc<Mailbox>, gen: u64, shared: Arc<Shared>) {
@@ -121,6 +130,9 @@ pub(crate) async fn run(first: Box<Pending>, mailbox: Arc<Mailbox>, gen: u64, sh
         pressure: Vec::new(),
         anonymous_slot: false,
         denied_logged: 0,
+        client_receive_max: None,
+        client_max_packet: None,
+        expiry_was_zero: true,
     };
     let mut conn = first;
     let mut present = false;
@@ -247,6 +259,10 @@ impl Session {
             _ => None,
         };
         self.limit_anonymous_persistence();
+        let props = info.properties.as_ref();
+        self.client_receive_max = props.and_then(|p| p.receive_maximum).filter(|r| *r > 0);
+        self.client_max_packet = props.and_then(|p| p.max_packet_size).filter(|m| *m > 0);
+        self.expiry_was_zero = self.expiry.is_none();
         self.will = info.will.as_ref().map(|w| {
             let props =
                 info.will_properties
@@ -569,6 +585,9 @@ impl Session {
                     DecodeError::Protocol(_) | DecodeError::ForbiddenType(_) => {
                         (Reason::Malformed, DisconnectReasonCode::ProtocolError)
                     }
+                    DecodeError::TopicAlias(_) => {
+                        (Reason::Malformed, DisconnectReasonCode::TopicAliasInvalid)
+                    }
                     _ => (Reason::Malformed, DisconnectReasonCode::MalformedPacket),
                 };
                 self.shared.stats.count(reason);
@@ -685,9 +704,12 @@ impl Session {
         let max_inflight = if all {
             usize::MAX
         } else {
-            self.shared.cfg.limits.max_inflight_messages as usize
+            let ours = self.shared.cfg.limits.max_inflight_messages as usize;
+            self.client_receive_max
+                .map_or(ours, |theirs| ours.min(theirs as usize))
         };
         let v5 = self.version == Version::V5;
+        let max_packet = self.client_max_packet.map_or(usize::MAX, |m| m as usize);
         let mut sent = 0;
         while all || wbuf.len() < WRITE_CHUNK {
             let room = max_inflight.saturating_sub(self.inflight.len());
@@ -701,7 +723,16 @@ impl Session {
                 dup: false,
                 pkid,
             };
+            let start = wbuf.len();
             encode_publish(&d.msg, h, v5, sub_ids(&d), wbuf);
+            if wbuf.len() - start > max_packet {
+                // It may not be sent to this client at all (MQTT-3.1.2-25):
+                // dropped for it alone, counted, as if acknowledged.
+                wbuf.truncate(start);
+                self.shared.stats.count(Reason::TooLargeForClient);
+                self.outbox.progressed();
+                continue;
+            }
             if d.qos > 0 {
                 self.inflight.push_back((pkid, d));
             }
@@ -796,7 +827,19 @@ impl Session {
                 Packet::PingReq(_) => {
                     self.send(Packet::PingResp(rumqttd::protocol::PingResp), out);
                 }
-                Packet::Disconnect(d, _) => {
+                Packet::Disconnect(d, props) => {
+                    // MQTT 5: the session expiry may change at DISCONNECT,
+                    // but not from 0 (MQTT-3.14.2-2).
+                    if let Some(secs) = props.and_then(|p| p.session_expiry_interval) {
+                        if self.expiry_was_zero && secs > 0 {
+                            return Err(DecodeError::Protocol(
+                                "DISCONNECT sets a session expiry the CONNECT did not ask for"
+                                    .into(),
+                            ));
+                        }
+                        self.expiry = (secs > 0).then(|| Duration::from_secs(secs as u64));
+                        self.limit_anonymous_persistence();
+                    }
                     let will = d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
                     end = Some(End::Closed { will });
                 }
@@ -835,10 +878,10 @@ impl Session {
     ) -> Result<(), DecodeError> {
         let (qos, pkid) = meta;
         self.shared.stats.publish_received.fetch_add(1, Relaxed);
-        if props.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
-            return Err(DecodeError::Protocol(
-                "topic alias used, but topic alias maximum is 0".into(),
-            ));
+        // We announce a topic alias maximum of 0: any alias is invalid
+        // (MQTT-3.3.2-9), answered with DISCONNECT 0x94.
+        if let Some(alias) = props.as_ref().and_then(|p| p.topic_alias) {
+            return Err(DecodeError::TopicAlias(alias));
         }
         let topic_str = std::str::from_utf8(&publish.topic)
             .map_err(|_| DecodeError::Malformed("topic is not UTF-8".into()))?;
@@ -962,11 +1005,9 @@ impl Session {
             } else if !policy.may_subscribe(self.who(), &f.path) {
                 self.shared.stats.count(Reason::AclSubscribe);
                 tracing::info!(client_id = %crate::stats::short(&self.client_id), user = %crate::stats::who(self.user.as_deref()), filter = %crate::stats::short(&f.path), "subscription denied");
-                if v5 {
-                    SubscribeReasonCode::NotAuthorized
-                } else {
-                    SubscribeReasonCode::Failure
-                }
+                // 0x80 in both versions: many v5 clients treat 0x87 here
+                // as a broken SUBACK rather than a refusal.
+                SubscribeReasonCode::Failure
             } else if !known && self.subs.len() + self.sys_subs.len() >= max_subs {
                 self.shared.stats.count(Reason::TooManySubscriptions);
                 if v5 {

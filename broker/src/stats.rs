@@ -66,11 +66,14 @@ pub enum Reason {
     /// An anonymous client asked for a persistent session over the cap and
     /// got a clean one.
     PersistentAnonymous,
+    /// A message larger than the client's Maximum Packet Size (MQTT 5):
+    /// not sent to it (it would have to disconnect), counted.
+    TooLargeForClient,
 }
 
 impl Reason {
     /// Every reason, in counter order.
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 27] = [
         Reason::QueueFull,
         Reason::OfflineQos0,
         Reason::AclPublish,
@@ -97,6 +100,7 @@ impl Reason {
         Reason::MaxConnectionsPerIp,
         Reason::QueuedBytesTotal,
         Reason::PersistentAnonymous,
+        Reason::TooLargeForClient,
     ];
 
     /// Stable snake_case name used in metrics and `$SYS` topics.
@@ -128,6 +132,7 @@ impl Reason {
             Reason::MaxConnectionsPerIp => "max_connections_per_ip",
             Reason::QueuedBytesTotal => "queued_bytes_total",
             Reason::PersistentAnonymous => "persistent_anonymous",
+            Reason::TooLargeForClient => "too_large_for_client",
         }
     }
 }

@@ -170,5 +170,10 @@ fn idle_sockets_do_not_block_handshakes() {
         let mut buf = [0u8; 16];
         assert_eq!(s.read(&mut buf).unwrap_or(0), 0);
     }
+    // Counted once each (the count follows the close by a moment).
+    b.wait_metric(
+        "firehose_broker_dropped_total{reason=\"handshake_timeout\"}",
+        10,
+    );
     assert_eq!(b.dropped("handshake_timeout"), 10);
 }

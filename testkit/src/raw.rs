@@ -71,6 +71,19 @@ pub fn connect5(
     will: Option<(&str, &str, u32)>,
     login: Option<(&str, &str)>,
 ) -> Vec<u8> {
+    connect5_with(client_id, clean, session_expiry, &[], will, login)
+}
+
+/// [`connect5`] with more CONNECT properties (encoded, e.g. `[0x21, 0, 2]`
+/// for a Receive Maximum of 2).
+pub fn connect5_with(
+    client_id: &str,
+    clean: bool,
+    session_expiry: u32,
+    extra_props: &[u8],
+    will: Option<(&str, &str, u32)>,
+    login: Option<(&str, &str)>,
+) -> Vec<u8> {
     let mut b = Vec::new();
     s16(b"MQTT", &mut b);
     b.push(5);
@@ -85,6 +98,7 @@ pub fn connect5(
     b.extend_from_slice(&60u16.to_be_bytes());
     let mut props = vec![0x11];
     props.extend_from_slice(&session_expiry.to_be_bytes());
+    props.extend_from_slice(extra_props);
     varint(props.len(), &mut b);
     b.extend_from_slice(&props);
     s16(client_id.as_bytes(), &mut b);

@@ -1,0 +1,164 @@
+//! MQTT 5 flow control and session rules towards a client (issue #11,
+//! point 5): the client's Receive Maximum bounds what is in flight, its
+//! Maximum Packet Size keeps larger messages from it (counted), a topic
+//! alias (our maximum is 0) gets DISCONNECT 0x94, an ACL-denied
+//! subscription gets 0x80 in v5 as in v3, and DISCONNECT may change the
+//! session expiry (not from 0).
+
+use firehose_testkit::*;
+
+const BRIDGE: (&str, &str) = ("bridge", "secret");
+
+fn broker(dir: &std::path::Path, acl: Option<&str>) -> BrokerProc {
+    match acl {
+        Some(text) => {
+            let acl = dir.join("acl");
+            std::fs::write(&acl, text).unwrap();
+            BrokerProc::with_users(dir, &[BRIDGE], &["--acl", acl.to_str().unwrap()])
+        }
+        None => BrokerProc::with_users(dir, &[BRIDGE], &[]),
+    }
+}
+
+/// A v5 client with extra CONNECT properties; returns it and the CONNACK
+/// session-present flag.
+fn v5(b: &BrokerProc, id: &str, clean: bool, expiry: u32, props: &[u8]) -> (Raw, bool) {
+    let mut r = Raw::open(b.mqtt());
+    r.send(&connect5_with(id, clean, expiry, props, None, Some(BRIDGE)));
+    let (t, body) = r.read().expect("CONNACK");
+    assert_eq!((t, body[1]), (0x20, 0), "CONNACK success");
+    (r, body[0] & 1 == 1)
+}
+
+fn subscribed(r: &mut Raw, level: u8, filter: &str, qos: u8) -> Vec<u8> {
+    r.send(&subscribe(level, 1, filter, qos));
+    let (t, body) = r.read().expect("SUBACK");
+    assert_eq!(t, 0x90);
+    suback_codes(level, &body)
+}
+
+/// (topic, packet id, payload) of a v5 PUBLISH (no properties expected
+/// beyond an empty set).
+fn publish_of(t: u8, body: &[u8]) -> (String, u16, Vec<u8>) {
+    let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
+    let topic = String::from_utf8_lossy(&body[2..2 + tl]).into_owned();
+    let mut off = 2 + tl;
+    let mut pkid = 0;
+    if (t >> 1) & 3 > 0 {
+        pkid = u16::from_be_bytes([body[off], body[off + 1]]);
+        off += 2;
+    }
+    let plen = body[off] as usize; // one-byte property length here
+    (topic, pkid, body[off + 1 + plen..].to_vec())
+}
+
+#[test]
+fn the_clients_receive_maximum_bounds_what_is_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path(), None);
+    // Receive Maximum 2.
+    let (mut r, _) = v5(&b, "rm", true, 0, &[0x21, 0, 2]);
+    assert_eq!(subscribed(&mut r, 5, "rm/#", 1), [1]);
+    let mut p = Publisher::new(b.mqtt(), BRIDGE);
+    for i in 0..5 {
+        p.publish("rm/x", format!("m{i}").as_bytes(), false);
+    }
+    // All five are queued for us; two come, then nothing more until we ack:
+    // the PINGRESP to a PINGREQ sent now comes before any third.
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let (t, body) = r.read().expect("PUBLISH");
+        assert_eq!(t & 0xf0, 0x30);
+        got.push(publish_of(t, &body));
+    }
+    r.send(&[0xC0, 0]);
+    assert_eq!(
+        r.read().expect("PINGRESP").0,
+        0xD0,
+        "a third publish went out"
+    );
+    while got.len() < 5 {
+        // Ack the oldest unacked one; exactly one more may come.
+        let ack = got[got.len() - 2].1;
+        r.send(&[0x40, 2, (ack >> 8) as u8, ack as u8]);
+        let (t, body) = r.read().expect("PUBLISH");
+        assert_eq!(t & 0xf0, 0x30);
+        got.push(publish_of(t, &body));
+    }
+    let payloads: Vec<String> = got
+        .iter()
+        .map(|g| String::from_utf8_lossy(&g.2).into_owned())
+        .collect();
+    assert_eq!(payloads, ["m0", "m1", "m2", "m3", "m4"]);
+}
+
+#[test]
+fn the_clients_maximum_packet_size_keeps_larger_messages_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path(), None);
+    // Maximum Packet Size 100 bytes.
+    let (mut r, _) = v5(&b, "mp", true, 0, &[0x27, 0, 0, 0, 100]);
+    assert_eq!(subscribed(&mut r, 5, "mp/#", 0), [0]);
+    let mut p = Publisher::new(b.mqtt(), BRIDGE);
+    p.publish("mp/big", &[b'x'; 200], false);
+    p.publish("mp/small", b"ok", false);
+    let (t, body) = r.read().expect("PUBLISH");
+    let (topic, _, payload) = publish_of(t, &body);
+    assert_eq!(
+        (topic.as_str(), payload.as_slice()),
+        ("mp/small", b"ok".as_slice())
+    );
+    assert_eq!(b.dropped("too_large_for_client"), 1);
+    // Nothing else is on its way.
+    r.send(&[0xC0, 0]);
+    assert_eq!(r.read().expect("PINGRESP").0, 0xD0);
+}
+
+#[test]
+fn a_topic_alias_gets_disconnect_0x94() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path(), None);
+    let (mut r, _) = v5(&b, "alias", true, 0, &[]);
+    // PUBLISH QoS 0 to "a/b" with properties: topic alias (0x23) = 1.
+    let mut body = vec![0, 3, b'a', b'/', b'b', 3, 0x23, 0, 1];
+    body.extend_from_slice(b"hi");
+    r.send(&packet(0x30, &body));
+    let (t, body) = r.read().expect("DISCONNECT");
+    assert_eq!((t, body[0]), (0xE0, 0x94), "topic alias invalid");
+}
+
+#[test]
+fn a_denied_subscription_gets_0x80_in_v5_and_v3() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(
+        dir.path(),
+        Some("topic read public/#\n\nuser bridge\ntopic readwrite #\n"),
+    );
+    let mut r5 = Raw::open(b.mqtt());
+    r5.send(&connect5("anon5", true, 0, None, None));
+    assert_eq!(r5.read().expect("CONNACK").0, 0x20);
+    assert_eq!(subscribed(&mut r5, 5, "secret/#", 0), [0x80]);
+    assert_eq!(subscribed(&mut r5, 5, "public/#", 0), [0]);
+    let (mut r3, _) = Raw::connect(b.mqtt(), 4, "anon3", None);
+    assert_eq!(subscribed(&mut r3, 4, "secret/#", 0), [0x80]);
+}
+
+#[test]
+fn disconnect_may_change_the_session_expiry_but_not_from_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path(), None);
+    // CONNECT asks for an hour; DISCONNECT says 0: the session ends.
+    let (mut r, _) = v5(&b, "dx", false, 3600, &[]);
+    assert_eq!(subscribed(&mut r, 5, "dx/#", 1), [1]);
+    r.send(&packet(0xE0, &[0, 5, 0x11, 0, 0, 0, 0]));
+    drop(r);
+    b.wait_metric_at_most("firehose_broker_clients_connected", 0);
+    let (_r, present) = v5(&b, "dx", false, 3600, &[]);
+    assert!(!present, "DISCONNECT with expiry 0 ended the session");
+    drop(_r);
+    // CONNECT without expiry; DISCONNECT asking for one: a protocol error.
+    let (mut r, _) = v5(&b, "dz", true, 0, &[]);
+    r.send(&packet(0xE0, &[0, 5, 0x11, 0, 0, 1, 0]));
+    let (t, body) = r.read().expect("DISCONNECT");
+    assert_eq!((t, body[0]), (0xE0, 0x82));
+}
