@@ -19,25 +19,7 @@ fn notifications() -> Vec<AmqpMessage> {
     let mut fx = all_fixtures();
     fx.sort_by_key(|m| m.body.len());
     fx.truncate(12);
-    (0..N)
-        .map(|i| {
-            let m = &fx[i % fx.len()];
-            let mut inner = m.inner();
-            inner["message_id"] = serde_json::Value::String(format!("fault-{i:05}"));
-            let outer: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
-            let body = if outer.get("oslo.message").is_some() {
-                serde_json::json!({"oslo.version": "2.0", "oslo.message": inner.to_string()})
-                    .to_string()
-            } else {
-                inner.to_string()
-            };
-            AmqpMessage {
-                exchange: m.exchange.clone(),
-                routing_key: m.routing_key.clone(),
-                body: body.into_bytes(),
-            }
-        })
-        .collect()
+    numbered(&fx, "fault", 0, N)
 }
 
 /// Publishes everything in batches with confirms, retrying a batch (at

@@ -14,27 +14,8 @@ use std::process::Command;
 const N: usize = 1_000;
 
 /// `n` notifications from the fixtures, each with its own message_id.
-fn numbered(from: usize, n: usize) -> Vec<AmqpMessage> {
-    let fx = all_fixtures();
-    (from..from + n)
-        .map(|i| {
-            let m = &fx[i % fx.len()];
-            let mut inner = m.inner();
-            inner["message_id"] = serde_json::Value::String(format!("mq-{i:05}"));
-            let outer: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
-            let body = if outer.get("oslo.message").is_some() {
-                serde_json::json!({"oslo.version": "2.0", "oslo.message": inner.to_string()})
-                    .to_string()
-            } else {
-                inner.to_string()
-            };
-            AmqpMessage {
-                exchange: m.exchange.clone(),
-                routing_key: m.routing_key.clone(),
-                body: body.into_bytes(),
-            }
-        })
-        .collect()
+fn batch(from: usize, n: usize) -> Vec<AmqpMessage> {
+    numbered(&all_fixtures(), "mq", from, n)
 }
 
 #[test]
@@ -68,12 +49,12 @@ fn nova_into_mosquitto_over_tls_across_its_restart() {
     );
     bridge.wait_log("consuming nova notifications");
     bridge.wait_log("connected to the broker");
-    amqp_publish(&rabbit.url(), &numbered(0, N), true);
+    amqp_publish(&rabbit.url(), &batch(0, N), true);
     assert!(sub.read_until(N), "the first {N} through mosquitto");
     // mosquitto goes away; nova keeps sending.
     mq.stop();
     bridge.wait_log("broker connection lost");
-    amqp_publish(&rabbit.url(), &numbered(N, N), true);
+    amqp_publish(&rabbit.url(), &batch(N, N), true);
     mq.run();
     sub.raw = poll(
         WAIT,

@@ -41,7 +41,13 @@ try {
   const page = await context.newPage();
   page.on("pageerror", (e) => { console.error("page error:", e.message); failed = true; });
   await page.goto(env.PAGE_URL);
+  // Connected, and the broker acknowledged every subscription.
+  const subscribed = (filters) => page.waitForFunction((fs) => {
+    const live = (document.body.dataset.subscribed || "").split(" ");
+    return fs.every((f) => live.includes(f));
+  }, filters, T);
   await page.waitForFunction(() => document.getElementById("conn").textContent === "connected", null, T);
+  await subscribed(["#", "firehose/status/#", "nova/+/service/#"]);
   console.log("connected");
 
   // An event published now shows in the list with its summary.
@@ -69,6 +75,7 @@ try {
   await page.fill("#filter", "nova/#");
   await page.press("#filter", "Enter");
   await page.waitForFunction(() => document.querySelectorAll("#events li").length === 0, null, T);
+  await subscribed(["nova/#"]);
   await send("gerrit/openstack/nova/comment-added", gerrit(102, "Not shown under nova"));
   await send("nova/cell1/instance/create/end", nova("uuid-1"));
   await page.waitForSelector('#events li:has-text("uuid-1")', T);

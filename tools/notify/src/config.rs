@@ -464,6 +464,19 @@ fn check_private(path: &Path) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A password given inline or in a file (inline wins); `None` when
+/// neither is given.
+pub fn password(
+    inline: &Option<String>,
+    file: &Option<PathBuf>,
+) -> Result<Option<String>, ConfigError> {
+    match (inline, file) {
+        (Some(p), _) => Ok(Some(p.clone())),
+        (None, Some(f)) => read_password(f).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
 /// The first line of a password file.
 pub fn read_password(path: &Path) -> Result<String, ConfigError> {
     check_private(path)?;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::{read_password, Config, ConfigError};
+use crate::config::{Config, ConfigError};
 use crate::rules::{Dispatch, Engine};
 use crate::stats::Stats;
 use crate::targets::Target;
@@ -98,11 +98,7 @@ async fn connect(cfg: &Config) -> Result<firehose::Client, ServiceError> {
     let b = &cfg.broker;
     let mut builder = firehose::Client::builder(&b.url);
     if let Some(user) = &b.username {
-        let pass = match (&b.password, &b.password_file) {
-            (Some(p), _) => p.clone(),
-            (None, Some(f)) => read_password(f)?,
-            (None, None) => String::new(),
-        };
+        let pass = crate::config::password(&b.password, &b.password_file)?.unwrap_or_default();
         builder = builder.credentials(user, &pass);
     }
     if let Some(ca) = &b.ca {

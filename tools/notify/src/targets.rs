@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 
-use crate::config::{read_password, BrokerConfig, ConfigError, TargetConfig, TargetKind};
+use crate::config::{BrokerConfig, ConfigError, TargetConfig, TargetKind};
 use crate::stats::Stats;
 
 /// Why one delivery attempt failed.
@@ -160,11 +160,7 @@ impl Sender {
                         .port(port.unwrap_or(default_port))
                         .tls(tls)
                         .timeout(Some(t.timeout));
-                let pass = match (password, password_file) {
-                    (Some(p), _) => Some(p.clone()),
-                    (None, Some(f)) => Some(read_password(f)?),
-                    (None, None) => None,
-                };
+                let pass = crate::config::password(password, password_file)?;
                 if let Some(user) = username {
                     b = b.credentials(Credentials::new(user.clone(), pass.unwrap_or_default()));
                 }
@@ -203,11 +199,7 @@ impl Sender {
                     (&broker.username, &broker.password, &broker.password_file)
                 };
                 if let Some(u) = user {
-                    let p = match (pass, pass_file) {
-                        (Some(p), _) => p.clone(),
-                        (None, Some(f)) => read_password(f)?,
-                        (None, None) => String::new(),
-                    };
+                    let p = crate::config::password(pass, pass_file)?.unwrap_or_default();
                     b = b.credentials(u, &p);
                 }
                 if let Some(ca) = &broker.ca {

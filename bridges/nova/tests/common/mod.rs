@@ -249,3 +249,28 @@ pub fn messages(sub: Sub) -> Vec<(String, Vec<u8>)> {
         .map(|(t, h)| (t.to_owned(), unhex(h)))
         .collect()
 }
+
+/// Notifications `from..from + n` made from `fixtures` (in turn), each
+/// with its own message_id `<prefix>-<i:05>`, in the envelope its fixture
+/// had.
+pub fn numbered(fixtures: &[AmqpMessage], prefix: &str, from: usize, n: usize) -> Vec<AmqpMessage> {
+    (from..from + n)
+        .map(|i| {
+            let m = &fixtures[i % fixtures.len()];
+            let mut inner = m.inner();
+            inner["message_id"] = serde_json::Value::String(format!("{prefix}-{i:05}"));
+            let outer: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
+            let body = if outer.get("oslo.message").is_some() {
+                serde_json::json!({"oslo.version": "2.0", "oslo.message": inner.to_string()})
+                    .to_string()
+            } else {
+                inner.to_string()
+            };
+            AmqpMessage {
+                exchange: m.exchange.clone(),
+                routing_key: m.routing_key.clone(),
+                body: body.into_bytes(),
+            }
+        })
+        .collect()
+}
