@@ -8,6 +8,7 @@
 //! into the session's write buffer ([`encode_publish`]).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use rumqttd::protocol::PublishProperties;
@@ -27,6 +28,8 @@ pub struct Message {
     pub props: Option<Box<PublishProperties>>,
     /// The publishing session's key (0 for the broker itself).
     pub origin: u64,
+    /// When it was accepted: a message expiry interval counts from here.
+    pub arrived: Instant,
 }
 
 impl Message {
@@ -51,7 +54,21 @@ impl Message {
             retain,
             props,
             origin,
+            arrived: Instant::now(),
         })
+    }
+
+    /// MQTT 5 message expiry: `None` when the message has none, else the
+    /// seconds it has left (0: expired, not to be sent, MQTT-3.3.2-5).
+    pub fn expiry_left(&self) -> Option<u32> {
+        let total = self.props.as_ref()?.message_expiry_interval?;
+        let spent = self.arrived.elapsed().as_secs();
+        Some(u64::from(total).saturating_sub(spent) as u32)
+    }
+
+    /// True once its message expiry interval has passed.
+    pub fn expired(&self) -> bool {
+        self.expiry_left() == Some(0)
     }
 
     /// The topic as text (checked at construction by the caller).
@@ -117,13 +134,15 @@ fn put_str(out: &mut BytesMut, s: &[u8]) {
     out.extend_from_slice(s);
 }
 
-fn put_props(out: &mut BytesMut, p: Option<&PublishProperties>) {
+/// `expiry`: the interval to write, what is left of the message's own
+/// (MQTT-3.3.2-6), not what the publisher sent.
+fn put_props(out: &mut BytesMut, p: Option<&PublishProperties>, expiry: Option<u32>) {
     let Some(p) = p else { return };
     if let Some(v) = p.payload_format_indicator {
         out.put_u8(0x01);
         out.put_u8(v);
     }
-    if let Some(v) = p.message_expiry_interval {
+    if let Some(v) = expiry {
         out.put_u8(0x02);
         out.put_u32(v);
     }
@@ -181,7 +200,7 @@ pub fn encode_publish(
     }
     if v5 {
         put_varint(out, plen);
-        put_props(out, props);
+        put_props(out, props, msg.expiry_left());
         for id in sub_ids {
             out.put_u8(0x0B);
             put_varint(out, *id as usize);

@@ -716,6 +716,12 @@ impl Session {
             let Some(d) = self.next_delivery(room) else {
                 break;
             };
+            if d.msg.expired() {
+                // Its message expiry passed while it waited (MQTT-3.3.2-5).
+                self.shared.stats.count(Reason::MessageExpired);
+                self.outbox.progressed();
+                continue;
+            }
             let pkid = if d.qos > 0 { self.alloc_pkid() } else { 0 };
             let h = Header {
                 qos: d.qos,

@@ -69,11 +69,14 @@ pub enum Reason {
     /// A message larger than the client's Maximum Packet Size (MQTT 5):
     /// not sent to it (it would have to disconnect), counted.
     TooLargeForClient,
+    /// An MQTT 5 message whose expiry interval passed while it was queued
+    /// (or retained): not sent.
+    MessageExpired,
 }
 
 impl Reason {
     /// Every reason, in counter order.
-    pub const ALL: [Reason; 27] = [
+    pub const ALL: [Reason; 28] = [
         Reason::QueueFull,
         Reason::OfflineQos0,
         Reason::AclPublish,
@@ -101,6 +104,7 @@ impl Reason {
         Reason::QueuedBytesTotal,
         Reason::PersistentAnonymous,
         Reason::TooLargeForClient,
+        Reason::MessageExpired,
     ];
 
     /// Stable snake_case name used in metrics and `$SYS` topics.
@@ -133,6 +137,7 @@ impl Reason {
             Reason::QueuedBytesTotal => "queued_bytes_total",
             Reason::PersistentAnonymous => "persistent_anonymous",
             Reason::TooLargeForClient => "too_large_for_client",
+            Reason::MessageExpired => "message_expired",
         }
     }
 }

@@ -162,3 +162,71 @@ fn disconnect_may_change_the_session_expiry_but_not_from_zero() {
     let (t, body) = r.read().expect("DISCONNECT");
     assert_eq!((t, body[0]), (0xE0, 0x82));
 }
+
+/// A v5 QoS 1 PUBLISH with a message expiry interval (seconds), or none.
+fn publish_expiring(topic: &str, pkid: u16, expiry: Option<u32>, payload: &[u8]) -> Vec<u8> {
+    let mut b = (topic.len() as u16).to_be_bytes().to_vec();
+    b.extend_from_slice(topic.as_bytes());
+    b.extend_from_slice(&pkid.to_be_bytes());
+    match expiry {
+        Some(e) => {
+            b.extend_from_slice(&[5, 0x02]);
+            b.extend_from_slice(&e.to_be_bytes());
+        }
+        None => b.push(0),
+    }
+    b.extend_from_slice(payload);
+    packet(0x32, &b)
+}
+
+#[test]
+fn message_expiry_drops_what_waited_too_long_and_shortens_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path(), None);
+    // A persistent v5 reader, then away.
+    let (mut r, _) = v5(&b, "mx", false, 3600, &[]);
+    assert_eq!(subscribed(&mut r, 5, "mx/#", 1), [1]);
+    r.send(&packet(0xE0, &[0, 0]));
+    drop(r);
+    b.wait_metric_at_most("firehose_broker_clients_connected", 0);
+    let (mut p, _) = v5(&b, "mx-pub", true, 0, &[]);
+    for (i, (expiry, payload)) in [(Some(1), "short"), (None, "keep"), (Some(3600), "long")]
+        .into_iter()
+        .enumerate()
+    {
+        p.send(&publish_expiring(
+            "mx/t",
+            i as u16 + 1,
+            expiry,
+            payload.as_bytes(),
+        ));
+        assert_eq!(p.read().expect("PUBACK").0, 0x40);
+    }
+    // Expiry is whole seconds: after two, "short" is past it.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (mut r, present) = v5(&b, "mx", false, 3600, &[]);
+    assert!(present);
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let (t, body) = r.read().expect("PUBLISH");
+        assert_eq!(t & 0xf0, 0x30);
+        let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
+        let off = 2 + tl + 2;
+        let plen = body[off] as usize;
+        let props = &body[off + 1..off + 1 + plen];
+        let expiry = (props.first() == Some(&0x02))
+            .then(|| u32::from_be_bytes([props[1], props[2], props[3], props[4]]));
+        got.push((
+            String::from_utf8_lossy(&body[off + 1 + plen..]).into_owned(),
+            expiry,
+        ));
+    }
+    assert_eq!(got[0], ("keep".to_owned(), None));
+    assert_eq!(got[1].0, "long");
+    let left = got[1].1.expect("the expiry is passed on");
+    assert!(
+        left <= 3598 && left > 3000,
+        "what is left of it, not 3600: {left}"
+    );
+    assert_eq!(b.dropped("message_expired"), 1);
+}
