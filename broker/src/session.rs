@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet,
-    PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, Publish, QoS,
+    PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PubRelReason, Publish, QoS,
     RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
     Unsubscribe,
 };
@@ -77,6 +77,9 @@ struct Session {
     /// Taken from the outbox, not yet written.
     taken: VecDeque<Delivery>,
     inflight: VecDeque<(u16, Delivery)>,
+    /// QoS 2 deliveries whose PUBREC came: PUBREL sent, waiting for
+    /// PUBCOMP (re-sent as PUBREL, not PUBLISH, on resume).
+    released: HashSet<u16>,
     next_pkid: u16,
     /// QoS 2 packet ids received (accepted or denied once) and not yet
     /// released by PUBREL: a re-sent PUBLISH with one of them is not
@@ -122,6 +125,7 @@ pub(crate) async fn run(first: Box<Pending>, mailbox: Arc<Mailbox>, gen: u64, sh
         retained: VecDeque::new(),
         taken: VecDeque::new(),
         inflight: VecDeque::new(),
+        released: HashSet::new(),
         next_pkid: 1,
         awaiting_rel: HashSet::new(),
         expiry: None,
@@ -339,7 +343,8 @@ impl Session {
             session_expiry_interval: (asked != granted).then_some(granted),
             assigned_client_identifier: p.assigned_id.then(|| self.client_id.clone()),
             server_keep_alive: p.server_keep_alive,
-            max_qos: Some(1),
+            // Absent: QoS 2 is supported both ways.
+            max_qos: None,
             retain_available: Some(1),
             max_packet_size: Some(self.shared.cfg.limits.max_packet_size as u32),
             topic_alias_max: Some(0),
@@ -383,7 +388,13 @@ impl Session {
         tracing::info!(target: crate::stats::CLIENTS, client_id = %crate::stats::short(&self.client_id), %peer, version = self.version.as_str(), user = %crate::stats::who(self.user.as_deref()), session_present = present, "client connected");
         if present {
             let v5 = self.version == Version::V5;
+            // In their original order (MQTT-4.6.0-1): released QoS 2 ones
+            // as PUBREL, the others as PUBLISH with DUP.
             for (pkid, d) in self.inflight.iter() {
+                if self.released.contains(pkid) {
+                    self.send(pubrel(*pkid, PubRelReason::Success), &mut wbuf);
+                    continue;
+                }
                 let h = Header {
                     qos: d.qos,
                     retain: d.retain,
@@ -396,6 +407,7 @@ impl Session {
             // A clean start: what was in flight for the old session goes back
             // to nobody (the outbox was cleared at teardown).
             self.inflight.clear();
+            self.released.clear();
         }
 
         let ka = if keep_alive == 0 {
@@ -759,6 +771,19 @@ impl Session {
         }
     }
 
+    /// A QoS `qos` delivery in flight is done (PUBACK, PUBCOMP, or a v5
+    /// PUBREC with an error): the window has room again.
+    fn settle(&mut self, pkid: u16, qos: u8) {
+        if let Some(i) = self
+            .inflight
+            .iter()
+            .position(|(p, d)| *p == pkid && d.qos == qos)
+        {
+            self.inflight.remove(i);
+            self.outbox.progressed();
+        }
+    }
+
     fn alloc_pkid(&mut self) -> u16 {
         loop {
             let p = self.next_pkid;
@@ -791,12 +816,7 @@ impl Session {
                 Packet::Publish(publish, props) => {
                     self.on_publish(publish, props, meta, &policy, out)?
                 }
-                Packet::PubAck(ack, _) => {
-                    if let Some(i) = self.inflight.iter().position(|(p, _)| *p == ack.pkid) {
-                        self.inflight.remove(i);
-                        self.outbox.progressed();
-                    }
-                }
+                Packet::PubAck(ack, _) => self.settle(ack.pkid, 1),
                 Packet::PubRel(rel, _) => {
                     let reason = if self.awaiting_rel.remove(&rel.pkid) {
                         PubCompReason::Success
@@ -815,19 +835,33 @@ impl Session {
                     );
                 }
                 Packet::PubRec(rec, _) => {
-                    // We never send QoS 2; answer so a confused client is not stuck.
-                    self.send(
-                        Packet::PubRel(
-                            rumqttd::protocol::PubRel {
-                                pkid: rec.pkid,
-                                reason: rumqttd::protocol::PubRelReason::PacketIdentifierNotFound,
-                            },
-                            None,
-                        ),
-                        out,
+                    // QoS 2, step 2: the client has it; release it. A v5
+                    // client's error code ends the exchange there.
+                    let ours = self
+                        .inflight
+                        .iter()
+                        .any(|(p, d)| *p == rec.pkid && d.qos == 2);
+                    let failed = !matches!(
+                        rec.reason,
+                        PubRecReason::Success | PubRecReason::NoMatchingSubscribers
                     );
+                    if !ours {
+                        self.send(
+                            pubrel(rec.pkid, PubRelReason::PacketIdentifierNotFound),
+                            out,
+                        );
+                    } else if failed {
+                        self.settle(rec.pkid, 2);
+                    } else {
+                        self.released.insert(rec.pkid);
+                        self.send(pubrel(rec.pkid, PubRelReason::Success), out);
+                    }
                 }
-                Packet::PubComp(..) => {}
+                Packet::PubComp(comp, _) => {
+                    if self.released.remove(&comp.pkid) {
+                        self.settle(comp.pkid, 2);
+                    }
+                }
                 Packet::Subscribe(sub, props) => self.on_subscribe(sub, props, &policy, out),
                 Packet::Unsubscribe(unsub, _) => self.on_unsubscribe(unsub, out),
                 Packet::PingReq(_) => {
@@ -1028,11 +1062,7 @@ impl Session {
                 new_sys.push(f.path.clone());
                 SubscribeReasonCode::Success(QoS::AtMostOnce)
             } else {
-                // QoS 2 is granted as 1: the edge delivers at most QoS 1.
-                let granted = match f.qos {
-                    QoS::AtMostOnce => QoS::AtMostOnce,
-                    _ => QoS::AtLeastOnce,
-                };
+                let granted = f.qos;
                 let entry = Sub {
                     outbox: self.outbox.clone(),
                     qos: granted as u8,
@@ -1178,6 +1208,7 @@ impl Session {
         self.retained = VecDeque::new();
         self.taken = VecDeque::new();
         self.inflight = VecDeque::new();
+        self.released = HashSet::new();
         if std::mem::take(&mut self.anonymous_slot) {
             self.shared.stats.anonymous_persistent.fetch_sub(1, Relaxed);
         }
@@ -1231,6 +1262,10 @@ impl Drop for Reading<'_> {
 }
 
 /// The subscription identifiers to send with a delivery.
+fn pubrel(pkid: u16, reason: PubRelReason) -> Packet {
+    Packet::PubRel(rumqttd::protocol::PubRel { pkid, reason }, None)
+}
+
 fn sub_ids(d: &Delivery) -> &[u32] {
     if d.sub_id == 0 {
         &[]
