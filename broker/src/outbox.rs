@@ -41,6 +41,25 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// The MQTT 5 subscription identifiers one delivery carries: usually one
+/// (0: none); all of them when overlapping subscriptions with their own
+/// identifiers matched (one copy, every identifier: MQTT-3.3.4-3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubIds {
+    One(u32),
+    Many(Arc<[u32]>),
+}
+
+impl SubIds {
+    pub fn as_slice(&self) -> &[u32] {
+        match self {
+            SubIds::One(0) => &[],
+            SubIds::One(i) => std::slice::from_ref(i),
+            SubIds::Many(v) => v,
+        }
+    }
+}
+
 /// One message on its way to one session.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -50,8 +69,8 @@ pub struct Delivery {
     /// Retain flag to send: set for retained messages sent on subscribe and,
     /// live, only with retain-as-published.
     pub retain: bool,
-    /// MQTT 5 subscription identifier of the matching subscription (0: none).
-    pub sub_id: u32,
+    /// MQTT 5 subscription identifiers of the matching subscriptions.
+    pub sub_ids: SubIds,
 }
 
 /// What the router must know of the session to check a read against the ACL.
@@ -443,7 +462,7 @@ mod tests {
             ),
             qos,
             retain: false,
-            sub_id: 0,
+            sub_ids: SubIds::One(0),
         }
     }
 

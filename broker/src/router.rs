@@ -21,7 +21,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::auth::Policy;
 use crate::message::Message;
-use crate::outbox::{Budget, Delivery, Outbox, Pushed};
+use crate::outbox::{Budget, Delivery, Outbox, Pushed, SubIds};
 use crate::stats::{Reason, Stats};
 
 /// One session's subscription to one filter.
@@ -386,6 +386,7 @@ impl Router {
         let levels: Vec<&str> = topic.split('/').collect();
         let t = self.read();
         let mut hits: Vec<Hit<'_>> = Vec::new();
+        let mut many_ids: Vec<(u64, Arc<[u32]>)> = Vec::new();
         let mut nodes = 0usize;
         collect_subs(
             &t.root,
@@ -409,6 +410,16 @@ impl Router {
                 keep
             });
             several.sort_by_key(|h| (h.sub.outbox.key, std::cmp::Reverse(h.sub.qos)));
+            // Every identifier of a session's matching subscriptions goes
+            // with its one copy.
+            for w in several.chunk_by(|a, b| a.sub.outbox.key == b.sub.outbox.key) {
+                let mut ids: Vec<u32> = w.iter().map(|h| h.sub.id).filter(|i| *i != 0).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                if ids.len() > 1 {
+                    many_ids.push((w[0].sub.outbox.key, Arc::from(ids)));
+                }
+            }
             several.dedup_by_key(|h| h.sub.outbox.key);
             hits.extend(several);
         }
@@ -423,7 +434,10 @@ impl Router {
                 msg: msg.clone(),
                 qos: msg.qos.min(s.qos),
                 retain: s.retain_as_published && msg.retain,
-                sub_id: s.id,
+                sub_ids: match many_ids.iter().find(|(k, _)| *k == s.outbox.key) {
+                    Some((_, ids)) => SubIds::Many(ids.clone()),
+                    None => SubIds::One(s.id),
+                },
             };
             match s.outbox.push_unsettled(d, policy, &mut net) {
                 Pushed::Dropped => {}

@@ -1095,7 +1095,7 @@ impl Session {
                                     qos: msg.qos.min(granted as u8),
                                     msg,
                                     retain: true,
-                                    sub_id,
+                                    sub_ids: crate::outbox::SubIds::One(sub_id),
                                 }));
                         }
                         SubscribeReasonCode::Success(granted)
@@ -1267,11 +1267,7 @@ fn pubrel(pkid: u16, reason: PubRelReason) -> Packet {
 }
 
 fn sub_ids(d: &Delivery) -> &[u32] {
-    if d.sub_id == 0 {
-        &[]
-    } else {
-        std::slice::from_ref(&d.sub_id)
-    }
+    d.sub_ids.as_slice()
 }
 
 /// The last bytes for a connection about to close: what is still pending,

@@ -230,3 +230,30 @@ fn message_expiry_drops_what_waited_too_long_and_shortens_the_rest() {
     );
     assert_eq!(b.dropped("message_expired"), 1);
 }
+
+#[test]
+fn overlapping_subscriptions_give_one_copy_with_every_identifier() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path(), None);
+    let (mut r, _) = v5(&b, "si", true, 0, &[]);
+    for (pkid, filter, id) in [(1u16, "si/#", 1u8), (2, "si/+", 2)] {
+        // SUBSCRIBE with a subscription identifier property (0x0B).
+        let mut body = pkid.to_be_bytes().to_vec();
+        body.extend_from_slice(&[2, 0x0B, id]);
+        body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+        body.extend_from_slice(filter.as_bytes());
+        body.push(1);
+        r.send(&packet(0x82, &body));
+        assert_eq!(r.read().expect("SUBACK").0, 0x90);
+    }
+    Publisher::new(b.mqtt(), BRIDGE).publish("si/x", b"hi", false);
+    let (t, body) = r.read().expect("PUBLISH");
+    assert_eq!(t & 0xf0, 0x30);
+    let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
+    let off = 2 + tl + 2;
+    let plen = body[off] as usize;
+    let props = &body[off + 1..off + 1 + plen];
+    assert_eq!(props, [0x0B, 1, 0x0B, 2], "both identifiers in one copy");
+    r.send(&[0xC0, 0]);
+    assert_eq!(r.read().expect("PINGRESP").0, 0xD0, "one copy only");
+}
