@@ -1,0 +1,47 @@
+//! MQTT 5 semantics with a real v5 client (paho-mqtt in Python, installed
+//! by `./scripts/test`): QoS downgrade, retain handling, retain-as-
+//! published, no-local, subscription identifiers, properties live and
+//! retained, message expiry (`paho_v5.py` says what each check is).
+
+use std::path::Path;
+use std::process::Command;
+
+use firehose_testkit::*;
+
+#[test]
+fn paho_v5_semantics() {
+    let python = require("python3", "python3");
+    let check = run(Command::new(&python).args(["-c", "import paho.mqtt"]));
+    assert!(
+        check.status.success(),
+        "paho-mqtt is missing: pip install paho-mqtt==2.2.0 (./scripts/test does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let b = BrokerProc::with_users(dir.path(), &[("bridge", "secret")], &[]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/paho_v5.py");
+    let out =
+        run(Command::new(&python)
+            .arg(&script)
+            .args(["127.0.0.1", &b.port(), "bridge", "secret"]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "paho_v5.py: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for check in [
+        "qos",
+        "retain-handling",
+        "retain-as-published",
+        "no-local",
+        "subscription-identifiers",
+        "properties",
+        "message-expiry",
+        "all",
+    ] {
+        assert!(
+            stdout.contains(&format!("ok {check}\n")),
+            "{check}: {stdout}"
+        );
+    }
+}

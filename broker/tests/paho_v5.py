@@ -1,0 +1,181 @@
+"""MQTT 5 semantics through firehose-broker with paho-mqtt's v5 client.
+
+Driven by broker/tests/mqtt5_paho.rs:
+    python3 paho_v5.py HOST PORT USER PASS
+Checks, each printed as "ok <name>" (exit 1 with the reason otherwise):
+QoS downgrade (publish 2 / subscribe 1 → 1, publish 1 / subscribe 2 → 1,
+publish 2 / subscribe 2 → 2), retain handling 0/1/2, retain-as-published,
+no-local, subscription identifiers (one copy, every id), properties kept
+live and retained (user properties, content type, payload format,
+correlation data, response topic), message expiry shortened on delivery.
+Every wait is bounded.
+"""
+import queue
+import sys
+import time
+import uuid
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+host, port, user, password = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+WAIT = 15
+RUN = uuid.uuid4().hex[:8]
+
+
+def fail(why):
+    print("FAIL", why, flush=True)
+    sys.exit(1)
+
+
+class Client:
+    """A v5 client whose messages and SUBACKs land in queues."""
+
+    def __init__(self, name, login=False):
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{name}-{RUN}",
+                             protocol=mqtt.MQTTv5)
+        if login:
+            self.c.username_pw_set(user, password)
+        self.msgs = queue.Queue()
+        self.acks = queue.Queue()
+        self.c.on_message = lambda c, u, m: self.msgs.put(m)
+        self.c.on_subscribe = lambda c, u, mid, codes, props: self.acks.put(codes)
+        connected = queue.Queue()
+        self.c.on_connect = lambda c, u, f, rc, p: connected.put(rc)
+        self.c.connect(host, port, keepalive=30)
+        self.c.loop_start()
+        rc = connected.get(timeout=WAIT)
+        if rc != 0:
+            fail(f"{name}: CONNACK {rc}")
+
+    def sub(self, topic, qos=0, **opts):
+        props = None
+        if "sub_id" in opts:
+            props = Properties(PacketTypes.SUBSCRIBE)
+            props.SubscriptionIdentifier = opts.pop("sub_id")
+        self.c.subscribe(topic, options=SubscribeOptions(qos=qos, **opts), properties=props)
+        return [int(c.value) for c in self.acks.get(timeout=WAIT)]
+
+    def pub(self, topic, payload, qos=0, retain=False, props=None):
+        self.c.publish(topic, payload, qos=qos, retain=retain, properties=props).wait_for_publish(WAIT)
+
+    def get(self):
+        return self.msgs.get(timeout=WAIT)
+
+    def none_before(self, marker_topic):
+        """True when the next message is the marker (nothing came before it)."""
+        m = self.get()
+        return m.topic == marker_topic, m
+
+
+pub = Client("pub", login=True)
+sub = Client("sub")
+
+# QoS: the lower of publish and subscription.
+t = f"v5/{RUN}/qos"
+for sq, pq, want in [(1, 2, 1), (2, 1, 1), (2, 2, 2), (0, 2, 0)]:
+    topic = f"{t}/{sq}{pq}"
+    sub.sub(topic, qos=sq)
+    pub.pub(topic, "q", qos=pq)
+    m = sub.get()
+    if m.qos != want:
+        fail(f"QoS: subscribed {sq}, published {pq}: delivered at {m.qos}, want {want}")
+print("ok qos", flush=True)
+
+# Retain handling: 0 sends retained at every subscribe, 1 only for a new
+# subscription, 2 never; a marker published after shows nothing came first.
+t = f"v5/{RUN}/rh"
+pub.pub(f"{t}/r", "kept", qos=1, retain=True)
+for rh, first, again in [(0, True, True), (1, True, False), (2, False, False)]:
+    c = Client(f"rh{rh}")
+    for attempt, want in [(1, first), (2, again)]:
+        c.sub(f"{t}/#", qos=1, retainHandling=rh)
+        marker = f"{t}/marker{rh}{attempt}"
+        pub.pub(marker, "m", qos=1)
+        came_first, m = c.none_before(marker)
+        got_retained = not came_first
+        if got_retained:
+            if m.topic != f"{t}/r" or not m.retain:
+                fail(f"retain handling {rh}: unexpected {m.topic}")
+            c.get()  # the marker
+        if got_retained != want:
+            fail(f"retain handling {rh}, subscribe #{attempt}: retained sent {got_retained}, want {want}")
+print("ok retain-handling", flush=True)
+
+# Retain-as-published: live retained publishes keep the flag only with it.
+t = f"v5/{RUN}/rap"
+rap = Client("rap")
+rap.sub(f"{t}/#", qos=1, retainAsPublished=True, retainHandling=2)
+plain = Client("plain")
+plain.sub(f"{t}/#", qos=1, retainHandling=2)
+pub.pub(f"{t}/x", "live", qos=1, retain=True)
+if not rap.get().retain or plain.get().retain:
+    fail("retain-as-published")
+print("ok retain-as-published", flush=True)
+
+# No-local: a client does not get its own publishes.
+t = f"v5/{RUN}/nl"
+pub.sub(f"{t}/#", qos=1, noLocal=True)
+pub.pub(f"{t}/own", "own", qos=1)
+other = Client("other", login=True)
+other.pub(f"{t}/theirs", "theirs", qos=1)
+m = pub.get()
+if m.topic != f"{t}/theirs":
+    fail(f"no-local: got {m.topic} first")
+print("ok no-local", flush=True)
+
+# Subscription identifiers: overlapping subscriptions, one copy, both ids.
+t = f"v5/{RUN}/sid"
+sid = Client("sid")
+sid.sub(f"{t}/#", qos=1, sub_id=7)
+sid.sub(f"{t}/+", qos=1, sub_id=9)
+pub.pub(f"{t}/x", "x", qos=1)
+m = sid.get()
+ids = sorted(getattr(m.properties, "SubscriptionIdentifier", []))
+if ids != [7, 9]:
+    fail(f"subscription identifiers {ids}")
+marker = f"{t}/end"
+pub.pub(marker, "end", qos=1)
+if sid.get().topic != marker:
+    fail("a second copy for overlapping subscriptions")
+print("ok subscription-identifiers", flush=True)
+
+# Properties travel live and retained.
+t = f"v5/{RUN}/props"
+props = Properties(PacketTypes.PUBLISH)
+props.UserProperty = [("origin", "gerrit"), ("run", RUN)]
+props.ContentType = "application/json"
+props.PayloadFormatIndicator = 1
+props.CorrelationData = b"corr-1"
+props.ResponseTopic = f"{t}/reply"
+live = Client("live")
+live.sub(f"{t}/#", qos=1)
+pub.pub(f"{t}/p", '{"a":1}', qos=1, retain=True, props=props)
+late = Client("late")
+late.sub(f"{t}/#", qos=1)
+for who, m in [("live", live.get()), ("retained", late.get())]:
+    p = m.properties
+    if (sorted(getattr(p, "UserProperty", [])) != sorted(props.UserProperty)
+            or getattr(p, "ContentType", None) != "application/json"
+            or getattr(p, "PayloadFormatIndicator", None) != 1
+            or getattr(p, "CorrelationData", None) != b"corr-1"
+            or getattr(p, "ResponseTopic", None) != f"{t}/reply"):
+        fail(f"properties {who}: {p}")
+print("ok properties", flush=True)
+
+# Message expiry: what is left of the interval, not the original.
+t = f"v5/{RUN}/exp"
+props = Properties(PacketTypes.PUBLISH)
+props.MessageExpiryInterval = 600
+pub.pub(f"{t}/e", "e", qos=1, retain=True, props=props)
+time.sleep(2.2)
+exp = Client("exp")
+exp.sub(f"{t}/#", qos=1)
+left = getattr(exp.get().properties, "MessageExpiryInterval", None)
+if left is None or not 500 < left <= 598:
+    fail(f"message expiry left {left}")
+print("ok message-expiry", flush=True)
+print("ok all", flush=True)
