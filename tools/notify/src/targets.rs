@@ -38,6 +38,14 @@ fn render(t: &Template, note: &Value) -> String {
         .unwrap_or_else(|e| format!("<template error: {e}>"))
 }
 
+/// The target's own template for this text, else the rule's message.
+fn own_or_message(t: &Option<Template>, note: &Value) -> String {
+    match t {
+        Some(t) => render(t, note),
+        None => message(note),
+    }
+}
+
 fn message(note: &Value) -> String {
     note.get("message")
         .and_then(Value::as_str)
@@ -238,17 +246,14 @@ impl Sender {
         preset: &Option<String>,
         note: &Value,
     ) -> (String, &'static str) {
-        let text = |t: &Option<Template>| match t {
-            Some(t) => render(t, note),
-            None => message(note),
-        };
         match preset.as_deref() {
             Some("matrix") => (
-                serde_json::json!({"msgtype": "m.text", "body": text(body)}).to_string(),
+                serde_json::json!({"msgtype": "m.text", "body": own_or_message(body, note)})
+                    .to_string(),
                 "application/json",
             ),
             Some(_) => (
-                serde_json::json!({"text": text(body)}).to_string(),
+                serde_json::json!({"text": own_or_message(body, note)}).to_string(),
                 "application/json",
             ),
             None => match body {
@@ -307,10 +312,7 @@ impl Sender {
                     for a in to {
                         m = m.to(a.clone());
                     }
-                    let text = match body {
-                        Some(t) => render(t, note),
-                        None => message(note),
-                    };
+                    let text = own_or_message(body, note);
                     let mail = m
                         .header(lettre::message::header::ContentType::TEXT_PLAIN)
                         .body(text)
@@ -322,10 +324,7 @@ impl Sender {
                     Ok(())
                 }
                 Sender::File { path, line } => {
-                    let mut text = match line {
-                        Some(t) => render(t, note),
-                        None => message(note),
-                    };
+                    let mut text = own_or_message(line, note);
                     text.push('\n');
                     let mut f = tokio::fs::OpenOptions::new()
                         .create(true)
@@ -344,10 +343,7 @@ impl Sender {
                     retain,
                     qos,
                 } => {
-                    let body = match payload {
-                        Some(t) => render(t, note),
-                        None => message(note),
-                    };
+                    let body = own_or_message(payload, note);
                     client
                         .publish(render(topic, note), *qos, *retain, body)
                         .await
@@ -403,10 +399,7 @@ impl Sender {
                 ..
             } => {
                 let to: Vec<String> = to.iter().map(|a| a.to_string()).collect();
-                let text = match body {
-                    Some(t) => render(t, note),
-                    None => message(note),
-                };
+                let text = own_or_message(body, note);
                 format!(
                     "mail via {shown} to {} subject {:?} body {text:?}",
                     to.join(", "),
@@ -416,10 +409,7 @@ impl Sender {
             Sender::File { path, line } => format!(
                 "append to {}: {}",
                 path.display(),
-                match line {
-                    Some(t) => render(t, note),
-                    None => message(note),
-                }
+                own_or_message(line, note)
             ),
             Sender::Mqtt {
                 topic,
@@ -430,10 +420,7 @@ impl Sender {
                 "publish to {}{}: {}",
                 render(topic, note),
                 if *retain { " (retained)" } else { "" },
-                match payload {
-                    Some(t) => render(t, note),
-                    None => message(note),
-                }
+                own_or_message(payload, note)
             ),
             Sender::Log => format!("log: {}", message(note)),
         }
