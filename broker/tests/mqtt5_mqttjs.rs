@@ -1,0 +1,47 @@
+//! MQTT 5 semantics with MQTT.js's v5 client (npm, installed by
+//! `./scripts/test`), beside paho's: QoS downgrade, subscription
+//! identifiers in one copy, no-local, properties, retain-as-published,
+//! QoS 2 (`js/v5.mjs` says what each check is).
+
+use std::path::Path;
+use std::process::Command;
+
+use firehose_testkit::*;
+
+#[test]
+fn mqtt_js_v5_semantics() {
+    require("node", "nodejs");
+    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
+    assert!(
+        js.join("node_modules/mqtt").is_dir(),
+        "MQTT.js is not installed: run `npm ci --prefix {}` (./scripts/test does)",
+        js.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let b = BrokerProc::with_users(dir.path(), &[("bridge", "secret")], &[]);
+    let out = run(Command::new("node").current_dir(&js).arg("v5.mjs").args([
+        &format!("mqtt://{}", b.mqtt()),
+        "bridge",
+        "secret",
+    ]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "v5.mjs: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for check in [
+        "qos",
+        "subscription-identifiers",
+        "no-local",
+        "properties",
+        "retain-as-published",
+        "qos2",
+        "all",
+    ] {
+        assert!(
+            stdout.contains(&format!("ok {check}\n")),
+            "{check}: {stdout}"
+        );
+    }
+}
