@@ -182,6 +182,12 @@ impl Node {
         self.leaf.as_ref().and_then(|l| l.retained.as_ref())
     }
 
+    /// The retained message to serve a new subscription: none once its
+    /// MQTT 5 message expiry has passed (MQTT-3.3.2-5).
+    fn live_retained(&self) -> Option<&Arc<Message>> {
+        self.retained().filter(|m| !m.expired())
+    }
+
     /// Drops the leaf once it holds nothing.
     fn tidy(&mut self) {
         if self
@@ -581,7 +587,7 @@ fn collect_subs<'a>(
 /// Collects the retained messages matching the filter `levels[i..]`.
 fn collect_retained(node: &Node, levels: &[&str], i: usize, out: &mut Vec<Arc<Message>>) {
     let Some(level) = levels.get(i) else {
-        out.extend(node.retained().cloned());
+        out.extend(node.live_retained().cloned());
         return;
     };
     let topic_child =
@@ -590,7 +596,7 @@ fn collect_retained(node: &Node, levels: &[&str], i: usize, out: &mut Vec<Arc<Me
         "#" => {
             if i > 0 {
                 // `a/#` matches `a` itself.
-                out.extend(node.retained().cloned());
+                out.extend(node.live_retained().cloned());
             }
             for (name, c) in node.children.iter() {
                 if topic_child(name) {
@@ -614,7 +620,7 @@ fn collect_retained(node: &Node, levels: &[&str], i: usize, out: &mut Vec<Arc<Me
 }
 
 fn all_retained(node: &Node, out: &mut Vec<Arc<Message>>) {
-    out.extend(node.retained().cloned());
+    out.extend(node.live_retained().cloned());
     for (name, c) in node.children.iter() {
         if name != "+" && name != "#" {
             all_retained(c, out);

@@ -61,8 +61,10 @@ impl HttpReceiver {
                     };
                     r.lock().unwrap().push(req);
                     if answer == Answer::Hang {
-                        // Hold the connection; the client times out.
-                        std::thread::sleep(std::time::Duration::from_secs(3600));
+                        // Never answer: hold the connection until the
+                        // client gives up and closes it.
+                        let mut rest = Vec::new();
+                        let _ = conn.read_to_end(&mut rest);
                         return;
                     }
                     let ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
