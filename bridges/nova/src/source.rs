@@ -140,6 +140,14 @@ impl Source for Consumer {
                         let (acker, status) = acks.next().await;
                         settle(d, acker, status).await?;
                     }
+                    // A graceful close waits for RabbitMQ's close-ok, which
+                    // comes after it has processed every ack sent before it;
+                    // dropping the connection could cut the last acks off
+                    // and have those messages delivered twice. Deliveries
+                    // taken but not handled go back to the queue.
+                    if let Err(error) = conn.close(200, "firehose-nova stopping".into()).await {
+                        tracing::warn!(deployment = %d.name, %error, "closing the AMQP connection");
+                    }
                     return Err(SourceError::Stopped);
                 }
                 _ = alive.tick() => {
