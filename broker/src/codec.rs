@@ -51,8 +51,8 @@ pub enum DecodeError {
     Malformed(String),
     #[error("protocol error: {0}")]
     Protocol(String),
-    #[error("topic alias {0} is not valid (topic alias maximum is 0)")]
-    TopicAlias(u16),
+    #[error("topic alias {alias} is not valid (topic alias maximum is {max})")]
+    TopicAlias { alias: u16, max: u16 },
 }
 
 impl DecodeError {
@@ -65,7 +65,7 @@ impl DecodeError {
             DecodeError::ReservedFlags(_) => "reserved_flags",
             DecodeError::Malformed(_) => "malformed",
             DecodeError::Protocol(_) => "protocol_error",
-            DecodeError::TopicAlias(_) => "topic_alias_invalid",
+            DecodeError::TopicAlias { .. } => "topic_alias_invalid",
         }
     }
 }

@@ -159,8 +159,13 @@ pub struct Limits {
     /// Persistent sessions anonymous clients may hold at once; beyond it an
     /// anonymous client asking for one gets a clean session (counted).
     pub max_anonymous_persistent_sessions: usize,
-    /// QoS 1 messages sent to a client and not yet acknowledged.
+    /// QoS 1 and 2 messages sent to a client and not yet acknowledged
+    /// (an MQTT 5 client's own Receive Maximum may lower it).
     pub max_inflight_messages: u16,
+    /// Topic aliases an MQTT 5 client may set towards the broker, per
+    /// connection (mosquitto's `max_topic_alias`; 0: none). Aliases towards
+    /// the client follow the client's own Topic Alias Maximum.
+    pub max_topic_alias: u16,
     /// Distinct subscription filters held at once (a filter is freed when
     /// its last subscriber leaves).
     pub max_filters: usize,
@@ -192,6 +197,7 @@ impl Default for Limits {
             max_queued_bytes_total: 1024 * 1024 * 1024,
             max_anonymous_persistent_sessions: 1000,
             max_inflight_messages: 20,
+            max_topic_alias: 10,
             max_filters: 100_000,
             max_retained_messages: 100_000,
             max_retained_bytes: 256 * 1024 * 1024,

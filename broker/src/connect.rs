@@ -13,12 +13,10 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use rumqttd::protocol::{ConnAck, Packet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::Notify;
 
 use crate::auth::Who;
 use crate::codec::{self, ConnectError, ConnectInfo, Refusal, Version};
 use crate::server::{Shared, SocketSlot};
-use crate::session;
 use crate::stats::Reason;
 use crate::topic;
 use crate::transport::BoxIo;
@@ -44,116 +42,6 @@ pub struct Pending {
     /// The takeover window of the client id, carried into the registry
     /// entry of the session this connection starts.
     pub(crate) takeovers: (std::time::Instant, u32),
-}
-
-/// Entry in the client-id registry.
-pub(crate) struct Entry {
-    /// Tells this task's entry from a successor's with the same id.
-    pub(crate) gen: u64,
-    /// The session task's mailbox for takeovers and resumes.
-    pub(crate) tx: Arc<Mailbox>,
-    /// Who owns the client id: only the same user may take it over.
-    pub(crate) user: Option<String>,
-    /// Start of the current takeover window and takeovers in it.
-    pub(crate) takeovers: (std::time::Instant, u32),
-}
-
-/// Takeovers of one client id allowed per [`TAKEOVER_WINDOW`].
-const MAX_TAKEOVERS: u32 = 5;
-const TAKEOVER_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Whether a connection by `user` may take over the session of `id`: an
-/// error when another user owns it (an anonymous client must not knock a
-/// bridge off), or when the id changed hands too often lately (two clients
-/// fighting over one id). Otherwise the id's takeover window, counted.
-fn takeover_check(
-    shared: &Shared,
-    id: &str,
-    user: Option<&str>,
-) -> Result<(std::time::Instant, u32), Reason> {
-    let now = std::time::Instant::now();
-    let mut reg = shared.registry.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(e) = reg.get_mut(id) else {
-        return Ok((now, 0));
-    };
-    if e.user.as_deref() != user {
-        return Err(Reason::TakeoverOtherUser);
-    }
-    if now.duration_since(e.takeovers.0) > TAKEOVER_WINDOW {
-        e.takeovers = (now, 0);
-    }
-    e.takeovers.1 += 1;
-    if e.takeovers.1 > MAX_TAKEOVERS {
-        return Err(Reason::TakeoverRate);
-    }
-    Ok(e.takeovers)
-}
-
-/// Why [`Mailbox::try_send`] gave the connection back.
-pub(crate) enum SendError {
-    /// A takeover is already waiting.
-    Full(Box<Pending>),
-    /// The session task is ending.
-    Closed(Box<Pending>),
-}
-
-/// A session task's mailbox: one slot for a connection that takes the
-/// session over. (A tokio mpsc channel would allocate a block of 32 slots
-/// per session, idle or not.)
-#[derive(Default)]
-pub(crate) struct Mailbox {
-    /// The waiting connection, and whether the mailbox is closed.
-    slot: std::sync::Mutex<(Option<Box<Pending>>, bool)>,
-    notify: Notify,
-}
-
-impl Mailbox {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Option<Box<Pending>>, bool)> {
-        self.slot.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Leaves `p` for the session task, unless one is waiting or it closed.
-    pub(crate) fn try_send(&self, p: Box<Pending>) -> Result<(), SendError> {
-        let mut s = self.lock();
-        if s.1 {
-            return Err(SendError::Closed(p));
-        }
-        if s.0.is_some() {
-            return Err(SendError::Full(p));
-        }
-        s.0 = Some(p);
-        drop(s);
-        self.notify.notify_one();
-        Ok(())
-    }
-
-    /// The next connection; `None` once closed and empty.
-    pub(crate) async fn recv(&self) -> Option<Box<Pending>> {
-        loop {
-            let notified = self.notify.notified();
-            {
-                let mut s = self.lock();
-                if let Some(p) = s.0.take() {
-                    return Some(p);
-                }
-                if s.1 {
-                    return None;
-                }
-            }
-            notified.await;
-        }
-    }
-
-    /// Refuses further connections; one already waiting stays for
-    /// [`Mailbox::try_recv`].
-    pub(crate) fn close(&self) {
-        self.lock().1 = true;
-    }
-
-    /// The waiting connection, if any.
-    pub(crate) fn try_recv(&self) -> Option<Box<Pending>> {
-        self.lock().0.take()
-    }
 }
 
 /// Serves one accepted MQTT byte stream from CONNECT to close.
@@ -306,7 +194,10 @@ pub async fn serve(io: BoxIo, peer: SocketAddr, slot: SocketSlot, shared: Arc<Sh
     };
 
     // Takeover of a client id in use.
-    let takeovers = match takeover_check(&shared, &info.client_id, user.as_deref()) {
+    let takeovers = match shared
+        .sessions
+        .takeover_check(&info.client_id, user.as_deref())
+    {
         Ok(t) => t,
         Err(reason) => {
             shared.stats.count(reason);
@@ -360,53 +251,7 @@ pub async fn serve(io: BoxIo, peer: SocketAddr, slot: SocketSlot, shared: Arc<Sh
         slot,
         takeovers,
     });
-    dispatch(pending, shared);
-}
-
-/// Hands a connection to the session task for its client id, starting one
-/// if there is none.
-pub(crate) fn dispatch(mut pending: Box<Pending>, shared: Arc<Shared>) {
-    loop {
-        let id = pending.info.client_id.clone();
-        let mut reg = shared.registry.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = reg.get(&id) {
-            match entry.tx.try_send(pending) {
-                Ok(()) => return,
-                Err(SendError::Full(p)) => {
-                    // Several takeovers at once: the newest wins, the others are closed.
-                    drop(reg);
-                    tracing::info!(client_id = %id, "takeover already in progress; closing this connection");
-                    drop(p);
-                    return;
-                }
-                Err(SendError::Closed(p)) => {
-                    reg.remove(&id);
-                    pending = p;
-                    continue;
-                }
-            }
-        }
-        let tx = Arc::new(Mailbox::default());
-        let rx = tx.clone();
-        let gen = shared.next_gen.fetch_add(1, Relaxed);
-        let user = pending.user.clone();
-        let takeovers = pending.takeovers;
-        reg.insert(
-            id.clone(),
-            Entry {
-                gen,
-                tx,
-                user,
-                takeovers,
-            },
-        );
-        drop(reg);
-        let shared2 = shared.clone();
-        tokio::spawn(async move {
-            session::run(pending, rx, gen, shared2).await;
-        });
-        return;
-    }
+    crate::session::registry::dispatch(pending, shared);
 }
 
 pub(crate) async fn refuse(

@@ -90,6 +90,20 @@ pub struct Header {
     pub retain: bool,
     pub dup: bool,
     pub pkid: u16,
+    /// MQTT 5 outbound topic alias.
+    pub alias: Alias,
+}
+
+/// How a PUBLISH names its topic to an MQTT 5 client that accepts aliases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Alias {
+    /// The topic, no alias.
+    #[default]
+    None,
+    /// The topic and an alias for it from now on.
+    Set(u16),
+    /// The alias alone: the topic is left out.
+    Use(u16),
 }
 
 fn varint_len(mut n: usize) -> usize {
@@ -176,8 +190,20 @@ pub fn encode_publish(
     out: &mut BytesMut,
 ) -> usize {
     let props = msg.props.as_deref();
+    let (topic, alias): (&[u8], _) = match h.alias {
+        Alias::None => (&msg.topic, None),
+        Alias::Set(a) => (&msg.topic, Some(a)),
+        Alias::Use(a) => (&[], Some(a)),
+    };
+    let alias = alias.filter(|_| v5);
+    let topic = if alias.is_some() {
+        topic
+    } else {
+        &msg.topic[..]
+    };
     let plen = if v5 {
         props_len(props)
+            + alias.map_or(0, |_| 3)
             + sub_ids
                 .iter()
                 .map(|i| 1 + varint_len(*i as usize))
@@ -186,7 +212,7 @@ pub fn encode_publish(
         0
     };
     let remaining = 2
-        + msg.topic.len()
+        + topic.len()
         + if h.qos > 0 { 2 } else { 0 }
         + if v5 { varint_len(plen) + plen } else { 0 }
         + msg.payload.len();
@@ -194,13 +220,17 @@ pub fn encode_publish(
     out.reserve(1 + varint_len(remaining) + remaining);
     out.put_u8(0x30 | ((h.dup && h.qos > 0) as u8) << 3 | h.qos << 1 | h.retain as u8);
     put_varint(out, remaining);
-    put_str(out, &msg.topic);
+    put_str(out, topic);
     if h.qos > 0 {
         out.put_u16(h.pkid);
     }
     if v5 {
         put_varint(out, plen);
         put_props(out, props, msg.expiry_left());
+        if let Some(a) = alias {
+            out.put_u8(0x23);
+            out.put_u16(a);
+        }
         for id in sub_ids {
             out.put_u8(0x0B);
             put_varint(out, *id as usize);
@@ -208,6 +238,14 @@ pub fn encode_publish(
     }
     out.extend_from_slice(&msg.payload);
     out.len() - start
+}
+
+/// Appends a PUBREL (success) for `pkid`: the same four bytes in every
+/// protocol version (MQTT 5 leaves out reason code 0 and empty properties).
+pub fn encode_pubrel(pkid: u16, out: &mut BytesMut) {
+    out.put_u8(0x62);
+    out.put_u8(2);
+    out.put_u16(pkid);
 }
 
 #[cfg(test)]
@@ -238,6 +276,7 @@ mod tests {
                 retain: true,
                 dup: qos > 0,
                 pkid,
+                alias: Alias::Set(4),
             };
             let n = encode_publish(&m, h, false, &[], &mut out);
             assert_eq!(n, out.len());
@@ -273,6 +312,7 @@ mod tests {
             retain: false,
             dup: false,
             pkid: 4,
+            alias: Alias::None,
         };
         encode_publish(&m, h, true, &[2, 300], &mut out);
         let Packet::Publish(p, Some(got)) = V5.read_mut(&mut out, 1 << 20).unwrap() else {
@@ -297,6 +337,7 @@ mod tests {
             retain: false,
             dup: true,
             pkid: 0,
+            alias: Alias::None,
         };
         encode_publish(&m, h, true, &[], &mut out);
         assert_eq!(out[0], 0x30, "no DUP at QoS 0");
@@ -305,5 +346,44 @@ mod tests {
         };
         assert!(props.is_none());
         assert_eq!(p.topic, m.topic);
+    }
+
+    #[test]
+    fn v5_topic_alias_set_then_used() {
+        let m = msg(None);
+        for (alias, topic) in [(Alias::Set(7), &m.topic[..]), (Alias::Use(7), &b""[..])] {
+            let mut out = BytesMut::new();
+            let h = Header {
+                qos: 1,
+                retain: false,
+                dup: false,
+                pkid: 2,
+                alias,
+            };
+            let n = encode_publish(&m, h, true, &[3], &mut out);
+            assert_eq!(n, out.len());
+            let Packet::Publish(p, Some(props)) = V5.read_mut(&mut out, 1 << 20).unwrap() else {
+                panic!("no properties")
+            };
+            assert_eq!(&p.topic[..], topic);
+            assert_eq!(props.topic_alias, Some(7));
+            assert_eq!(props.subscription_identifiers, [3]);
+            assert_eq!(p.payload, m.payload);
+        }
+    }
+
+    #[test]
+    fn pubrel_parses_in_both_versions() {
+        let mut out = BytesMut::new();
+        encode_pubrel(513, &mut out);
+        let mut again = out.clone();
+        let Packet::PubRel(r, _) = V4.read_mut(&mut out, 100).unwrap() else {
+            panic!("not a PUBREL")
+        };
+        assert_eq!(r.pkid, 513);
+        let Packet::PubRel(r, _) = V5.read_mut(&mut again, 100).unwrap() else {
+            panic!("not a PUBREL")
+        };
+        assert_eq!(r.pkid, 513);
     }
 }

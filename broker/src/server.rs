@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,8 +33,8 @@ pub struct Shared {
     pub router: Router,
     /// The broker-wide queued-bytes budget every outbox reports to.
     pub budget: Arc<Budget>,
-    pub(crate) registry: Mutex<HashMap<String, connect::Entry>>,
-    pub(crate) next_gen: AtomicU64,
+    /// Client ids to session tasks; tracks the tasks for shutdown.
+    pub(crate) sessions: crate::session::registry::Registry,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) sys: watch::Sender<SysSnapshot>,
     open_sockets: AtomicUsize,
@@ -176,8 +176,7 @@ impl Broker {
             stats,
             auth,
             router,
-            registry: Mutex::new(HashMap::new()),
-            next_gen: AtomicU64::new(1),
+            sessions: Default::default(),
             shutdown: shutdown_rx,
             sys: sys_tx,
             open_sockets: AtomicUsize::new(0),
@@ -254,12 +253,18 @@ impl Broker {
         let _ = self.shutdown_tx.send(true);
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
-        // Sessions deliver what they still have (up to 2 s each, at once).
-        for _ in 0..150 {
-            if self.shared.stats.clients_connected.load(Relaxed) <= 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        // Sessions deliver what they still have (up to 2 s each, at once),
+        // then close their sockets (up to 1 s more).
+        if !self
+            .shared
+            .sessions
+            .wait_closed(Duration::from_secs(4))
+            .await
+        {
+            tracing::warn!(
+                sessions = self.shared.sessions.tasks(),
+                "sessions still open after 4 s; exiting anyway"
+            );
         }
         tracing::info!("shutdown complete");
     }

@@ -206,7 +206,14 @@ pub const VERSION: &str = concat!("firehose-broker ", env!("CARGO_PKG_VERSION"))
 impl Stats {
     /// Counts one drop or refusal.
     pub fn count(&self, r: Reason) {
-        self.dropped[r as usize].fetch_add(1, Relaxed);
+        self.count_n(r, 1);
+    }
+
+    /// Counts `n` at once (nothing when 0).
+    pub fn count_n(&self, r: Reason, n: u64) {
+        if n > 0 {
+            self.dropped[r as usize].fetch_add(n, Relaxed);
+        }
     }
 
     /// Current count for one reason.

@@ -1,7 +1,8 @@
 //! MQTT 5 flow control and session rules towards a client (issue #11,
 //! point 5): the client's Receive Maximum bounds what is in flight, its
-//! Maximum Packet Size keeps larger messages from it (counted), a topic
-//! alias (our maximum is 0) gets DISCONNECT 0x94, an ACL-denied
+//! Maximum Packet Size keeps larger messages from it (counted), topic
+//! aliases from the client work up to our maximum (10) and a bad one gets
+//! DISCONNECT 0x94, an ACL-denied
 //! subscription gets 0x80 in v5 as in v3, and DISCONNECT may change the
 //! session expiry (not from 0).
 
@@ -114,17 +115,63 @@ fn the_clients_maximum_packet_size_keeps_larger_messages_from_it() {
     assert_eq!(r.read().expect("PINGRESP").0, 0xD0);
 }
 
+/// A v5 PUBLISH QoS 0 body with a topic alias property.
+fn aliased(topic: &str, alias: u16, payload: &[u8]) -> Vec<u8> {
+    let mut body = vec![0, topic.len() as u8];
+    body.extend_from_slice(topic.as_bytes());
+    body.extend_from_slice(&[3, 0x23, (alias >> 8) as u8, alias as u8]);
+    body.extend_from_slice(payload);
+    packet(0x30, &body)
+}
+
 #[test]
-fn a_topic_alias_gets_disconnect_0x94() {
+fn topic_aliases_from_the_client_are_set_used_and_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let b = broker(dir.path(), None);
+    let (mut sub, _) = v5(&b, "alias-reader", true, 0, &[]);
+    assert_eq!(subscribed(&mut sub, 5, "al/#", 0), [0]);
     let (mut r, _) = v5(&b, "alias", true, 0, &[]);
-    // PUBLISH QoS 0 to "a/b" with properties: topic alias (0x23) = 1.
-    let mut body = vec![0, 3, b'a', b'/', b'b', 3, 0x23, 0, 1];
-    body.extend_from_slice(b"hi");
-    r.send(&packet(0x30, &body));
+    // Alias 1 set with the topic, then used alone (empty topic).
+    r.send(&aliased("al/one", 1, b"first"));
+    r.send(&aliased("", 1, b"second"));
+    // Alias 1 moved to another topic.
+    r.send(&aliased("al/two", 1, b"third"));
+    r.send(&aliased("", 1, b"fourth"));
+    let got: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|_| {
+            let (t, body) = sub.read().expect("PUBLISH");
+            let (topic, _, payload) = publish_of(t, &body);
+            (topic, payload)
+        })
+        .collect();
+    let want: Vec<(String, Vec<u8>)> = [
+        ("al/one", "first"),
+        ("al/one", "second"),
+        ("al/two", "third"),
+        ("al/two", "fourth"),
+    ]
+    .iter()
+    .map(|(t, p)| (t.to_string(), p.as_bytes().to_vec()))
+    .collect();
+    assert_eq!(got, want, "the reader gets full topics");
+    // Beyond our maximum (10), or 0: DISCONNECT 0x94 (MQTT-3.3.2-9/10).
+    for bad in [11u16, 0] {
+        let (mut r, _) = v5(&b, "alias-bad", true, 0, &[]);
+        r.send(&aliased("al/x", bad, b"no"));
+        let (t, body) = r.read().expect("DISCONNECT");
+        assert_eq!((t, body[0]), (0xE0, 0x94), "alias {bad} is invalid");
+    }
+    // An alias used before it was set: protocol error.
+    let (mut r, _) = v5(&b, "alias-unset", true, 0, &[]);
+    r.send(&aliased("", 3, b"no"));
     let (t, body) = r.read().expect("DISCONNECT");
-    assert_eq!((t, body[0]), (0xE0, 0x94), "topic alias invalid");
+    assert_eq!((t, body[0]), (0xE0, 0x82), "unset alias");
+    // Aliases belong to one connection: a new one starts without them.
+    drop(r);
+    let (mut r, _) = v5(&b, "alias", true, 0, &[]);
+    r.send(&aliased("", 1, b"no"));
+    let (t, body) = r.read().expect("DISCONNECT");
+    assert_eq!((t, body[0]), (0xE0, 0x82), "alias of an old connection");
 }
 
 #[test]

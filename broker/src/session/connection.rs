@@ -1,0 +1,384 @@
+//! A session's connected period: one task drives the client's socket both
+//! ways. It reads packets (handled in [`super::inbound`]), writes what the
+//! [`super::flight::Outflow`] takes from the outbox, keeps the keepalive,
+//! applies the publisher pushback, and ends on close, takeover or shutdown
+//! (delivering what is queued first, then closing gracefully).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
+use tokio::time::Instant;
+
+use super::registry::Mailbox;
+use super::{End, Session};
+use crate::codec::{self, DecodeError, Version};
+use crate::connect::Pending;
+use crate::server::Shared;
+use crate::stats::Reason;
+use crate::transport::BoxIo;
+
+/// Largest chunk moved from the queue into the write buffer at once.
+pub(super) const WRITE_CHUNK: usize = 64 * 1024;
+/// How long a shutdown keeps delivering to a client before closing it.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
+/// Stop reading from a client whose unread replies pile up beyond this.
+const MAX_PENDING_WRITE: usize = 1024 * 1024;
+/// Longest a publisher waits, per read, for a fast reader's queue to drain.
+const PUSHBACK_MAX: Duration = Duration::from_millis(250);
+/// Read buffer sizes: small for idle clients, grown for publishers.
+const READ_MIN: usize = 128;
+const READ_MAX: usize = 64 * 1024;
+
+impl Session {
+    /// The connected loop: socket in, outbox out, one task.
+    pub(super) async fn connected(
+        &mut self,
+        conn: Box<Pending>,
+        present: bool,
+        mailbox: &Mailbox,
+    ) -> End {
+        let mut wbuf = BytesMut::new();
+        let mut wpos = 0usize;
+        self.connack(&conn, present, &mut wbuf);
+        let limits = self.flight_limits(&conn);
+        self.outflow.connected(limits, present, &mut wbuf);
+        let Pending {
+            mut reader,
+            mut writer,
+            mut inbuf,
+            peer,
+            keep_alive,
+            slot: _slot,
+            ..
+        } = *conn;
+        let shared = self.shared.clone();
+        let outbox = self.outbox.clone();
+        let stats = &shared.stats;
+        stats.clients_connected.fetch_add(1, Relaxed);
+        stats.client_connects.fetch_add(1, Relaxed);
+        outbox.set_blocked(false);
+        outbox.set_online(true);
+        shared.budget.unpark(outbox.key);
+        tracing::info!(target: crate::stats::CLIENTS, client_id = %crate::stats::short(&self.client_id), %peer, version = self.version.as_str(), user = %crate::stats::who(self.user.as_deref()), session_present = present, "client connected");
+        let ka = if keep_alive == 0 {
+            None
+        } else {
+            Some(Duration::from_millis(keep_alive as u64 * 1500))
+        };
+        let far = Duration::from_secs(86400 * 365);
+        let deadline = tokio::time::sleep(ka.unwrap_or(far));
+        tokio::pin!(deadline);
+        let mut shutdown = shared.shutdown.clone();
+        let mut sys_rx = shared.sys.subscribe();
+        sys_rx.mark_unchanged();
+        let mut read_size = READ_MIN;
+        let mut reading = Reading::new(&shared);
+
+        // Bytes that arrived right behind the CONNECT.
+        let mut early = if inbuf.is_empty() {
+            None
+        } else {
+            self.take_input(&mut inbuf, &mut wbuf, wpos, &mut writer, peer)
+                .await
+        };
+        if early.is_none() && !self.pressure.is_empty() {
+            early =
+                Box::pin(self.paced_input(&mut inbuf, &mut wbuf, wpos, &mut writer, peer)).await;
+        }
+        let end = if let Some(end) = early {
+            end
+        } else {
+            loop {
+                if wpos == wbuf.len() {
+                    wpos = 0;
+                    wbuf.clear();
+                    self.fill(&mut wbuf, false);
+                    if wbuf.is_empty() && wbuf.capacity() > 4096 {
+                        // Idle again after a burst: give the memory back.
+                        wbuf = BytesMut::new();
+                    }
+                }
+                if inbuf.is_empty() && inbuf.capacity() > READ_MIN && read_size == READ_MIN {
+                    inbuf = BytesMut::new();
+                }
+                let want_read = wbuf.len() - wpos < MAX_PENDING_WRITE;
+                if want_read && inbuf.capacity() - inbuf.len() < read_size / 2 {
+                    inbuf.reserve(read_size);
+                }
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => {
+                        // Deliver only once no session reads (and routes) any
+                        // more: a publish PUBACKed after our drain would be lost.
+                        reading.stop();
+                        Box::pin(Reading::wait_all_stopped(&shared)).await;
+                        Box::pin(self.drain_for_shutdown(&mut writer, &mut wbuf, &mut wpos)).await;
+                        let bye = self.disconnect_packet(DisconnectReasonCode::ServerShuttingDown);
+                        Box::pin(last_write(&mut writer, &wbuf[wpos..], &bye)).await;
+                        Box::pin(linger(&mut writer, &mut reader)).await;
+                        break End::Shutdown;
+                    }
+                    next = mailbox.recv() => {
+                        if let Some(next) = next {
+                            tracing::info!(client_id = %crate::stats::short(&self.client_id), old = %peer, new = %next.peer, "session taken over");
+                            let bye = self.disconnect_packet(DisconnectReasonCode::SessionTakenOver);
+                            Box::pin(last_write(&mut writer, &[], &bye)).await;
+                            break End::Takeover(next);
+                        }
+                    }
+                    r = reader.read_buf(&mut inbuf), if want_read => {
+                        match r {
+                            Ok(0) => break End::Closed { will: true },
+                            Ok(n) => {
+                                stats.bytes_received.fetch_add(n as u64, Relaxed);
+                                // Grow the read size for clients that send a
+                                // lot (publishers), shrink it for idle ones.
+                                read_size = if n >= read_size / 2 {
+                                    (read_size * 2).min(READ_MAX)
+                                } else {
+                                    (read_size / 2).max(READ_MIN)
+                                };
+                                if let Some(ka) = ka {
+                                    deadline.as_mut().reset(Instant::now() + ka);
+                                }
+                                if let Some(end) = self.take_input(&mut inbuf, &mut wbuf, wpos, &mut writer, peer).await {
+                                    break end;
+                                }
+                                if !self.pressure.is_empty() {
+                                    if let Some(end) = Box::pin(self.paced_input(&mut inbuf, &mut wbuf, wpos, &mut writer, peer)).await {
+                                        break end;
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                tracing::debug!(client_id = %crate::stats::short(&self.client_id), %peer, error = %e, "read failed");
+                                break End::Closed { will: true };
+                            }
+                        }
+                    }
+                    _ = outbox.ready(), if wpos == wbuf.len() => {}
+                    w = writer.write(&wbuf[wpos..]), if wpos < wbuf.len() => {
+                        match w {
+                            Ok(0) | Err(_) => break End::Closed { will: true },
+                            Ok(n) => {
+                                wpos += n;
+                                stats.bytes_sent.fetch_add(n as u64, Relaxed);
+                                // A socket that takes less than offered is
+                                // full: a slow reader, for the pushback.
+                                outbox.set_blocked(wpos < wbuf.len());
+                                outbox.progressed();
+                                if wpos == wbuf.len() && writer.flush().await.is_err() {
+                                    break End::Closed { will: true };
+                                }
+                            }
+                        }
+                    }
+                    _ = &mut deadline, if ka.is_some() => {
+                        stats.count(Reason::KeepaliveTimeout);
+                        tracing::info!(client_id = %crate::stats::short(&self.client_id), %peer, keep_alive, "keepalive expired; closing");
+                        break End::Closed { will: true };
+                    }
+                    r = sys_rx.changed(), if !self.sys_subs.is_empty() => {
+                        if r.is_ok() {
+                            let snapshot = sys_rx.borrow_and_update().clone();
+                            self.deliver_sys(&snapshot, false, &mut wbuf);
+                        }
+                    }
+                }
+            }
+        };
+        let _ = writer.shutdown().await;
+        stats.clients_connected.fetch_sub(1, Relaxed);
+        stats.client_disconnects.fetch_add(1, Relaxed);
+        outbox.set_online(false);
+        self.pressure.clear();
+        tracing::info!(target: crate::stats::CLIENTS, client_id = %crate::stats::short(&self.client_id), %peer, reason = match &end { End::Takeover(_) => "takeover", End::Closed { will: true } => "connection lost", End::Closed { will: false } => "disconnect", End::Shutdown => "shutdown" }, "client disconnected");
+        end
+    }
+
+    /// Publisher pushback: the packets in `inbuf` stopped at the first
+    /// publish that filled a live reader's queue to three quarters. Wait
+    /// (at most [`PUSHBACK_MAX`] each time) until those readers drained,
+    /// run the next packets, and so on until `inbuf` is done; only then is
+    /// the socket read again. Slow readers never end up here (see [`Outbox`]).
+    async fn paced_input(
+        &mut self,
+        inbuf: &mut BytesMut,
+        wbuf: &mut BytesMut,
+        wpos: usize,
+        writer: &mut WriteHalf<BoxIo>,
+        peer: SocketAddr,
+    ) -> Option<End> {
+        while !self.pressure.is_empty() {
+            let until = Instant::now() + PUSHBACK_MAX;
+            for o in std::mem::take(&mut self.pressure) {
+                o.wait_for_space(until).await;
+            }
+            if let Some(end) = self.take_input(inbuf, wbuf, wpos, writer, peer).await {
+                return Some(end);
+            }
+        }
+        None
+    }
+
+    /// Runs the packets waiting in `inbuf`. Returns how the connection ends
+    /// when a packet ends it (DISCONNECT, or a bad packet: counted, logged,
+    /// told to v5 clients), after a last write of what is pending.
+    async fn take_input(
+        &mut self,
+        inbuf: &mut BytesMut,
+        wbuf: &mut BytesMut,
+        wpos: usize,
+        writer: &mut WriteHalf<BoxIo>,
+        peer: SocketAddr,
+    ) -> Option<End> {
+        let max_packet = self.shared.cfg.limits.max_packet_size;
+        match self.incoming(inbuf, wbuf, max_packet) {
+            Ok(None) => None,
+            Ok(Some(end)) => {
+                Box::pin(last_write(writer, &wbuf[wpos..], &[])).await;
+                Some(end)
+            }
+            Err(e) => {
+                let (reason, code) = match e {
+                    DecodeError::TooLarge { .. } => {
+                        (Reason::PacketTooLarge, DisconnectReasonCode::PacketTooLarge)
+                    }
+                    DecodeError::Protocol(_) | DecodeError::ForbiddenType(_) => {
+                        (Reason::Malformed, DisconnectReasonCode::ProtocolError)
+                    }
+                    DecodeError::TopicAlias { .. } => {
+                        (Reason::Malformed, DisconnectReasonCode::TopicAliasInvalid)
+                    }
+                    _ => (Reason::Malformed, DisconnectReasonCode::MalformedPacket),
+                };
+                self.shared.stats.count(reason);
+                tracing::warn!(client_id = %crate::stats::short(&self.client_id), %peer, error = %e, reason = e.label(), "closing connection: bad packet");
+                let bye = self.disconnect_packet(code);
+                Box::pin(last_write(writer, &wbuf[wpos..], &bye)).await;
+                Some(End::Closed { will: true })
+            }
+        }
+    }
+
+    /// A DISCONNECT with `code` for v5 clients; nothing for older ones,
+    /// which have no server DISCONNECT.
+    fn disconnect_packet(&self, code: DisconnectReasonCode) -> BytesMut {
+        let mut out = BytesMut::new();
+        if self.version == Version::V5 {
+            let bye = Packet::Disconnect(Disconnect { reason_code: code }, None);
+            let _ = codec::encode(self.version, bye, &mut out);
+        }
+        out
+    }
+
+    /// Shutting down: hands the client everything still queued for it (the
+    /// broker keeps nothing once it exits), for at most [`SHUTDOWN_DRAIN`],
+    /// then returns with `wbuf` still to write.
+    async fn drain_for_shutdown(
+        &mut self,
+        writer: &mut WriteHalf<BoxIo>,
+        wbuf: &mut BytesMut,
+        wpos: &mut usize,
+    ) {
+        let deadline = Instant::now() + SHUTDOWN_DRAIN;
+        while Instant::now() < deadline {
+            self.fill(wbuf, true);
+            let pending = &wbuf[*wpos..];
+            if pending.is_empty() {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, writer.write_all(pending)).await {
+                Ok(Ok(())) => {
+                    self.shared
+                        .stats
+                        .bytes_sent
+                        .fetch_add(pending.len() as u64, Relaxed);
+                    wbuf.clear();
+                    *wpos = 0;
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
+/// Counts the connected sessions still reading their clients, so that a
+/// shutdown drains queues only after every publisher has stopped.
+struct Reading<'a> {
+    shared: &'a Shared,
+    active: bool,
+}
+
+impl<'a> Reading<'a> {
+    fn new(shared: &'a Shared) -> Reading<'a> {
+        shared.reading.fetch_add(1, Relaxed);
+        Reading {
+            shared,
+            active: true,
+        }
+    }
+
+    fn stop(&mut self) {
+        if std::mem::take(&mut self.active) && self.shared.reading.fetch_sub(1, Relaxed) == 1 {
+            self.shared.reading_stopped.notify_waiters();
+        }
+    }
+
+    /// Waits (at most a second: a publisher held in its pushback stops
+    /// within 250 ms) until no session reads any more.
+    async fn wait_all_stopped(shared: &Shared) {
+        let until = Instant::now() + Duration::from_secs(1);
+        loop {
+            let stopped = shared.reading_stopped.notified();
+            tokio::pin!(stopped);
+            stopped.as_mut().enable();
+            if shared.reading.load(Relaxed) == 0
+                || tokio::time::timeout_at(until, stopped).await.is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The last bytes for a connection about to close: what is still pending,
+/// then `last` (a DISCONNECT, say). A client that does not read gets one
+/// second, so closing never waits on it.
+async fn last_write(writer: &mut WriteHalf<BoxIo>, pending: &[u8], last: &[u8]) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = writer.write_all(pending).await;
+        let _ = writer.write_all(last).await;
+        let _ = writer.flush().await;
+    })
+    .await;
+}
+
+/// Closes a connection gracefully at shutdown: FIN, then reads (and drops)
+/// what the client still sends (its PUBACKs) until it closes too, for at
+/// most a second. Dropping a socket with unread input sends RST instead of
+/// FIN, and an RST makes the client's kernel discard what the client had
+/// not read yet: the last messages delivered to it would be lost.
+async fn linger(writer: &mut WriteHalf<BoxIo>, reader: &mut tokio::io::ReadHalf<BoxIo>) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = writer.shutdown().await;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}

@@ -1,0 +1,471 @@
+//! Packets from the client: PUBLISH (ACL, topic limits, QoS 1 and 2
+//! acknowledgements, exactly once towards the router, inbound topic
+//! aliases), the acknowledgements of what we sent (settled in the
+//! [`super::flight::Outflow`]), SUBSCRIBE (validation, ACL, quota, the
+//! router, retained messages and `$SYS` served at once), UNSUBSCRIBE, PING
+//! and DISCONNECT.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rumqttd::protocol::{
+    DisconnectReasonCode, Packet, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
+    PubRecReason, PubRelReason, Publish, QoS, RetainForwardRule, SubAck, Subscribe,
+    SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
+};
+
+use super::flight::PubRecAnswer;
+use super::{End, Session};
+use crate::auth::Policy;
+use crate::codec::{self, DecodeError, Version};
+use crate::message::Message;
+use crate::outbox::{Delivery, SubIds};
+use crate::router::{Sub, SubscribeError};
+use crate::stats::Reason;
+use crate::topic;
+
+impl Session {
+    /// Parses and handles every complete packet in `inbuf`. Returns
+    /// `Some(end)` when the client disconnected cleanly.
+    pub(super) fn incoming(
+        &mut self,
+        inbuf: &mut BytesMut,
+        out: &mut BytesMut,
+        max: usize,
+    ) -> Result<Option<End>, DecodeError> {
+        let mut end = None;
+        let policy = self.shared.auth.policy();
+        // Stop at the first publish that put pressure on a reader: the rest
+        // waits in `inbuf` for the pushback.
+        while end.is_none() && self.pressure.is_empty() {
+            let meta = publish_meta(inbuf);
+            let Some(p) = codec::decode(self.version, inbuf, max)? else {
+                break;
+            };
+            self.shared.stats.messages_received.fetch_add(1, Relaxed);
+            match p {
+                Packet::Publish(publish, props) => {
+                    self.on_publish(publish, props, meta, &policy, out)?
+                }
+                Packet::PubAck(ack, _) => {
+                    if self.outflow.on_puback(ack.pkid) {
+                        self.outbox.progressed();
+                    }
+                }
+                Packet::PubRel(rel, _) => {
+                    let reason = if self.awaiting_rel.remove(&rel.pkid) {
+                        PubCompReason::Success
+                    } else {
+                        PubCompReason::PacketIdentifierNotFound
+                    };
+                    self.send(
+                        Packet::PubComp(
+                            PubComp {
+                                pkid: rel.pkid,
+                                reason,
+                            },
+                            None,
+                        ),
+                        out,
+                    );
+                }
+                Packet::PubRec(rec, _) => {
+                    // QoS 2, step 2: the client has it; release it. A v5
+                    // client's error code ends the exchange there.
+                    let refused = !matches!(
+                        rec.reason,
+                        PubRecReason::Success | PubRecReason::NoMatchingSubscribers
+                    );
+                    let reason = match self.outflow.on_pubrec(rec.pkid, refused) {
+                        PubRecAnswer::Release => Some(PubRelReason::Success),
+                        PubRecAnswer::Unknown => Some(PubRelReason::PacketIdentifierNotFound),
+                        PubRecAnswer::Settled => {
+                            self.outbox.progressed();
+                            None
+                        }
+                    };
+                    if let Some(reason) = reason {
+                        let rel = rumqttd::protocol::PubRel {
+                            pkid: rec.pkid,
+                            reason,
+                        };
+                        self.send(Packet::PubRel(rel, None), out);
+                    }
+                }
+                Packet::PubComp(comp, _) => {
+                    if self.outflow.on_pubcomp(comp.pkid) {
+                        self.outbox.progressed();
+                    }
+                }
+                Packet::Subscribe(sub, props) => self.on_subscribe(sub, props, &policy, out),
+                Packet::Unsubscribe(unsub, _) => self.on_unsubscribe(unsub, out),
+                Packet::PingReq(_) => {
+                    self.send(Packet::PingResp(rumqttd::protocol::PingResp), out);
+                }
+                Packet::Disconnect(d, props) => {
+                    // MQTT 5: the session expiry may change at DISCONNECT,
+                    // but not from 0 (MQTT-3.14.2-2).
+                    if let Some(secs) = props.and_then(|p| p.session_expiry_interval) {
+                        if self.expiry_was_zero && secs > 0 {
+                            return Err(DecodeError::Protocol(
+                                "DISCONNECT sets a session expiry the CONNECT did not ask for"
+                                    .into(),
+                            ));
+                        }
+                        self.expiry = (secs > 0).then(|| Duration::from_secs(secs as u64));
+                        self.limit_anonymous_persistence();
+                    }
+                    let will = d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
+                    end = Some(End::Closed { will });
+                }
+                other => {
+                    return Err(DecodeError::Protocol(format!(
+                        "unexpected packet {:?}",
+                        packet_name(&other)
+                    )));
+                }
+            }
+        }
+        Ok(end)
+    }
+
+    /// Encodes a control packet for this client. Our own packets always
+    /// encode; if one does not, that is counted and logged, never silent.
+    fn send(&self, p: Packet, out: &mut BytesMut) {
+        match codec::encode(self.version, p, out) {
+            Ok(_) => {
+                self.shared.stats.messages_sent.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                self.shared.stats.count(Reason::Malformed);
+                tracing::error!(client_id = %crate::stats::short(&self.client_id), error = %e, "cannot encode a reply");
+            }
+        }
+    }
+
+    /// Applies an MQTT 5 topic alias (3.3.2.3.4): a topic with an alias
+    /// sets it for this connection, an empty topic with an alias uses it.
+    /// An alias of 0 or above our maximum is DISCONNECT 0x94 (MQTT-3.3.2-9);
+    /// an empty topic without a known alias is a protocol error.
+    fn resolve_alias(
+        &mut self,
+        mut publish: Publish,
+        props: Option<&rumqttd::protocol::PublishProperties>,
+    ) -> Result<Publish, DecodeError> {
+        let Some(alias) = props.and_then(|p| p.topic_alias) else {
+            return Ok(publish);
+        };
+        let max = self.shared.cfg.limits.max_topic_alias;
+        if alias == 0 || alias > max {
+            return Err(DecodeError::TopicAlias { alias, max });
+        }
+        let map = self.in_aliases.get_or_insert_with(Default::default);
+        if publish.topic.is_empty() {
+            match map.get(&alias) {
+                Some(t) => publish.topic = t.clone(),
+                None => {
+                    return Err(DecodeError::Protocol(format!(
+                        "topic alias {alias} used before it was set"
+                    )))
+                }
+            }
+        } else {
+            map.insert(alias, publish.topic.clone());
+        }
+        Ok(publish)
+    }
+
+    fn on_publish(
+        &mut self,
+        publish: Publish,
+        props: Option<rumqttd::protocol::PublishProperties>,
+        meta: (u8, u16),
+        policy: &Policy,
+        out: &mut BytesMut,
+    ) -> Result<(), DecodeError> {
+        let (qos, pkid) = meta;
+        self.shared.stats.publish_received.fetch_add(1, Relaxed);
+        let publish = self.resolve_alias(publish, props.as_ref())?;
+        let topic_str = std::str::from_utf8(&publish.topic)
+            .map_err(|_| DecodeError::Malformed("topic is not UTF-8".into()))?;
+        let limits = self.shared.cfg.topic_limits();
+        let refused = match topic::validate_name(topic_str, limits) {
+            // A mirror edge is read-only: what it serves comes from its core.
+            Ok(()) => {
+                if policy.may_write(self.who(), topic_str) && self.shared.cfg.upstream.url.is_none()
+                {
+                    None
+                } else {
+                    Some(Reason::AclPublish)
+                }
+            }
+            Err(topic::TopicError::TooLong(_) | topic::TopicError::TooDeep(_)) => {
+                Some(Reason::TopicLimit)
+            }
+            Err(e) => return Err(DecodeError::Malformed(format!("publish topic: {e}"))),
+        };
+        let v5 = self.version == Version::V5;
+        if let Some(reason) = refused {
+            self.shared.stats.count(reason);
+            self.denied_logged += 1;
+            if self.denied_logged.is_power_of_two() {
+                tracing::warn!(client_id = %crate::stats::short(&self.client_id), user = %crate::stats::who(self.user.as_deref()), topic = %crate::stats::short(topic_str), reason = reason.name(), denied = self.denied_logged, "publish dropped");
+            }
+            let (ack, rec) = match (v5, reason) {
+                (false, _) => (PubAckReason::Success, PubRecReason::Success),
+                (true, Reason::TopicLimit) => (
+                    PubAckReason::TopicNameInvalid,
+                    PubRecReason::TopicNameInvalid,
+                ),
+                (true, _) => (PubAckReason::NotAuthorized, PubRecReason::NotAuthorized),
+            };
+            match qos {
+                1 => self.send(Packet::PubAck(PubAck { pkid, reason: ack }, None), out),
+                2 => {
+                    // A v5 client is told (and sends no PUBREL); a v3 one
+                    // goes through the whole QoS 2 handshake.
+                    if !v5 {
+                        self.awaiting_rel.insert(pkid);
+                    }
+                    self.send(Packet::PubRec(PubRec { pkid, reason: rec }, None), out);
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
+        // A QoS 2 publish re-sent before our PUBREC arrived was routed once.
+        let first = qos < 2 || self.awaiting_rel.insert(pkid);
+        if first {
+            let msg = Message::new(
+                publish.topic,
+                publish.payload,
+                qos,
+                publish.retain,
+                props,
+                self.gen,
+            );
+            self.shared.router.publish(&msg, policy, &mut self.pressure);
+        }
+        match qos {
+            1 => self.send(
+                Packet::PubAck(
+                    PubAck {
+                        pkid,
+                        reason: PubAckReason::Success,
+                    },
+                    None,
+                ),
+                out,
+            ),
+            2 => self.send(
+                Packet::PubRec(
+                    PubRec {
+                        pkid,
+                        reason: PubRecReason::Success,
+                    },
+                    None,
+                ),
+                out,
+            ),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn on_subscribe(
+        &mut self,
+        sub: Subscribe,
+        props: Option<rumqttd::protocol::SubscribeProperties>,
+        policy: &Policy,
+        out: &mut BytesMut,
+    ) {
+        let v5 = self.version == Version::V5;
+        let limits = self.shared.cfg.topic_limits();
+        let max_subs = self.shared.cfg.limits.max_subscriptions_per_client;
+        let sub_id = props
+            .as_ref()
+            .and_then(|p| p.id)
+            .and_then(|i| u32::try_from(i).ok())
+            .unwrap_or(0);
+        let mut codes = Vec::with_capacity(sub.filters.len());
+        let mut new_sys = Vec::new();
+        // Before the router holds the new ones (at most this many more), so
+        // a publish never sees fewer subscriptions than the router holds.
+        self.outbox
+            .set_subscriptions(self.subs.len() + sub.filters.len());
+        for f in sub.filters {
+            let inner = crate::auth::shared_inner(&f.path);
+            let known = self.subs.contains_key(&f.path) || self.sys_subs.contains(&f.path);
+            let code = if topic::validate_filter(inner, limits).is_err()
+                || (f.path.starts_with("$share/") && inner == f.path)
+            {
+                self.shared.stats.count(Reason::TopicLimit);
+                if v5 {
+                    SubscribeReasonCode::TopicFilterInvalid
+                } else {
+                    SubscribeReasonCode::Failure
+                }
+            } else if !policy.may_subscribe(self.who(), &f.path) {
+                self.shared.stats.count(Reason::AclSubscribe);
+                tracing::info!(client_id = %crate::stats::short(&self.client_id), user = %crate::stats::who(self.user.as_deref()), filter = %crate::stats::short(&f.path), "subscription denied");
+                // 0x80 in both versions: many v5 clients treat 0x87 here
+                // as a broken SUBACK rather than a refusal.
+                SubscribeReasonCode::Failure
+            } else if !known && self.subs.len() + self.sys_subs.len() >= max_subs {
+                self.shared.stats.count(Reason::TooManySubscriptions);
+                if v5 {
+                    SubscribeReasonCode::QuotaExceeded
+                } else {
+                    SubscribeReasonCode::Failure
+                }
+            } else if topic::is_system_filter(&f.path) {
+                if self.sys_subs.insert(f.path.clone()) {
+                    self.shared.stats.subscriptions.fetch_add(1, Relaxed);
+                }
+                new_sys.push(f.path.clone());
+                SubscribeReasonCode::Success(QoS::AtMostOnce)
+            } else {
+                let granted = f.qos;
+                let entry = Sub {
+                    outbox: self.outbox.clone(),
+                    qos: granted as u8,
+                    no_local: v5 && f.nolocal,
+                    retain_as_published: v5 && f.preserve_retain,
+                    id: sub_id,
+                };
+                match self.shared.router.subscribe(&f.path, entry) {
+                    Err(SubscribeError::TableFull) => {
+                        self.shared.stats.count(Reason::FilterTableFull);
+                        tracing::warn!(client_id = %crate::stats::short(&self.client_id), filter = %crate::stats::short(&f.path), "filter table full (max_filters); subscription refused");
+                        if v5 {
+                            SubscribeReasonCode::QuotaExceeded
+                        } else {
+                            SubscribeReasonCode::Failure
+                        }
+                    }
+                    Ok(retained) => {
+                        if self.subs.insert(f.path.clone(), granted).is_none() {
+                            self.shared.stats.subscriptions.fetch_add(1, Relaxed);
+                        }
+                        let send_retained = match f.retain_forward_rule {
+                            RetainForwardRule::OnEverySubscribe => true,
+                            RetainForwardRule::OnNewSubscribe => !known,
+                            RetainForwardRule::Never => false,
+                        };
+                        if send_retained || !v5 {
+                            self.outflow
+                                .push_retained(retained.into_iter().map(|msg| Delivery {
+                                    qos: msg.qos.min(granted as u8),
+                                    msg,
+                                    retain: true,
+                                    sub_ids: SubIds::One(sub_id),
+                                }));
+                        }
+                        SubscribeReasonCode::Success(granted)
+                    }
+                }
+            };
+            codes.push(code);
+        }
+        self.send(
+            Packet::SubAck(
+                SubAck {
+                    pkid: sub.pkid,
+                    return_codes: codes,
+                },
+                None,
+            ),
+            out,
+        );
+        self.outbox.set_subscriptions(self.subs.len());
+        if !new_sys.is_empty() {
+            let snapshot = self.shared.sys.borrow().clone();
+            let only: HashSet<String> = new_sys.into_iter().collect();
+            self.deliver_sys_filtered(&snapshot, true, out, &only);
+        }
+    }
+
+    fn on_unsubscribe(&mut self, unsub: Unsubscribe, out: &mut BytesMut) {
+        let mut reasons = Vec::with_capacity(unsub.filters.len());
+        for f in unsub.filters {
+            if self.subs.remove(&f).is_some() {
+                self.shared.stats.subscriptions.fetch_sub(1, Relaxed);
+                self.shared.router.unsubscribe(&f, self.gen);
+                reasons.push(UnsubAckReason::Success);
+            } else if self.sys_subs.remove(&f) {
+                self.shared.stats.subscriptions.fetch_sub(1, Relaxed);
+                reasons.push(UnsubAckReason::Success);
+            } else {
+                reasons.push(UnsubAckReason::NoSubscriptionExisted);
+            }
+        }
+        // After the router forgot them: a publish never sees fewer
+        // subscriptions than the router holds.
+        self.outbox.set_subscriptions(self.subs.len());
+        self.send(
+            Packet::UnsubAck(
+                UnsubAck {
+                    pkid: unsub.pkid,
+                    reasons,
+                },
+                None,
+            ),
+            out,
+        );
+    }
+
+    pub(super) fn deliver_sys(
+        &mut self,
+        snapshot: &crate::server::SysSnapshot,
+        retain: bool,
+        out: &mut BytesMut,
+    ) {
+        let filters = self.sys_subs.clone();
+        self.deliver_sys_filtered(snapshot, retain, out, &filters);
+    }
+
+    fn deliver_sys_filtered(
+        &mut self,
+        snapshot: &crate::server::SysSnapshot,
+        retain: bool,
+        out: &mut BytesMut,
+        filters: &HashSet<String>,
+    ) {
+        for (t, v) in snapshot.iter() {
+            if filters.iter().any(|f| topic::matches(t, f)) {
+                let p = Publish::new(Bytes::from(t.clone()), v.clone(), retain);
+                if codec::encode(self.version, Packet::Publish(p, None), out).is_ok() {
+                    self.shared.stats.publish_sent.fetch_add(1, Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// QoS and packet id of a PUBLISH at the front of `buf` (zeros otherwise).
+fn publish_meta(buf: &[u8]) -> (u8, u16) {
+    if buf.first().map(|b| b >> 4) != Some(3) {
+        return (0, 0);
+    }
+    let qos = codec::encoded_qos(buf);
+    if qos == 0 {
+        return (0, 0);
+    }
+    match codec::encoded_pkid_offset(buf) {
+        Some(off) => (qos, u16::from_be_bytes([buf[off], buf[off + 1]])),
+        None => (qos, 0),
+    }
+}
+
+fn packet_name(p: &Packet) -> &'static str {
+    match p {
+        Packet::Connect(..) => "CONNECT",
+        Packet::ConnAck(..) => "CONNACK",
+        Packet::SubAck(..) => "SUBACK",
+        Packet::UnsubAck(..) => "UNSUBACK",
+        Packet::PingResp(..) => "PINGRESP",
+        _ => "other",
+    }
+}
