@@ -1,7 +1,8 @@
 //! MQTT 5 semantics with MQTT.js's v5 client (npm, installed by
 //! `./scripts/test`), beside paho's: QoS downgrade, subscription
 //! identifiers in one copy, no-local, properties, retain-as-published,
-//! QoS 2 (`js/v5.mjs` says what each check is).
+//! QoS 2, topic aliases both ways, Maximum Packet Size (`js/v5.mjs` says
+//! what each check is).
 
 use std::path::Path;
 use std::process::Command;
@@ -37,6 +38,8 @@ fn mqtt_js_v5_semantics() {
         "properties",
         "retain-as-published",
         "qos2",
+        "topic-aliases",
+        "maximum-packet-size",
         "all",
     ] {
         assert!(
@@ -44,4 +47,5 @@ fn mqtt_js_v5_semantics() {
             "{check}: {stdout}"
         );
     }
+    assert_eq!(b.dropped("too_large_for_client"), 1, "the 200-byte message");
 }

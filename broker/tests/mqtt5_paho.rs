@@ -1,7 +1,9 @@
 //! MQTT 5 semantics with a real v5 client (paho-mqtt in Python, installed
 //! by `./scripts/test`): QoS downgrade, retain handling, retain-as-
 //! published, no-local, subscription identifiers, properties live and
-//! retained, message expiry (`paho_v5.py` says what each check is).
+//! retained, message expiry, Receive Maximum, Maximum Packet Size, topic
+//! aliases both ways, will QoS 2, session expiry from DISCONNECT
+//! (`paho_v5.py` says what each check is).
 
 use std::path::Path;
 use std::process::Command;
@@ -37,6 +39,11 @@ fn paho_v5_semantics() {
         "subscription-identifiers",
         "properties",
         "message-expiry",
+        "receive-maximum",
+        "maximum-packet-size",
+        "topic-aliases",
+        "will-qos2",
+        "session-expiry",
         "all",
     ] {
         assert!(
@@ -44,4 +51,5 @@ fn paho_v5_semantics() {
             "{check}: {stdout}"
         );
     }
+    assert_eq!(b.dropped("too_large_for_client"), 1, "the 200-byte message");
 }

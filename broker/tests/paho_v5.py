@@ -7,7 +7,9 @@ QoS downgrade (publish 2 / subscribe 1 → 1, publish 1 / subscribe 2 → 1,
 publish 2 / subscribe 2 → 2), retain handling 0/1/2, retain-as-published,
 no-local, subscription identifiers (one copy, every id), properties kept
 live and retained (user properties, content type, payload format,
-correlation data, response topic), message expiry shortened on delivery.
+correlation data, response topic), message expiry shortened on delivery,
+the client's Receive Maximum and Maximum Packet Size, topic aliases both
+ways, a will at QoS 2, session expiry changed at DISCONNECT.
 Every wait is bounded.
 """
 import queue
@@ -34,20 +36,23 @@ def fail(why):
 class Client:
     """A v5 client whose messages and SUBACKs land in queues."""
 
-    def __init__(self, name, login=False):
+    def __init__(self, name, login=False, props=None, manual_ack=False, will=None,
+                 clean=True):
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{name}-{RUN}",
-                             protocol=mqtt.MQTTv5)
+                             protocol=mqtt.MQTTv5, manual_ack=manual_ack)
         if login:
             self.c.username_pw_set(user, password)
+        if will:
+            self.c.will_set(*will)
         self.msgs = queue.Queue()
         self.acks = queue.Queue()
         self.c.on_message = lambda c, u, m: self.msgs.put(m)
         self.c.on_subscribe = lambda c, u, mid, codes, props: self.acks.put(codes)
         connected = queue.Queue()
-        self.c.on_connect = lambda c, u, f, rc, p: connected.put(rc)
-        self.c.connect(host, port, keepalive=30)
+        self.c.on_connect = lambda c, u, f, rc, p: connected.put((rc, f.session_present))
+        self.c.connect(host, port, keepalive=30, properties=props, clean_start=clean)
         self.c.loop_start()
-        rc = connected.get(timeout=WAIT)
+        rc, self.present = connected.get(timeout=WAIT)
         if rc != 0:
             fail(f"{name}: CONNACK {rc}")
 
@@ -194,4 +199,101 @@ left = getattr(exp.get().properties, "MessageExpiryInterval", None)
 if left is None or not 500 < left < 600:
     fail(f"message expiry left {left}")
 print("ok message-expiry", flush=True)
+
+
+def connect_props(**kw):
+    p = Properties(PacketTypes.CONNECT)
+    for k, v in kw.items():
+        setattr(p, k, v)
+    return p
+
+
+def round_trip(c):
+    """A SUBACK: whatever the broker had sent before it has been handled."""
+    c.sub(f"v5/{RUN}/nothing/{uuid.uuid4().hex[:6]}", qos=0)
+
+
+# Receive Maximum 2: at most two QoS 1 messages unacknowledged; each ack
+# lets exactly one more come. (paho reads on while acks are held back.)
+t = f"v5/{RUN}/rm"
+rm = Client("rm", props=connect_props(ReceiveMaximum=2), manual_ack=True)
+rm.sub(f"{t}/#", qos=1)
+for i in range(5):
+    pub.pub(f"{t}/x", f"m{i}", qos=1)
+got = [rm.get(), rm.get()]
+for expected in range(3, 6):
+    round_trip(rm)
+    if not rm.msgs.empty():
+        fail(f"receive maximum: message {expected} came before an ack")
+    rm.c.ack(got[-2].mid, 1)
+    got.append(rm.get())
+if [m.payload.decode() for m in got] != [f"m{i}" for i in range(5)]:
+    fail(f"receive maximum: order {[m.payload for m in got]}")
+for m in got[-2:]:
+    rm.c.ack(m.mid, 1)
+print("ok receive-maximum", flush=True)
+
+# Maximum Packet Size 100: a larger message is not sent to this client
+# (the broker counts it; the Rust side checks the count).
+t = f"v5/{RUN}/mp"
+mp = Client("mp", props=connect_props(MaximumPacketSize=100))
+mp.sub(f"{t}/#", qos=1)
+pub.pub(f"{t}/big", "x" * 200, qos=1)
+pub.pub(f"{t}/small", "ok", qos=1)
+m = mp.get()
+if (m.topic, m.payload) != (f"{t}/small", b"ok"):
+    fail(f"maximum packet size: got {m.topic} {len(m.payload)} bytes")
+print("ok maximum-packet-size", flush=True)
+
+# Topic aliases towards the client (its Topic Alias Maximum 2): the first
+# message on a topic sets an alias, the next ones carry the alias alone.
+# paho does not resolve aliases itself, so this reads them as sent.
+t = f"v5/{RUN}/ta"
+ta = Client("ta", props=connect_props(TopicAliasMaximum=2))
+ta.sub(f"{t}/#", qos=1)
+for topic in ["a", "a", "b", "a"]:
+    pub.pub(f"{t}/{topic}", topic, qos=1)
+seen = [(m.topic, getattr(m.properties, "TopicAlias", None), m.payload.decode())
+        for m in (ta.get() for _ in range(4))]
+want = [(f"{t}/a", 1, "a"), ("", 1, "a"), (f"{t}/b", 2, "b"), ("", 1, "a")]
+if seen != want:
+    fail(f"topic aliases to the client: {seen}")
+# And from the client: paho sends the alias alone when told to.
+tb = f"v5/{RUN}/tb"
+reader = Client("tb-reader")
+reader.sub(f"{tb}/#", qos=1)
+alias = Properties(PacketTypes.PUBLISH)
+alias.TopicAlias = 1
+pub.pub(f"{tb}/x", "set", qos=1, props=alias)
+pub.pub("", "used", qos=1, props=alias)
+got = [(m.topic, m.payload.decode()) for m in (reader.get(), reader.get())]
+if got != [(f"{tb}/x", "set"), (f"{tb}/x", "used")]:
+    fail(f"topic aliases from the client: {got}")
+print("ok topic-aliases", flush=True)
+
+# A will at QoS 2 reaches a QoS 2 subscriber at QoS 2.
+t = f"v5/{RUN}/will"
+watcher = Client("will-watcher")
+watcher.sub(f"{t}/#", qos=2)
+doomed = Client("doomed", login=True, will=(f"{t}/gone", "bye", 2, False))
+doomed.c.disconnect(reasoncode=mqtt.ReasonCode(PacketTypes.DISCONNECT, identifier=0x04))
+m = watcher.get()
+if (m.topic, m.payload, m.qos) != (f"{t}/gone", b"bye", 2):
+    fail(f"will: {m.topic} {m.payload} QoS {m.qos}")
+print("ok will-qos2", flush=True)
+
+# Session expiry from DISCONNECT: a session asked for 300 s ends at once
+# when DISCONNECT sets 0, and lives on when DISCONNECT keeps it.
+for at_disconnect, present in [(0, False), (300, True)]:
+    name = f"se{at_disconnect}"
+    c = Client(name, props=connect_props(SessionExpiryInterval=300), clean=False)
+    bye = Properties(PacketTypes.DISCONNECT)
+    bye.SessionExpiryInterval = at_disconnect
+    c.c.disconnect(properties=bye)
+    c.c.loop_stop()
+    again = Client(name, props=connect_props(SessionExpiryInterval=300), clean=False)
+    if again.present != present:
+        fail(f"session expiry {at_disconnect} at DISCONNECT: session present {again.present}")
+    again.c.disconnect(properties=bye)
+print("ok session-expiry", flush=True)
 print("ok all", flush=True)

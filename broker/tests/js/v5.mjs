@@ -1,5 +1,8 @@
 // MQTT 5 semantics through firehose-broker with MQTT.js's v5 client, beside
 // paho's (broker/tests/paho_v5.py); run by broker/tests/mqtt5_mqttjs.rs.
+// Checks: QoS downgrade, subscription identifiers in one copy, no-local,
+// properties, retain-as-published, QoS 2, topic aliases both ways (MQTT.js
+// resolves them itself), the client's Maximum Packet Size.
 // usage: node v5.mjs URL USER PASS
 // Prints "ok <check>" per check, then "ok all"; exits 1 with the reason.
 import mqtt from "mqtt";
@@ -69,6 +72,45 @@ try {
   await other.publishAsync(`${t}/two`, "two", { qos: 2 });
   if ((await next()).packet.qos !== 2) fail("qos 2");
   console.log("ok qos2");
+
+  // Topic aliases towards the client: MQTT.js advertises a Topic Alias
+  // Maximum, the broker aliases repeated topics, MQTT.js puts the topics
+  // back; and from the client: autoAssignTopicAlias uses the maximum the
+  // broker announced in CONNACK.
+  const ta = await mqtt.connectAsync(url, opts({ clientId: `ta-${run}`, properties: { topicAliasMaximum: 4 } }));
+  const nextTa = inbox(ta);
+  await ta.subscribeAsync(`${t}/ta/#`, { qos: 1 });
+  for (const x of ["a", "a", "b", "a"]) await pub.publishAsync(`${t}/ta/${x}`, x, { qos: 1 });
+  const seen = [];
+  for (let i = 0; i < 4; i++) {
+    const m = await nextTa();
+    seen.push([m.topic, m.packet.properties?.topicAlias ?? null, m.payload]);
+  }
+  const want = [[`${t}/ta/a`, 1, "a"], [`${t}/ta/a`, 1, "a"], [`${t}/ta/b`, 2, "b"], [`${t}/ta/a`, 1, "a"]];
+  if (JSON.stringify(seen) !== JSON.stringify(want)) fail(`aliases to the client: ${JSON.stringify(seen)}`);
+  const aliasing = await mqtt.connectAsync(url, opts({
+    username: user, password: pass, clientId: `aliasing-${run}`, autoAssignTopicAlias: true,
+  }));
+  if (!(aliasing.topicAliasSend?.max > 0)) fail("the broker announced no topic alias maximum");
+  await sub.subscribeAsync(`${t}/tb/#`, { qos: 1 });
+  for (const x of ["one", "two", "three"]) await aliasing.publishAsync(`${t}/tb/x`, x, { qos: 1 });
+  if (!aliasing.topicAliasSend.getAliasByTopic(`${t}/tb/x`)) fail("MQTT.js assigned no alias");
+  for (const x of ["one", "two", "three"]) {
+    const m = await next();
+    if (m.topic !== `${t}/tb/x` || m.payload !== x) fail(`aliases from the client: ${m.topic} ${m.payload}`);
+  }
+  console.log("ok topic-aliases");
+
+  // Maximum Packet Size: larger messages are not sent to this client.
+  const mp = await mqtt.connectAsync(url, opts({ clientId: `mp-${run}`, properties: { maximumPacketSize: 100 } }));
+  const nextMp = inbox(mp);
+  await mp.subscribeAsync(`${t}/mp/#`, { qos: 1 });
+  await pub.publishAsync(`${t}/mp/big`, "x".repeat(200), { qos: 1 });
+  await pub.publishAsync(`${t}/mp/small`, "ok", { qos: 1 });
+  const small = await nextMp();
+  if (small.topic !== `${t}/mp/small`) fail(`maximum packet size: got ${small.topic}`);
+  console.log("ok maximum-packet-size");
+  await Promise.all([ta.endAsync(), aliasing.endAsync(), mp.endAsync()]);
   await other.endAsync();
   console.log("ok all");
 } catch (e) {
