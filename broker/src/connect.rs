@@ -269,11 +269,18 @@ pub(crate) async fn refuse(
         },
         None,
     );
-    if codec::encode(v, ack, &mut out).is_ok() {
-        let _ = writer.write_all(&out).await;
-        let _ = writer.flush().await;
-        shared.stats.bytes_sent.fetch_add(out.len() as u64, Relaxed);
-        shared.stats.messages_sent.fetch_add(1, Relaxed);
+    match codec::encode(v, ack, &mut out) {
+        Ok(_) => {
+            // The client may be gone already; it is being refused anyway.
+            let _ = writer.write_all(&out).await;
+            let _ = writer.flush().await;
+            shared.stats.bytes_sent.fetch_add(out.len() as u64, Relaxed);
+            shared.stats.messages_sent.fetch_add(1, Relaxed);
+        }
+        Err(e) => {
+            shared.stats.count(Reason::EncodeFailed);
+            tracing::error!(error = %e, "cannot encode a refusing CONNACK");
+        }
     }
     let _ = writer.shutdown().await;
 }

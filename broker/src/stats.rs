@@ -72,11 +72,13 @@ pub enum Reason {
     /// An MQTT 5 message whose expiry interval passed while it was queued
     /// (or retained): not sent.
     MessageExpired,
+    /// A packet of ours that could not be encoded (a bug: logged at error).
+    EncodeFailed,
 }
 
 impl Reason {
     /// Every reason, in counter order.
-    pub const ALL: [Reason; 28] = [
+    pub const ALL: [Reason; 29] = [
         Reason::QueueFull,
         Reason::OfflineQos0,
         Reason::AclPublish,
@@ -105,6 +107,7 @@ impl Reason {
         Reason::PersistentAnonymous,
         Reason::TooLargeForClient,
         Reason::MessageExpired,
+        Reason::EncodeFailed,
     ];
 
     /// Stable snake_case name used in metrics and `$SYS` topics.
@@ -138,6 +141,7 @@ impl Reason {
             Reason::PersistentAnonymous => "persistent_anonymous",
             Reason::TooLargeForClient => "too_large_for_client",
             Reason::MessageExpired => "message_expired",
+            Reason::EncodeFailed => "encode_failed",
         }
     }
 }

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::registry::Mailbox;
 use super::{End, Session};
-use crate::codec::{self, DecodeError, Version};
+use crate::codec::{DecodeError, Version};
 use crate::connect::Pending;
 use crate::server::Shared;
 use crate::stats::Reason;
@@ -271,7 +271,7 @@ impl Session {
         let mut out = BytesMut::new();
         if self.version == Version::V5 {
             let bye = Packet::Disconnect(Disconnect { reason_code: code }, None);
-            let _ = codec::encode(self.version, bye, &mut out);
+            self.send(bye, &mut out);
         }
         out
     }

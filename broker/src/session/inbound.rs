@@ -133,13 +133,13 @@ impl Session {
 
     /// Encodes a control packet for this client. Our own packets always
     /// encode; if one does not, that is counted and logged, never silent.
-    fn send(&self, p: Packet, out: &mut BytesMut) {
+    pub(super) fn send(&self, p: Packet, out: &mut BytesMut) {
         match codec::encode(self.version, p, out) {
             Ok(_) => {
                 self.shared.stats.messages_sent.fetch_add(1, Relaxed);
             }
             Err(e) => {
-                self.shared.stats.count(Reason::Malformed);
+                self.shared.stats.count(Reason::EncodeFailed);
                 tracing::error!(client_id = %crate::stats::short(&self.client_id), error = %e, "cannot encode a reply");
             }
         }
@@ -436,7 +436,9 @@ impl Session {
         for (t, v) in snapshot.iter() {
             if filters.iter().any(|f| topic::matches(t, f)) {
                 let p = Publish::new(Bytes::from(t.clone()), v.clone(), retain);
-                if codec::encode(self.version, Packet::Publish(p, None), out).is_ok() {
+                let before = out.len();
+                self.send(Packet::Publish(p, None), out);
+                if out.len() > before {
                     self.shared.stats.publish_sent.fetch_add(1, Relaxed);
                 }
             }

@@ -31,7 +31,7 @@ use bytes::{Bytes, BytesMut};
 use rumqttd::protocol::{ConnAck, ConnAckProperties, ConnectReturnCode, Packet, QoS};
 
 use crate::auth::Who;
-use crate::codec::{self, Version};
+use crate::codec::Version;
 use crate::connect::Pending;
 use crate::message::Message;
 use crate::outbox::{Outbox, Reader};
@@ -337,7 +337,7 @@ impl Session {
             },
             props,
         );
-        let _ = codec::encode(p.info.version, ack, out);
+        self.send(ack, out);
     }
 
     /// Kept for a persistent client that left: the outbox keeps filling
