@@ -322,3 +322,28 @@ fn tls_listener_with_generated_ca() {
     );
     assert!(!out.status.success());
 }
+
+/// Overlapping subscriptions of one v3.1.1 client (`ov/#`, `ov/+`,
+/// `ov/x`): one copy per message (MQTT-3.3.4-2), at the highest granted
+/// QoS. With a copy per filter, mosquitto_sub would stop (`-C 4`) before
+/// the marker.
+#[test]
+fn overlapping_subscriptions_of_mosquitto_sub_get_one_copy() {
+    let (b, _d) = broker_with_users(&[]);
+    let sub = Sub::spawn(
+        &b,
+        &[
+            "-V", "mqttv311", "-q", "1", "-t", "ov/#", "-t", "ov/+", "-t", "ov/x", "-v", "-C", "4",
+        ],
+    );
+    for m in ["1", "2", "3"] {
+        assert!(publish_as_bridge(&b, &["-q", "1", "-t", "ov/x", "-m", m]));
+    }
+    assert!(publish_as_bridge(&b, &["-t", "ov/end", "-m", "end"]));
+    let (code, stdout, _) = sub.output();
+    assert_eq!(code, 0);
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["ov/x 1", "ov/x 2", "ov/x 3", "ov/end end"]
+    );
+}

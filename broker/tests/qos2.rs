@@ -1,7 +1,8 @@
 //! QoS 2 end to end (issue #11, point 4): granted as asked, received and
 //! sent with PUBREC/PUBREL/PUBCOMP, exactly once across a reconnect in the
 //! middle of the handshake (PUBLISH re-sent with DUP before PUBREC, PUBREL
-//! re-sent after it), with raw clients and with Debian's mosquitto clients.
+//! re-sent after it), with raw clients, with paho-mqtt through a proxy that
+//! cuts the connection mid-handshake, and with Debian's mosquitto clients.
 
 use firehose_testkit::*;
 
@@ -113,5 +114,42 @@ fn mosquitto_clients_at_qos2() {
         let (code, out, _) = sub.output();
         assert_eq!((code, out.as_str()), (0, "m0\nm1\nm2\n"), "{v}");
         b.wait_metric_at_most("firehose_broker_subscriptions", 0);
+    }
+}
+
+/// The same with a real client: paho-mqtt's v5 client with persistent
+/// sessions, a proxy cutting its connection once right after a PUBLISH or
+/// a PUBREC went through, both directions (`paho_qos2_cut.py` says how).
+#[test]
+fn paho_qos2_exactly_once_across_cuts_mid_handshake() {
+    let python = require("python3", "python3");
+    let check = run(std::process::Command::new(&python).args(["-c", "import paho.mqtt"]));
+    assert!(
+        check.status.success(),
+        "paho-mqtt is missing: pip install paho-mqtt==2.2.0 (./scripts/test does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let b = BrokerProc::with_users(dir.path(), &[("bridge", "secret")], &[]);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/paho_qos2_cut.py");
+    let out = run(std::process::Command::new(&python).arg(&script).args([
+        "127.0.0.1",
+        &b.port(),
+        "bridge",
+        "secret",
+    ]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "paho_qos2_cut.py: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for cut in [
+        "to-client-after-publish",
+        "to-client-after-pubrec",
+        "from-client-after-publish",
+        "from-client-after-pubrec",
+        "all",
+    ] {
+        assert!(stdout.contains(&format!("ok {cut}\n")), "{cut}: {stdout}");
     }
 }
