@@ -66,6 +66,13 @@ impl Message {
         Some(u64::from(total).saturating_sub(spent) as u32)
     }
 
+    /// True when it has an MQTT 5 message expiry interval at all.
+    pub fn expires(&self) -> bool {
+        self.props
+            .as_ref()
+            .is_some_and(|p| p.message_expiry_interval.is_some())
+    }
+
     /// True once its message expiry interval has passed.
     pub fn expired(&self) -> bool {
         self.expiry_left() == Some(0)

@@ -445,6 +445,17 @@ impl Outbox {
     }
 }
 
+/// A queue that goes away gives back what it still counted in the global
+/// budget and leaves the budget's offline list, however its session ended.
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let s = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        let bytes = std::mem::take(&mut s.bytes);
+        self.budget.sub(bytes);
+        self.budget.unpark(self.key);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,6 +502,21 @@ mod tests {
         }
         assert_eq!(o.len(), 4);
         assert_eq!(o.stats.dropped(Reason::QueueFull), 6);
+    }
+
+    #[test]
+    fn a_dropped_queue_gives_its_bytes_back_and_leaves_the_offline_list() {
+        let o = Arc::new(outbox(10));
+        let stats = o.stats.clone();
+        let budget = o.budget.clone();
+        let p = policy();
+        o.push(d(1), &p);
+        o.push(d(1), &p);
+        budget.park(&o);
+        assert_eq!(stats.queued_bytes.load(Relaxed), 20);
+        drop(o);
+        assert_eq!(stats.queued_bytes.load(Relaxed), 0);
+        assert!(budget.offline().is_empty());
     }
 
     #[test]

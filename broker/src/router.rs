@@ -215,6 +215,9 @@ struct Tree {
     filters: usize,
     retained: usize,
     retained_bytes: usize,
+    /// Retained messages with an MQTT 5 message expiry: only while there
+    /// are some does [`Router::purge_expired`] walk the tree.
+    expiring: usize,
 }
 
 /// The subscription table and retained store. Cheap to share: publishes
@@ -471,6 +474,7 @@ impl Router {
             root,
             retained,
             retained_bytes,
+            expiring,
             ..
         } = &mut *t;
         if msg.payload.is_empty() {
@@ -478,15 +482,14 @@ impl Router {
                 if let Some(old) = node.leaf.as_mut().and_then(|l| l.retained.take()) {
                     *retained -= 1;
                     *retained_bytes -= old.weight();
+                    *expiring -= usize::from(old.expires());
                 }
                 node.tidy();
             });
         } else {
-            let replaced = find(root, topic)
-                .and_then(|n| n.retained())
-                .map(|m| m.weight());
+            let replaced = find(root, topic).and_then(|n| n.retained());
             let count = *retained + usize::from(replaced.is_none());
-            let bytes = *retained_bytes - replaced.unwrap_or(0) + msg.weight();
+            let bytes = *retained_bytes - replaced.map_or(0, |m| m.weight()) + msg.weight();
             if count > self.limits.max_retained_messages || bytes > self.limits.max_retained_bytes {
                 self.stats.count(Reason::RetainedFull);
                 tracing::warn!(
@@ -497,6 +500,8 @@ impl Router {
                 );
                 return;
             }
+            *expiring = *expiring - usize::from(replaced.is_some_and(|m| m.expires()))
+                + usize::from(msg.expires());
             let node = levels
                 .iter()
                 .fold(&mut *root, |n, l| n.children.get_or_insert(l));
@@ -505,6 +510,61 @@ impl Router {
             *retained_bytes = bytes;
         }
         self.stats.retained.store(*retained as i64, Relaxed);
+    }
+
+    /// Drops retained messages whose message expiry has passed (they are
+    /// already never served; this gives their memory and their place under
+    /// the caps back). Finds them under the read lock, so publishes go on;
+    /// takes the write lock only to remove one. Returns how many went.
+    pub fn purge_expired(&self) -> usize {
+        let expired: Vec<Arc<Message>> = {
+            let t = self.read();
+            if t.expiring == 0 {
+                return 0;
+            }
+            let mut found = Vec::new();
+            collect_expired(&t.root, &mut found);
+            found
+        };
+        let mut purged = 0;
+        for msg in expired {
+            let levels: Vec<&str> = msg.topic_str().split('/').collect();
+            let mut t = self.write();
+            let Tree {
+                root,
+                retained,
+                retained_bytes,
+                expiring,
+                ..
+            } = &mut *t;
+            prune(root, &levels, &mut |node| {
+                let leaf = node.leaf.as_mut();
+                // Still the same message (not replaced meanwhile)?
+                if let Some(l) =
+                    leaf.filter(|l| l.retained.as_ref().is_some_and(|m| Arc::ptr_eq(m, &msg)))
+                {
+                    l.retained = None;
+                    *retained -= 1;
+                    *retained_bytes -= msg.weight();
+                    *expiring -= 1;
+                    purged += 1;
+                }
+                node.tidy();
+            });
+            self.stats.retained.store(*retained as i64, Relaxed);
+        }
+        self.stats.count_n(Reason::MessageExpired, purged as u64);
+        purged
+    }
+}
+
+/// Every expired retained message under `node`.
+fn collect_expired(node: &Node, found: &mut Vec<Arc<Message>>) {
+    if let Some(m) = node.retained().filter(|m| m.expired()) {
+        found.push(m.clone());
+    }
+    for (_, child) in node.children.iter() {
+        collect_expired(child, found);
     }
 }
 
@@ -821,6 +881,42 @@ mod tests {
             ),
         );
         assert_eq!(r.retained(), 3);
+    }
+
+    #[test]
+    fn expired_retained_messages_are_purged() {
+        let r = router(100);
+        let retained = |t: &'static str, expiry: Option<u32>| {
+            let props = expiry.map(|e| rumqttd::protocol::PublishProperties {
+                message_expiry_interval: Some(e),
+                ..Default::default()
+            });
+            Message::new(
+                Bytes::from_static(t.as_bytes()),
+                Bytes::from_static(b"v"),
+                1,
+                true,
+                props,
+                0,
+            )
+        };
+        assert_eq!(r.purge_expired(), 0, "nothing expiring: no walk");
+        send(&r, &retained("e/gone", Some(0)));
+        send(&r, &retained("e/later", Some(600)));
+        send(&r, &retained("e/never", None));
+        assert_eq!(r.retained(), 3);
+        assert_eq!(r.purge_expired(), 1);
+        assert_eq!(r.retained(), 2);
+        assert_eq!(r.stats.dropped(Reason::MessageExpired), 1);
+        assert!(
+            find(&r.read().root, "e/gone").is_none(),
+            "its node is freed"
+        );
+        // Replaced by a message without expiry: nothing left to watch.
+        send(&r, &retained("e/later", None));
+        assert_eq!(r.read().expiring, 0);
+        assert_eq!(r.purge_expired(), 0);
+        assert_eq!(r.retained(), 2);
     }
 
     #[test]

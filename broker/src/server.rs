@@ -387,6 +387,10 @@ async fn sys_loop(shared: Arc<Shared>) {
     let mut trim = Trim::default();
     loop {
         tick.tick().await;
+        let purged = shared.router.purge_expired();
+        if purged > 0 {
+            tracing::debug!(purged, "expired retained messages dropped");
+        }
         publish_sys(&shared);
         let s = &shared.stats;
         if trim.after_tick(s.sessions.load(Relaxed), s.publish_sent.load(Relaxed)) {

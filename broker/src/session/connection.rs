@@ -17,6 +17,7 @@ use super::registry::Mailbox;
 use super::{End, Session};
 use crate::codec::{DecodeError, Version};
 use crate::connect::Pending;
+use crate::outbox::Outbox;
 use crate::server::Shared;
 use crate::stats::Reason;
 use crate::transport::BoxIo;
@@ -58,11 +59,7 @@ impl Session {
         let shared = self.shared.clone();
         let outbox = self.outbox.clone();
         let stats = &shared.stats;
-        stats.clients_connected.fetch_add(1, Relaxed);
-        stats.client_connects.fetch_add(1, Relaxed);
-        outbox.set_blocked(false);
-        outbox.set_online(true);
-        shared.budget.unpark(outbox.key);
+        let online = Online::new(&shared, &outbox);
         tracing::info!(target: crate::stats::CLIENTS, client_id = %crate::stats::short(&self.client_id), %peer, version = self.version.as_str(), user = %crate::stats::who(self.user.as_deref()), session_present = present, "client connected");
         let ka = if keep_alive == 0 {
             None
@@ -192,9 +189,7 @@ impl Session {
             }
         };
         let _ = writer.shutdown().await;
-        stats.clients_connected.fetch_sub(1, Relaxed);
-        stats.client_disconnects.fetch_add(1, Relaxed);
-        outbox.set_online(false);
+        drop(online);
         self.pressure.clear();
         tracing::info!(target: crate::stats::CLIENTS, client_id = %crate::stats::short(&self.client_id), %peer, reason = match &end { End::Takeover(_) => "takeover", End::Closed { will: true } => "connection lost", End::Closed { will: false } => "disconnect", End::Shutdown => "shutdown" }, "client disconnected");
         end
@@ -305,6 +300,32 @@ impl Session {
                 _ => return,
             }
         }
+    }
+}
+
+/// A connected period: the client counts as connected and its outbox as
+/// online from [`Online::new`] until this is dropped, on every way out.
+struct Online<'a> {
+    shared: &'a Shared,
+    outbox: &'a Outbox,
+}
+
+impl<'a> Online<'a> {
+    fn new(shared: &'a Shared, outbox: &'a Outbox) -> Online<'a> {
+        shared.stats.clients_connected.fetch_add(1, Relaxed);
+        shared.stats.client_connects.fetch_add(1, Relaxed);
+        outbox.set_blocked(false);
+        outbox.set_online(true);
+        shared.budget.unpark(outbox.key);
+        Online { shared, outbox }
+    }
+}
+
+impl Drop for Online<'_> {
+    fn drop(&mut self) {
+        self.shared.stats.clients_connected.fetch_sub(1, Relaxed);
+        self.shared.stats.client_disconnects.fetch_add(1, Relaxed);
+        self.outbox.set_online(false);
     }
 }
 

@@ -82,6 +82,17 @@ struct Session {
     /// The CONNECT asked for no session expiry: DISCONNECT may not set one
     /// (MQTT-3.14.2-2).
     expiry_was_zero: bool,
+    /// [`Session::teardown`] ran: its router entries and counters are
+    /// given back.
+    torn_down: bool,
+}
+
+/// However the task ends (returned, or its future dropped), the router
+/// forgets its subscriptions and the gauges are given back.
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.teardown();
+    }
 }
 
 pub(crate) async fn run(first: Box<Pending>, mailbox: Arc<Mailbox>, gen: u64, shared: Arc<Shared>) {
@@ -112,6 +123,7 @@ pub(crate) async fn run(first: Box<Pending>, mailbox: Arc<Mailbox>, gen: u64, sh
         anonymous_slot: false,
         denied_logged: 0,
         expiry_was_zero: true,
+        torn_down: false,
     };
     let mut conn = first;
     let mut present = false;
@@ -391,7 +403,12 @@ impl Session {
         self.shared.router.publish(&will, &policy, &mut Vec::new());
     }
 
+    /// Ends the session: router entries, queues and gauges given back.
+    /// Runs once (later calls do nothing).
     fn teardown(&mut self) {
+        if std::mem::replace(&mut self.torn_down, true) {
+            return;
+        }
         for f in self.subs.keys() {
             self.shared.router.unsubscribe(f, self.gen);
         }
