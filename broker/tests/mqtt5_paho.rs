@@ -2,7 +2,8 @@
 //! by `./scripts/test`): QoS downgrade, retain handling, retain-as-
 //! published, no-local, subscription identifiers, properties live and
 //! retained, message expiry, Receive Maximum, Maximum Packet Size, topic
-//! aliases both ways, will QoS 2, session expiry from DISCONNECT
+//! aliases both ways, will QoS 2, session expiry from DISCONNECT, expiry
+//! of messages queued for an absent client
 //! (`paho_v5.py` says what each check is).
 
 use std::path::Path;
@@ -44,6 +45,7 @@ fn paho_v5_semantics() {
         "topic-aliases",
         "will-qos2",
         "session-expiry",
+        "queued-expiry",
         "all",
     ] {
         assert!(
@@ -52,4 +54,8 @@ fn paho_v5_semantics() {
         );
     }
     assert_eq!(b.dropped("too_large_for_client"), 1, "the 200-byte message");
+    assert!(
+        b.dropped("message_expired") >= 1,
+        "the queued message that expired is counted"
+    );
 }

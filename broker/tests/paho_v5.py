@@ -9,7 +9,8 @@ no-local, subscription identifiers (one copy, every id), properties kept
 live and retained (user properties, content type, payload format,
 correlation data, response topic), message expiry shortened on delivery,
 the client's Receive Maximum and Maximum Packet Size, topic aliases both
-ways, a will at QoS 2, session expiry changed at DISCONNECT.
+ways, a will at QoS 2, session expiry changed at DISCONNECT, message expiry
+of messages queued for an absent client.
 Every wait is bounded.
 """
 import queue
@@ -176,23 +177,30 @@ t = f"v5/{RUN}/exp"
 props = Properties(PacketTypes.PUBLISH)
 props.MessageExpiryInterval = 600
 pub.pub(f"{t}/e", "e", qos=1, retain=True, props=props)
-# Wait for time to pass by an event, not a clock: a retained probe with a
-# 1 s expiry, published after "e", until the broker no longer serves it.
-probe = Properties(PacketTypes.PUBLISH)
-probe.MessageExpiryInterval = 1
-pub.pub(f"{t}-probe/p", "p", qos=1, retain=True, props=probe)
-deadline = time.monotonic() + WAIT
-for n in range(1000):
-    c = Client(f"probe{n}")
-    c.sub(f"{t}-probe/#", qos=0)
-    pub.pub(f"{t}-probe/marker", "m", qos=1)
-    gone = c.get().topic == f"{t}-probe/marker"
-    c.c.disconnect()
-    if gone:
-        break
-    if time.monotonic() > deadline:
-        fail("the 1 s probe never expired")
-    time.sleep(0.1)
+
+
+def wait_one_second_passed(name):
+    """Waits for time to pass by an event, not a clock: a retained probe with
+    a 1 s expiry, published now, until the broker no longer serves it."""
+    probe = Properties(PacketTypes.PUBLISH)
+    probe.MessageExpiryInterval = 1
+    pt = f"v5/{RUN}/{name}-probe"
+    pub.pub(f"{pt}/p", "p", qos=1, retain=True, props=probe)
+    deadline = time.monotonic() + WAIT
+    for n in range(1000):
+        c = Client(f"{name}-probe{n}")
+        c.sub(f"{pt}/#", qos=0)
+        pub.pub(f"{pt}/marker", "m", qos=1)
+        gone = c.get().topic == f"{pt}/marker"
+        c.c.disconnect()
+        if gone:
+            return
+        if time.monotonic() > deadline:
+            fail("the 1 s probe never expired")
+        time.sleep(0.1)
+
+
+wait_one_second_passed("exp")
 exp = Client("exp")
 exp.sub(f"{t}/#", qos=1)
 left = getattr(exp.get().properties, "MessageExpiryInterval", None)
@@ -296,4 +304,28 @@ for at_disconnect, present in [(0, False), (300, True)]:
         fail(f"session expiry {at_disconnect} at DISCONNECT: session present {again.present}")
     again.c.disconnect(properties=bye)
 print("ok session-expiry", flush=True)
+
+# Queued for a persistent session while its client is away: what expired
+# meanwhile is not sent, the rest goes with what is left of its interval.
+t = f"v5/{RUN}/qexp"
+away = Client("qexp", props=connect_props(SessionExpiryInterval=300), clean=False)
+away.sub(f"{t}/#", qos=1)
+away.c.disconnect()
+away.c.loop_stop()
+for name, seconds in [("short", 1), ("long", 600)]:
+    props = Properties(PacketTypes.PUBLISH)
+    props.MessageExpiryInterval = seconds
+    pub.pub(f"{t}/{name}", name, qos=1, props=props)
+wait_one_second_passed("qexp")
+back = Client("qexp", props=connect_props(SessionExpiryInterval=300), clean=False)
+if not back.present:
+    fail("queued expiry: the session was not kept")
+m = back.get()
+left = getattr(m.properties, "MessageExpiryInterval", None)
+if m.topic != f"{t}/long" or left is None or not 500 < left < 600:
+    fail(f"queued expiry: got {m.topic} with {left} s left")
+pub.pub(f"{t}/marker", "m", qos=1)
+if back.get().topic != f"{t}/marker":
+    fail("queued expiry: more than the one message came")
+print("ok queued-expiry", flush=True)
 print("ok all", flush=True)
