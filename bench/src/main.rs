@@ -74,6 +74,11 @@ struct Target {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 120, global = true)]
     timeout: u64,
+    /// QoS 1/2 publishes a publisher keeps unacknowledged. mosquitto
+    /// refuses QoS 2 publishes beyond its max_inflight_messages (20; PUBREC
+    /// 0x97, which a 3.1.1 client never sees), so QoS 2 comparisons use 20.
+    #[arg(long, default_value_t = 1000, global = true)]
+    inflight: u16,
     /// Label printed with the results.
     #[arg(long, default_value = "broker", global = true)]
     label: String,
@@ -345,6 +350,7 @@ impl Subscribers {
 
 fn publisher(t: &Target, id: &str) -> (AsyncClient, tokio::task::JoinHandle<()>, Instant) {
     let mut po = options(t, id);
+    po.set_inflight(t.inflight);
     if let (Some(u), Some(p)) = (&t.username, &t.password) {
         po.set_credentials(u, p);
     }
