@@ -117,6 +117,33 @@ fn mosquitto_clients_at_qos2() {
     }
 }
 
+/// An anonymous v3.1.1 client's QoS 2 publishes are refused (ACL), yet
+/// each goes through the whole handshake (3.1.1 has no reason codes), and
+/// the broker remembers nothing for them: a thousand packet ids left
+/// without PUBREL, then PUBRELs, all answered; nothing is routed.
+#[test]
+fn refused_qos2_from_a_v3_client_completes_without_being_routed() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = BrokerProc::with_users(dir.path(), &[BRIDGE], &[]);
+    let (mut r, _) = Raw::connect(b.mqtt(), 4, "q2-reader", None);
+    r_subscribe(&mut r);
+    let (mut p, _) = Raw::connect(b.mqtt(), 4, "q2-anon", None);
+    for id in 1..=1000u16 {
+        p.send(&publish(4, b"q2/anon", b"no", 2, id));
+        assert_eq!(next(&mut p), (0x50, id, Vec::new()), "PUBREC {id}");
+    }
+    for id in [1u16, 500, 1000] {
+        p.send(&[0x62, 2, (id >> 8) as u8, id as u8]);
+        assert_eq!(next(&mut p).0, 0x70, "PUBCOMP {id}");
+    }
+    assert_eq!(b.dropped("acl_publish"), 1000);
+    // Nothing reached the reader: the first thing it gets is a bridge's.
+    let (mut bridge, _) = Raw::connect(b.mqtt(), 4, "q2-bridge", Some(BRIDGE));
+    bridge.send(&publish(4, b"q2/ok", b"yes", 1, 1));
+    let (_, _, payload) = next(&mut r);
+    assert_eq!(payload, b"yes");
+}
+
 /// The same with a real client: paho-mqtt's v5 client with persistent
 /// sessions, a proxy cutting its connection once right after a PUBLISH or
 /// a PUBREC went through, both directions (`paho_qos2_cut.py` says how).

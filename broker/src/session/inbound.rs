@@ -225,10 +225,10 @@ impl Session {
                 1 => self.send(Packet::PubAck(PubAck { pkid, reason: ack }, None), out),
                 2 => {
                     // A v5 client is told (and sends no PUBREL); a v3 one
-                    // goes through the whole QoS 2 handshake.
-                    if !v5 {
-                        self.awaiting_rel.insert(pkid);
-                    }
+                    // goes through the whole QoS 2 handshake, its PUBREL
+                    // answered without remembering the id (a v3 PUBCOMP
+                    // has no reason code), so refused publishes cost no
+                    // memory.
                     self.send(Packet::PubRec(PubRec { pkid, reason: rec }, None), out);
                 }
                 _ => {}
