@@ -117,7 +117,7 @@ fn the_clients_maximum_packet_size_keeps_larger_messages_from_it() {
 
 /// A v5 PUBLISH QoS 0 body with a topic alias property.
 fn aliased(topic: &str, alias: u16, payload: &[u8]) -> Vec<u8> {
-    let mut body = vec![0, topic.len() as u8];
+    let mut body = (topic.len() as u16).to_be_bytes().to_vec();
     body.extend_from_slice(topic.as_bytes());
     body.extend_from_slice(&[3, 0x23, (alias >> 8) as u8, alias as u8]);
     body.extend_from_slice(payload);
@@ -161,6 +161,15 @@ fn topic_aliases_from_the_client_are_set_used_and_bounded() {
         let (t, body) = r.read().expect("DISCONNECT");
         assert_eq!((t, body[0]), (0xE0, 0x94), "alias {bad} is invalid");
     }
+    // A topic over the length limit is refused (counted) and its alias
+    // never set: using it is a protocol error.
+    let (mut r, _) = v5(&b, "alias-long", true, 0, &[]);
+    let long = format!("al/{}", "x".repeat(1100));
+    r.send(&aliased(&long, 2, b"no"));
+    r.send(&aliased("", 2, b"no"));
+    let (t, body) = r.read().expect("DISCONNECT");
+    assert_eq!((t, body[0]), (0xE0, 0x82), "alias of a refused topic");
+    assert_eq!(b.dropped("topic_limit"), 1);
     // An alias used before it was set: protocol error.
     let (mut r, _) = v5(&b, "alias-unset", true, 0, &[]);
     r.send(&aliased("", 3, b"no"));

@@ -145,41 +145,42 @@ impl Session {
         }
     }
 
-    /// Applies an MQTT 5 topic alias (3.3.2.3.4): a topic with an alias
-    /// sets it for this connection, an empty topic with an alias uses it.
-    /// An alias of 0 or above our maximum is DISCONNECT 0x94 (MQTT-3.3.2-9);
-    /// an empty topic without a known alias is a protocol error.
+    /// Applies an MQTT 5 topic alias (3.3.2.3.4): an empty topic with an
+    /// alias uses the topic set for it earlier. Returns the alias to set
+    /// when the publish names a topic with one: the caller stores it once
+    /// the topic passed validation (so an alias never holds a topic over
+    /// the length limit). An alias of 0 or above our maximum is DISCONNECT
+    /// 0x94 (MQTT-3.3.2-9); an empty topic without a known alias is a
+    /// protocol error.
     fn resolve_alias(
         &mut self,
-        mut publish: Publish,
+        publish: &mut Publish,
         props: Option<&rumqttd::protocol::PublishProperties>,
-    ) -> Result<Publish, DecodeError> {
+    ) -> Result<Option<u16>, DecodeError> {
         let Some(alias) = props.and_then(|p| p.topic_alias) else {
-            return Ok(publish);
+            return Ok(None);
         };
         let max = self.shared.cfg.limits.max_topic_alias;
         if alias == 0 || alias > max {
             return Err(DecodeError::TopicAlias { alias, max });
         }
-        let map = self.in_aliases.get_or_insert_with(Default::default);
-        if publish.topic.is_empty() {
-            match map.get(&alias) {
-                Some(t) => publish.topic = t.clone(),
-                None => {
-                    return Err(DecodeError::Protocol(format!(
-                        "topic alias {alias} used before it was set"
-                    )))
-                }
-            }
-        } else {
-            map.insert(alias, publish.topic.clone());
+        if !publish.topic.is_empty() {
+            return Ok(Some(alias));
         }
-        Ok(publish)
+        match self.in_aliases.as_ref().and_then(|m| m.get(&alias)) {
+            Some(t) => {
+                publish.topic = t.clone();
+                Ok(None)
+            }
+            None => Err(DecodeError::Protocol(format!(
+                "topic alias {alias} used before it was set"
+            ))),
+        }
     }
 
     fn on_publish(
         &mut self,
-        publish: Publish,
+        mut publish: Publish,
         props: Option<rumqttd::protocol::PublishProperties>,
         meta: (u8, u16),
         policy: &Policy,
@@ -187,7 +188,7 @@ impl Session {
     ) -> Result<(), DecodeError> {
         let (qos, pkid) = meta;
         self.shared.stats.publish_received.fetch_add(1, Relaxed);
-        let publish = self.resolve_alias(publish, props.as_ref())?;
+        let set_alias = self.resolve_alias(&mut publish, props.as_ref())?;
         let topic_str = std::str::from_utf8(&publish.topic)
             .map_err(|_| DecodeError::Malformed("topic is not UTF-8".into()))?;
         let limits = self.shared.cfg.topic_limits();
@@ -206,6 +207,11 @@ impl Session {
             }
             Err(e) => return Err(DecodeError::Malformed(format!("publish topic: {e}"))),
         };
+        if let (Some(alias), None | Some(Reason::AclPublish)) = (set_alias, refused) {
+            self.in_aliases
+                .get_or_insert_with(Default::default)
+                .insert(alias, publish.topic.clone());
+        }
         let v5 = self.version == Version::V5;
         if let Some(reason) = refused {
             self.shared.stats.count(reason);
