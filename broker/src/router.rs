@@ -220,6 +220,28 @@ struct Tree {
     expiring: usize,
 }
 
+impl Tree {
+    /// Removes the retained message at `levels` (only if it is `only`,
+    /// when given), with the nodes it leaves empty. True when one went.
+    fn remove_retained(&mut self, levels: &[&str], only: Option<&Arc<Message>>) -> bool {
+        let mut gone = None;
+        prune(&mut self.root, levels, &mut |node| {
+            if let Some(l) = node.leaf.as_mut() {
+                let same = |r: &Arc<Message>| only.map_or(true, |m| Arc::ptr_eq(r, m));
+                if l.retained.as_ref().is_some_and(same) {
+                    gone = l.retained.take();
+                }
+            }
+            node.tidy();
+        });
+        let Some(old) = gone else { return false };
+        self.retained -= 1;
+        self.retained_bytes -= old.weight();
+        self.expiring -= usize::from(old.expires());
+        true
+    }
+}
+
 /// The subscription table and retained store. Cheap to share: publishes
 /// take a read lock, (un)subscribes and retained updates a write lock.
 #[derive(Debug)]
@@ -470,23 +492,16 @@ impl Router {
         let topic = msg.topic_str();
         let levels: Vec<&str> = topic.split('/').collect();
         let mut t = self.write();
-        let Tree {
-            root,
-            retained,
-            retained_bytes,
-            expiring,
-            ..
-        } = &mut *t;
         if msg.payload.is_empty() {
-            prune(root, &levels, &mut |node| {
-                if let Some(old) = node.leaf.as_mut().and_then(|l| l.retained.take()) {
-                    *retained -= 1;
-                    *retained_bytes -= old.weight();
-                    *expiring -= usize::from(old.expires());
-                }
-                node.tidy();
-            });
+            t.remove_retained(&levels, None);
         } else {
+            let Tree {
+                root,
+                retained,
+                retained_bytes,
+                expiring,
+                ..
+            } = &mut *t;
             let replaced = find(root, topic).and_then(|n| n.retained());
             let count = *retained + usize::from(replaced.is_none());
             let bytes = *retained_bytes - replaced.map_or(0, |m| m.weight()) + msg.weight();
@@ -509,7 +524,7 @@ impl Router {
             *retained = count;
             *retained_bytes = bytes;
         }
-        self.stats.retained.store(*retained as i64, Relaxed);
+        self.stats.retained.store(t.retained as i64, Relaxed);
     }
 
     /// Drops retained messages whose message expiry has passed (they are
@@ -530,28 +545,9 @@ impl Router {
         for msg in expired {
             let levels: Vec<&str> = msg.topic_str().split('/').collect();
             let mut t = self.write();
-            let Tree {
-                root,
-                retained,
-                retained_bytes,
-                expiring,
-                ..
-            } = &mut *t;
-            prune(root, &levels, &mut |node| {
-                let leaf = node.leaf.as_mut();
-                // Still the same message (not replaced meanwhile)?
-                if let Some(l) =
-                    leaf.filter(|l| l.retained.as_ref().is_some_and(|m| Arc::ptr_eq(m, &msg)))
-                {
-                    l.retained = None;
-                    *retained -= 1;
-                    *retained_bytes -= msg.weight();
-                    *expiring -= 1;
-                    purged += 1;
-                }
-                node.tidy();
-            });
-            self.stats.retained.store(*retained as i64, Relaxed);
+            // Still the same message (not replaced meanwhile)?
+            purged += usize::from(t.remove_retained(&levels, Some(&msg)));
+            self.stats.retained.store(t.retained as i64, Relaxed);
         }
         self.stats.count_n(Reason::MessageExpired, purged as u64);
         purged

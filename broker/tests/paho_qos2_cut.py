@@ -155,6 +155,28 @@ class Client:
 
 direct_pub = Client("direct-pub", port, login=True)
 
+
+def check(name, proxy, cut_client, reader, t, handshake=None):
+    """After the cut: `cut_client` resumes its session, `handshake` (paho's
+    own publish) completes, and `reader` got the message once, then the
+    marker."""
+    if not proxy.cut.wait(WAIT):
+        fail(f"{name}: the cut never happened")
+    if not cut_client.resumed():
+        fail(f"{name}: session not resumed")
+    if handshake is not None:
+        handshake.wait_for_publish(WAIT)
+        if not handshake.is_published():
+            fail(f"{name}: the handshake never completed")
+    direct_pub.pub(f"{t}/marker", "marker")
+    got = [reader.msgs.get(timeout=WAIT), reader.msgs.get(timeout=WAIT)]
+    if got != [(f"{t}/m", "once", 2), (f"{t}/marker", "marker", 2)]:
+        fail(f"{name}: {got}")
+    cut_client.stop()
+    proxy.close()
+    print(f"ok {name}", flush=True)
+
+
 # The broker sends QoS 2 to paho; the cut is on paho's connection.
 for name, trigger in [("to-client-after-publish", ("to-client", PUBLISH)),
                       ("to-client-after-pubrec", ("from-client", PUBREC))]:
@@ -163,17 +185,7 @@ for name, trigger in [("to-client-after-publish", ("to-client", PUBLISH)),
     reader = Client(f"reader-{name}", proxy.port)
     reader.sub(f"{t}/#")
     direct_pub.pub(f"{t}/m", "once")
-    if not proxy.cut.wait(WAIT):
-        fail(f"{name}: the cut never happened")
-    if not reader.resumed():
-        fail(f"{name}: session not resumed")
-    direct_pub.pub(f"{t}/marker", "marker")
-    got = [reader.msgs.get(timeout=WAIT), reader.msgs.get(timeout=WAIT)]
-    if got != [(f"{t}/m", "once", 2), (f"{t}/marker", "marker", 2)]:
-        fail(f"{name}: {got}")
-    reader.stop()
-    proxy.close()
-    print(f"ok {name}", flush=True)
+    check(name, proxy, reader, reader, t)
 
 # paho publishes QoS 2 through the cut; a direct reader counts.
 reader = Client("direct-reader", port)
@@ -184,18 +196,5 @@ for name, trigger in [("from-client-after-publish", ("from-client", PUBLISH)),
     reader.sub(f"{t}/#")
     writer = Client(f"writer-{name}", proxy.port, login=True)
     info = writer.c.publish(f"{t}/m", "once", qos=2)
-    if not proxy.cut.wait(WAIT):
-        fail(f"{name}: the cut never happened")
-    if not writer.resumed():
-        fail(f"{name}: session not resumed")
-    info.wait_for_publish(WAIT)
-    if not info.is_published():
-        fail(f"{name}: the handshake never completed")
-    direct_pub.pub(f"{t}/marker", "marker")
-    got = [reader.msgs.get(timeout=WAIT), reader.msgs.get(timeout=WAIT)]
-    if got != [(f"{t}/m", "once", 2), (f"{t}/marker", "marker", 2)]:
-        fail(f"{name}: {got}")
-    writer.stop()
-    proxy.close()
-    print(f"ok {name}", flush=True)
+    check(name, proxy, writer, reader, t, handshake=info)
 print("ok all", flush=True)

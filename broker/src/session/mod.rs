@@ -127,68 +127,54 @@ pub(crate) async fn run(first: Box<Pending>, mailbox: Arc<Mailbox>, gen: u64, sh
     };
     let mut conn = first;
     let mut present = false;
-    loop {
+    // Each connected period ends with the connection that goes on with
+    // this session, or with none (the session ends; a connection that
+    // does not resume it starts a fresh one).
+    let successor = loop {
         s.adopt(&conn, present);
-        let end = s.connected(conn, present, &mailbox).await;
-        match end {
+        let next = match s.connected(conn, present, &mailbox).await {
             End::Takeover(next) => {
-                let resume =
-                    !next.info.clean_start && s.expiry.is_some() && next.info.version == s.version;
                 // A will with a delay is not sent when the session goes on
                 // in a new connection before the delay ends (MQTT 5, 3.1.3.2.2).
-                if !resume || s.will_delay.is_zero() {
+                if !s.resumed_by(&next) || s.will_delay.is_zero() {
                     s.publish_will();
                 }
-                if resume {
-                    conn = next;
-                    present = true;
-                    continue;
-                }
-                s.teardown();
-                unregister(&shared, &s.client_id, s.gen, &mailbox, Some(next));
-                return;
+                next
             }
-            End::Shutdown => {
-                s.teardown();
-                unregister(&shared, &s.client_id, s.gen, &mailbox, None);
-                return;
-            }
+            End::Shutdown => break None,
             End::Closed { will } => {
                 let Some(expiry) = s.expiry else {
                     if will {
                         s.publish_will();
                     }
-                    s.teardown();
-                    unregister(&shared, &s.client_id, s.gen, &mailbox, None);
-                    return;
+                    break None;
                 };
                 if will && s.will_delay.is_zero() {
                     s.publish_will();
                 }
                 match s.parked(expiry, will, &mailbox).await {
-                    Some(next) => {
-                        let resume = !next.info.clean_start && next.info.version == s.version;
-                        if resume {
-                            conn = next;
-                            present = true;
-                            continue;
-                        }
-                        s.teardown();
-                        unregister(&shared, &s.client_id, s.gen, &mailbox, Some(next));
-                        return;
-                    }
-                    None => {
-                        s.teardown();
-                        unregister(&shared, &s.client_id, s.gen, &mailbox, None);
-                        return;
-                    }
+                    Some(next) => next,
+                    None => break None,
                 }
             }
+        };
+        if !s.resumed_by(&next) {
+            break Some(next);
         }
-    }
+        conn = next;
+        present = true;
+    };
+    s.teardown();
+    unregister(&shared, &s.client_id, s.gen, &mailbox, successor);
 }
 
 impl Session {
+    /// Whether `next` (same client id) goes on with this session rather
+    /// than starting a fresh one.
+    fn resumed_by(&self, next: &Pending) -> bool {
+        !next.info.clean_start && self.expiry.is_some() && next.info.version == self.version
+    }
+
     fn who(&self) -> Who<'_> {
         Who {
             user: self.user.as_deref(),
