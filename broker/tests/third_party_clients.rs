@@ -108,12 +108,7 @@ fn mqtt_js_over_wss_each_subprotocol() {
 
 #[test]
 fn paho_mqtt_python_over_websockets() {
-    let python = require("python3", "python3");
-    let probe = run(Command::new(&python).args(["-c", "import paho.mqtt"]));
-    assert!(
-        probe.status.success(),
-        "paho-mqtt is not installed: run `pip install paho-mqtt==2.2.0` (./scripts/test does)"
-    );
+    let python = require_paho();
     let dir = tempfile::tempdir().unwrap();
     let b = with_users(dir.path(), &[]);
     let ws = b.ws.expect("ws listener");

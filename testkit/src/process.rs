@@ -79,6 +79,38 @@ pub fn require(tool: &str, package: &str) -> PathBuf {
     panic!("{tool} not found: install it with `apt-get install {package}` (the README test command does this)");
 }
 
+/// python3 with paho-mqtt importable (the test command pip-installs it),
+/// or a panic that says how to get it.
+pub fn require_paho() -> PathBuf {
+    let python = require("python3", "python3");
+    let probe = run(Command::new(&python).args(["-c", "import paho.mqtt"]));
+    assert!(
+        probe.status.success(),
+        "paho-mqtt is not installed: run `pip install paho-mqtt==2.2.0` (./scripts/test does)"
+    );
+    python
+}
+
+/// Runs a client script that prints `ok <check>` for each check it passed
+/// (and `FAIL <why>` with a non-zero exit otherwise); asserts it succeeded
+/// and printed every one of `checks`. Returns its standard output.
+pub fn run_checks(cmd: &mut Command, checks: &[&str]) -> String {
+    let out = run(cmd);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for check in checks {
+        assert!(
+            stdout.contains(&format!("ok {check}\n")),
+            "{check}: {stdout}"
+        );
+    }
+    stdout
+}
+
 /// Runs a command with a time limit and returns its output.
 pub fn run(cmd: &mut Command) -> Output {
     let child = cmd
