@@ -10,7 +10,7 @@
 //! what happened ([`Filled`], the `bool`s of the acknowledgement methods)
 //! and the session counts it, so every rule here has a unit test.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 
@@ -27,9 +27,9 @@ pub struct Limits {
     /// MQTT 5 framing (properties, aliases, reason codes).
     pub v5: bool,
     /// QoS >= 1 deliveries unacknowledged at once.
-    pub window: usize,
+    pub window: u16,
     /// Largest PUBLISH the client accepts, in bytes.
-    pub max_packet: usize,
+    pub max_packet: u32,
     /// Topic aliases the client accepts (0: none).
     pub alias_max: u16,
 }
@@ -38,8 +38,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             v5: false,
-            window: usize::MAX,
-            max_packet: usize::MAX,
+            window: u16::MAX,
+            max_packet: u32::MAX,
             alias_max: 0,
         }
     }
@@ -131,19 +131,29 @@ impl Aliases {
     }
 }
 
+/// A QoS 1 or 2 delivery written and not yet acknowledged.
+#[derive(Debug)]
+struct InFlight {
+    pkid: u16,
+    /// QoS 2: its PUBREC came and PUBREL went; waiting for PUBCOMP (re-sent
+    /// as PUBREL, not PUBLISH, on resume).
+    released: bool,
+    delivery: Delivery,
+}
+
 /// A session's outbound state. See the module documentation.
 #[derive(Debug)]
 pub struct Outflow {
     /// Retained messages matched at SUBSCRIBE, sent before the live queue
     /// and outside its limits (they are shared with the retained store).
-    retained: VecDeque<Delivery>,
+    /// Boxed: most sessions hold none, and every idle reader pays for the
+    /// empty ones.
+    #[allow(clippy::box_collection)]
+    retained: Option<Box<VecDeque<Delivery>>>,
     /// Taken from the outbox, not yet written.
     taken: VecDeque<Delivery>,
     /// QoS >= 1 deliveries written and not yet acknowledged, in order.
-    inflight: VecDeque<(u16, Delivery)>,
-    /// QoS 2 deliveries whose PUBREC came: PUBREL sent, waiting for
-    /// PUBCOMP (re-sent as PUBREL, not PUBLISH, on resume).
-    released: HashSet<u16>,
+    inflight: VecDeque<InFlight>,
     next_pkid: u16,
     limits: Limits,
     /// Only for clients that accept aliases.
@@ -153,10 +163,9 @@ pub struct Outflow {
 impl Default for Outflow {
     fn default() -> Self {
         Outflow {
-            retained: VecDeque::new(),
+            retained: None,
             taken: VecDeque::new(),
             inflight: VecDeque::new(),
-            released: HashSet::new(),
             next_pkid: 1,
             limits: Limits::default(),
             aliases: None,
@@ -176,21 +185,19 @@ impl Outflow {
             (limits.v5 && limits.alias_max > 0).then(|| Box::new(Aliases::new(limits.alias_max)));
         if !resumed {
             self.inflight.clear();
-            self.released.clear();
             return;
         }
-        for i in 0..self.inflight.len() {
-            let (pkid, d) = &self.inflight[i];
-            let pkid = *pkid;
-            if self.released.contains(&pkid) {
-                crate::message::encode_pubrel(pkid, out);
+        for f in &self.inflight {
+            if f.released {
+                crate::message::encode_pubrel(f.pkid, out);
                 continue;
             }
+            let d = &f.delivery;
             let h = Header {
                 qos: d.qos,
                 retain: d.retain,
                 dup: true,
-                pkid,
+                pkid: f.pkid,
                 alias: Alias::None,
             };
             encode_publish(&d.msg, h, limits.v5, d.sub_ids.as_slice(), out);
@@ -200,7 +207,12 @@ impl Outflow {
     /// Queues the retained messages a SUBSCRIBE matched, ahead of the live
     /// queue.
     pub fn push_retained(&mut self, ds: impl IntoIterator<Item = Delivery>) {
-        self.retained.extend(ds);
+        let mut ds = ds.into_iter().peekable();
+        if ds.peek().is_some() {
+            self.retained
+                .get_or_insert_with(Default::default)
+                .extend(ds);
+        }
     }
 
     /// QoS >= 1 deliveries written and not yet acknowledged.
@@ -213,12 +225,12 @@ impl Outflow {
     /// A QoS >= 1 delivery is only taken while `room` allows.
     fn next_delivery(&mut self, outbox: &Outbox, room: usize) -> Option<Delivery> {
         let fits = |d: &Delivery| d.qos == 0 || room > 0;
-        if let Some(d) = self.retained.front() {
-            return if fits(d) {
-                self.retained.pop_front()
-            } else {
-                None
-            };
+        if let Some(retained) = &mut self.retained {
+            match retained.front() {
+                Some(d) if fits(d) => return retained.pop_front(),
+                Some(_) => return None,
+                None => self.retained = None,
+            }
         }
         if self.taken.is_empty() {
             outbox.take(&mut self.taken, TAKE_BATCH, room);
@@ -234,7 +246,11 @@ impl Outflow {
     /// before shutdown). Expired and oversize deliveries are dropped here
     /// (MQTT-3.3.2-5, MQTT-3.1.2-25), as if acknowledged.
     pub fn fill(&mut self, outbox: &Outbox, out: &mut BytesMut, chunk: usize, all: bool) -> Filled {
-        let window = if all { usize::MAX } else { self.limits.window };
+        let window = if all {
+            usize::MAX
+        } else {
+            usize::from(self.limits.window)
+        };
         let v5 = self.limits.v5;
         let mut done = Filled::default();
         while all || out.len() < chunk {
@@ -260,7 +276,7 @@ impl Outflow {
                 alias,
             };
             let written = encode_publish(&d.msg, h, v5, d.sub_ids.as_slice(), out);
-            if written > self.limits.max_packet {
+            if written > self.limits.max_packet as usize {
                 // Not for this client at all: dropped for it alone. Its
                 // alias (if it set one) was never sent: forget it.
                 out.truncate(start);
@@ -274,7 +290,11 @@ impl Outflow {
                 continue;
             }
             if d.qos > 0 {
-                self.inflight.push_back((pkid, d));
+                self.inflight.push_back(InFlight {
+                    pkid,
+                    released: false,
+                    delivery: d,
+                });
             }
             done.sent += 1;
         }
@@ -282,8 +302,8 @@ impl Outflow {
         if self.taken.is_empty() && self.taken.capacity() > 32 {
             self.taken = VecDeque::new();
         }
-        if self.retained.is_empty() && self.retained.capacity() > 32 {
-            self.retained = VecDeque::new();
+        if self.retained.as_ref().is_some_and(|r| r.is_empty()) {
+            self.retained = None;
         }
         done
     }
@@ -292,7 +312,7 @@ impl Outflow {
         loop {
             let p = self.next_pkid;
             self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
-            if !self.inflight.iter().any(|(q, _)| *q == p) {
+            if !self.inflight.iter().any(|f| f.pkid == p) {
                 return p;
             }
         }
@@ -301,17 +321,20 @@ impl Outflow {
     /// Ends the QoS `qos` delivery `pkid` in flight; false when there is
     /// none (a stray or repeated acknowledgement).
     fn settle(&mut self, pkid: u16, qos: u8) -> bool {
-        match self
-            .inflight
-            .iter()
-            .position(|(p, d)| *p == pkid && d.qos == qos)
-        {
+        match self.position(pkid, qos) {
             Some(i) => {
                 self.inflight.remove(i);
                 true
             }
             None => false,
         }
+    }
+
+    /// Where the QoS `qos` delivery `pkid` is in the window.
+    fn position(&self, pkid: u16, qos: u8) -> Option<usize> {
+        self.inflight
+            .iter()
+            .position(|f| f.pkid == pkid && f.delivery.qos == qos)
     }
 
     /// PUBACK: true when it settled a QoS 1 delivery.
@@ -322,22 +345,28 @@ impl Outflow {
     /// PUBREC (QoS 2, step 2); `refused` for a v5 reason code >= 0x80,
     /// which ends the exchange there.
     pub fn on_pubrec(&mut self, pkid: u16, refused: bool) -> PubRecAnswer {
-        let ours = self.inflight.iter().any(|(p, d)| *p == pkid && d.qos == 2);
-        if !ours {
-            PubRecAnswer::Unknown
-        } else if refused {
-            self.released.remove(&pkid);
-            self.settle(pkid, 2);
-            PubRecAnswer::Settled
-        } else {
-            self.released.insert(pkid);
-            PubRecAnswer::Release
+        match self.position(pkid, 2) {
+            None => PubRecAnswer::Unknown,
+            Some(i) if refused => {
+                self.inflight.remove(i);
+                PubRecAnswer::Settled
+            }
+            Some(i) => {
+                self.inflight[i].released = true;
+                PubRecAnswer::Release
+            }
         }
     }
 
     /// PUBCOMP (QoS 2, step 4): true when it settled a released delivery.
     pub fn on_pubcomp(&mut self, pkid: u16) -> bool {
-        self.released.remove(&pkid) && self.settle(pkid, 2)
+        match self.position(pkid, 2) {
+            Some(i) if self.inflight[i].released => {
+                self.inflight.remove(i);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Forgets everything (the session ends); returns how many deliveries
@@ -425,11 +454,11 @@ mod tests {
         (pubs, rels)
     }
 
-    fn v5(window: usize, alias_max: u16) -> Limits {
+    fn v5(window: u16, alias_max: u16) -> Limits {
         Limits {
             v5: true,
             window,
-            max_packet: usize::MAX,
+            max_packet: u32::MAX,
             alias_max,
         }
     }

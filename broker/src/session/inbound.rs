@@ -428,7 +428,7 @@ impl Session {
         retain: bool,
         out: &mut BytesMut,
     ) {
-        let filters = self.sys_subs.clone();
+        let filters = self.sys_subs.to_set();
         self.deliver_sys_filtered(snapshot, retain, out, &filters);
     }
 

@@ -60,13 +60,13 @@ struct Session {
     /// Filter -> granted QoS, for filters the router serves.
     subs: HashMap<String, QoS>,
     /// `$SYS`-style filters served by the session from the stats snapshot.
-    sys_subs: HashSet<String>,
+    sys_subs: LazySet<String>,
     /// Retained backlog, in-flight window, packet ids, outbound aliases.
     outflow: Outflow,
     /// QoS 2 packet ids received (accepted or denied once) and not yet
     /// released by PUBREL: a re-sent PUBLISH with one of them is not
     /// routed again (exactly once).
-    awaiting_rel: HashSet<u16>,
+    awaiting_rel: LazySet<u16>,
     /// Topic aliases the client set on this connection (MQTT 5). Boxed:
     /// 8 bytes in every idle session instead of a 48-byte empty map.
     #[allow(clippy::box_collection)]
@@ -85,6 +85,51 @@ struct Session {
     /// [`Session::teardown`] ran: its router entries and counters are
     /// given back.
     torn_down: bool,
+}
+
+/// A set that costs one pointer while empty, which it is in almost every
+/// session (every idle reader pays for the empty ones).
+#[derive(Debug)]
+#[allow(clippy::box_collection)]
+struct LazySet<T>(Option<Box<HashSet<T>>>);
+
+impl<T> Default for LazySet<T> {
+    fn default() -> Self {
+        LazySet(None)
+    }
+}
+
+impl<T: std::hash::Hash + Eq + Clone> LazySet<T> {
+    fn contains(&self, x: &T) -> bool {
+        self.0.as_ref().is_some_and(|s| s.contains(x))
+    }
+
+    fn insert(&mut self, x: T) -> bool {
+        self.0.get_or_insert_with(Default::default).insert(x)
+    }
+
+    /// Removes `x`; the allocation goes with the last element.
+    fn remove(&mut self, x: &T) -> bool {
+        let Some(s) = &mut self.0 else { return false };
+        let removed = s.remove(x);
+        if s.is_empty() {
+            self.0 = None;
+        }
+        removed
+    }
+
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |s| s.len())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A copy of the elements.
+    fn to_set(&self) -> HashSet<T> {
+        self.0.as_deref().cloned().unwrap_or_default()
+    }
 }
 
 /// However the task ends (returned, or its future dropped), the router
@@ -112,9 +157,9 @@ pub(crate) async fn run(first: Box<Pending>, mailbox: Arc<Mailbox>, gen: u64, sh
         version: first.info.version,
         user: None,
         subs: HashMap::new(),
-        sys_subs: HashSet::new(),
+        sys_subs: LazySet::default(),
         outflow: Outflow::default(),
-        awaiting_rel: HashSet::new(),
+        awaiting_rel: LazySet::default(),
         in_aliases: None,
         expiry: None,
         will: None,
@@ -247,15 +292,15 @@ impl Session {
     /// Packet Size and Topic Alias Maximum (MQTT 5 CONNECT properties).
     fn flight_limits(&self, p: &Pending) -> flight::Limits {
         let props = p.info.properties.as_ref();
-        let ours = self.shared.cfg.limits.max_inflight_messages as usize;
+        let ours = self.shared.cfg.limits.max_inflight_messages;
         let theirs = props.and_then(|p| p.receive_maximum).filter(|r| *r > 0);
         flight::Limits {
             v5: self.version == Version::V5,
-            window: theirs.map_or(ours, |t| ours.min(t as usize)),
+            window: theirs.map_or(ours, |t| ours.min(t)),
             max_packet: props
                 .and_then(|p| p.max_packet_size)
                 .filter(|m| *m > 0)
-                .map_or(usize::MAX, |m| m as usize),
+                .unwrap_or(u32::MAX),
             alias_max: props.and_then(|p| p.topic_alias_max).unwrap_or(0),
         }
     }
@@ -401,15 +446,27 @@ impl Session {
         let n = (self.subs.len() + self.sys_subs.len()) as i64;
         self.shared.stats.subscriptions.fetch_sub(n, Relaxed);
         self.subs = HashMap::new();
-        self.sys_subs = HashSet::new();
+        self.sys_subs = LazySet::default();
         let dropped = self.outbox.clear() + self.outflow.clear();
         if dropped > 0 {
             tracing::debug!(client_id = %crate::stats::short(&self.client_id), dropped, "session ended with undelivered messages");
         }
-        self.awaiting_rel = HashSet::new();
+        self.awaiting_rel = LazySet::default();
         if std::mem::take(&mut self.anonymous_slot) {
             self.shared.stats.anonymous_persistent.fetch_sub(1, Relaxed);
         }
         self.shared.stats.sessions.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every idle reader holds one `Session` (issue #14's budget is 4 KB
+    /// per idle reader, everything included): keep it from creeping up.
+    #[test]
+    fn a_session_stays_small() {
+        let size = std::mem::size_of::<super::Session>();
+        eprintln!("Session is {size} bytes");
+        assert!(size <= 360, "Session is {size} bytes");
     }
 }
