@@ -178,6 +178,8 @@ impl Session {
         }
     }
 
+    /// A PUBLISH: resolved alias, checked topic and ACL (refusals counted
+    /// and acknowledged per version), routed once, acknowledged.
     fn on_publish(
         &mut self,
         mut publish: Publish,
@@ -280,6 +282,9 @@ impl Session {
         Ok(())
     }
 
+    /// A SUBSCRIBE: each filter validated, checked against the ACL and the
+    /// quotas, given to the router (or served from `$SYS`), its retained
+    /// messages queued per retain handling; one SUBACK.
     fn on_subscribe(
         &mut self,
         sub: Subscribe,
@@ -393,6 +398,7 @@ impl Session {
         }
     }
 
+    /// An UNSUBSCRIBE: the router forgets the filters; one UNSUBACK.
     fn on_unsubscribe(&mut self, unsub: Unsubscribe, out: &mut BytesMut) {
         let mut reasons = Vec::with_capacity(unsub.filters.len());
         for f in unsub.filters {
@@ -422,6 +428,8 @@ impl Session {
         );
     }
 
+    /// Writes the `$SYS` values every `$SYS` filter of the session matches
+    /// (on each refresh of the snapshot).
     pub(super) fn deliver_sys(
         &mut self,
         snapshot: &crate::server::SysSnapshot,
@@ -432,6 +440,7 @@ impl Session {
         self.deliver_sys_filtered(snapshot, retain, out, &filters);
     }
 
+    /// Writes the `$SYS` values matching `filters` (retained at SUBSCRIBE).
     fn deliver_sys_filtered(
         &mut self,
         snapshot: &crate::server::SysSnapshot,

@@ -50,6 +50,8 @@ enum End {
     Shutdown,
 }
 
+/// One client id's session, owned by its task (see the module
+/// documentation); kept across connections while it has an expiry.
 struct Session {
     client_id: String,
     gen: u64,
@@ -140,6 +142,9 @@ impl Drop for Session {
     }
 }
 
+/// The task of one session, spawned by [`registry::dispatch`] for the
+/// first connection of a client id: serves connections until the session
+/// ends, then hands a waiting successor to a fresh session.
 pub(crate) async fn run(first: Box<Pending>, mailbox: Arc<Mailbox>, gen: u64, shared: Arc<Shared>) {
     shared.stats.sessions.fetch_add(1, Relaxed);
     let limits = &shared.cfg.limits;
