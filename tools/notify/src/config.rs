@@ -11,10 +11,12 @@ use serde::Deserialize;
 /// Why a configuration cannot be used; each says what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    /// (`error` is in the message, so it is not also a `source`: anyhow
+    /// would print it twice.)
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {reason}")]
     Toml { path: PathBuf, reason: String },
@@ -255,9 +257,9 @@ mod humantime_serde {
 impl Config {
     /// Reads and checks `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let cfg = Config::parse(&text).map_err(|e| match e {
             ConfigError::Toml { reason, .. } => ConfigError::Toml {
@@ -298,8 +300,9 @@ impl Config {
             })
     }
 
-    /// Names are unique, rules name known targets, and every template and
-    /// jq expression compiles.
+    /// Names are unique, rules name known targets, values are in range.
+    /// Templates and jq expressions are compiled where they are used
+    /// ([`crate::service::check`] builds everything without starting it).
     fn check(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         broker_url(&self.broker.url)
@@ -315,18 +318,15 @@ impl Config {
                     t.name
                 ));
             }
-            let templates: Vec<&str> = match &t.kind {
+            match &t.kind {
                 TargetKind::Exec { argv } => {
                     if argv.is_empty() {
                         return bad(format!("target {:?}: argv is empty", t.name));
                     }
-                    argv.iter().map(String::as_str).collect()
                 }
                 TargetKind::Webhook {
                     url,
                     method,
-                    body,
-                    headers,
                     preset,
                     ..
                 } => {
@@ -347,18 +347,8 @@ impl Config {
                             ));
                         }
                     }
-                    body.iter()
-                        .map(String::as_str)
-                        .chain(headers.values().map(String::as_str))
-                        .collect()
                 }
-                TargetKind::Smtp {
-                    security,
-                    subject,
-                    body,
-                    to,
-                    ..
-                } => {
+                TargetKind::Smtp { security, to, .. } => {
                     if !matches!(security.as_str(), "starttls" | "tls" | "none") {
                         return bad(format!(
                             "target {:?}: security must be starttls, tls or none",
@@ -368,18 +358,9 @@ impl Config {
                     if to.is_empty() {
                         return bad(format!("target {:?}: `to` is empty", t.name));
                     }
-                    std::iter::once(subject.as_str())
-                        .chain(body.as_deref())
-                        .collect()
                 }
-                TargetKind::File { line, .. } => line.iter().map(String::as_str).collect(),
-                TargetKind::Mqtt {
-                    topic,
-                    payload,
-                    qos,
-                    url,
-                    ..
-                } => {
+                TargetKind::File { .. } | TargetKind::Log => {}
+                TargetKind::Mqtt { qos, url, .. } => {
                     if *qos > 1 {
                         return bad(format!("target {:?}: qos must be 0 or 1", t.name));
                     }
@@ -388,15 +369,7 @@ impl Config {
                             ConfigError::Invalid(format!("target {:?}: url: {e}", t.name))
                         })?;
                     }
-                    std::iter::once(topic.as_str())
-                        .chain(payload.as_deref())
-                        .collect()
                 }
-                TargetKind::Log => Vec::new(),
-            };
-            for tpl in templates {
-                firehose_expr::Template::new(tpl)
-                    .map_err(|e| ConfigError::Invalid(format!("target {:?}: {e}", t.name)))?;
             }
         }
         for (i, r) in self.rules.iter().enumerate() {
@@ -419,18 +392,6 @@ impl Config {
                     ));
                 }
             }
-            if let Some(w) = &r.filter {
-                firehose_expr::Where::new(w)
-                    .map_err(|e| ConfigError::Invalid(format!("{name}: where: {e}")))?;
-            }
-            for tpl in r
-                .template
-                .iter()
-                .chain(r.throttle.iter().filter_map(|t| t.key.as_ref()))
-            {
-                firehose_expr::Template::new(tpl)
-                    .map_err(|e| ConfigError::Invalid(format!("{name}: {e}")))?;
-            }
             if let Some(t) = &r.throttle {
                 if t.max == 0 || t.per.is_zero() {
                     return bad(format!(
@@ -450,9 +411,9 @@ fn broker_url(u: &str) -> Result<firehose::url::Endpoint, firehose::url::UrlErro
 /// A file that holds a password must not be readable by others.
 fn check_private(path: &Path) -> Result<(), ConfigError> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+    let meta = std::fs::metadata(path).map_err(|error| ConfigError::Read {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o007 != 0 {
@@ -480,9 +441,9 @@ pub fn password(
 /// The first line of a password file.
 pub fn read_password(path: &Path) -> Result<String, ConfigError> {
     check_private(path)?;
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     Ok(text.lines().next().unwrap_or("").to_owned())
 }
@@ -525,7 +486,12 @@ dedup = "10m"
 
     #[test]
     fn mistakes_are_named() {
-        let err = |text: &str| Config::parse(text).unwrap_err().to_string();
+        let err = |text: &str| {
+            Config::parse(text)
+                .and_then(|c| crate::service::check(&c))
+                .unwrap_err()
+                .to_string()
+        };
         let e = err(&MINIMAL.replace(r#"targets = ["hook", "script"]"#, r#"targets = ["hok"]"#));
         assert!(
             e.contains("no target is named \"hok\" (targets: hook, script)"),

@@ -35,7 +35,9 @@ struct Cli {
         global = true
     )]
     config: Option<PathBuf>,
-    /// Check the file (templates, jq expressions, target names) and exit.
+    /// Check the file and exit: every rule and target is built (templates,
+    /// jq expressions, target names, addresses, CA and password files),
+    /// nothing is started or sent.
     #[arg(long)]
     check_config: bool,
     /// Print what would be sent, to whom, instead of sending.
@@ -89,6 +91,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     )?;
     let cfg = Config::load(&path)?;
     if cli.check_config {
+        firehose_notify::service::check(&cfg).with_context(|| format!("{}", path.display()))?;
         println!(
             "configuration OK: {} target(s), {} rule(s), broker {}",
             cfg.targets.len(),

@@ -159,7 +159,7 @@ impl Engine {
             let template = Template::new(r.template.as_deref().unwrap_or(DEFAULT_TEMPLATE))
                 .map_err(|e| invalid(format!("{name}: {e}")))?;
             let filter = match &r.filter {
-                Some(w) => Some(Where::new(w).map_err(|e| invalid(format!("{name}: {e}")))?),
+                Some(w) => Some(Where::new(w).map_err(|e| invalid(format!("{name}: where: {e}")))?),
                 None => None,
             };
             let targets = r

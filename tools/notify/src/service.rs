@@ -14,7 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::config::{Config, ConfigError};
 use crate::rules::{Dispatch, Engine};
 use crate::stats::Stats;
-use crate::targets::Target;
+use crate::targets::{Sender, Target};
 
 /// Why the service stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -55,14 +55,36 @@ struct Loaded {
     targets: Vec<Target>,
 }
 
+/// Compiles every rule and builds every target of `cfg` without starting
+/// anything: what `--check-config` runs, and the first half of a (re)load.
+pub fn check(cfg: &Config) -> Result<(), ConfigError> {
+    build(cfg, &Arc::new(Stats::new(&[]))).map(|_| ())
+}
+
+/// The rules and the targets' senders, built.
+fn build(cfg: &Config, stats: &Arc<Stats>) -> Result<(Engine, Vec<Built>), ConfigError> {
+    let engine = Engine::new(cfg, stats.clone())?;
+    let built = cfg
+        .targets
+        .iter()
+        .map(|t| Sender::build(t, &cfg.broker))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((engine, built))
+}
+
+/// What [`Sender::build`] returns.
+type Built = (Sender, Option<rumqttc::EventLoop>);
+
 impl Loaded {
+    /// Builds everything first, so a bad file starts nothing.
     fn new(cfg: Config, stats: &Arc<Stats>) -> Result<Loaded, ConfigError> {
-        let engine = Engine::new(&cfg, stats.clone())?;
+        let (engine, built) = build(&cfg, stats)?;
         let targets = cfg
             .targets
             .iter()
-            .map(|t| Target::start(t, &cfg.broker, stats.clone()))
-            .collect::<Result<Vec<_>, _>>()?;
+            .zip(built)
+            .map(|(t, b)| Target::start(t, b, stats.clone()))
+            .collect();
         Ok(Loaded {
             cfg,
             engine,

@@ -93,12 +93,20 @@ pub enum Sender {
 }
 
 impl Sender {
-    /// Builds a target's sender (an HTTP client, an SMTP transport, an MQTT
-    /// connection task); nothing is sent yet.
-    pub fn build(t: &TargetConfig, broker: &BrokerConfig) -> Result<Sender, ConfigError> {
+    /// Builds a target's sender (its templates compiled, an HTTP client, an
+    /// SMTP transport, an MQTT client): everything that can be wrong in the
+    /// configuration shows here, and nothing is started or sent, so
+    /// `--check-config` and a reload build first and start only what all
+    /// built. An MQTT target's connection comes back beside it, to be
+    /// driven by [`Target::start`].
+    pub fn build(
+        t: &TargetConfig,
+        broker: &BrokerConfig,
+    ) -> Result<(Sender, Option<rumqttc::EventLoop>), ConfigError> {
         let name = t.name.as_str();
         let invalid = |m: String| ConfigError::Invalid(format!("target {name:?}: {m}"));
-        Ok(match &t.kind {
+        let mut connection = None;
+        let sender = match &t.kind {
             TargetKind::Exec { argv } => Sender::Exec {
                 argv: argv
                     .iter()
@@ -214,16 +222,8 @@ impl Sender {
                     b = b.ca(ca);
                 }
                 let opts = b.mqtt_options().map_err(|e| invalid(e.to_string()))?;
-                let (client, mut ev) = rumqttc::AsyncClient::new(opts, 1000);
-                let shown = name.to_owned();
-                tokio::spawn(async move {
-                    loop {
-                        if let Err(e) = ev.poll().await {
-                            tracing::warn!(target_name = %shown, error = %e, "mqtt target: connection lost; reconnecting in 1 s");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                    }
-                });
+                let (client, ev) = rumqttc::AsyncClient::new(opts, 1000);
+                connection = Some(ev);
                 Sender::Mqtt {
                     client,
                     topic: compile(name, topic)?,
@@ -237,7 +237,8 @@ impl Sender {
                 }
             }
             TargetKind::Log => Sender::Log,
-        })
+        };
+        Ok((sender, connection))
     }
 
     /// The webhook's body and content type.
@@ -516,13 +517,26 @@ struct Queue {
 }
 
 impl Target {
-    /// Starts the target's delivery task.
+    /// Starts the target's delivery task (and its MQTT connection) with
+    /// what [`Sender::build`] made.
     pub fn start(
         cfg: &TargetConfig,
-        broker: &BrokerConfig,
+        built: (Sender, Option<rumqttc::EventLoop>),
         stats: Arc<Stats>,
-    ) -> Result<Target, ConfigError> {
-        let sender = Arc::new(Sender::build(cfg, broker)?);
+    ) -> Target {
+        let (sender, connection) = built;
+        if let Some(mut ev) = connection {
+            let shown = cfg.name.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Err(e) = ev.poll().await {
+                        tracing::warn!(target_name = %shown, error = %e, "mqtt target: connection lost; reconnecting in 1 s");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            });
+        }
+        let sender = Arc::new(sender);
         let queue = Arc::new(Queue {
             items: Mutex::new(VecDeque::new()),
             max: cfg.queue,
@@ -538,11 +552,11 @@ impl Target {
             cfg.timeout,
             stats,
         ));
-        Ok(Target {
+        Target {
             name: cfg.name.clone(),
             sender,
             queue,
-        })
+        }
     }
 
     /// Queues a notification; a full queue drops its oldest (counted).

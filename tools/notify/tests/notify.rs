@@ -721,11 +721,31 @@ fn the_deploy_sample_is_complete_and_checks() {
         })
         .collect();
     assert_eq!(kinds, ["Exec", "Webhook", "Smtp", "File", "Mqtt", "Log"]);
+    // --check-config builds every target, so the files it names must be
+    // there: the sample's /etc/firehose/ paths point into a temp dir here.
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    private_file(&etc.join("smtp.pass"), "mail-secret\n");
+    let local = private_file(
+        &dir.path().join("notify.toml"),
+        &text.replace("/etc/firehose/", &format!("{}/", etc.display())),
+    );
     let out = run(Command::new(bin("firehose-notify"))
         .arg("--check-config")
         .arg("--config")
-        .arg(&path));
+        .arg(&local));
     assert!(out.status.success(), "{out:?}");
+    // Without the password file, it says which file is missing.
+    std::fs::remove_file(etc.join("smtp.pass")).unwrap();
+    let (ok, err) = outcome(
+        Command::new(bin("firehose-notify"))
+            .arg("--check-config")
+            .arg("--config")
+            .arg(&local),
+    );
+    assert!(!ok);
+    assert!(err.contains("smtp.pass"), "{err}");
     // The throttle key names the deployment.
     let key = firehose_expr::Template::new(
         cfg.rules[1]
