@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use firehose::report::error_chain;
 use firehose_broker::auth::{passwd, PasswordFile};
 use firehose_broker::config::{Args, Command};
 use firehose_broker::Broker;
@@ -13,7 +14,7 @@ use firehose_broker::Broker;
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Err(e) = init_logging(args.run.verbose) {
-        eprintln!("firehose-broker: {e:#}");
+        eprintln!("firehose-broker: {}", error_chain(e.as_ref()));
         return ExitCode::from(2);
     }
     let res = match args.command {
@@ -23,7 +24,7 @@ fn main() -> ExitCode {
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("firehose-broker: {e:#}");
+            eprintln!("firehose-broker: {}", error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

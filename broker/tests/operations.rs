@@ -65,6 +65,16 @@ fn unsafe_password_file_is_refused_with_the_fix() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("chmod 0600"), "{err}");
+    // A missing file: named, and the cause said once.
+    let gone = dir.path().join("gone");
+    let out = run(bin().args(["--passwd", gone.to_str().unwrap(), "--mqtt", "127.0.0.1:0"]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot read password file {}", gone.display())),
+        "{err}"
+    );
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
 }
 
 #[test]

@@ -37,6 +37,7 @@ pub mod liveness;
 pub mod logging;
 pub mod nova;
 pub mod reader;
+pub mod report;
 pub mod status;
 pub mod tls;
 pub mod topic;

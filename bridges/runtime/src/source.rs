@@ -437,18 +437,4 @@ pub(crate) async fn drive<S: Source>(
     }
 }
 
-/// An error and its causes, `a: b: c`, each once (libraries often repeat
-/// their cause in their own message).
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let s = c.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        cur = c.source();
-    }
-    out
-}
+pub use firehose::report::error_chain;

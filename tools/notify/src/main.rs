@@ -71,7 +71,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("firehose-notify: {e:#}");
+            eprintln!(
+                "firehose-notify: {}",
+                firehose::report::error_chain(e.as_ref())
+            );
             ExitCode::FAILURE
         }
     }
