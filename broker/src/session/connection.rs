@@ -76,16 +76,12 @@ impl Session {
         let mut reading = Reading::new(&shared);
 
         // Bytes that arrived right behind the CONNECT.
-        let mut early = if inbuf.is_empty() {
+        let early = if inbuf.is_empty() {
             None
         } else {
             self.take_input(&mut inbuf, &mut wbuf, wpos, &mut writer, peer)
                 .await
         };
-        if early.is_none() && !self.pressure.is_empty() {
-            early =
-                Box::pin(self.paced_input(&mut inbuf, &mut wbuf, wpos, &mut writer, peer)).await;
-        }
         let end = if let Some(end) = early {
             end
         } else {
@@ -145,11 +141,6 @@ impl Session {
                                 if let Some(end) = self.take_input(&mut inbuf, &mut wbuf, wpos, &mut writer, peer).await {
                                     break end;
                                 }
-                                if !self.pressure.is_empty() {
-                                    if let Some(end) = Box::pin(self.paced_input(&mut inbuf, &mut wbuf, wpos, &mut writer, peer)).await {
-                                        break end;
-                                    }
-                                }
                             }
                             Err(e) => {
                                 tracing::debug!(client_id = %crate::stats::short(&self.client_id), %peer, error = %e, "read failed");
@@ -195,34 +186,15 @@ impl Session {
         end
     }
 
-    /// Publisher pushback: the packets in `inbuf` stopped at the first
-    /// publish that filled a live reader's queue to three quarters. Wait
-    /// (at most [`PUSHBACK_MAX`] each time) until those readers drained,
-    /// run the next packets, and so on until `inbuf` is done; only then is
-    /// the socket read again. Slow readers never end up here (see [`Outbox`]).
-    async fn paced_input(
-        &mut self,
-        inbuf: &mut BytesMut,
-        wbuf: &mut BytesMut,
-        wpos: usize,
-        writer: &mut WriteHalf<BoxIo>,
-        peer: SocketAddr,
-    ) -> Option<End> {
-        while !self.pressure.is_empty() {
-            let until = Instant::now() + PUSHBACK_MAX;
-            for o in std::mem::take(&mut self.pressure) {
-                o.wait_for_space(until).await;
-            }
-            if let Some(end) = self.take_input(inbuf, wbuf, wpos, writer, peer).await {
-                return Some(end);
-            }
-        }
-        None
-    }
-
     /// Runs the packets waiting in `inbuf`. Returns how the connection ends
     /// when a packet ends it (DISCONNECT, or a bad packet: counted, logged,
     /// told to v5 clients), after a last write of what is pending.
+    ///
+    /// Publisher pushback: the packets stop at the first publish that filled
+    /// a live reader's queue to three quarters. Then it waits (at most
+    /// [`PUSHBACK_MAX`] each time) until those readers drained, runs the
+    /// next packets, and so on until `inbuf` is done; only then is the
+    /// socket read again. Slow readers never end up here (see [`Outbox`]).
     async fn take_input(
         &mut self,
         inbuf: &mut BytesMut,
@@ -232,32 +204,49 @@ impl Session {
         peer: SocketAddr,
     ) -> Option<End> {
         let max_packet = self.shared.cfg.limits.max_packet_size;
-        match self.incoming(inbuf, wbuf, max_packet) {
-            Ok(None) => None,
-            Ok(Some(end)) => {
-                Box::pin(last_write(writer, &wbuf[wpos..], &[])).await;
-                Some(end)
-            }
-            Err(e) => {
-                let (reason, code) = match e {
-                    DecodeError::TooLarge { .. } => {
-                        (Reason::PacketTooLarge, DisconnectReasonCode::PacketTooLarge)
-                    }
-                    DecodeError::Protocol(_) | DecodeError::ForbiddenType(_) => {
-                        (Reason::Malformed, DisconnectReasonCode::ProtocolError)
-                    }
-                    DecodeError::TopicAlias { .. } => {
-                        (Reason::Malformed, DisconnectReasonCode::TopicAliasInvalid)
-                    }
-                    _ => (Reason::Malformed, DisconnectReasonCode::MalformedPacket),
-                };
-                self.shared.stats.count(reason);
-                tracing::warn!(client_id = %crate::stats::short(&self.client_id), %peer, error = %e, reason = e.label(), "closing connection: bad packet");
-                let bye = self.disconnect_packet(code);
-                Box::pin(last_write(writer, &wbuf[wpos..], &bye)).await;
-                Some(End::Closed { will: true })
-            }
+        loop {
+            let (end, bye) = match self.incoming(inbuf, wbuf, max_packet) {
+                Ok(None) if self.pressure.is_empty() => return None,
+                Ok(None) => {
+                    // Boxed: the wait exists only while a publisher is held.
+                    Box::pin(self.wait_for_readers()).await;
+                    continue;
+                }
+                Ok(Some(end)) => (end, BytesMut::new()),
+                Err(e) => (End::Closed { will: true }, self.bad_packet(&e, peer)),
+            };
+            Box::pin(last_write(writer, &wbuf[wpos..], &bye)).await;
+            return Some(end);
         }
+    }
+
+    /// Waits until the readers this publisher filled have drained to half
+    /// (or turned slow, or [`PUSHBACK_MAX`] passed).
+    async fn wait_for_readers(&mut self) {
+        let until = Instant::now() + PUSHBACK_MAX;
+        for o in std::mem::take(&mut self.pressure) {
+            o.wait_for_space(until).await;
+        }
+    }
+
+    /// Counts and logs a packet that ends the connection; returns the
+    /// DISCONNECT that tells a v5 client why.
+    fn bad_packet(&self, e: &DecodeError, peer: SocketAddr) -> BytesMut {
+        let (reason, code) = match e {
+            DecodeError::TooLarge { .. } => {
+                (Reason::PacketTooLarge, DisconnectReasonCode::PacketTooLarge)
+            }
+            DecodeError::Protocol(_) | DecodeError::ForbiddenType(_) => {
+                (Reason::Malformed, DisconnectReasonCode::ProtocolError)
+            }
+            DecodeError::TopicAlias { .. } => {
+                (Reason::Malformed, DisconnectReasonCode::TopicAliasInvalid)
+            }
+            _ => (Reason::Malformed, DisconnectReasonCode::MalformedPacket),
+        };
+        self.shared.stats.count(reason);
+        tracing::warn!(client_id = %crate::stats::short(&self.client_id), %peer, error = %e, reason = e.label(), "closing connection: bad packet");
+        self.disconnect_packet(code)
     }
 
     /// A DISCONNECT with `code` for v5 clients; nothing for older ones,
