@@ -144,9 +144,13 @@ impl Source for Consumer {
                     // comes after it has processed every ack sent before it;
                     // dropping the connection could cut the last acks off
                     // and have those messages delivered twice. Deliveries
-                    // taken but not handled go back to the queue.
-                    if let Err(error) = conn.close(200, "firehose-nova stopping".into()).await {
-                        tracing::warn!(deployment = %d.name, %error, "closing the AMQP connection");
+                    // taken but not handled go back to the queue. Bounded:
+                    // a connection dying right now may never answer.
+                    let bye = conn.close(200, "firehose-nova stopping".into());
+                    match tokio::time::timeout(CLOSE_TIMEOUT, bye).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => tracing::warn!(deployment = %d.name, %error, "closing the AMQP connection"),
+                        Err(_) => tracing::warn!(deployment = %d.name, "no close-ok from RabbitMQ; the last acks may be lost (those messages come again)"),
                     }
                     return Err(SourceError::Stopped);
                 }
@@ -302,6 +306,10 @@ async fn settle(d: &Deployment, acker: Acker, status: BatchStatus) -> Result<(),
         ))),
     }
 }
+
+/// How long a closing connection waits for RabbitMQ's close-ok (within the
+/// runtime's 3 s for a source to settle at shutdown).
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long an ack may take before the connection is taken for dead.
 const ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

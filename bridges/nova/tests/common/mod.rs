@@ -122,7 +122,11 @@ pub fn declare(url: &str, exchange: &str, durable: bool, queues: &[(&str, &[&str
                 .unwrap();
             }
         }
-        let _ = conn.close(200, "bye".into()).await;
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            conn.close(200, "bye".into()),
+        )
+        .await;
     })
 }
 
@@ -138,32 +142,47 @@ pub async fn publish_async(
     msgs: &[AmqpMessage],
     persistent: bool,
 ) -> Result<(), lapin::Error> {
-    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
-    let ch = conn.create_channel().await?;
-    ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    let props = if persistent {
-        BasicProperties::default().with_delivery_mode(2)
-    } else {
-        BasicProperties::default()
+    // Bounded: a RabbitMQ going down mid-attempt can leave lapin's
+    // connect, confirm or close waiting forever; the caller retries.
+    let attempt = async {
+        let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        let props = if persistent {
+            BasicProperties::default().with_delivery_mode(2)
+        } else {
+            BasicProperties::default()
+        };
+        let mut confirms = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            confirms.push(
+                ch.basic_publish(
+                    m.exchange.as_str().into(),
+                    m.routing_key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &m.body,
+                    props.clone(),
+                )
+                .await?,
+            );
+        }
+        for c in confirms {
+            c.await?;
+        }
+        // Confirmed: closing is a courtesy, and may not wait.
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            conn.close(200, "bye".into()),
+        )
+        .await;
+        Ok(())
     };
-    let mut confirms = Vec::with_capacity(msgs.len());
-    for m in msgs {
-        confirms.push(
-            ch.basic_publish(
-                m.exchange.as_str().into(),
-                m.routing_key.as_str().into(),
-                BasicPublishOptions::default(),
-                &m.body,
-                props.clone(),
-            )
-            .await?,
-        );
+    match tokio::time::timeout(std::time::Duration::from_secs(30), attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(lapin::Error::from(
+            lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Error),
+        )),
     }
-    for c in confirms {
-        c.await?;
-    }
-    let _ = conn.close(200, "bye".into()).await;
-    Ok(())
 }
 
 /// Messages (ready + unacknowledged) in a queue.
