@@ -85,7 +85,7 @@ pub struct Client {
 
 struct Inner {
     mqtt: AsyncClient,
-    routes: Arc<Mutex<Vec<Route>>>,
+    routes: Arc<Mutex<Routes>>,
     state: watch::Receiver<ConnectionState>,
     qos: QoS,
     queue: usize,
@@ -100,6 +100,65 @@ struct Inner {
 struct Route {
     filter: Filter,
     tx: mpsc::Sender<Event>,
+}
+
+/// The subscriptions' streams, and the events no stream wanted yet.
+///
+/// A resumed persistent session gets what was queued for it right after
+/// CONNACK, often before the program has called [`Client::subscribe`]
+/// again: those events wait here (the last `queue` of them) and go to the
+/// first subscription that wants them, in order, instead of being lost.
+struct Routes {
+    list: Vec<Route>,
+    early: VecDeque<Event>,
+    /// How many events may wait in `early`.
+    max_early: usize,
+}
+
+impl Routes {
+    fn new(max_early: usize) -> Routes {
+        Routes {
+            list: Vec::new(),
+            early: VecDeque::new(),
+            max_early,
+        }
+    }
+
+    /// The streams that want `ev` (closed ones forgotten); keeps `ev` for
+    /// later when there are none.
+    fn targets(&mut self, ev: &Event) -> Vec<mpsc::Sender<Event>> {
+        self.list.retain(|route| !route.tx.is_closed());
+        let targets: Vec<_> = self
+            .list
+            .iter()
+            .filter(|route| route.filter.wants(ev))
+            .map(|route| route.tx.clone())
+            .collect();
+        if targets.is_empty() && self.max_early > 0 {
+            if self.early.len() == self.max_early {
+                self.early.pop_front();
+                tracing::debug!(
+                    max = self.max_early,
+                    "no subscription takes the oldest waiting event; dropped"
+                );
+            }
+            self.early.push_back(ev.clone());
+        }
+        targets
+    }
+
+    /// Adds a stream, handing it the waiting events it wants (the channel
+    /// holds at least `max_early`, so none is refused).
+    fn add(&mut self, route: Route) {
+        let (wanted, rest): (VecDeque<Event>, VecDeque<Event>) = std::mem::take(&mut self.early)
+            .into_iter()
+            .partition(|ev| route.filter.wants(ev));
+        self.early = rest;
+        for ev in wanted {
+            let _ = route.tx.try_send(ev);
+        }
+        self.list.push(route);
+    }
 }
 
 /// A stream of events for one filter. Dropping it stops the delivery to it
@@ -140,7 +199,12 @@ impl ClientBuilder {
     }
 
     /// A persistent session named `name` (the client id): subscriptions at
-    /// QoS 1 that the broker keeps, with what arrives while offline.
+    /// QoS 1 that the broker keeps, with what arrives while offline. What
+    /// the broker kept arrives right after connecting, usually before the
+    /// program subscribes again: the client holds it (up to [`queue`]
+    /// events) for the first subscription that wants it.
+    ///
+    /// [`queue`]: ClientBuilder::queue
     pub fn session(mut self, name: &str) -> Self {
         self.session = Some(name.to_owned());
         self
@@ -167,7 +231,8 @@ impl ClientBuilder {
     }
 
     /// Events buffered per subscription before the client waits for its
-    /// reader (default 1024).
+    /// reader, and events held for a subscription not made yet (default
+    /// 1024).
     pub fn queue(mut self, n: usize) -> Self {
         self.queue = n.max(1);
         self
@@ -246,7 +311,7 @@ impl ClientBuilder {
         let closing = Arc::new(AtomicBool::new(false));
         let inner = Arc::new(Inner {
             mqtt: mqtt.clone(),
-            routes: Arc::new(Mutex::new(Vec::new())),
+            routes: Arc::new(Mutex::new(Routes::new(self.queue))),
             state: state_rx,
             qos,
             queue: self.queue,
@@ -301,7 +366,7 @@ impl Client {
             .routes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(Route { filter, tx });
+            .add(Route { filter, tx });
         self.inner
             .mqtt
             .subscribe(mqtt_filter, self.inner.qos)
@@ -381,7 +446,7 @@ async fn drive(
     mut eventloop: rumqttc::EventLoop,
     mqtt: AsyncClient,
     mut stop: Stop,
-    routes: Arc<Mutex<Vec<Route>>>,
+    routes: Arc<Mutex<Routes>>,
     state: watch::Sender<ConnectionState>,
     mut dedup: Dedup,
     qos: QoS,
@@ -405,6 +470,7 @@ async fn drive(
                     let filters: Vec<String> = routes
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
+                        .list
                         .iter()
                         .map(|r| r.filter.mqtt())
                         .collect();
@@ -420,14 +486,10 @@ async fn drive(
                 if dedup.repeat(ev.id.as_deref()) {
                     continue;
                 }
-                let targets: Vec<mpsc::Sender<Event>> = {
-                    let mut r = routes.lock().unwrap_or_else(|e| e.into_inner());
-                    r.retain(|route| !route.tx.is_closed());
-                    r.iter()
-                        .filter(|route| route.filter.wants(&ev))
-                        .map(|route| route.tx.clone())
-                        .collect()
-                };
+                let targets = routes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .targets(&ev);
                 // Waits for a slow reader: backpressure, not loss. The last
                 // (usually the only) subscription gets the event itself.
                 if let Some((last, others)) = targets.split_last() {
@@ -453,5 +515,38 @@ async fn drive(
                 tokio::time::sleep(delay).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(topic: &str) -> Event {
+        crate::reader::decode(topic, b"{}", false)
+    }
+
+    #[test]
+    fn events_nobody_wanted_wait_for_the_first_subscription_that_does() {
+        let mut r = Routes::new(2);
+        for t in ["gerrit/a/x", "nova/c/y", "gerrit/b/z"] {
+            assert!(r.targets(&ev(t)).is_empty());
+        }
+        // Bounded: the oldest went.
+        let topics: Vec<&str> = r.early.iter().map(|e| e.topic.as_str()).collect();
+        assert_eq!(topics, ["nova/c/y", "gerrit/b/z"]);
+        let (tx, mut rx) = mpsc::channel(2);
+        r.add(Route {
+            filter: Filter::gerrit(),
+            tx,
+        });
+        assert_eq!(
+            rx.try_recv().map(|e| e.topic).ok().as_deref(),
+            Some("gerrit/b/z")
+        );
+        assert!(rx.try_recv().is_err());
+        assert_eq!(r.early.len(), 1, "the nova event still waits");
+        assert_eq!(r.targets(&ev("gerrit/c/w")).len(), 1);
+        assert_eq!(r.early.len(), 1, "a routed event does not wait");
     }
 }

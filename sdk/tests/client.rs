@@ -274,11 +274,20 @@ fn persistent_session_keeps_what_arrives_while_away() {
             p.publish(&g.topic(), &g.raw(), false);
         }
         drop(p);
+        let sent = b.metric("firehose_broker_publish_sent_total");
         let again = Client::builder(&url)
             .session("sdk-persistent")
             .connect()
             .await
             .unwrap();
+        // The resumed session gets what was kept right after CONNACK,
+        // before this program subscribes again: the client holds it for
+        // the subscription (it used to drop it, depending on timing).
+        assert!(again.wait_connected(WAIT).await);
+        b.wait_metric(
+            "firehose_broker_publish_sent_total",
+            sent + events.len() as u64,
+        );
         let mut sub = again.subscribe(Filter::gerrit()).await.unwrap();
         let mut ids = BTreeSet::new();
         for _ in 0..events.len() {
