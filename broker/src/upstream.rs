@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use firehose::backoff::Backoff;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, RetainForwardRule};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -79,7 +80,7 @@ pub fn options(up: &Upstream) -> Result<MqttOptions, UpstreamError> {
 pub async fn run(shared: Arc<Shared>, opts: MqttOptions, shown: String) {
     let (client, mut ev) = AsyncClient::new(opts, 64);
     let mut shutdown = shared.shutdown.clone();
-    let mut delay = Duration::from_secs(1);
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
         let polled = tokio::select! {
             _ = shutdown.changed() => {
@@ -90,7 +91,7 @@ pub async fn run(shared: Arc<Shared>, opts: MqttOptions, shown: String) {
         };
         match polled {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                delay = Duration::from_secs(1);
+                backoff.reset();
                 shared.stats.upstream_connected.store(1, Relaxed);
                 tracing::info!(upstream = %shown, session_present = ack.session_present, "connected to the upstream broker; mirroring #");
                 // Every time: the core sends its retained messages again.
@@ -112,12 +113,12 @@ pub async fn run(shared: Arc<Shared>, opts: MqttOptions, shown: String) {
             Ok(_) => {}
             Err(e) => {
                 shared.stats.upstream_connected.store(0, Relaxed);
+                let delay = backoff.next_delay();
                 tracing::warn!(upstream = %shown, error = %e, retry_in = ?delay, "upstream broker unreachable; retrying");
                 tokio::select! {
                     _ = shutdown.changed() => return,
                     _ = tokio::time::sleep(delay) => {}
                 }
-                delay = (delay * 2).min(Duration::from_secs(30));
             }
         }
     }

@@ -452,7 +452,7 @@ async fn drive(
     qos: QoS,
     url: String,
 ) {
-    let mut failures: u32 = 0;
+    let mut backoff = crate::backoff::Backoff::default();
     loop {
         // Only the client's end cancels a poll: rumqttc's poll must not be
         // dropped while it connects or reads.
@@ -463,7 +463,7 @@ async fn drive(
         };
         match polled {
             Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
-                failures = 0;
+                backoff.reset();
                 state.send_replace(ConnectionState::Up);
                 tracing::debug!(%url, session_present = ack.session_present, "connected");
                 if !ack.session_present {
@@ -505,12 +505,8 @@ async fn drive(
                 return;
             }
             Err(e) => {
-                failures = failures.saturating_add(1);
                 state.send_replace(ConnectionState::Down(e.to_string()));
-                let ceiling = Duration::from_millis(500)
-                    .saturating_mul(1u32 << failures.min(6))
-                    .min(Duration::from_secs(30));
-                let delay = ceiling.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+                let delay = backoff.next_delay();
                 tracing::debug!(%url, error = %e, retry_in = ?delay, "connection lost; reconnecting");
                 tokio::time::sleep(delay).await;
             }

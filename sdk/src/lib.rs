@@ -27,6 +27,7 @@
 #![deny(missing_docs)]
 
 pub mod ansible;
+pub mod backoff;
 pub mod client;
 pub mod envelope;
 pub mod filter;

@@ -39,7 +39,6 @@
 //! ```
 
 pub mod ack;
-pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod deadletter;
@@ -53,7 +52,7 @@ pub mod source;
 pub mod spool;
 pub mod stats;
 /// Every URL a bridge is given is read by the SDK's parser.
-pub use firehose::url;
+pub use firehose::{backoff, url};
 
 pub use ack::{Acks, Batch, BatchStatus};
 pub use runtime::{Bridge, PrintFormat};

@@ -27,13 +27,13 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::ack::Finalizer;
-use crate::backoff::Backoff;
 use crate::config::Publish;
 use crate::deadletter::DeadLetters;
 use crate::mqtt::{reason_name, ConnectOptions, Connection, Incoming, MqttError};
 use crate::source::{drive, Event, Source, SourceContext, SourceError, Upstream, Upstreams};
 use crate::spool::{Record, Spool, SpoolError};
 use crate::stats::Stats;
+use firehose::backoff::Backoff;
 
 /// Events taken from the source queue per wakeup.
 const BATCH: usize = 256;

@@ -21,9 +21,9 @@ use firehose::{PayloadMode, Publishable};
 use tokio::sync::{mpsc, watch};
 
 use crate::ack::{Batch, Finalizer};
-use crate::backoff::Backoff;
 use crate::deadletter::DeadLetters;
 use crate::stats::Stats;
+use firehose::backoff::Backoff;
 
 /// Errors a source's `run` ends with. The runtime retries all but
 /// [`SourceError::Fatal`] and [`SourceError::Stopped`].

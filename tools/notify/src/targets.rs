@@ -528,10 +528,18 @@ impl Target {
         if let Some(mut ev) = connection {
             let shown = cfg.name.clone();
             tokio::spawn(async move {
+                let mut backoff = firehose::backoff::Backoff::default();
                 loop {
-                    if let Err(e) = ev.poll().await {
-                        tracing::warn!(target_name = %shown, error = %e, "mqtt target: connection lost; reconnecting in 1 s");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    match ev.poll().await {
+                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                            backoff.reset()
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            let delay = backoff.next_delay();
+                            tracing::warn!(target_name = %shown, error = %e, retry_in = ?delay, "mqtt target: connection lost; reconnecting");
+                            tokio::time::sleep(delay).await;
+                        }
                     }
                 }
             });

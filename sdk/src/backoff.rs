@@ -1,6 +1,7 @@
-//! Capped exponential backoff with full jitter, for reconnecting to the
-//! broker and to sources: many bridges restarting at once do not retry in
-//! lockstep, and a long outage costs one try per `max` at most.
+//! Capped exponential backoff with full jitter, for every reconnect in the
+//! suite (bridges to the broker and to their sources, SDK clients, a
+//! mirror edge to its core): many clients restarting at once do not retry
+//! in lockstep, and a long outage costs one try per `max` at most.
 
 use std::time::Duration;
 
