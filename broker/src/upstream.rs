@@ -95,7 +95,7 @@ pub async fn run(shared: Arc<Shared>, opts: MqttOptions, shown: String) {
                 shared.stats.upstream_connected.store(1, Relaxed);
                 tracing::info!(upstream = %shown, session_present = ack.session_present, "connected to the upstream broker; mirroring #");
                 // Every time: the core sends its retained messages again.
-                let mut f = Filter::new("#", QoS::AtLeastOnce);
+                let mut f = Filter::new("#", QoS::ExactlyOnce);
                 f.preserve_retain = true;
                 f.retain_forward_rule = RetainForwardRule::OnEverySubscribe;
                 if let Err(e) = client.subscribe_many([f]).await {
@@ -104,9 +104,11 @@ pub async fn run(shared: Arc<Shared>, opts: MqttOptions, shown: String) {
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 shared.stats.upstream_messages.fetch_add(1, Relaxed);
+                // As published on the core (the edge subscribes at QoS 2).
                 let qos = match p.qos {
                     QoS::AtMostOnce => 0,
-                    _ => 1,
+                    QoS::AtLeastOnce => 1,
+                    QoS::ExactlyOnce => 2,
                 };
                 shared.publish_internal(p.topic, p.payload, qos, p.retain);
             }

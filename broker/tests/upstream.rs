@@ -99,3 +99,34 @@ fn an_edge_mirrors_the_core_across_its_restart() {
         .lines()
         .any(|l| l.starts_with("firehose/status/gerrit/two ")));
 }
+
+/// A QoS 2 publish on the core reaches a QoS 2 reader of the edge at QoS 2
+/// (the edge subscribes to the core at QoS 2 and republishes as received).
+#[test]
+fn an_edge_keeps_qos_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = BrokerProc::with_users(dir.path(), &[BRIDGE], &[]);
+    let edge_dir = dir.path().join("edge");
+    std::fs::create_dir_all(&edge_dir).unwrap();
+    let edge = BrokerProc::with_users(
+        &edge_dir,
+        &[BRIDGE],
+        &["--upstream", &format!("mqtt://{}", core.mqtt())],
+    );
+    edge.wait_metric("firehose_broker_upstream_connected", 1);
+    core.wait_metric("firehose_broker_subscriptions", 1);
+    let sub = Sub::spawn(&edge, &["-q", "2", "-t", "q2/#", "-C", "1", "-d"]);
+    let out = mosquitto_pub(
+        &core,
+        &[
+            "-u", BRIDGE.0, "-P", BRIDGE.1, "-q", "2", "-t", "q2/x", "-m", "two",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let (code, stdout, _) = sub.output();
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains("received PUBLISH (d0, q2"),
+        "delivered at QoS 2: {stdout}"
+    );
+}
