@@ -46,6 +46,14 @@ pub struct Listeners {
     /// The same over TLS.
     #[serde(deserialize_with = "listen_addrs")]
     pub wss: Vec<SocketAddr>,
+    /// Origins (`scheme://host[:port]`, or `*` for any) whose web pages may
+    /// open MQTT over websockets here. Empty (the default): any Origin on a
+    /// connection that arrived at a public address; on a loopback or
+    /// private address, only pages from loopback or private IP literals or
+    /// `localhost`, so a page a visitor opens elsewhere cannot read an
+    /// internal bus through the visitor's browser. Clients that send no
+    /// Origin (everything but browsers) are never refused.
+    pub ws_allowed_origins: Vec<String>,
 }
 
 /// Parses a listen address (see [`Listeners`]).
@@ -143,12 +151,32 @@ pub struct Limits {
     /// Largest packet accepted from a client, in bytes.
     pub max_packet_size: usize,
     pub max_subscriptions_per_client: usize,
+    /// Distinct filters one SUBSCRIBE may add or change (a repeated filter
+    /// in one packet counts once: the last one wins, MQTT-3.8.4-3); the
+    /// rest are refused (0x97 for v5, 0x80 for v3) and counted.
+    pub max_subscriptions_per_packet: usize,
     pub max_topic_length: usize,
     pub max_topic_levels: usize,
     /// Largest keepalive a client may ask for (mosquitto's `max_keepalive`).
     pub max_keepalive: u16,
     /// Seconds allowed for TCP CONNECT, TLS and websocket handshakes.
     pub handshake_timeout_secs: u64,
+    /// Sockets that may be in a handshake (TLS, websocket upgrade, no
+    /// CONNECT yet) at once, all listeners together; beyond it a new socket
+    /// is closed at once (`handshakes`). The last tenth is kept for clients
+    /// that log in: an anonymous CONNECT on one of those is refused.
+    pub max_handshakes: usize,
+    /// Sockets from one address that may be in a handshake at once
+    /// (`handshakes_per_ip`); 0: no limit.
+    pub max_handshakes_per_ip: usize,
+    /// Logged-in users whose readers may hold a publisher back when their
+    /// queue fills (a mirror edge's user on its core, say), for at most
+    /// `pushback_budget_ms` of each second of a publisher. Anonymous
+    /// readers and every other user never do: a slow reader only fills and
+    /// drops its own queue (ARCHITECTURE.md, "Who may hold a publisher").
+    pub pushback_users: Vec<String>,
+    /// Milliseconds per second a publisher may be held for `pushback_users`.
+    pub pushback_budget_ms: u64,
     /// Messages kept per client while it is slow or offline (oldest dropped).
     pub max_queued_messages: usize,
     /// Bytes kept per client while it is slow or offline (oldest dropped).
@@ -188,10 +216,15 @@ impl Default for Limits {
             max_connections_per_ip: 0,
             max_packet_size: 256 * 1024,
             max_subscriptions_per_client: 100,
+            max_subscriptions_per_packet: 100,
             max_topic_length: 1024,
             max_topic_levels: 32,
             max_keepalive: 65535,
             handshake_timeout_secs: 10,
+            max_handshakes: 1024,
+            max_handshakes_per_ip: 256,
+            pushback_users: Vec::new(),
+            pushback_budget_ms: 100,
             max_queued_messages: 1000,
             max_queued_bytes: 16 * 1024 * 1024,
             max_queued_bytes_total: 1024 * 1024 * 1024,
@@ -301,6 +334,23 @@ impl Config {
                 "sys_interval_secs must be at least 1".into(),
             ));
         }
+        if self.limits.max_handshakes < 10 {
+            return Err(ConfigError::Invalid(
+                "max_handshakes must be at least 10".into(),
+            ));
+        }
+        if self.limits.pushback_budget_ms > 1000 {
+            return Err(ConfigError::Invalid(
+                "pushback_budget_ms is per second: at most 1000".into(),
+            ));
+        }
+        for o in &self.listeners.ws_allowed_origins {
+            if o != "*" && crate::transport::origin_host(o).is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "ws_allowed_origins: {o:?} is not an origin; expected scheme://host[:port] (e.g. https://status.example.org) or *"
+                )));
+            }
+        }
         if self.limits.handshake_timeout_secs == 0 {
             return Err(ConfigError::Invalid(
                 "handshake_timeout_secs must be at least 1".into(),
@@ -323,6 +373,16 @@ impl Config {
         l.reserved_connections
             .unwrap_or((l.max_connections / 10).max(1))
             .min(l.max_connections)
+    }
+
+    /// Handshake slots only clients that log in may finish (the last tenth).
+    pub fn reserved_handshakes(&self) -> usize {
+        (self.limits.max_handshakes / 10).max(1)
+    }
+
+    /// Whether `user`'s readers may hold publishers back (`pushback_users`).
+    pub fn may_push_back(&self, user: Option<&str>) -> bool {
+        user.is_some_and(|u| self.limits.pushback_users.iter().any(|p| p == u))
     }
 
     /// Handshake timeout as a duration.
@@ -388,6 +448,12 @@ pub struct RunArgs {
     /// HTTP/websocket listener over TLS (repeatable); replaces the config file's. ADDR: IP:PORT, HOST:PORT, or PORT for loopback.
     #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
     pub wss: Vec<SocketAddr>,
+    /// Origins whose web pages may use the websocket listeners
+    /// (scheme://host[:port], comma-separated or repeated; * for any).
+    /// Default: any on a public address; on loopback or private addresses
+    /// only pages from loopback/private IPs or localhost.
+    #[arg(long, value_name = "ORIGIN", value_delimiter = ',')]
+    pub ws_allowed_origins: Vec<String>,
     /// Server certificate chain, PEM.
     #[arg(long, value_name = "FILE")]
     pub cert: Option<PathBuf>,
@@ -416,6 +482,26 @@ pub struct RunArgs {
     /// Anonymous connections allowed from one IP address; 0 means no limit [default: 0].
     #[arg(long, value_name = "N")]
     pub max_connections_per_ip: Option<usize>,
+    /// Sockets in a handshake (no CONNECT yet) at once, all listeners; the
+    /// last tenth only for clients that log in [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub max_handshakes: Option<usize>,
+    /// Sockets in a handshake from one address; 0: no limit [default: 256].
+    #[arg(long, value_name = "N")]
+    pub max_handshakes_per_ip: Option<usize>,
+    /// A logged-in user whose readers may hold publishers back when their
+    /// queue fills, within --pushback-budget-ms (repeatable; e.g. a mirror
+    /// edge's user). Nobody else ever slows a publisher [default: none].
+    #[arg(long = "pushback-user", value_name = "USER")]
+    pub pushback_users: Vec<String>,
+    /// Milliseconds of each second a publisher may be held for
+    /// --pushback-user readers [default: 100].
+    #[arg(long, value_name = "MS")]
+    pub pushback_budget_ms: Option<u64>,
+    /// Distinct filters one SUBSCRIBE may add or change; a repeated filter
+    /// counts once [default: 100].
+    #[arg(long, value_name = "N")]
+    pub max_subscriptions_per_packet: Option<usize>,
     /// Largest packet accepted, in bytes [default: 262144].
     #[arg(long, value_name = "BYTES")]
     pub max_packet_size: Option<usize>,
@@ -528,6 +614,26 @@ impl RunArgs {
         }
         if let Some(v) = self.max_packet_size {
             c.limits.max_packet_size = v;
+        }
+        if let Some(v) = self.max_handshakes {
+            c.limits.max_handshakes = v;
+        }
+        if let Some(v) = self.max_handshakes_per_ip {
+            c.limits.max_handshakes_per_ip = v;
+        }
+        if !self.pushback_users.is_empty() {
+            c.limits.pushback_users.clone_from(&self.pushback_users);
+        }
+        if let Some(v) = self.pushback_budget_ms {
+            c.limits.pushback_budget_ms = v;
+        }
+        if let Some(v) = self.max_subscriptions_per_packet {
+            c.limits.max_subscriptions_per_packet = v;
+        }
+        if !self.ws_allowed_origins.is_empty() {
+            c.listeners
+                .ws_allowed_origins
+                .clone_from(&self.ws_allowed_origins);
         }
         if let Some(v) = self.max_keepalive {
             c.limits.max_keepalive = v;

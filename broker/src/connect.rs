@@ -45,7 +45,13 @@ pub struct Pending {
 }
 
 /// Serves one accepted MQTT byte stream from CONNECT to close.
-pub async fn serve(io: BoxIo, peer: SocketAddr, slot: SocketSlot, shared: Arc<Shared>) {
+pub(crate) async fn serve(
+    io: BoxIo,
+    peer: SocketAddr,
+    slot: SocketSlot,
+    gate: crate::gate::Slot,
+    shared: Arc<Shared>,
+) {
     let (mut reader, mut writer) = tokio::io::split(io);
     let limits = &shared.cfg.limits;
     let mut inbuf = BytesMut::with_capacity(4096);
@@ -149,6 +155,18 @@ pub async fn serve(io: BoxIo, peer: SocketAddr, slot: SocketSlot, shared: Arc<Sh
             return;
         }
     };
+
+    // A socket let in on a handshake slot kept for logins must log in.
+    if gate.reserved && user.is_none() {
+        shared.stats.count(Reason::Handshakes);
+        let n = shared.stats.dropped(Reason::Handshakes);
+        if n.is_power_of_two() {
+            tracing::warn!(%peer, refused = n, "anonymous CONNECT on a handshake slot kept for clients that log in; refusing");
+        }
+        refuse(&mut writer, v, Refusal::Busy, &shared).await;
+        return;
+    }
+    drop(gate);
 
     // Will: a valid topic the client may write to.
     if let Some(w) = &info.will {

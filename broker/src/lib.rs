@@ -18,6 +18,7 @@ pub mod codec;
 pub mod config;
 pub mod connect;
 pub mod demo;
+mod gate;
 pub mod message;
 pub mod outbox;
 pub mod router;

@@ -8,13 +8,15 @@
 //! (`queue_full`), one count per message; a QoS 0 message for an offline
 //! persistent session is not queued (`offline_qos0`).
 //!
-//! It also carries the publisher pushback: a delivery into a queue that is
-//! three quarters full, for a reader that is keeping up (its socket takes
-//! bytes, it acknowledges QoS 1, it progressed in the last [`STALL`]), tells
-//! the publisher to wait until the queue has drained to half
-//! ([`Outbox::wait_for_space`]). A slow reader (socket full, or no progress
-//! for [`STALL`]) never makes publishers wait: its own queue absorbs, then
-//! drops.
+//! It also carries the publisher pushback, for the few readers allowed it:
+//! a delivery into a queue that is three quarters full, for a reader whose
+//! user the operator listed in `pushback_users` and that is keeping up (its
+//! socket takes bytes, it acknowledges QoS 1, it progressed in the last
+//! [`STALL`]), tells the publisher to wait until the queue has drained to
+//! half ([`Outbox::wait_for_space`]; the publisher's session bounds the
+//! wait by its per-second budget). Every other reader — anonymous, or any
+//! user not listed, however it behaves — never makes publishers wait: its
+//! own queue absorbs, then drops, counted per message.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -80,6 +82,11 @@ pub struct Reader {
     pub user: Option<String>,
     /// The ACL lets this client read every topic: no per-message check.
     pub reads_everything: bool,
+    /// The [`Policy::generation`] `reads_everything` was computed under: a
+    /// reload (SIGHUP) makes the next push compute it again.
+    pub policy_gen: u64,
+    /// The operator lets this reader hold publishers back (`pushback_users`).
+    pub holds_publishers: bool,
 }
 
 #[derive(Debug, Default)]
@@ -304,6 +311,16 @@ impl Outbox {
     /// the caller to [`Budget::settle`] (the router, once per publish).
     pub fn push_unsettled(&self, d: Delivery, policy: &Policy, net: &mut i64) -> Pushed {
         let mut s = self.lock();
+        if s.reader.policy_gen != policy.generation() {
+            // The ACL was reloaded since this reader's shortcut was decided.
+            let who = Who {
+                user: s.reader.user.as_deref(),
+                client_id: &s.reader.client_id,
+            };
+            let all = policy.reads_everything(who);
+            s.reader.reads_everything = all;
+            s.reader.policy_gen = policy.generation();
+        }
         if !s.reader.reads_everything {
             let who = Who {
                 user: s.reader.user.as_deref(),
@@ -340,7 +357,11 @@ impl Outbox {
             // Work starts now: the reader has `STALL` to show progress.
             self.progressed();
         }
-        let pressure = s.online && !self.blocked.load(Relaxed) && self.high(&s) && !self.stalled();
+        let pressure = s.reader.holds_publishers
+            && s.online
+            && !self.blocked.load(Relaxed)
+            && self.high(&s)
+            && !self.stalled();
         drop(s);
         *net += w as i64 - freed as i64;
         if first || pressure {
@@ -482,6 +503,7 @@ mod tests {
         let o = Outbox::new(1, max, 1 << 20, budget);
         o.set_reader(Reader {
             reads_everything: true,
+            holds_publishers: true,
             ..Default::default()
         });
         o
@@ -542,6 +564,53 @@ mod tests {
             Pushed::Queued,
             "a slow reader never holds publishers"
         );
+    }
+
+    #[test]
+    fn only_readers_the_operator_lists_hold_publishers() {
+        let o = outbox(8);
+        o.set_reader(Reader {
+            reads_everything: true,
+            holds_publishers: false,
+            ..Default::default()
+        });
+        o.set_online(true);
+        let p = policy();
+        let got: Vec<Pushed> = (0..8).map(|_| o.push(d(0), &p)).collect();
+        assert!(
+            got.iter().all(|g| *g == Pushed::Queued),
+            "a reader not in pushback_users only fills its own queue: {got:?}"
+        );
+        assert_eq!(o.push(d(0), &p), Pushed::Queued);
+        assert_eq!(o.stats.dropped(Reason::QueueFull), 1, "then drops, counted");
+    }
+
+    #[test]
+    fn a_reload_decides_reads_everything_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let acl = dir.path().join("acl");
+        std::fs::write(&acl, "topic read #\n").unwrap();
+        let cfg = crate::config::AuthConfig {
+            acl_file: Some(acl.clone()),
+            ..Default::default()
+        };
+        let auth = crate::auth::Auth::new(cfg).unwrap();
+        let o = outbox(8);
+        o.set_online(true);
+        o.set_reader(Reader {
+            reads_everything: true,
+            policy_gen: auth.policy().generation(),
+            ..Default::default()
+        });
+        assert_eq!(o.push(d(0), &auth.policy()), Pushed::Queued);
+        std::fs::write(&acl, "topic read #\ntopic deny t\n").unwrap();
+        auth.reload().unwrap();
+        assert_eq!(
+            o.push(d(0), &auth.policy()),
+            Pushed::Dropped,
+            "the old shortcut no longer holds after the reload"
+        );
+        assert_eq!(o.stats.dropped(Reason::AclRead), 1);
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct Sub {
 pub enum SubscribeError {
     #[error("the filter table is full (max_filters)")]
     TableFull,
+    #[error("the shared subscription group belongs to another user")]
+    GroupOfAnotherUser,
 }
 
 /// Limits of the router's tables.
@@ -56,9 +58,15 @@ pub struct RouterLimits {
     pub max_retained_bytes: usize,
 }
 
+/// A `$share` group: its members take turns. It belongs to the user of
+/// its members (anonymous: `None`), as a client id does: another user may
+/// not join it, and a logged-in user joining an anonymous group takes it
+/// back (its anonymous members are removed), so nobody can squat a
+/// bridge-owned worker pool's name and take half of its messages.
 #[derive(Debug)]
 struct Group {
     name: Box<str>,
+    owner: Option<Box<str>>,
     members: Vec<Sub>,
     next: AtomicUsize,
 }
@@ -299,18 +307,35 @@ impl Router {
     }
 
     /// Adds (or replaces) `sub` for `filter` (`$share/<group>/<filter>` for a
-    /// shared subscription). Returns the retained messages the filter matches
-    /// (none for shared subscriptions, as MQTT 5 says); the caller decides,
-    /// by retain handling, whether to send them.
-    pub fn subscribe(&self, filter: &str, sub: Sub) -> Result<Vec<Arc<Message>>, SubscribeError> {
+    /// shared subscription) of a session of `user`. The retained messages it
+    /// matches are [`Router::retained_for`], asked for after this returns
+    /// (so none published in between is missed).
+    pub fn subscribe(
+        &self,
+        filter: &str,
+        sub: Sub,
+        user: Option<&str>,
+    ) -> Result<(), SubscribeError> {
         let (group, inner) = split_shared(filter);
         let mut t = self.write();
         let Tree { root, filters, .. } = &mut *t;
         // Refuse a new distinct filter when the table is full, before
         // creating any node.
-        let exists = find(root, inner).is_some_and(|n| n.holds_filter());
-        if !exists && *filters >= self.limits.max_filters {
+        let existing = find(root, inner).filter(|n| n.holds_filter());
+        if existing.is_none() && *filters >= self.limits.max_filters {
             return Err(SubscribeError::TableFull);
+        }
+        if let (Some(g), Some(node)) = (group, existing) {
+            let owner = node
+                .leaf
+                .as_ref()
+                .and_then(|l| l.groups.iter().find(|x| &*x.name == g))
+                .map(|x| x.owner.as_deref());
+            if let Some(owner) = owner {
+                if owner != user && !(owner.is_none() && user.is_some()) {
+                    return Err(SubscribeError::GroupOfAnotherUser);
+                }
+            }
         }
         let node = inner
             .split('/')
@@ -331,6 +356,7 @@ impl Router {
                             &mut leaf.groups,
                             Group {
                                 name: g.into(),
+                                owner: user.map(Into::into),
                                 members: Vec::new(),
                                 next: AtomicUsize::new(0),
                             },
@@ -338,7 +364,16 @@ impl Router {
                         leaf.groups.len() - 1
                     }
                 };
-                let members = &mut leaf.groups[i].members;
+                let group = &mut leaf.groups[i];
+                if group.owner.is_none() && user.is_some() {
+                    // Taken back from anonymous members (checked above).
+                    let evicted = group.members.len() as u64;
+                    group.members.clear();
+                    group.owner = user.map(Into::into);
+                    self.stats.count_n(Reason::ShareTakenBack, evicted);
+                    tracing::warn!(group = %crate::stats::short(g), user = %crate::stats::who(user), evicted, "shared subscription group taken back from anonymous members");
+                }
+                let members = &mut group.members;
                 match members.iter_mut().find(|s| s.outbox.key == key) {
                     Some(s) => *s = sub,
                     None => push_small(members, sub),
@@ -349,12 +384,20 @@ impl Router {
             *filters += 1;
             self.stats.filters.store(*filters as i64, Relaxed);
         }
+        Ok(())
+    }
+
+    /// The retained messages `filter` matches (none for a shared
+    /// subscription, as MQTT 5 says), collected under the read lock so
+    /// publishes go on meanwhile. Pointers to the store's own messages.
+    pub fn retained_for(&self, filter: &str) -> Vec<Arc<Message>> {
+        let (group, inner) = split_shared(filter);
         let mut retained = Vec::new();
         if group.is_none() {
             let levels: Vec<&str> = inner.split('/').collect();
-            collect_retained(root, &levels, 0, &mut retained);
+            collect_retained(&self.read().root, &levels, 0, &mut retained);
         }
-        Ok(retained)
+        retained
     }
 
     /// Removes the session `key` from `filter`. True if it was there.
@@ -759,7 +802,7 @@ mod tests {
             for f in hits.iter().chain(misses.iter()) {
                 key += 1;
                 let o = outbox(key);
-                r.subscribe(f, sub(&o, 0)).unwrap();
+                r.subscribe(f, sub(&o, 0), None).unwrap();
                 let m = Message::new(
                     Bytes::from(topic.to_owned()),
                     Bytes::from_static(b"x"),
@@ -774,8 +817,8 @@ mod tests {
             }
         }
         let root_wild = outbox(999);
-        r.subscribe("#", sub(&root_wild, 0)).unwrap();
-        r.subscribe("+/x", sub(&root_wild, 0)).unwrap();
+        r.subscribe("#", sub(&root_wild, 0), None).unwrap();
+        r.subscribe("+/x", sub(&root_wild, 0), None).unwrap();
         send(&r, &msg("$SYS/x", 0, false));
         assert!(root_wild.is_empty(), "wildcards never match $ topics");
     }
@@ -785,9 +828,9 @@ mod tests {
         let r = router(100);
         let o = outbox(1);
         o.set_subscriptions(3);
-        r.subscribe("a/#", sub(&o, 0)).unwrap();
-        r.subscribe("a/+", sub(&o, 1)).unwrap();
-        r.subscribe("a/b", sub(&o, 0)).unwrap();
+        r.subscribe("a/#", sub(&o, 0), None).unwrap();
+        r.subscribe("a/+", sub(&o, 1), None).unwrap();
+        r.subscribe("a/b", sub(&o, 0), None).unwrap();
         assert_eq!(send(&r, &msg("a/b", 1, false)), 1);
         let mut got = std::collections::VecDeque::new();
         o.take(&mut got, 10, 10);
@@ -799,8 +842,8 @@ mod tests {
     fn delivery_qos_is_the_lower_of_publish_and_grant() {
         let r = router(100);
         let (lo, hi) = (outbox(1), outbox(2));
-        r.subscribe("t", sub(&lo, 0)).unwrap();
-        r.subscribe("t", sub(&hi, 1)).unwrap();
+        r.subscribe("t", sub(&lo, 0), None).unwrap();
+        r.subscribe("t", sub(&hi, 1), None).unwrap();
         send(&r, &msg("t", 1, false));
         send(&r, &msg("t", 0, false));
         let mut got = std::collections::VecDeque::new();
@@ -814,13 +857,13 @@ mod tests {
     fn filters_and_topics_are_freed() {
         let r = router(2);
         let o = outbox(1);
-        r.subscribe("a/b/c", sub(&o, 0)).unwrap();
-        r.subscribe("$share/g/x/+", sub(&o, 0)).unwrap();
+        r.subscribe("a/b/c", sub(&o, 0), None).unwrap();
+        r.subscribe("$share/g/x/+", sub(&o, 0), None).unwrap();
         assert_eq!(
-            r.subscribe("z", sub(&o, 0)).unwrap_err(),
+            r.subscribe("z", sub(&o, 0), None).unwrap_err(),
             SubscribeError::TableFull
         );
-        r.subscribe("a/b/c", sub(&outbox(2), 0))
+        r.subscribe("a/b/c", sub(&outbox(2), 0), None)
             .expect("an existing filter needs no new slot");
         assert!(r.unsubscribe("a/b/c", 1));
         assert!(r.unsubscribe("a/b/c", 2));
@@ -858,7 +901,10 @@ mod tests {
         assert_eq!(r.retained(), 3, "max_retained_messages = 3");
         assert_eq!(r.stats.dropped(Reason::RetainedFull), 1);
         let o = outbox(1);
-        let n = |f: &str| r.subscribe(f, sub(&o, 1)).unwrap().len();
+        let n = |f: &str| {
+            r.subscribe(f, sub(&o, 1), None).unwrap();
+            r.retained_for(f).len()
+        };
         assert_eq!(n("n/+/h1"), 2);
         assert_eq!(n("n/#"), 3);
         assert_eq!(n("#"), 3);
@@ -919,12 +965,38 @@ mod tests {
     fn shared_groups_take_turns() {
         let r = router(100);
         let (a, b) = (outbox(1), outbox(2));
-        r.subscribe("$share/w/jobs/#", sub(&a, 0)).unwrap();
-        r.subscribe("$share/w/jobs/#", sub(&b, 0)).unwrap();
+        r.subscribe("$share/w/jobs/#", sub(&a, 0), None).unwrap();
+        r.subscribe("$share/w/jobs/#", sub(&b, 0), None).unwrap();
         for _ in 0..10 {
             assert_eq!(send(&r, &msg("jobs/1", 0, false)), 1);
         }
         assert_eq!((a.len(), b.len()), (5, 5));
+    }
+
+    #[test]
+    fn a_shared_group_belongs_to_its_user() {
+        let r = router(100);
+        let (squat, worker, other, second) = (outbox(1), outbox(2), outbox(3), outbox(4));
+        let g = "$share/history/#";
+        r.subscribe(g, sub(&squat, 0), None).unwrap();
+        // A logged-in user takes the group back: the squatter is out.
+        r.subscribe(g, sub(&worker, 0), Some("history")).unwrap();
+        assert_eq!(r.stats.dropped(Reason::ShareTakenBack), 1);
+        assert_eq!(
+            r.subscribe(g, sub(&squat, 0), None),
+            Err(SubscribeError::GroupOfAnotherUser),
+            "anonymous clients cannot join it again"
+        );
+        assert_eq!(
+            r.subscribe(g, sub(&other, 0), Some("gerrit")),
+            Err(SubscribeError::GroupOfAnotherUser),
+            "nor can another user"
+        );
+        r.subscribe(g, sub(&second, 0), Some("history")).unwrap();
+        for _ in 0..10 {
+            send(&r, &msg("nova/x", 0, false));
+        }
+        assert_eq!((squat.len(), worker.len(), second.len()), (0, 5, 5));
     }
 
     #[test]
@@ -933,7 +1005,7 @@ mod tests {
         let o = outbox(7);
         let mut s = sub(&o, 0);
         s.no_local = true;
-        r.subscribe("t", s).unwrap();
+        r.subscribe("t", s, None).unwrap();
         let own = Message::new(
             Bytes::from_static(b"t"),
             Bytes::from_static(b"x"),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
@@ -44,6 +44,8 @@ pub struct Shared {
     pub(crate) reading_stopped: tokio::sync::Notify,
     /// Open sockets per peer address, for `max_connections_per_ip`.
     per_ip: Mutex<HashMap<std::net::IpAddr, u32>>,
+    /// Sockets that have not finished CONNECT, capped (see [`crate::gate`]).
+    pub(crate) gate: Arc<crate::gate::Gate>,
 }
 
 impl Shared {
@@ -170,6 +172,8 @@ impl Broker {
             budget.clone(),
             stats.clone(),
         );
+        let cfg_limits = cfg.limits.clone();
+        let reserved_handshakes = cfg.reserved_handshakes();
         let shared = Arc::new(Shared {
             budget,
             cfg,
@@ -183,6 +187,11 @@ impl Broker {
             reading: AtomicUsize::new(0),
             reading_stopped: tokio::sync::Notify::new(),
             per_ip: Mutex::new(HashMap::new()),
+            gate: crate::gate::Gate::new(
+                cfg_limits.max_handshakes,
+                reserved_handshakes,
+                cfg_limits.max_handshakes_per_ip,
+            ),
         });
         let mut tasks = JoinSet::new();
         let mut addrs = Vec::new();
@@ -324,9 +333,6 @@ async fn accept_loop(
     let http: Arc<dyn HttpHandler> = Arc::new(Http {
         shared: shared.clone(),
     });
-    // Sockets still in a handshake or before CONNECT are capped too, so a
-    // flood of idle sockets cannot exhaust memory or file descriptors.
-    let handshakes = Arc::new(Semaphore::new(shared.cfg.limits.max_connections.max(64)));
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -338,11 +344,23 @@ async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         shared.stats.connections_total.fetch_add(1, Relaxed);
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            shared.stats.count(Reason::MaxConnections);
-            tracing::warn!(listener = kind.as_str(), %peer, "too many connections in handshake; closing");
-            continue;
+        // Sockets in a handshake or before CONNECT are capped in total and
+        // per address, so a flood of idle sockets cannot exhaust memory or
+        // file descriptors, nor lock bridges out (see `gate`).
+        let gate = match shared.gate.enter(peer.ip()) {
+            Ok(g) => g,
+            Err(reason) => {
+                shared.stats.count(reason);
+                let n = shared.stats.dropped(reason);
+                if n.is_power_of_two() {
+                    tracing::warn!(listener = kind.as_str(), %peer, reason = reason.name(), max_handshakes = shared.cfg.limits.max_handshakes, max_handshakes_per_ip = shared.cfg.limits.max_handshakes_per_ip, refused = n, "too many sockets in a handshake; closing");
+                }
+                continue;
+            }
         };
+        let local = tcp
+            .local_addr()
+            .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |a| a.ip());
         let shared = shared.clone();
         let tls = tls.clone();
         let http = http.clone();
@@ -351,21 +369,36 @@ async fn accept_loop(
             let max_packet = shared.cfg.limits.max_packet_size;
             let hs = tokio::time::timeout(
                 shared.cfg.handshake_timeout(),
-                transport::handshake(kind, tcp, tls.as_deref(), http.as_ref(), max_packet),
+                transport::handshake(
+                    kind,
+                    tcp,
+                    tls.as_deref(),
+                    http.as_ref(),
+                    max_packet,
+                    transport::WsRules {
+                        local,
+                        allowed_origins: &shared.cfg.listeners.ws_allowed_origins,
+                    },
+                ),
             )
             .await;
-            drop(permit);
             match hs {
                 Err(_) => {
                     shared.stats.count(Reason::HandshakeTimeout);
                     tracing::debug!(listener = kind.as_str(), %peer, "handshake timed out");
+                }
+                Ok(Err(e @ transport::HandshakeError::Origin(_))) => {
+                    shared.stats.count(Reason::WsOrigin);
+                    tracing::warn!(listener = kind.as_str(), %peer, error = %e, "websocket refused");
                 }
                 Ok(Err(e)) => {
                     shared.stats.count(Reason::HandshakeFailed);
                     tracing::info!(listener = kind.as_str(), %peer, error = %e, "handshake failed");
                 }
                 Ok(Ok(Accepted::Answered)) => {}
-                Ok(Ok(Accepted::Mqtt(io))) => connect::serve(io, peer, slot, shared.clone()).await,
+                Ok(Ok(Accepted::Mqtt(io))) => {
+                    connect::serve(io, peer, slot, gate, shared.clone()).await
+                }
             }
         });
     }

@@ -74,11 +74,30 @@ pub enum Reason {
     MessageExpired,
     /// A packet of ours that could not be encoded (a bug: logged at error).
     EncodeFailed,
+    /// A `$SYS` update not written to a client whose unread output is
+    /// already at the pending-write cap (it does not read).
+    SysBacklog,
+    /// A socket closed at once: too many sockets are in a handshake (TLS,
+    /// websocket upgrade, or no CONNECT yet).
+    Handshakes,
+    /// A socket closed at once: too many sockets from its address are in a
+    /// handshake.
+    HandshakesPerIp,
+    /// A subscription to a `$share` group another user holds.
+    ShareOtherUser,
+    /// An anonymous member removed from a `$share` group a logged-in user
+    /// joined (the group is the user's).
+    ShareTakenBack,
+    /// An anonymous client's session ended because a logged-in user took
+    /// its client id back.
+    IdTakenBack,
+    /// A websocket upgrade refused for its Origin (`ws_allowed_origins`).
+    WsOrigin,
 }
 
 impl Reason {
     /// Every reason, in counter order.
-    pub const ALL: [Reason; 29] = [
+    pub const ALL: [Reason; 36] = [
         Reason::QueueFull,
         Reason::OfflineQos0,
         Reason::AclPublish,
@@ -108,6 +127,13 @@ impl Reason {
         Reason::TooLargeForClient,
         Reason::MessageExpired,
         Reason::EncodeFailed,
+        Reason::SysBacklog,
+        Reason::Handshakes,
+        Reason::HandshakesPerIp,
+        Reason::ShareOtherUser,
+        Reason::ShareTakenBack,
+        Reason::IdTakenBack,
+        Reason::WsOrigin,
     ];
 
     /// Stable snake_case name used in metrics and `$SYS` topics.
@@ -142,6 +168,13 @@ impl Reason {
             Reason::TooLargeForClient => "too_large_for_client",
             Reason::MessageExpired => "message_expired",
             Reason::EncodeFailed => "encode_failed",
+            Reason::SysBacklog => "sys_backlog",
+            Reason::Handshakes => "handshakes",
+            Reason::HandshakesPerIp => "handshakes_per_ip",
+            Reason::ShareOtherUser => "share_other_user",
+            Reason::ShareTakenBack => "share_taken_back",
+            Reason::IdTakenBack => "id_taken_back",
+            Reason::WsOrigin => "ws_origin",
         }
     }
 }
@@ -174,6 +207,10 @@ pub struct Stats {
     pub upstream_connected: AtomicI64,
     /// Messages a mirror edge received from its upstream.
     pub upstream_messages: AtomicU64,
+    /// Times a publisher was held for a reader allowed to push back
+    /// (`pushback_users`), and milliseconds it was held in all.
+    pub pushback_waits: AtomicU64,
+    pub pushback_wait_ms: AtomicU64,
     dropped: [AtomicU64; Reason::ALL.len()],
 }
 
@@ -198,8 +235,10 @@ impl Default for Stats {
             anonymous_persistent: AtomicI64::new(0),
             upstream_connected: AtomicI64::new(0),
             upstream_messages: AtomicU64::new(0),
+            pushback_waits: AtomicU64::new(0),
+            pushback_wait_ms: AtomicU64::new(0),
             retained: AtomicI64::new(0),
-            dropped: Default::default(),
+            dropped: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -281,6 +320,10 @@ impl Stats {
             (
                 "$SYS/broker/retained messages/count".to_owned(),
                 self.retained.load(Relaxed).to_string(),
+            ),
+            (
+                "$SYS/broker/pushback/waits".to_owned(),
+                self.pushback_waits.load(Relaxed).to_string(),
             ),
         ];
         for r in Reason::ALL {
@@ -401,6 +444,18 @@ impl Stats {
             "counter",
             "Messages a mirror edge received from its core.",
             self.upstream_messages.load(Relaxed).to_string(),
+        );
+        metric(
+            "pushback_waits_total",
+            "counter",
+            "Times a publisher was held for a reader allowed to push back (pushback_users).",
+            self.pushback_waits.load(Relaxed).to_string(),
+        );
+        metric(
+            "pushback_wait_seconds_total",
+            "counter",
+            "Seconds publishers were held for readers allowed to push back.",
+            format!("{:.3}", self.pushback_wait_ms.load(Relaxed) as f64 / 1000.0),
         );
         let _ = writeln!(s, "# HELP firehose_broker_dropped_total Messages dropped and connections refused, by reason.");
         let _ = writeln!(s, "# TYPE firehose_broker_dropped_total counter");

@@ -37,6 +37,14 @@ impl LaunchpadEvent {
     }
 }
 
+/// The event id of a Launchpad event, derived from its raw (lpmqtt)
+/// payload: the same in both payload modes (a reader of a raw payload
+/// computes it from the bytes it got) and for redundant bridges reading the
+/// same mail. (The Message-ID is not in the raw payload, so it cannot be.)
+pub fn event_id(raw_payload: &[u8]) -> String {
+    stable_id("launchpad", raw_payload)
+}
+
 impl Publishable for LaunchpadEvent {
     /// `launchpad/<project>/<event-type>/<bug-number>`, stopping at the first
     /// missing piece.
@@ -61,10 +69,7 @@ impl Publishable for LaunchpadEvent {
         }
         let data = serde_json::value::to_raw_value(&data)
             .expect("a map of strings and lists always serializes");
-        let id = self
-            .message_id
-            .clone()
-            .unwrap_or_else(|| stable_id("launchpad", &self.raw()));
+        let id = event_id(&self.raw());
         CloudEvent::new(
             id,
             source,

@@ -363,7 +363,7 @@ fn raw_launchpad(ev: &mut Event) {
     match LaunchpadEvent::from_payload(ev.data()) {
         Some(l) => {
             ev.kind = format!("launchpad.{}", l.event_type());
-            ev.id = Some(stable_id("launchpad", ev.data().to_string().as_bytes()));
+            ev.id = Some(crate::launchpad::event_id(&ev.payload));
             ev.subject = l.bug_number().map(str::to_owned);
             ev.body = Body::Launchpad(l);
         }

@@ -33,7 +33,13 @@ pub enum MailError {
 /// The mail in `raw` as an event: `Ok(None)` when it is not from Launchpad
 /// (left alone), `Err` when it is but cannot be read as lpmqtt would.
 pub fn parse(raw: &[u8]) -> Result<Option<LaunchpadEvent>, MailError> {
-    let msg = MessageParser::default()
+    // `X-Launchpad-*` headers are not standard ones: parsed as text, so
+    // RFC 2047 encoded-words (non-ASCII names) arrive decoded. (mail-parser
+    // applies the default only when some header is configured.)
+    let msg = MessageParser::new()
+        .with_minimal_headers()
+        .with_message_ids()
+        .default_header_text()
         .parse(raw)
         .filter(|m| !m.headers().is_empty())
         .ok_or(MailError::NotMail)?;
@@ -293,7 +299,11 @@ mod tests {
         let ce = e.cloudevent("imaps://lp@mail.example/INBOX", OffsetDateTime::UNIX_EPOCH);
         assert_eq!(ce.kind, "launchpad.bug");
         assert_eq!(ce.subject.as_deref(), Some("1761798"));
-        assert!(ce.id.contains("malone@wampee.canonical.com"), "{}", ce.id);
+        assert_eq!(
+            ce.id,
+            firehose::launchpad::event_id(&e.raw()),
+            "the id a reader of the raw payload computes too"
+        );
         let data: Value = serde_json::from_str(ce.data.get()).unwrap();
         assert_eq!(data["tasks"].as_array().unwrap().len(), 2);
         assert_eq!(data["bug-number"], "1761798");
@@ -311,10 +321,13 @@ mod tests {
                 continue;
             };
             let ce = ev.cloudevent("imaps://lp@mail/INBOX", OffsetDateTime::UNIX_EPOCH);
-            for read in [
+            let reads = [
                 decode(&ev.topic(), &ev.raw(), false),
                 decode(&ev.topic(), &ce.to_json(), false),
-            ] {
+            ];
+            assert_eq!(reads[0].id, reads[1].id, "one id in both modes");
+            assert!(reads[0].id.is_some());
+            for read in reads {
                 assert_eq!(read.kind, format!("launchpad.{}", ev.event_type()));
                 assert_eq!(read.subject.as_deref(), ev.bug_number());
                 match read.body {
@@ -328,5 +341,40 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, 6);
+    }
+
+    #[test]
+    fn encoded_words_in_launchpad_headers_arrive_decoded_in_both_modes() {
+        use firehose::reader::{decode, Body};
+        let mail = "From: Launchpad Bug Tracker <1@bugs.launchpad.net>\r\n\
+            To: someone@example.org\r\n\
+            Subject: [Bug 42] =?utf-8?q?Caf=C3=A9?= crashes\r\n\
+            Message-Id: <x@launchpad.net>\r\n\
+            X-Generated-By: Launchpad (canonical.com)\r\n\
+            X-Launchpad-Notification-Type: bug\r\n\
+            X-Launchpad-Bug: product=nova; status=New; importance=Undecided;\r\n\
+            \tassignee=None;\r\n\
+            X-Launchpad-Bug-Reporter: =?utf-8?q?Jos=C3=A9_Garc=C3=ADa?=\r\n \
+            =?utf-8?q?_=28jgarcia=29?=\r\n\
+            X-Launchpad-Bug-Modifier: =?iso-8859-1?q?Ren=E9?= (rene)\r\n\
+            Content-Type: text/plain; charset=utf-8\r\n\
+            \r\n\
+            body\r\n";
+        let ev = parse(mail.as_bytes()).unwrap().expect("a Launchpad mail");
+        assert_eq!(ev.fields["bug-reporter"], "José García (jgarcia)");
+        assert_eq!(ev.fields["bug-modifier"], "René (rene)");
+        assert_eq!(ev.fields["assignee"], "None", "folded header unfolded");
+        let ce = ev.cloudevent("imaps://lp@mail/INBOX", OffsetDateTime::UNIX_EPOCH);
+        for read in [
+            decode(&ev.topic(), &ev.raw(), false),
+            decode(&ev.topic(), &ce.to_json(), false),
+        ] {
+            match read.body {
+                Body::Launchpad(l) => {
+                    assert_eq!(l.fields["bug-reporter"], "José García (jgarcia)")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 }

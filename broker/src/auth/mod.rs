@@ -41,6 +41,10 @@ pub struct Policy {
     passwd: Option<PasswordFile>,
     acl: Option<AclFile>,
     allow_anonymous: bool,
+    /// Which load this is (1, 2, ... per [`Auth`]): what was decided under
+    /// one policy (a reader's "reads everything") is decided again when it
+    /// changes.
+    generation: u64,
 }
 
 impl Policy {
@@ -56,7 +60,13 @@ impl Policy {
             passwd,
             acl,
             allow_anonymous: cfg.allow_anonymous,
+            generation: 0,
         })
+    }
+
+    /// Which load of the files this is (see [`Policy`]'s field).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Number of users in the password file.
@@ -129,15 +139,18 @@ pub fn shared_inner(filter: &str) -> &str {
 pub struct Auth {
     cfg: AuthConfig,
     current: RwLock<Arc<Policy>>,
+    loads: std::sync::atomic::AtomicU64,
 }
 
 impl Auth {
     /// Loads the policy; an error here stops the broker from starting.
     pub fn new(cfg: AuthConfig) -> Result<Auth, AuthError> {
-        let p = Policy::load(&cfg)?;
+        let mut p = Policy::load(&cfg)?;
+        p.generation = 1;
         Ok(Auth {
             cfg,
             current: RwLock::new(Arc::new(p)),
+            loads: std::sync::atomic::AtomicU64::new(1),
         })
     }
 
@@ -151,7 +164,12 @@ impl Auth {
 
     /// Re-reads the files. On error the old policy stays and the error is returned.
     pub fn reload(&self) -> Result<Arc<Policy>, AuthError> {
-        let p = Arc::new(Policy::load(&self.cfg)?);
+        let mut p = Policy::load(&self.cfg)?;
+        p.generation = self
+            .loads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let p = Arc::new(p);
         match self.current.write() {
             Ok(mut g) => *g = p.clone(),
             Err(poisoned) => *poisoned.into_inner() = p.clone(),

@@ -27,7 +27,7 @@ pub(super) const WRITE_CHUNK: usize = 64 * 1024;
 /// How long a shutdown keeps delivering to a client before closing it.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 /// Stop reading from a client whose unread replies pile up beyond this.
-const MAX_PENDING_WRITE: usize = 1024 * 1024;
+pub(super) const MAX_PENDING_WRITE: usize = 1024 * 1024;
 /// Longest a publisher waits, per read, for a fast reader's queue to drain.
 const PUSHBACK_MAX: Duration = Duration::from_millis(250);
 /// Read buffer sizes: small for idle clients, grown for publishers.
@@ -221,12 +221,32 @@ impl Session {
     }
 
     /// Waits until the readers this publisher filled have drained to half
-    /// (or turned slow, or [`PUSHBACK_MAX`] passed).
+    /// (or turned slow, or [`PUSHBACK_MAX`] passed), within what is left of
+    /// this publisher's budget for the current second (`pushback_budget_ms`).
     async fn wait_for_readers(&mut self) {
-        let until = Instant::now() + PUSHBACK_MAX;
-        for o in std::mem::take(&mut self.pressure) {
+        let pressure = std::mem::take(&mut self.pressure);
+        let start = Instant::now();
+        let per_second = Duration::from_millis(self.shared.cfg.limits.pushback_budget_ms);
+        let budget = self.pushback.get_or_insert_with(|| {
+            Box::new(super::pushback::PushbackBudget::new(per_second, start))
+        });
+        let allowed = budget.allowance(start).min(PUSHBACK_MAX);
+        if allowed.is_zero() {
+            return;
+        }
+        let until = start + allowed;
+        for o in pressure {
             o.wait_for_space(until).await;
         }
+        let waited = Instant::now().saturating_duration_since(start);
+        if let Some(b) = self.pushback.as_mut() {
+            b.spend(waited);
+        }
+        let stats = &self.shared.stats;
+        stats.pushback_waits.fetch_add(1, Relaxed);
+        stats
+            .pushback_wait_ms
+            .fetch_add(waited.as_millis() as u64, Relaxed);
     }
 
     /// Counts and logs a packet that ends the connection; returns the

@@ -141,6 +141,27 @@ struct InFlight {
     delivery: Delivery,
 }
 
+/// Retained messages matched at SUBSCRIBE and not yet written, each at
+/// most once (by the identity of the store's shared message).
+#[derive(Debug, Default)]
+struct Backlog {
+    queue: VecDeque<Delivery>,
+    pending: std::collections::HashSet<usize>,
+}
+
+/// The identity of a delivery's message (the retained store's pointer).
+fn key(d: &Delivery) -> usize {
+    std::sync::Arc::as_ptr(&d.msg) as usize
+}
+
+impl Backlog {
+    fn pop(&mut self) -> Option<Delivery> {
+        let d = self.queue.pop_front()?;
+        self.pending.remove(&key(&d));
+        Some(d)
+    }
+}
+
 /// A session's outbound state. See the module documentation.
 #[derive(Debug)]
 pub struct Outflow {
@@ -148,8 +169,7 @@ pub struct Outflow {
     /// and outside its limits (they are shared with the retained store).
     /// Boxed: most sessions hold none, and every idle reader pays for the
     /// empty ones.
-    #[allow(clippy::box_collection)]
-    retained: Option<Box<VecDeque<Delivery>>>,
+    retained: Option<Box<Backlog>>,
     /// Taken from the outbox, not yet written.
     taken: VecDeque<Delivery>,
     /// QoS >= 1 deliveries written and not yet acknowledged, in order.
@@ -205,14 +225,37 @@ impl Outflow {
     }
 
     /// Queues the retained messages a SUBSCRIBE matched, ahead of the live
-    /// queue.
-    pub fn push_retained(&mut self, ds: impl IntoIterator<Item = Delivery>) {
+    /// queue. A message already waiting here (the same filter subscribed
+    /// again before its retained set went out, or an overlapping one) is
+    /// not queued twice, and at most `cap` wait at once; the rest are
+    /// dropped and their number returned (the caller counts them). So
+    /// however often a client that does not read subscribes, it holds at
+    /// most one pointer per retained message.
+    pub fn push_retained(&mut self, ds: impl IntoIterator<Item = Delivery>, cap: usize) -> u64 {
         let mut ds = ds.into_iter().peekable();
-        if ds.peek().is_some() {
-            self.retained
-                .get_or_insert_with(Default::default)
-                .extend(ds);
+        if ds.peek().is_none() {
+            return 0;
         }
+        let b = self.retained.get_or_insert_with(Default::default);
+        let mut over = 0;
+        for d in ds {
+            if b.pending.contains(&key(&d)) {
+                continue;
+            }
+            if b.queue.len() >= cap {
+                over += 1;
+                continue;
+            }
+            b.pending.insert(key(&d));
+            b.queue.push_back(d);
+        }
+        over
+    }
+
+    /// Retained messages waiting to be written.
+    #[cfg(test)]
+    pub fn retained_backlog(&self) -> usize {
+        self.retained.as_ref().map_or(0, |b| b.queue.len())
     }
 
     /// QoS >= 1 deliveries written and not yet acknowledged.
@@ -226,8 +269,8 @@ impl Outflow {
     fn next_delivery(&mut self, outbox: &Outbox, room: usize) -> Option<Delivery> {
         let fits = |d: &Delivery| d.qos == 0 || room > 0;
         if let Some(retained) = &mut self.retained {
-            match retained.front() {
-                Some(d) if fits(d) => return retained.pop_front(),
+            match retained.queue.front() {
+                Some(d) if fits(d) => return retained.pop(),
                 Some(_) => return None,
                 None => self.retained = None,
             }
@@ -302,7 +345,7 @@ impl Outflow {
         if self.taken.is_empty() && self.taken.capacity() > 32 {
             self.taken = VecDeque::new();
         }
-        if self.retained.as_ref().is_some_and(|r| r.is_empty()) {
+        if self.retained.as_ref().is_some_and(|r| r.queue.is_empty()) {
             self.retained = None;
         }
         done
@@ -645,17 +688,64 @@ mod tests {
             None,
             3,
         );
-        f.push_retained([Delivery {
-            msg: retained,
-            qos: 1,
-            retain: true,
-            sub_ids: SubIds::One(4),
-        }]);
+        f.push_retained(
+            [Delivery {
+                msg: retained,
+                qos: 1,
+                retain: true,
+                sub_ids: SubIds::One(4),
+            }],
+            10,
+        );
         assert_eq!(f.fill(&o, &mut out, 1 << 16, false).sent, 1);
         assert_eq!(read_all(&mut out).0[0].0, "kept");
         f.on_puback(1);
         assert_eq!(f.fill(&o, &mut out, 1 << 16, false).sent, 1);
         assert_eq!(read_all(&mut out).0[0].0, "live");
         assert_eq!(f.clear(), 1, "one in flight, unsent for good");
+    }
+
+    #[test]
+    fn a_retained_message_waits_once_however_often_it_is_subscribed() {
+        let mut f = Outflow::default();
+        let store: Vec<Arc<Message>> = (0..5)
+            .map(|i| {
+                Message::new(
+                    Bytes::from(format!("r/{i}")),
+                    Bytes::from_static(b"x"),
+                    0,
+                    true,
+                    None,
+                    0,
+                )
+            })
+            .collect();
+        let ds = |store: &[Arc<Message>]| {
+            store
+                .iter()
+                .map(|m| Delivery {
+                    msg: m.clone(),
+                    qos: 0,
+                    retain: true,
+                    sub_ids: SubIds::One(0),
+                })
+                .collect::<Vec<_>>()
+        };
+        for _ in 0..1000 {
+            assert_eq!(f.push_retained(ds(&store), 100), 0);
+        }
+        assert_eq!(f.retained_backlog(), 5, "one pointer per retained message");
+        assert_eq!(f.push_retained(ds(&store), 3), 0, "all already waiting");
+        let o = outbox();
+        let mut out = BytesMut::new();
+        f.connected(v5(10, 0), false, &mut out);
+        assert_eq!(f.fill(&o, &mut out, 1 << 16, false).sent, 5);
+        assert_eq!(f.retained_backlog(), 0);
+        assert_eq!(
+            f.push_retained(ds(&store), 3),
+            2,
+            "sent ones may wait again, within the cap"
+        );
+        assert_eq!(f.retained_backlog(), 3);
     }
 }

@@ -5,8 +5,9 @@
 //! router, retained messages and `$SYS` served at once), UNSUBSCRIBE, PING
 //! and DISCONNECT.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -282,9 +283,16 @@ impl Session {
         Ok(())
     }
 
-    /// A SUBSCRIBE: each filter validated, checked against the ACL and the
-    /// quotas, given to the router (or served from `$SYS`), its retained
-    /// messages queued per retain handling; one SUBACK.
+    /// A SUBSCRIBE: each distinct filter validated, checked against the ACL
+    /// and the quotas, given to the router (or served from `$SYS`), its
+    /// retained messages queued per retain handling, each passing the
+    /// client's read ACL; one SUBACK with a code per filter of the packet.
+    ///
+    /// A filter repeated in one packet is handled once, with its last
+    /// options (MQTT-3.8.4-3: a repeated filter replaces the subscription),
+    /// and its code given to every copy; at most
+    /// `max_subscriptions_per_packet` distinct filters are handled, the
+    /// rest refused (0x97 / 0x80) and counted.
     fn on_subscribe(
         &mut self,
         sub: Subscribe,
@@ -293,98 +301,55 @@ impl Session {
         out: &mut BytesMut,
     ) {
         let v5 = self.version == Version::V5;
-        let limits = self.shared.cfg.topic_limits();
-        let max_subs = self.shared.cfg.limits.max_subscriptions_per_client;
+        let per_packet = self.shared.cfg.limits.max_subscriptions_per_packet;
         let sub_id = props
             .as_ref()
             .and_then(|p| p.id)
             .and_then(|i| u32::try_from(i).ok())
             .unwrap_or(0);
-        let mut codes = Vec::with_capacity(sub.filters.len());
+        // The last occurrence of each filter is the one that counts.
+        let mut last: HashMap<&str, usize> = HashMap::new();
+        for (i, f) in sub.filters.iter().enumerate() {
+            last.insert(f.path.as_str(), i);
+        }
+        let quota = if v5 {
+            SubscribeReasonCode::QuotaExceeded
+        } else {
+            SubscribeReasonCode::Failure
+        };
+        let mut codes: Vec<Option<SubscribeReasonCode>> = vec![None; sub.filters.len()];
         let mut new_sys = Vec::new();
+        let mut handled = 0usize;
         // Before the router holds the new ones (at most this many more), so
         // a publish never sees fewer subscriptions than the router holds.
         self.outbox
-            .set_subscriptions(self.subs.len() + sub.filters.len());
-        for f in sub.filters {
-            let inner = crate::auth::shared_inner(&f.path);
-            let known = self.subs.contains_key(&f.path) || self.sys_subs.contains(&f.path);
-            let code = if topic::validate_filter(inner, limits).is_err()
-                || (f.path.starts_with("$share/") && inner == f.path)
-            {
-                self.shared.stats.count(Reason::TopicLimit);
-                if v5 {
-                    SubscribeReasonCode::TopicFilterInvalid
-                } else {
-                    SubscribeReasonCode::Failure
-                }
-            } else if !policy.may_subscribe(self.who(), &f.path) {
-                self.shared.stats.count(Reason::AclSubscribe);
-                tracing::info!(client_id = %crate::stats::short(&self.client_id), user = %crate::stats::who(self.user.as_deref()), filter = %crate::stats::short(&f.path), "subscription denied");
-                // 0x80 in both versions: many v5 clients treat 0x87 here
-                // as a broken SUBACK rather than a refusal.
-                SubscribeReasonCode::Failure
-            } else if !known && self.subs.len() + self.sys_subs.len() >= max_subs {
+            .set_subscriptions(self.subs.len() + last.len().min(per_packet));
+        for (i, f) in sub.filters.iter().enumerate() {
+            if last.get(f.path.as_str()) != Some(&i) {
+                continue;
+            }
+            handled += 1;
+            codes[i] = Some(if handled > per_packet {
                 self.shared.stats.count(Reason::TooManySubscriptions);
-                if v5 {
-                    SubscribeReasonCode::QuotaExceeded
-                } else {
-                    SubscribeReasonCode::Failure
-                }
-            } else if topic::is_system_filter(&f.path) {
-                if self.sys_subs.insert(f.path.clone()) {
-                    self.shared.stats.subscriptions.fetch_add(1, Relaxed);
-                }
-                new_sys.push(f.path.clone());
-                SubscribeReasonCode::Success(QoS::AtMostOnce)
+                quota
             } else {
-                let granted = f.qos;
-                let entry = Sub {
-                    outbox: self.outbox.clone(),
-                    qos: granted as u8,
-                    no_local: v5 && f.nolocal,
-                    retain_as_published: v5 && f.preserve_retain,
-                    id: sub_id,
-                };
-                match self.shared.router.subscribe(&f.path, entry) {
-                    Err(SubscribeError::TableFull) => {
-                        self.shared.stats.count(Reason::FilterTableFull);
-                        tracing::warn!(client_id = %crate::stats::short(&self.client_id), filter = %crate::stats::short(&f.path), "filter table full (max_filters); subscription refused");
-                        if v5 {
-                            SubscribeReasonCode::QuotaExceeded
-                        } else {
-                            SubscribeReasonCode::Failure
-                        }
-                    }
-                    Ok(retained) => {
-                        if self.subs.insert(f.path.clone(), granted).is_none() {
-                            self.shared.stats.subscriptions.fetch_add(1, Relaxed);
-                        }
-                        let send_retained = match f.retain_forward_rule {
-                            RetainForwardRule::OnEverySubscribe => true,
-                            RetainForwardRule::OnNewSubscribe => !known,
-                            RetainForwardRule::Never => false,
-                        };
-                        if send_retained || !v5 {
-                            self.outflow
-                                .push_retained(retained.into_iter().map(|msg| Delivery {
-                                    qos: msg.qos.min(granted as u8),
-                                    msg,
-                                    retain: true,
-                                    sub_ids: SubIds::One(sub_id),
-                                }));
-                        }
-                        SubscribeReasonCode::Success(granted)
-                    }
-                }
-            };
-            codes.push(code);
+                self.subscribe_one(f, sub_id, policy, &mut new_sys)
+            });
         }
+        if handled > per_packet {
+            tracing::info!(client_id = %crate::stats::short(&self.client_id), filters = handled, max_subscriptions_per_packet = per_packet, "SUBSCRIBE with too many distinct filters; the rest refused");
+        }
+        let return_codes = sub
+            .filters
+            .iter()
+            .zip(&codes)
+            .map(|(f, c)| c.unwrap_or_else(|| codes[last[f.path.as_str()]].unwrap_or(quota)))
+            .collect();
         self.send(
             Packet::SubAck(
                 SubAck {
                     pkid: sub.pkid,
-                    return_codes: codes,
+                    return_codes,
                 },
                 None,
             ),
@@ -396,6 +361,124 @@ impl Session {
             let only: HashSet<String> = new_sys.into_iter().collect();
             self.deliver_sys_filtered(&snapshot, true, out, &only);
         }
+    }
+
+    /// One filter of a SUBSCRIBE (see [`Session::on_subscribe`]).
+    fn subscribe_one(
+        &mut self,
+        f: &rumqttd::protocol::Filter,
+        sub_id: u32,
+        policy: &Policy,
+        new_sys: &mut Vec<String>,
+    ) -> SubscribeReasonCode {
+        let v5 = self.version == Version::V5;
+        let limits = self.shared.cfg.topic_limits();
+        let max_subs = self.shared.cfg.limits.max_subscriptions_per_client;
+        let inner = crate::auth::shared_inner(&f.path);
+        let known = self.subs.contains_key(&f.path) || self.sys_subs.contains(&f.path);
+        let quota = if v5 {
+            SubscribeReasonCode::QuotaExceeded
+        } else {
+            SubscribeReasonCode::Failure
+        };
+        if topic::validate_filter(inner, limits).is_err()
+            || (f.path.starts_with("$share/") && inner == f.path)
+        {
+            self.shared.stats.count(Reason::TopicLimit);
+            return if v5 {
+                SubscribeReasonCode::TopicFilterInvalid
+            } else {
+                SubscribeReasonCode::Failure
+            };
+        }
+        if !policy.may_subscribe(self.who(), &f.path) {
+            self.shared.stats.count(Reason::AclSubscribe);
+            tracing::info!(client_id = %crate::stats::short(&self.client_id), user = %crate::stats::who(self.user.as_deref()), filter = %crate::stats::short(&f.path), "subscription denied");
+            // 0x80 in both versions: many v5 clients treat 0x87 here
+            // as a broken SUBACK rather than a refusal.
+            return SubscribeReasonCode::Failure;
+        }
+        if !known && self.subs.len() + self.sys_subs.len() >= max_subs {
+            self.shared.stats.count(Reason::TooManySubscriptions);
+            return quota;
+        }
+        if topic::is_system_filter(&f.path) {
+            if self.sys_subs.insert(f.path.clone()) {
+                self.shared.stats.subscriptions.fetch_add(1, Relaxed);
+            }
+            new_sys.push(f.path.clone());
+            return SubscribeReasonCode::Success(QoS::AtMostOnce);
+        }
+        let granted = f.qos;
+        let entry = Sub {
+            outbox: self.outbox.clone(),
+            qos: granted as u8,
+            no_local: v5 && f.nolocal,
+            retain_as_published: v5 && f.preserve_retain,
+            id: sub_id,
+        };
+        match self
+            .shared
+            .router
+            .subscribe(&f.path, entry, self.user.as_deref())
+        {
+            Err(SubscribeError::TableFull) => {
+                self.shared.stats.count(Reason::FilterTableFull);
+                tracing::warn!(client_id = %crate::stats::short(&self.client_id), filter = %crate::stats::short(&f.path), "filter table full (max_filters); subscription refused");
+                quota
+            }
+            Err(SubscribeError::GroupOfAnotherUser) => {
+                self.shared.stats.count(Reason::ShareOtherUser);
+                tracing::warn!(client_id = %crate::stats::short(&self.client_id), user = %crate::stats::who(self.user.as_deref()), filter = %crate::stats::short(&f.path), "shared subscription group of another user; refused");
+                SubscribeReasonCode::Failure
+            }
+            Ok(()) => {
+                if self.subs.insert(f.path.clone(), granted).is_none() {
+                    self.shared.stats.subscriptions.fetch_add(1, Relaxed);
+                }
+                let send_retained = match f.retain_forward_rule {
+                    RetainForwardRule::OnEverySubscribe => true,
+                    RetainForwardRule::OnNewSubscribe => !known,
+                    RetainForwardRule::Never => false,
+                };
+                if send_retained || !v5 {
+                    self.queue_retained(&f.path, granted as u8, sub_id, policy);
+                }
+                SubscribeReasonCode::Success(granted)
+            }
+        }
+    }
+
+    /// Queues the retained messages `filter` matches that this client may
+    /// read (the ACL applies to retained messages as to live ones), each
+    /// at most once while it waits (see [`super::flight::Outflow::push_retained`]).
+    fn queue_retained(&mut self, filter: &str, granted: u8, sub_id: u32, policy: &Policy) {
+        let retained = self.shared.router.retained_for(filter);
+        if retained.is_empty() {
+            return;
+        }
+        let all = policy.reads_everything(self.who());
+        let mut denied = 0;
+        let readable: Vec<Arc<Message>> = retained
+            .into_iter()
+            .filter(|m| {
+                let ok = all || policy.may_read(self.who(), m.topic_str());
+                denied += u64::from(!ok);
+                ok
+            })
+            .collect();
+        self.shared.stats.count_n(Reason::AclRead, denied);
+        let cap = self.shared.cfg.limits.max_retained_messages;
+        let over = self.outflow.push_retained(
+            readable.into_iter().map(|msg| Delivery {
+                qos: msg.qos.min(granted),
+                msg,
+                retain: true,
+                sub_ids: SubIds::One(sub_id),
+            }),
+            cap,
+        );
+        self.shared.stats.count_n(Reason::QueueFull, over);
     }
 
     /// An UNSUBSCRIBE: the router forgets the filters; one UNSUBACK.
@@ -448,6 +531,13 @@ impl Session {
         out: &mut BytesMut,
         filters: &HashSet<String>,
     ) {
+        // A client that does not read gets no more: its unread output stays
+        // under the pending-write cap however many `$SYS` updates or
+        // `$SYS` SUBSCRIBEs there are.
+        if out.len() >= super::connection::MAX_PENDING_WRITE {
+            self.shared.stats.count(Reason::SysBacklog);
+            return;
+        }
         for (t, v) in snapshot.iter() {
             if filters.iter().any(|f| topic::matches(t, f)) {
                 let p = Publish::new(Bytes::from(t.clone()), v.clone(), retain);

@@ -20,6 +20,7 @@
 mod connection;
 mod flight;
 mod inbound;
+mod pushback;
 pub(crate) mod registry;
 
 use std::collections::{HashMap, HashSet};
@@ -76,8 +77,12 @@ struct Session {
     expiry: Option<Duration>,
     will: Option<Arc<Message>>,
     will_delay: Duration,
-    /// Fast readers' queues this publisher must wait for before reading on.
+    /// Fast readers' queues this publisher must wait for before reading on
+    /// (only readers in `pushback_users` are ever put here).
     pressure: Vec<Arc<Outbox>>,
+    /// What this publisher may still wait for them; boxed: allocated the
+    /// first time a reader pushes back, which most sessions never see.
+    pushback: Option<Box<pushback::PushbackBudget>>,
     /// This anonymous session holds one of the persistent-session slots.
     anonymous_slot: bool,
     denied_logged: u64,
@@ -170,6 +175,7 @@ pub(crate) async fn run(first: Box<Pending>, mailbox: Arc<Mailbox>, gen: u64, sh
         will: None,
         will_delay: Duration::ZERO,
         pressure: Vec::new(),
+        pushback: None,
         anonymous_slot: false,
         denied_logged: 0,
         expiry_was_zero: true,
@@ -209,6 +215,9 @@ pub(crate) async fn run(first: Box<Pending>, mailbox: Arc<Mailbox>, gen: u64, sh
             }
         };
         if !s.resumed_by(&next) {
+            if next.user.is_some() && s.user.is_none() {
+                s.shared.stats.count(Reason::IdTakenBack);
+            }
             break Some(next);
         }
         conn = next;
@@ -221,8 +230,13 @@ pub(crate) async fn run(first: Box<Pending>, mailbox: Arc<Mailbox>, gen: u64, sh
 impl Session {
     /// Whether `next` (same client id) goes on with this session rather
     /// than starting a fresh one.
+    /// Only the session's own user resumes it: a logged-in user taking an
+    /// id back from an anonymous client starts afresh.
     fn resumed_by(&self, next: &Pending) -> bool {
-        !next.info.clean_start && self.expiry.is_some() && next.info.version == self.version
+        !next.info.clean_start
+            && self.expiry.is_some()
+            && next.info.version == self.version
+            && next.user == self.user
     }
 
     fn who(&self) -> Who<'_> {
@@ -289,6 +303,8 @@ impl Session {
             client_id: self.client_id.clone(),
             user: self.user.clone(),
             reads_everything: policy.reads_everything(self.who()),
+            policy_gen: policy.generation(),
+            holds_publishers: self.shared.cfg.may_push_back(self.user.as_deref()),
         });
     }
 

@@ -60,8 +60,9 @@ impl Registry {
     /// Whether a connection by `user` may take over the session of `id`: an
     /// error when another user owns it (an anonymous client must not knock a
     /// bridge off), or when the id changed hands too often lately (two
-    /// clients fighting over one id). Otherwise the id's takeover window,
-    /// counted.
+    /// clients fighting over one id). A logged-in user may always take an
+    /// id back from an anonymous client. Otherwise the id's takeover
+    /// window, counted.
     pub(crate) fn takeover_check(
         &self,
         id: &str,
@@ -73,6 +74,14 @@ impl Registry {
             return Ok((now, 0));
         };
         if e.user.as_deref() != user {
+            // A logged-in user takes an id back from an anonymous client
+            // (a squatter on a bridge's id): always, never rate-limited,
+            // and the anonymous session is not resumed by it.
+            if e.user.is_none() && user.is_some() {
+                return Ok((now, 0)).inspect(|_| {
+                    tracing::warn!(client_id = %crate::stats::short(id), user = %crate::stats::who(user), "client id taken back from an anonymous client");
+                });
+            }
             return Err(Reason::TakeoverOtherUser);
         }
         if now.duration_since(e.takeovers.0) > TAKEOVER_WINDOW {
