@@ -5,7 +5,8 @@
 //!   QoS 0 and QoS 1;
 //! - a slow QoS 1 reader with a small queue loses messages only by its
 //!   queue policy, each one counted (`queue_full`), while a fast reader of
-//!   the same stream gets every message;
+//!   the same stream that may hold the publisher (`--pushback-user`) gets
+//!   every message;
 //! - every retained message matching a new subscription is delivered, far
 //!   beyond what fits in one write.
 //!
@@ -17,6 +18,7 @@ use firehose_testkit::*;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 const PUB: (&str, &str) = ("bridge", "s3cret");
+const MIRROR: (&str, &str) = ("edge", "m1rror");
 const DEADLINE: Duration = Duration::from_secs(90);
 
 fn qos(n: u8) -> QoS {
@@ -42,7 +44,23 @@ async fn subscriber(
     q: u8,
     want: u64,
 ) -> tokio::task::JoinHandle<u64> {
-    let (c, mut ev) = AsyncClient::new(options(b, id), 1000);
+    subscriber_as(b, id, None, filter, q, want).await
+}
+
+/// [`subscriber`] logged in as `login`.
+async fn subscriber_as(
+    b: &BrokerProc,
+    id: &str,
+    login: Option<(&str, &str)>,
+    filter: &str,
+    q: u8,
+    want: u64,
+) -> tokio::task::JoinHandle<u64> {
+    let mut o = options(b, id);
+    if let Some((u, p)) = login {
+        o.set_credentials(u, p);
+    }
+    let (c, mut ev) = AsyncClient::new(o, 1000);
     c.subscribe(filter, qos(q)).await.unwrap();
     // Wait for the SUBACK before anyone publishes.
     let until = Instant::now() + DEADLINE;
@@ -157,7 +175,21 @@ async fn ten_to_one_at_full_speed_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_reader_drops_are_counted_per_message_while_a_fast_reader_gets_all() {
     let d = tempfile::tempdir().unwrap();
-    let b = BrokerProc::with_users(d.path(), &[PUB], &["--max-queued-messages", "200"]);
+    // The fast reader is one the operator lets hold the publisher (as a
+    // mirror edge would be), with no budget: it keeps up with a publisher
+    // at full speed; the slow one never holds it.
+    let b = BrokerProc::with_users(
+        d.path(),
+        &[PUB, MIRROR],
+        &[
+            "--max-queued-messages",
+            "200",
+            "--pushback-user",
+            MIRROR.0,
+            "--pushback-budget-ms",
+            "1000",
+        ],
+    );
     const N: u64 = 3_000;
     // The slow reader subscribes at QoS 1 and reads nothing until the end:
     // 20 messages in flight (max_inflight_messages), 200 queued, the rest
@@ -165,7 +197,7 @@ async fn slow_reader_drops_are_counted_per_message_while_a_fast_reader_gets_all(
     let (mut slow, _) = Raw::connect(b.mqtt(), 4, "slow", None);
     slow.send(&subscribe(4, 1, "load/#", 1));
     assert_eq!(slow.read().expect("SUBACK").0, 0x90);
-    let fast = subscriber(&b, "fast", "load/#", 1, N).await;
+    let fast = subscriber_as(&b, "fast", Some(MIRROR), "load/#", 1, N).await;
     publish_load(&b, 1, N, 1, 512).await;
     assert_eq!(fast.await.unwrap(), N, "the fast reader gets every message");
     let dropped = b.dropped("queue_full");

@@ -163,6 +163,9 @@ pub fn publish(level: u8, topic: &[u8], payload: &[u8], qos: u8, pkid: u16) -> V
 pub struct Raw {
     pub s: TcpStream,
     buf: Vec<u8>,
+    /// Why the last [`Raw::read`] gave `None`: closed, timed out, or the
+    /// error, for the message of whoever waited.
+    pub ended: String,
 }
 
 impl Raw {
@@ -174,7 +177,11 @@ impl Raw {
 
     /// Wraps a connected socket.
     pub fn from_stream(s: TcpStream) -> Raw {
-        Raw { s, buf: Vec::new() }
+        Raw {
+            s,
+            buf: Vec::new(),
+            ended: String::new(),
+        }
     }
 
     /// Connects and returns the CONNACK (byte1, body).
@@ -227,9 +234,37 @@ impl Raw {
             }
             let mut tmp = [0u8; 4096];
             match self.s.read(&mut tmp) {
-                Ok(0) | Err(_) => return None,
+                Ok(0) => {
+                    self.ended = "the broker closed the connection".into();
+                    return None;
+                }
+                // A signal interrupted the call: nothing happened, read on.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    let limit = self.s.read_timeout().ok().flatten().unwrap_or_default();
+                    self.ended = format!("nothing arrived for {limit:?} (read timeout)");
+                    return None;
+                }
+                Err(e) => {
+                    self.ended = format!("read failed: {e}");
+                    return None;
+                }
                 Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
             }
+        }
+    }
+
+    /// The next packet, or a panic naming `what` was awaited and why it
+    /// did not come (closed, timed out, the error).
+    pub fn expect(&mut self, what: &str) -> (u8, Vec<u8>) {
+        match self.read() {
+            Some(p) => p,
+            None => panic!("waiting for {what}: {}", self.ended),
         }
     }
 

@@ -354,9 +354,7 @@ fn wait_status(b: &BrokerProc, state: &str) -> serde_json::Value {
         0,
     ));
     loop {
-        let (t, body) = r
-            .read()
-            .unwrap_or_else(|| panic!("status never became {state}"));
+        let (t, body) = r.expect(&format!("the retained status to become {state}"));
         if t & 0xf0 != 0x30 {
             continue;
         }

@@ -52,6 +52,11 @@ pub struct PublishArgs {
     /// Most bytes the spool holds before dropping the oldest events.
     #[arg(long, value_name = "BYTES")]
     pub spool_max_bytes: Option<usize>,
+    /// Milliseconds between fsyncs of the spool (a machine crash loses at
+    /// most this much of what the broker had not acknowledged); 0: only at
+    /// exit [default: 1000].
+    #[arg(long, value_name = "MS")]
+    pub spool_fsync: Option<u64>,
     /// Serve Prometheus metrics on http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -84,6 +89,8 @@ pub struct PublishConfig {
     pub payload: PayloadMode,
     pub spool: Option<PathBuf>,
     pub spool_max_bytes: usize,
+    /// Milliseconds between spool fsyncs; 0: only at exit.
+    pub spool_fsync_ms: u64,
     pub metrics: Option<SocketAddr>,
     pub instance: Option<String>,
     pub dead_letter: Option<PathBuf>,
@@ -110,6 +117,7 @@ impl Default for PublishConfig {
             payload: PayloadMode::Cloudevents,
             spool: None,
             spool_max_bytes: 64 * 1024 * 1024,
+            spool_fsync_ms: 1000,
             metrics: None,
             instance: None,
             dead_letter: None,
@@ -194,6 +202,7 @@ impl PublishConfig {
         set(&mut self.payload, &a.payload);
         set_opt(&mut self.spool, &a.spool);
         set(&mut self.spool_max_bytes, &a.spool_max_bytes);
+        set(&mut self.spool_fsync_ms, &a.spool_fsync);
         set_opt(&mut self.metrics, &a.metrics);
         set_opt(&mut self.instance, &a.instance);
         set_opt(&mut self.dead_letter, &a.dead_letter);
@@ -259,6 +268,8 @@ impl PublishConfig {
             payload: self.payload,
             spool: self.spool.clone(),
             spool_max_bytes: self.spool_max_bytes.max(1024),
+            spool_fsync: (self.spool_fsync_ms > 0)
+                .then(|| std::time::Duration::from_millis(self.spool_fsync_ms)),
             metrics: self.metrics,
             dead_letter,
             keep_alive: std::time::Duration::from_secs(self.keep_alive_secs.clamp(5, 3600)),
@@ -282,6 +293,8 @@ pub struct Publish {
     pub payload: PayloadMode,
     pub spool: Option<PathBuf>,
     pub spool_max_bytes: usize,
+    /// How often the spool is fsynced (`None`: only at exit).
+    pub spool_fsync: Option<std::time::Duration>,
     pub metrics: Option<SocketAddr>,
     pub dead_letter: PathBuf,
     pub keep_alive: std::time::Duration,

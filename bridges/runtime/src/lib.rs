@@ -42,6 +42,7 @@ pub mod ack;
 pub mod cli;
 pub mod config;
 pub mod deadletter;
+mod ledger;
 pub mod lines;
 pub mod metrics;
 pub mod mqtt;

@@ -57,6 +57,15 @@ impl Scheme {
     }
 }
 
+/// Why a PUBLISH could not be encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("topic of {0} bytes is longer than MQTT allows (65,535)")]
+    TopicTooLong(usize),
+    #[error("the packet codec refused it: {0}")]
+    Codec(String),
+}
+
 /// Connection and URL errors, each naming what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
@@ -435,6 +444,7 @@ impl Connection {
     }
 
     /// Encodes a PUBLISH (QoS 1 with `pkid`, or QoS 0 when `pkid` is 0).
+    /// Nothing is written to `out` when it cannot be encoded.
     pub fn encode_publish(
         &self,
         topic: &str,
@@ -442,15 +452,18 @@ impl Connection {
         retain: bool,
         pkid: u16,
         out: &mut BytesMut,
-    ) {
+    ) -> Result<(), EncodeError> {
+        // MQTT strings carry a 16-bit length: a longer topic would be cut.
+        if topic.len() > u16::MAX as usize {
+            return Err(EncodeError::TopicTooLong(topic.len()));
+        }
+        let start = out.len();
         let qos = if pkid == 0 {
             QoS::AtMostOnce
         } else {
             QoS::AtLeastOnce
         };
-        // Encoding into a BytesMut cannot fail for a topic under 64 KiB,
-        // which every bridge topic is.
-        match self.version {
+        let written = match self.version {
             Version::V5 => {
                 let qos = if pkid == 0 {
                     QoS5::AtMostOnce
@@ -460,15 +473,19 @@ impl Connection {
                 let mut p = v5::Publish::new(topic, qos, payload, None);
                 p.retain = retain;
                 p.pkid = pkid;
-                let _ = p.write(out);
+                p.write(out).map(drop).map_err(|e| format!("{e:?}"))
             }
             Version::V311 => {
                 let mut p = v4::Publish::from_bytes(topic, qos, payload);
                 p.retain = retain;
                 p.pkid = pkid;
-                let _ = p.write(out);
+                p.write(out).map(drop).map_err(|e| format!("{e:?}"))
             }
-        }
+        };
+        written.map_err(|e| {
+            out.truncate(start);
+            EncodeError::Codec(e)
+        })
     }
 
     /// Encodes a PINGREQ.

@@ -16,7 +16,6 @@
 //! spool keeps filling (up to its cap). The bridge's status is a retained
 //! message, with a retained last will saying "down".
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,9 +25,9 @@ use firehose::status::{State, Status};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::ack::Finalizer;
 use crate::config::Publish;
 use crate::deadletter::DeadLetters;
+use crate::ledger::{Ledger, Sent};
 use crate::mqtt::{reason_name, ConnectOptions, Connection, Incoming, MqttError};
 use crate::source::{drive, Event, Source, SourceContext, SourceError, Upstream, Upstreams};
 use crate::spool::{Record, Spool, SpoolError};
@@ -50,6 +49,8 @@ pub enum RuntimeError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("--print: cannot write to stdout")]
+    Print(#[source] std::io::Error),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
     #[error("source {name}: {error}")]
@@ -162,8 +163,9 @@ impl Bridge {
         if let Some(format) = self.print {
             let tasks = start_sources();
             spawn_signals(stop_tx.clone()).map_err(RuntimeError::Signal)?;
-            print_events(format, rx, &stop_tx).await;
-            return join_sources(tasks).await;
+            let printed = print_events(format, rx, &stop_tx).await;
+            let joined = join_sources(tasks).await;
+            return printed.and(joined);
         }
         let (spool, recovered) = match &self.cfg.spool {
             Some(dir) => {
@@ -176,6 +178,9 @@ impl Bridge {
             tracing::info!(spool = %self.cfg.spool.as_deref().unwrap_or_else(|| std::path::Path::new("")).display(), recovered = r.events, corrupt = r.corrupt, "spool opened");
         }
         self.stats.pending.store(spool.len() as i64, Relaxed);
+        if let (Some(syncer), Some(every)) = (spool.syncer(), self.cfg.spool_fsync) {
+            tokio::spawn(sync_spool(syncer, every));
+        }
         if let Some(addr) = self.cfg.metrics {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -200,12 +205,10 @@ impl Bridge {
             spool,
             rx,
             rx_open: true,
-            finalizers: HashMap::new(),
-            inflight: HashMap::new(),
+            ledger: Ledger::new(),
             refusals: None,
             status_dirty: false,
             dead_letters: dead_letters_rt,
-            next_pkid: 1,
             stopping: stop_tx.subscribe(),
             upstream: upstream_rx,
             status_topic,
@@ -221,7 +224,7 @@ impl Bridge {
         p.spool.sync()?;
         // Whatever is still unacknowledged fails its batch now, so sources
         // leave it upstream.
-        p.finalizers.clear();
+        p.ledger.fail_all();
         if let Some(why) = p.refused.take() {
             let _ = stop_tx.send(true);
             let _ = join_sources(tasks).await;
@@ -276,18 +279,47 @@ async fn print_events(
     format: PrintFormat,
     mut rx: mpsc::Receiver<Event>,
     stop_tx: &watch::Sender<bool>,
-) {
+) -> Result<(), RuntimeError> {
     let mut stopping = stop_tx.subscribe();
-    loop {
+    let stdout = std::io::stdout();
+    let result = loop {
         tokio::select! {
             ev = rx.recv() => match ev {
-                Some(ev) => crate::print::event(format, ev),
-                None => break,
+                Some(ev) => {
+                    if let Err(e) = crate::print::event(format, ev, &mut stdout.lock()) {
+                        tracing::error!(error = %e, "cannot write to stdout; stopping (what was not printed stays upstream)");
+                        break Err(RuntimeError::Print(e));
+                    }
+                }
+                None => break Ok(()),
             },
-            _ = stopping.changed() => break,
+            _ = stopping.changed() => break Ok(()),
+        }
+    };
+    let _ = stop_tx.send(true);
+    // Events already queued fail their batches with the queue.
+    drop(rx);
+    result
+}
+
+/// fsyncs the spool's current segment every `every` (`--spool-fsync`),
+/// off the runtime's loop, so a machine crash loses at most that much of
+/// what the broker had not acknowledged.
+async fn sync_spool(syncer: crate::spool::Syncer, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures = 0u64;
+    loop {
+        tick.tick().await;
+        let s = syncer.clone();
+        let r = tokio::task::spawn_blocking(move || s.sync()).await;
+        if let Ok(Err(e)) = r {
+            failures += 1;
+            if failures.is_power_of_two() {
+                tracing::error!(error = %e, failures, "spool fsync failed");
+            }
         }
     }
-    let _ = stop_tx.send(true);
 }
 
 /// Sleeps until `at`, or forever when there is no deadline.
@@ -313,30 +345,20 @@ fn spawn_signals(stop: Arc<watch::Sender<bool>>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A publish waiting for its PUBACK: enough to dead-letter it if refused.
-struct Sent {
-    seq: u64,
-    topic: String,
-    payload: bytes::Bytes,
-}
-
 struct Publisher {
     cfg: Publish,
     stats: Arc<Stats>,
     spool: Spool,
     rx: mpsc::Receiver<Event>,
     rx_open: bool,
-    /// Spool seq -> the finalizer its PUBACK settles.
-    finalizers: HashMap<u64, Finalizer>,
-    /// pkid -> what was sent (seq 0 for our own status messages).
-    inflight: HashMap<u16, Sent>,
+    /// Packet ids in flight and the finalizers their PUBACKs settle.
+    ledger: Ledger,
     /// Publishes the broker refused (MQTT 5 reason >= 0x80) and the last
     /// one's reason: the status says "degraded" with it.
     refusals: Option<(u64, String)>,
     /// The status message must be published again (state changed).
     status_dirty: bool,
     dead_letters: DeadLetters,
-    next_pkid: u16,
     stopping: watch::Receiver<bool>,
     upstream: watch::Receiver<Upstream>,
     status_topic: String,
@@ -398,6 +420,28 @@ impl Publisher {
 
     /// Takes an event from the source into the spool.
     fn accept(&mut self, ev: Event) {
+        if ev.topic.len() > u16::MAX as usize {
+            // No MQTT packet (nor spool record) can carry it: refused here,
+            // dead-lettered whole, its batch rejected.
+            let n = self.stats.malformed.fetch_add(1, Relaxed) + 1;
+            let reason = format!(
+                "topic of {} bytes is longer than MQTT allows (65,535)",
+                ev.topic.len()
+            );
+            if let Err(e) =
+                self.dead_letters
+                    .write("runtime", &reason, &ev.payload, ev.payload.len())
+            {
+                tracing::error!(error = %e, "cannot write the dead-letter file");
+            }
+            if n.is_power_of_two() {
+                tracing::error!(topic = %ev.topic.get(..120).unwrap_or(""), %reason, malformed_total = n, "event refused; dead-lettered");
+            }
+            if let Some(f) = ev.finalizer {
+                f.rejected();
+            }
+            return;
+        }
         let rec = Record {
             topic: ev.topic,
             payload: ev.payload,
@@ -405,7 +449,7 @@ impl Publisher {
         };
         let pushed = self.spool.push(rec);
         if let Some(f) = ev.finalizer {
-            self.finalizers.insert(pushed.seq, f);
+            self.ledger.track(pushed.seq, f);
         }
         if let Some(e) = pushed.disk_error {
             // The disk failed: keep going in memory, loudly.
@@ -416,7 +460,7 @@ impl Publisher {
             self.dropped_logged += pushed.dropped as u64;
             let oldest = self.spool.oldest();
             // Dropped events fail their batches: the upstream keeps them.
-            self.finalizers.retain(|s, _| *s >= oldest);
+            self.ledger.dropped_before(oldest);
             if self.dropped_logged.is_power_of_two() || pushed.dropped > 1 {
                 tracing::warn!(
                     dropped_total = self.stats.dropped.load(Relaxed),
@@ -458,16 +502,6 @@ impl Publisher {
         }
     }
 
-    fn alloc_pkid(&mut self) -> u16 {
-        loop {
-            let p = self.next_pkid;
-            self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
-            if !self.inflight.contains_key(&p) {
-                return p;
-            }
-        }
-    }
-
     /// Encodes a PUBLISH for `conn`: QoS 1 (events unless `--qos 0`, and
     /// our status messages, `seq` 0) with one of our packet ids, or QoS 0
     /// (acked at once).
@@ -497,18 +531,28 @@ impl Publisher {
                 return None;
             }
         }
-        let pkid = if qos1 { self.alloc_pkid() } else { 0 };
-        conn.encode_publish(topic, payload.clone(), retain, pkid, out);
-        if qos1 {
-            self.inflight.insert(
-                pkid,
-                Sent {
-                    seq,
-                    topic: topic.to_owned(),
-                    payload,
-                },
-            );
+        let pkid = if qos1 {
+            let sent = Sent {
+                seq,
+                topic: topic.to_owned(),
+                payload: payload.clone(),
+            };
+            // The window is below 65,535; this is only a guard.
+            self.ledger.send(sent)?
         } else {
+            0
+        };
+        if let Err(e) = conn.encode_publish(topic, payload.clone(), retain, pkid, out) {
+            // Not written: not in flight, and never will be (the same bytes
+            // would fail again). Dead-lettered like a refusal.
+            self.ledger.unsend(pkid);
+            tracing::error!(%topic, error = %e, "cannot encode the PUBLISH");
+            if seq != 0 {
+                self.refused(seq, topic, &payload, 0x99, Some(e.to_string()));
+            }
+            return None;
+        }
+        if !qos1 {
             self.acked(seq);
         }
         qos1.then_some(pkid)
@@ -516,7 +560,7 @@ impl Publisher {
 
     /// What a PUBACK says about a publish we sent.
     fn puback(&mut self, pkid: u16, reason: u8, why: Option<String>) -> Option<u64> {
-        let sent = self.inflight.remove(&pkid)?;
+        let sent = self.ledger.puback(pkid)?;
         if reason < 0x80 {
             self.acked(sent.seq);
         } else if sent.seq == 0 {
@@ -553,9 +597,7 @@ impl Publisher {
         if n <= 10 || n.is_power_of_two() {
             tracing::error!(%topic, code, reason = reason_name(code), rejected_total = n, dead_letter = %self.dead_letters.path().display(), "the broker refused an event; dead-lettered (check the broker's ACL for this user)");
         }
-        if let Some(f) = self.finalizers.remove(&seq) {
-            f.rejected();
-        }
+        self.ledger.rejected(seq);
         self.refusals = Some((n, reason));
         self.status_dirty = true;
     }
@@ -568,9 +610,7 @@ impl Publisher {
         self.spool.ack(seq);
         self.stats.published.fetch_add(1, Relaxed);
         self.stats.pending.store(self.spool.len() as i64, Relaxed);
-        if let Some(f) = self.finalizers.remove(&seq) {
-            f.delivered();
-        }
+        self.ledger.delivered(seq);
     }
 
     async fn run(&mut self) {
@@ -651,12 +691,13 @@ impl Publisher {
     /// Publishes until the connection drops or the work is done.
     async fn connected(&mut self, mut conn: Connection) -> Ended {
         self.spool.rewind();
-        self.inflight.clear();
+        self.ledger.reconnected();
         // The broker's Receive Maximum (MQTT 5) bounds what is in flight.
         let window = match conn.receive_max {
             Some(r) => self.cfg.max_inflight.min(r.max(1) as usize),
             None => self.cfg.max_inflight,
-        };
+        }
+        .min(crate::ledger::MAX_IN_FLIGHT);
         let mut out = BytesMut::new();
         let topic = self.status_topic.clone();
         let status = self.status(State::Up);
@@ -670,7 +711,7 @@ impl Publisher {
         let mut upstream = self.upstream.clone();
         loop {
             // Fill the in-flight window.
-            while self.inflight.len() < window {
+            while self.ledger.in_flight() < window {
                 let Some((seq, rec)) = self.spool.next_unsent() else {
                     break;
                 };

@@ -19,6 +19,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use std::sync::{Arc, Mutex};
+
 use bytes::Bytes;
 
 /// One event ready to publish.
@@ -35,13 +37,17 @@ impl Record {
     }
 }
 
-/// Spool errors: the disk failed us.
+/// Spool errors: the disk failed us, or the directory is taken.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
     #[error("spool directory {path}: {source}")]
     Dir { path: PathBuf, source: io::Error },
     #[error("spool file {path}: {source}")]
     File { path: PathBuf, source: io::Error },
+    #[error("spool directory {path} is in use by another process{}; give each bridge its own --spool", holder.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    Locked { path: PathBuf, holder: Option<u32> },
+    #[error("topic of {0} bytes is longer than a spool record (and MQTT) allows (65,535)")]
+    TopicTooLong(usize),
 }
 
 /// What `open` found on disk.
@@ -84,6 +90,10 @@ pub struct Spool {
 
 struct Disk {
     dir: PathBuf,
+    /// `DIR/lock`, locked while this spool is open: one bridge per spool.
+    _lock: File,
+    /// The segment being appended to, for the periodic fsync ([`Syncer`]).
+    current: Arc<Mutex<Option<File>>>,
     /// First seq of each segment file -> path.
     segments: BTreeMap<u64, PathBuf>,
     writer: Option<(BufWriter<File>, u64)>,
@@ -112,6 +122,7 @@ impl Spool {
             source,
         };
         fs::create_dir_all(dir).map_err(derr)?;
+        let lock = lock_dir(dir)?;
         let watermark: u64 = match fs::read_to_string(dir.join("acked")) {
             Ok(s) => s.trim().parse().unwrap_or(0),
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
@@ -153,6 +164,8 @@ impl Spool {
         spool.send_from = spool.records.front().map_or(spool.next_seq, |r| r.0);
         spool.disk = Some(Disk {
             dir: dir.to_owned(),
+            _lock: lock,
+            current: Arc::new(Mutex::new(None)),
             segments,
             writer: None,
             saved_watermark: watermark,
@@ -167,6 +180,8 @@ impl Spool {
         let seq = self.next_seq;
         self.next_seq += 1;
         // A disk that fails does not lose the event: it stays in memory.
+        // (The runtime refuses topics over 65,535 bytes before they get
+        // here; `append` refuses them too rather than write a bad record.)
         let disk_error = self.disk.as_mut().and_then(|d| d.append(seq, &r).err());
         self.bytes += r.size();
         self.records.push_back((seq, r));
@@ -320,13 +335,23 @@ impl Spool {
 
 impl Disk {
     fn append(&mut self, seq: u64, r: &Record) -> Result<(), SpoolError> {
+        if r.topic.len() > u16::MAX as usize {
+            return Err(SpoolError::TopicTooLong(r.topic.len()));
+        }
         if self
             .writer
             .as_ref()
             .map_or(true, |(_, n)| *n >= SEGMENT_BYTES)
         {
             if let Some((mut w, _)) = self.writer.take() {
-                let _ = w.flush();
+                // The finished segment is complete on disk before the next
+                // starts: a failure here is a disk error like any other.
+                w.flush()
+                    .and_then(|()| w.get_ref().sync_data())
+                    .map_err(|source| SpoolError::File {
+                        path: self.dir.clone(),
+                        source,
+                    })?;
             }
             let path = self.dir.join(format!("{seq:020}.spool"));
             let f = OpenOptions::new()
@@ -338,6 +363,7 @@ impl Disk {
                     source,
                 })?;
             self.segments.insert(seq, path);
+            *self.current.lock().unwrap_or_else(|e| e.into_inner()) = f.try_clone().ok();
             self.writer = Some((BufWriter::new(f), 0));
         }
         let body = encode_body(seq, r);
@@ -362,10 +388,77 @@ fn encode_body(seq: u64, r: &Record) -> Vec<u8> {
     let mut b = Vec::with_capacity(11 + r.topic.len() + r.payload.len());
     b.extend_from_slice(&seq.to_be_bytes());
     b.push(r.retain as u8);
-    b.extend_from_slice(&(r.topic.len().min(u16::MAX as usize) as u16).to_be_bytes());
+    // `append` refused topics over 65,535 bytes: the length fits.
+    b.extend_from_slice(&(r.topic.len() as u16).to_be_bytes());
     b.extend_from_slice(r.topic.as_bytes());
     b.extend_from_slice(&r.payload);
     b
+}
+
+/// Locks `DIR/lock` (and writes our pid in it), or says who holds it.
+fn lock_dir(dir: &Path) -> Result<File, SpoolError> {
+    let path = dir.join("lock");
+    let ferr = |source| SpoolError::File {
+        path: path.clone(),
+        source,
+    };
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(ferr)?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = f.read_to_string(&mut text);
+            return Err(SpoolError::Locked {
+                path: dir.to_owned(),
+                holder: text.trim().parse().ok(),
+            });
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(ferr(e)),
+    }
+    f.set_len(0)
+        .and_then(|()| f.write_all(format!("{}\n", std::process::id()).as_bytes()))
+        .map_err(ferr)?;
+    Ok(f)
+}
+
+/// Syncs the spool's current segment to disk on a timer
+/// (`--spool-fsync`), so a machine crash loses at most that interval of
+/// events the broker had not acknowledged yet. It holds its own handle of
+/// the file: the runtime's loop never waits for the disk.
+#[derive(Clone)]
+pub struct Syncer {
+    current: Arc<Mutex<Option<File>>>,
+    dir: PathBuf,
+}
+
+impl Syncer {
+    /// fsyncs what was handed to the OS so far.
+    pub fn sync(&self) -> Result<(), SpoolError> {
+        let f = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        match f.as_ref() {
+            Some(f) => f.sync_data().map_err(|source| SpoolError::File {
+                path: self.dir.clone(),
+                source,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Spool {
+    /// The periodic fsync's handle; `None` for a memory spool.
+    pub fn syncer(&self) -> Option<Syncer> {
+        self.disk.as_ref().map(|d| Syncer {
+            current: d.current.clone(),
+            dir: d.dir.clone(),
+        })
+    }
 }
 
 /// Decodes a segment; stops at the first record that is cut off or fails
@@ -522,5 +615,54 @@ mod tests {
         assert!(s.is_empty());
         // The old segment (all acked, followed by a newer one) is gone.
         assert!(!seg.exists());
+    }
+
+    #[test]
+    fn one_bridge_per_spool_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let e = Spool::open(dir.path(), 1 << 20).err().expect("locked");
+        let text = e.to_string();
+        assert!(
+            text.contains("in use by another process")
+                && text.contains(&format!("pid {}", std::process::id()))
+                && text.contains("its own --spool"),
+            "{text}"
+        );
+        drop(first);
+        assert!(
+            Spool::open(dir.path(), 1 << 20).is_ok(),
+            "free again once closed"
+        );
+    }
+
+    #[test]
+    fn a_topic_too_long_for_a_record_is_refused_not_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), 1 << 24).unwrap();
+        let long = Record {
+            topic: "t".repeat(70_000),
+            payload: Bytes::from_static(b"x"),
+            retain: false,
+        };
+        let pushed = s.push(long);
+        assert!(matches!(
+            pushed.disk_error,
+            Some(SpoolError::TopicTooLong(70_000))
+        ));
+        s.push(rec(1));
+        s.sync().unwrap();
+        s.syncer().unwrap().sync().unwrap();
+        drop(s);
+        let (mut again, r) = Spool::open(dir.path(), 1 << 24).unwrap();
+        assert_eq!(
+            r,
+            Recovered {
+                events: 1,
+                corrupt: 0
+            },
+            "no bad record on disk"
+        );
+        assert_eq!(again.next_unsent().map(|(_, r)| r), Some(rec(1)));
     }
 }
