@@ -91,7 +91,7 @@ pub async fn run(shared: Arc<Shared>) {
         }
         publish(&shared, t, payload.clone(), *retain);
         published += 1;
-        if published % 100 == 0 {
+        if published.is_multiple_of(100) {
             publish(&shared, &topic, status(up, &started, published), true);
         }
     }

@@ -235,7 +235,7 @@ impl Tree {
         let mut gone = None;
         prune(&mut self.root, levels, &mut |node| {
             if let Some(l) = node.leaf.as_mut() {
-                let same = |r: &Arc<Message>| only.map_or(true, |m| Arc::ptr_eq(r, m));
+                let same = |r: &Arc<Message>| only.is_none_or(|m| Arc::ptr_eq(r, m));
                 if l.retained.as_ref().is_some_and(same) {
                     gone = l.retained.take();
                 }

@@ -341,7 +341,7 @@ impl Disk {
         if self
             .writer
             .as_ref()
-            .map_or(true, |(_, n)| *n >= SEGMENT_BYTES)
+            .is_none_or(|(_, n)| *n >= SEGMENT_BYTES)
         {
             if let Some((mut w, _)) = self.writer.take() {
                 // The finished segment is complete on disk before the next
@@ -508,7 +508,7 @@ mod tests {
         Record {
             topic: format!("t/{i}"),
             payload: Bytes::from(format!("payload {i}")),
-            retain: i % 2 == 0,
+            retain: i.is_multiple_of(2),
         }
     }
 
