@@ -390,10 +390,13 @@ impl Config {
         Duration::from_secs(self.limits.handshake_timeout_secs)
     }
 
-    /// TOML text of the effective config. It holds no secrets: passwords
-    /// live only in the password file, which is named, never read out.
+    /// TOML text of the effective config, without secrets: passwords live
+    /// in files, which are named, never read out; a password written into
+    /// the upstream URL is shown as `***`.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+        let mut shown = self.clone();
+        shown.upstream.url = shown.upstream.url.as_deref().map(firehose::url::redact);
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 }
 
@@ -745,6 +748,17 @@ mod tests {
             let e = parse_listen(bad).unwrap_err();
             assert!(e.contains("e.g. 127.0.0.1:1883"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn print_config_shows_no_password() {
+        let a = RunArgs {
+            upstream: Some("mqtt://edge:s3cr%40t@core.example:1883".into()),
+            ..Default::default()
+        };
+        let text = a.to_config().unwrap().to_toml();
+        assert!(!text.contains("s3cr"), "{text}");
+        assert!(text.contains("mqtt://edge:***@core.example:1883"), "{text}");
     }
 
     #[test]

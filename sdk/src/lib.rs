@@ -39,6 +39,7 @@ pub mod logging;
 pub mod nova;
 pub mod reader;
 pub mod report;
+pub mod secret;
 pub mod status;
 pub mod tls;
 pub mod topic;

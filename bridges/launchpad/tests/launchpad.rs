@@ -214,11 +214,11 @@ fn imaps_cloudevents_survive_a_dovecot_restart_and_move_delivered_mail() {
     assert_eq!(ce["specversion"], "1.0");
     assert_eq!(ce["type"], "launchpad.bug");
     assert_eq!(ce["subject"], "1761798");
+    // The id is derived from the raw payload (the same a reader of a raw
+    // payload computes), not the Message-ID, which raw mode does not carry.
+    let id = ce["id"].as_str().unwrap();
     assert!(
-        ce["id"]
-            .as_str()
-            .unwrap()
-            .ends_with("@wampee.canonical.com"),
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
         "{ce}"
     );
     assert!(ce["source"]

@@ -46,24 +46,27 @@ fn main() -> ExitCode {
     };
     firehose_bridge::cli::main(info, cli.common, |mut src: NovaConfig, _| {
         src.apply(&cli.nova)?;
-        plan(src, cli.replay.replay)
+        plan(src, cli.replay.replay, cli.nova.deployment.clone())
     })
 }
 
-/// One consumer per deployment, or a replay through the first one's name.
-fn plan(src: NovaConfig, replay: Option<String>) -> Result<Plan<BoxedSource>> {
-    let deployments = src.resolve()?;
-    let names: Vec<String> = deployments
-        .iter()
-        .map(|d| format!("{} ({})", d.name, d.display))
-        .collect();
+/// One consumer per deployment, or a replay under one deployment's name
+/// (which needs only the name: no AMQP URL, no password file).
+fn plan(
+    src: NovaConfig,
+    replay: Option<String>,
+    deployment: Option<String>,
+) -> Result<Plan<BoxedSource>> {
     if let Some(path) = replay {
-        let [d] = deployments.as_slice() else {
-            bail!("--replay publishes under one deployment: give exactly one (--amqp URL --deployment NAME)");
+        let name = match (deployment, src.deployments.as_slice()) {
+            (Some(name), _) => name,
+            (None, [d]) => d.name.clone(),
+            _ => bail!("--replay publishes under one deployment: give its name with --deployment NAME (no --amqp needed)"),
         };
+        firehose::topic::check_configured("deployment", &name, true).map_err(anyhow::Error::msg)?;
         let bodies = Bodies {
-            deployment: d.name.clone(),
-            source_uri: format!("{}#{}", d.display, d.exchange),
+            deployment: name.clone(),
+            source_uri: format!("replay:{path}"),
             max_body_bytes: src.max_body_bytes,
         };
         return Ok(Plan {
@@ -72,9 +75,14 @@ fn plan(src: NovaConfig, replay: Option<String>) -> Result<Plan<BoxedSource>> {
                 src.max_body_bytes,
                 bodies,
             ))],
-            describe: format!("replay as deployment {}", names.join(", ")),
+            describe: format!("replay as deployment {name}"),
         });
     }
+    let deployments = src.resolve()?;
+    let names: Vec<String> = deployments
+        .iter()
+        .map(|d| format!("{} ({})", d.name, d.display))
+        .collect();
     Ok(Plan {
         sources: deployments
             .into_iter()

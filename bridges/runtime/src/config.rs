@@ -303,20 +303,9 @@ pub struct Publish {
     pub retry_auth: bool,
 }
 
-/// The mode of a secret file (password, private key) when it is too open,
-/// `None` when it is fine: others may not read it, its group may not write
-/// it, and its group may read it only when root or this process owns it
-/// (`root:<service group> 0640`, how a `User=` service reads an operator's
-/// file; the broker applies the same rule to its password file).
-pub fn too_open(path: &Path) -> std::io::Result<Option<u32>> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path)?;
-    let mode = meta.mode() & 0o777;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    let group_read_ok = mode & 0o040 == 0 || meta.uid() == 0 || meta.uid() == me;
-    Ok((mode & 0o027 != 0 || !group_read_ok).then_some(mode))
-}
+/// The mode of a secret file when it is too open, `None` when it is fine:
+/// the one rule every Firehose program applies ([`firehose::secret`]).
+pub use firehose::secret::too_open;
 
 /// The first line of a password file that only its owner may read.
 fn read_password(path: &Path) -> Result<String, ConfigError> {

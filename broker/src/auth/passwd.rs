@@ -147,6 +147,30 @@ impl Hash {
     }
 }
 
+/// A hash like `like` (the same kind and cost) that no password matches.
+fn decoy(like: Option<&Hash>) -> Hash {
+    match like {
+        Some(Hash::Pbkdf2 {
+            iterations,
+            salt,
+            hash,
+        }) => Hash::Pbkdf2 {
+            iterations: *iterations,
+            salt: vec![0; salt.len()],
+            hash: vec![0; hash.len()],
+        },
+        Some(Hash::Sha512 { salt, hash }) => Hash::Sha512 {
+            salt: vec![0; salt.len()],
+            hash: vec![0; hash.len()],
+        },
+        None => Hash::Pbkdf2 {
+            iterations: PBKDF2_ITERATIONS,
+            salt: vec![0; SALT_LEN],
+            hash: vec![0; HASH_LEN],
+        },
+    }
+}
+
 /// The users of a password file, by exact (case-sensitive) name.
 #[derive(Debug, Clone, Default)]
 pub struct PasswordFile {
@@ -193,9 +217,19 @@ impl PasswordFile {
         PasswordFile::parse(&text, path)
     }
 
-    /// True when `user` exists and `password` is theirs.
+    /// True when `user` exists and `password` is theirs. An unknown user
+    /// costs as much time as a wrong password (a hash of the same kind and
+    /// cost as the file's first user is checked and fails), so the answer's
+    /// timing does not tell which user names exist.
     pub fn verify(&self, user: &str, password: &[u8]) -> bool {
-        self.users.get(user).is_some_and(|h| h.verify(password))
+        match self.users.get(user) {
+            Some(h) => h.verify(password),
+            None => {
+                let first = self.order.first().and_then(|u| self.users.get(u));
+                let _ = decoy(first).verify(password);
+                false
+            }
+        }
     }
 
     /// Number of users.
@@ -264,25 +298,22 @@ impl PasswordFile {
 /// the file: that is how a service user (`User=firehose` under systemd)
 /// reads a file an operator keeps as `root:firehose 0640`.
 pub fn check_private(path: &Path) -> Result<(), PasswdError> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).map_err(|source| PasswdError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let mode = meta.mode() & 0o777;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    let trusted_owner = meta.uid() == 0 || meta.uid() == me;
-    let group_read_ok = mode & 0o040 == 0 || trusted_owner;
-    if mode & 0o027 != 0 || !group_read_ok {
-        return Err(PasswdError::UnsafePermissions {
-            path: path.to_owned(),
+    firehose::secret::check(path).map_err(|e| match e {
+        firehose::secret::SecretFileError::Read { path, source } => {
+            PasswdError::Read { path, source }
+        }
+        firehose::secret::SecretFileError::TooOpen {
+            path,
             mode,
-            uid: meta.uid(),
-            gid: meta.gid(),
-        });
-    }
-    Ok(())
+            uid,
+            gid,
+        } => PasswdError::UnsafePermissions {
+            path,
+            mode,
+            uid,
+            gid,
+        },
+    })
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ pub enum ConfigError {
     #[error("{path}: {reason}")]
     Toml { path: PathBuf, reason: String },
     #[error(
-        "{path} holds a password and is open to others (mode {mode:o}); fix it with: chmod 0600 {path}"
+        "{path} holds a password and is open to others (mode {mode:o}); fix it with: chmod 0600 {path} (a service that runs as its own user may read a root-owned file through its group: chown root:<service group> {path} && chmod 0640 {path})"
     )]
     Permissions { path: PathBuf, mode: u32 },
     #[error("{0}")]
@@ -408,21 +408,20 @@ fn broker_url(u: &str) -> Result<firehose::url::Endpoint, firehose::url::UrlErro
     firehose::url::parse(u, firehose::url::MQTT_SCHEMES, firehose::url::MQTT_FORM)
 }
 
-/// A file that holds a password must not be readable by others.
+/// A file that holds a password: the rule every Firehose program applies
+/// ([`firehose::secret`]: not readable by others, not writable by its group).
 fn check_private(path: &Path) -> Result<(), ConfigError> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|error| ConfigError::Read {
-        path: path.to_owned(),
-        error,
-    })?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o007 != 0 {
-        return Err(ConfigError::Permissions {
+    match firehose::secret::too_open(path) {
+        Ok(None) => Ok(()),
+        Ok(Some(mode)) => Err(ConfigError::Permissions {
             path: path.to_owned(),
             mode,
-        });
+        }),
+        Err(error) => Err(ConfigError::Read {
+            path: path.to_owned(),
+            error,
+        }),
     }
-    Ok(())
 }
 
 /// A password given inline or in a file (inline wins); `None` when

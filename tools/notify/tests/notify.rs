@@ -601,6 +601,19 @@ fn check_config_and_clear_errors() {
     assert!(!ok);
     assert!(err.contains("chmod 0600"), "{err}");
     assert!(!err.contains("\"p\""), "no secret in errors: {err}");
+    // Group-writable: refused too (the rule every binary applies).
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o660)).unwrap();
+    let (ok, err) = outcome(
+        Command::new(bin("firehose-notify"))
+            .arg("--check-config")
+            .arg("--config")
+            .arg(&open),
+    );
+    assert!(!ok, "a group-writable password file is refused");
+    assert!(
+        err.contains("mode 660") && err.contains("chmod 0640"),
+        "{err}"
+    );
     // No config at all.
     let (ok, err) =
         outcome(Command::new(bin("firehose-notify")).env_remove("FIREHOSE_NOTIFY_CONFIG"));

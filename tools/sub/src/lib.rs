@@ -31,6 +31,20 @@ pub struct Printer {
     pub no_eol: bool,
     /// Colour the topic (only on a terminal).
     pub color: bool,
+    /// `--raw`: a template's output as it is. Otherwise the terminal
+    /// control characters in it (escape sequences an event's text could
+    /// carry to retitle, recolour or rewrite a terminal) are dropped; tab
+    /// and newline stay.
+    pub raw: bool,
+}
+
+/// `text` without terminal control characters (C0 but tab and newline,
+/// DEL, C1): what a template printed of an event's text cannot drive the
+/// terminal it is printed on.
+pub fn strip_controls(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_control() || matches!(c, '\n' | '\t'))
+        .collect()
 }
 
 impl Printer {
@@ -77,14 +91,57 @@ impl Printer {
             }
             // A template error becomes the text: one odd event never
             // stops the stream.
-            Style::Template(f) => f
-                .render(Input::new(ev).json())
-                .unwrap_or_else(|e| format!("<format error: {e}>"))
-                .into_bytes(),
+            Style::Template(f) => {
+                let text = f
+                    .render(Input::new(ev).json())
+                    .unwrap_or_else(|e| format!("<format error: {e}>"));
+                if self.raw {
+                    text.into_bytes()
+                } else {
+                    strip_controls(&text).into_bytes()
+                }
+            }
         };
         if !self.no_eol {
             out.push(b'\n');
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_sequences_in_event_text_never_reach_the_terminal() {
+        let hostile = "fix \x1b]0;pwned\x07\x1b[2J\x1b[31mred\u{9b}31m\x7f done\tok\nnext";
+        assert_eq!(
+            strip_controls(hostile),
+            "fix ]0;pwned[2J[31mred31m done\tok\nnext"
+        );
+        let ev = firehose::reader::decode(
+            "gerrit/x/comment-added",
+            br#"{"type":"comment-added","comment":"hi \u001b[2J there"}"#,
+            false,
+        );
+        let mut p = Printer {
+            style: Style::Template(Box::new(
+                Template::new("{{ data.comment }}").expect("template"),
+            )),
+            types: Vec::new(),
+            filter: None,
+            skip_retained: false,
+            no_eol: true,
+            color: false,
+            raw: false,
+        };
+        assert_eq!(p.render(&ev), b"hi [2J there");
+        p.raw = true;
+        assert_eq!(
+            p.render(&ev),
+            b"hi \x1b[2J there",
+            "--raw prints it as it is"
+        );
     }
 }

@@ -91,6 +91,11 @@ struct Cli {
     /// '{{ type }} {{ subject }} {{ data.change.subject }}'.
     #[arg(long, value_name = "TEMPLATE")]
     format: Option<String>,
+    /// With --format: print the template's output as it is. By default
+    /// terminal control characters (escape sequences) in it are dropped,
+    /// so an event's text cannot drive your terminal.
+    #[arg(long)]
+    raw: bool,
     /// Print the normalized event, one JSON object per line.
     #[arg(long)]
     json: bool,
@@ -129,6 +134,7 @@ fn run(cli: Cli) -> Result<u8, String> {
         },
         skip_retained: cli.no_retained,
         no_eol: cli.no_eol,
+        raw: cli.raw,
         color: std::io::stdout().is_terminal(),
     };
     let mut topics = cli.topics.clone();
