@@ -274,6 +274,20 @@ pub fn convert_format(f: &str) -> String {
     out
 }
 
+/// `[sh, -c, script, ...]` (any common shell, by path or name).
+fn is_shell_c(argv: &[&str]) -> bool {
+    let name = argv
+        .first()
+        .map(|p| p.rsplit('/').next().unwrap_or(p))
+        .unwrap_or("");
+    matches!(
+        name,
+        "sh" | "bash" | "dash" | "zsh" | "ksh" | "ash" | "busybox"
+    ) && argv
+        .get(1)
+        .is_some_and(|a| a.starts_with('-') && a.contains('c'))
+}
+
 fn q(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
@@ -354,10 +368,22 @@ pub fn convert(text: &str) -> Result<String, ImportError> {
                     }
                 },
                 "execute" => {
-                    let argv: Vec<String> = args
+                    let words: Vec<&str> = args.iter().filter_map(Py::as_str).collect();
+                    let shell = is_shell_c(&words);
+                    let argv: Vec<String> = words
                         .iter()
-                        .filter_map(Py::as_str)
-                        .map(|a| q(&a.replace("[TEXT]", "{{ message }}")))
+                        .enumerate()
+                        .map(|(i, a)| {
+                            if shell && i >= 2 && a.contains("[TEXT]") {
+                                // Inside a shell script the event's text
+                                // would be code: it goes in through the
+                                // environment, quoted.
+                                notes.push(format!("{full}: [TEXT] inside a shell script became \"$FIREHOSE_MESSAGE\" (the message from the environment, quoted), so an event's text is never run as shell code"));
+                                q(&a.replace("[TEXT]", "\"$FIREHOSE_MESSAGE\""))
+                            } else {
+                                q(&a.replace("[TEXT]", "{{ message }}"))
+                            }
+                        })
                         .collect();
                     format!("type = \"exec\"\nargv = [{}]\n", argv.join(", "))
                 }
@@ -547,5 +573,20 @@ mod tests {
             convert_format("{topic}: {name:>10} at {_dtiso} {{literal}}"),
             "{{ topic }}: {{ data.name }} at {{ received }} {literal}"
         );
+    }
+
+    #[test]
+    fn text_in_a_shell_script_comes_from_the_environment_quoted() {
+        let ini = "[defaults]\nlaunch = execute\n\n[config:execute]\ntargets = {\n  'log': ['/bin/sh', '-c', 'echo [TEXT] >> /tmp/log'],\n  'plain': ['/usr/bin/logger', '[TEXT]'],\n  }\n\n[gerrit/#]\ntargets = execute:log, execute:plain\n";
+        let out = convert(ini).unwrap();
+        assert!(
+            out.contains(r#"argv = ["/bin/sh", "-c", 'echo "$FIREHOSE_MESSAGE" >> /tmp/log']"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"argv = ["/usr/bin/logger", "{{ message }}"]"#),
+            "an argument of its own is one argv entry, no shell: {out}"
+        );
+        assert!(out.contains("never run as shell code"), "warned: {out}");
     }
 }

@@ -22,6 +22,12 @@ use crate::stats::Stats;
 pub enum SendError {
     #[error("{0}")]
     Failed(String),
+    /// This event can never be delivered this way (its text holds a NUL
+    /// for a command line, an illegal header value, a topic outside the
+    /// target's prefix): failed at once, not retried, so it never holds
+    /// the target's queue.
+    #[error("cannot be delivered: {0}")]
+    Impossible(String),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
 }
@@ -84,7 +90,7 @@ pub enum Sender {
     },
     Mqtt {
         client: rumqttc::AsyncClient,
-        topic: Template,
+        topic: MqttTopic,
         payload: Option<Template>,
         retain: bool,
         qos: rumqttc::QoS,
@@ -226,7 +232,10 @@ impl Sender {
                 connection = Some(ev);
                 Sender::Mqtt {
                     client,
-                    topic: compile(name, topic)?,
+                    topic: MqttTopic {
+                        template: compile(name, topic)?,
+                        prefix: topic_prefix(topic).to_owned(),
+                    },
                     payload: payload.as_deref().map(|p| compile(name, p)).transpose()?,
                     retain: *retain,
                     qos: if *qos == 0 {
@@ -286,15 +295,25 @@ impl Sender {
                     };
                     req = req.header("content-type", ctype);
                     for (k, v) in headers {
-                        req = req.header(k.as_str(), render(v, note));
+                        let value = render(v, note);
+                        let value =
+                            reqwest::header::HeaderValue::from_str(&value).map_err(|_| {
+                                SendError::Impossible(format!(
+                                    "header {k}: the event's text is not a legal header value"
+                                ))
+                            })?;
+                        req = req.header(k.as_str(), value);
                     }
+                    // Errors never show the URL: a webhook's path is often
+                    // its secret (a Slack or Matrix hook token).
+                    let shown = shown_url(url);
                     let resp = req
                         .body(body)
                         .send()
                         .await
-                        .map_err(|e| fail(e.to_string()))?;
+                        .map_err(|e| fail(format!("{shown}: {}", e.without_url())))?;
                     if !resp.status().is_success() {
-                        return Err(fail(format!("{url} answered {}", resp.status())));
+                        return Err(fail(format!("{shown} answered {}", resp.status())));
                     }
                     Ok(())
                 }
@@ -345,8 +364,9 @@ impl Sender {
                     qos,
                 } => {
                     let body = own_or_message(payload, note);
+                    let topic = mqtt_topic(topic, note)?;
                     client
-                        .publish(render(topic, note), *qos, *retain, body)
+                        .publish(topic, *qos, *retain, body)
                         .await
                         .map_err(|e| fail(e.to_string()))
                 }
@@ -388,8 +408,9 @@ impl Sender {
                     .map(|(k, v)| format!("{k}: {}", render(v, note)))
                     .collect();
                 format!(
-                    "{} {url} headers {hs:?} body {body}",
-                    if *put { "PUT" } else { "POST" }
+                    "{} {} headers {hs:?} body {body}",
+                    if *put { "PUT" } else { "POST" },
+                    shown_url(url)
                 )
             }
             Sender::Smtp {
@@ -419,13 +440,80 @@ impl Sender {
                 ..
             } => format!(
                 "publish to {}{}: {}",
-                render(topic, note),
+                mqtt_topic(topic, note).unwrap_or_else(|e| e.to_string()),
                 if *retain { " (retained)" } else { "" },
                 own_or_message(payload, note)
             ),
             Sender::Log => format!("log: {}", message(note)),
         }
     }
+}
+
+/// A webhook URL as logs may show it: scheme, host and port; the path and
+/// query (where hook tokens live) and any credentials left out.
+pub fn shown_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => {
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            let path = if u.path().len() > 1 || u.query().is_some() {
+                "/…"
+            } else {
+                ""
+            };
+            format!(
+                "{}://{}{port}{path}",
+                u.scheme(),
+                u.host_str().unwrap_or("")
+            )
+        }
+        Err(_) => "<webhook url>".into(),
+    }
+}
+
+/// The literal text a topic template starts with, up to its first
+/// template tag: what every topic the target publishes must start with.
+pub fn topic_prefix(template: &str) -> &str {
+    let end = template
+        .find("{{")
+        .into_iter()
+        .chain(template.find("{%"))
+        .min();
+    &template[..end.unwrap_or(template.len())]
+}
+
+/// The rendered topic of an mqtt target, if it stays where the target
+/// was configured to publish: under its template's literal prefix, with
+/// no wildcard, NUL or empty level the event's text could smuggle in.
+fn mqtt_topic(topic: &MqttTopic, note: &Value) -> Result<String, SendError> {
+    let t = render(&topic.template, note);
+    let rest = t.strip_prefix(topic.prefix.as_str());
+    let bad = match rest {
+        None => Some("it does not start with the configured prefix"),
+        Some(r) if r.contains(['+', '#', '\0']) => {
+            Some("the event's text put a wildcard or NUL in it")
+        }
+        Some(r) if !topic.prefix.is_empty() && r.split('/').any(str::is_empty) => {
+            Some("the event's text left a level empty")
+        }
+        _ if t.is_empty() || t.starts_with('$') || t.len() > 65_535 => {
+            Some("it is not a topic this target may publish")
+        }
+        _ => None,
+    };
+    match bad {
+        Some(why) => Err(SendError::Impossible(format!(
+            "topic {:?}: {why} (prefix {:?})",
+            t.chars().take(120).collect::<String>(),
+            topic.prefix
+        ))),
+        None => Ok(t),
+    }
+}
+
+/// An mqtt target's topic template and its literal prefix.
+pub struct MqttTopic {
+    template: Template,
+    prefix: String,
 }
 
 /// The normalized event alone (no notify extras), as one JSON document.
@@ -450,6 +538,21 @@ async fn exec(argv: &[Template], note: &Value) -> Result<(), SendError> {
         Some(Value::Null) | None => String::new(),
         Some(v) => v.to_string(),
     };
+    // A NUL cannot be in a command line or the environment: no retry helps.
+    if let Some(i) = args.iter().position(|a| a.contains('\0')) {
+        return Err(SendError::Impossible(format!(
+            "argument {i} holds a NUL byte from the event's text"
+        )));
+    }
+    for key in [
+        "topic", "id", "source", "type", "time", "subject", "retained", "message", "rule",
+    ] {
+        if s(key).contains('\0') {
+            return Err(SendError::Impossible(format!(
+                "the event's {key} holds a NUL byte (it goes in the environment)"
+            )));
+        }
+    }
     let mut cmd = tokio::process::Command::new(prog);
     cmd.args(rest)
         .stdin(Stdio::piped())
@@ -640,6 +743,11 @@ async fn deliver(
                     tracing::debug!(target_name = %name, rule = note.get("rule").and_then(serde_json::Value::as_str).unwrap_or(""), "sent");
                     break;
                 }
+                Err(e @ SendError::Impossible(_)) => {
+                    stats.count_target(&name, |c| c.failed += 1);
+                    tracing::error!(target_name = %name, error = %e, "notification failed; not retried (no attempt can deliver this event)");
+                    break;
+                }
                 Err(e)
                     if attempt == attempts
                         || queue.closing.load(Ordering::Acquire) && attempt >= 2 =>
@@ -656,5 +764,69 @@ async fn deliver(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn note(message: &str, subject: &str) -> Value {
+        serde_json::json!({"topic": "gerrit/x", "message": message, "subject": subject, "rule": "r"})
+    }
+
+    #[test]
+    fn webhook_urls_are_shown_without_their_secret_parts() {
+        assert_eq!(
+            shown_url("https://hooks.slack.com/services/T0/B0/s3cr3t"),
+            "https://hooks.slack.com/…"
+        );
+        assert_eq!(
+            shown_url("http://u:p@10.0.0.1:8080/?token=x"),
+            "http://10.0.0.1:8080/…"
+        );
+        assert_eq!(shown_url("http://127.0.0.1:9/"), "http://127.0.0.1:9");
+    }
+
+    #[test]
+    fn an_mqtt_target_publishes_only_under_its_prefix() {
+        let t = |tpl: &str| MqttTopic {
+            template: Template::new(tpl).unwrap(),
+            prefix: topic_prefix(tpl).to_owned(),
+        };
+        let alerts = t("alerts/{{ subject }}");
+        assert_eq!(alerts.prefix, "alerts/");
+        assert_eq!(
+            mqtt_topic(&alerts, &note("m", "nova/1")).unwrap(),
+            "alerts/nova/1"
+        );
+        for bad in ["a/#", "+", "x//y", "", "a\0b"] {
+            assert!(
+                matches!(
+                    mqtt_topic(&alerts, &note("m", bad)),
+                    Err(SendError::Impossible(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        let open = t("{{ subject }}");
+        assert!(matches!(
+            mqtt_topic(&open, &note("m", "$SYS/broker/x")),
+            Err(SendError::Impossible(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_nul_in_a_command_line_fails_at_once() {
+        let argv = vec![
+            Template::new("/bin/true").unwrap(),
+            Template::new("{{ message }}").unwrap(),
+        ];
+        let e = exec(&argv, &note("a\0b", "s")).await.unwrap_err();
+        assert!(matches!(e, SendError::Impossible(_)), "{e}");
+        let argv = vec![Template::new("/bin/true").unwrap()];
+        let e = exec(&argv, &note("ok", "s\0")).await.unwrap_err();
+        assert!(e.to_string().contains("subject holds a NUL"), "{e}");
+        assert!(exec(&argv, &note("ok", "s")).await.is_ok());
     }
 }

@@ -740,6 +740,7 @@ fn the_deploy_sample_is_complete_and_checks() {
     let etc = dir.path().join("etc");
     std::fs::create_dir(&etc).unwrap();
     private_file(&etc.join("smtp.pass"), "mail-secret\n");
+    private_file(&etc.join("notify-broker.pass"), "notify-secret\n");
     let local = private_file(
         &dir.path().join("notify.toml"),
         &text.replace("/etc/firehose/", &format!("{}/", etc.display())),
