@@ -31,6 +31,11 @@ pub struct LaunchpadArgs {
     /// Seconds between checks when the server has no IDLE [default: 60].
     #[arg(long, value_name = "SECONDS")]
     pub poll_interval: Option<u64>,
+    /// Seconds an IMAP command may take before the connection counts as
+    /// lost (a half-open server is also found by TCP keepalive)
+    /// [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    pub imap_timeout: Option<u64>,
     /// What to do with a mail once the broker has its event: seen (mark it
     /// \Seen), move:FOLDER, or delete [default: seen].
     #[arg(long, value_name = "ACTION")]
@@ -99,6 +104,7 @@ pub struct LaunchpadConfig {
     pub imap_ca: Option<PathBuf>,
     pub imap_insecure: bool,
     pub poll_interval: u64,
+    pub imap_timeout: u64,
     pub after: After,
     pub maildir: Option<PathBuf>,
     pub mbox: Option<String>,
@@ -113,6 +119,7 @@ impl Default for LaunchpadConfig {
             imap_ca: None,
             imap_insecure: false,
             poll_interval: 60,
+            imap_timeout: 60,
             after: After::Seen,
             maildir: None,
             mbox: None,
@@ -171,6 +178,8 @@ pub struct Imap {
     /// The URL without secrets, for logs and CloudEvents `source`.
     pub display: String,
     pub poll_interval: Duration,
+    /// Longest an IMAP command may take.
+    pub timeout: Duration,
     pub after: After,
     pub max_mail_bytes: usize,
 }
@@ -198,6 +207,9 @@ impl LaunchpadConfig {
         self.imap_insecure |= a.imap_insecure;
         if let Some(p) = a.poll_interval {
             self.poll_interval = p;
+        }
+        if let Some(t) = a.imap_timeout {
+            self.imap_timeout = t;
         }
         if let Some(after) = &a.after {
             self.after = after.clone();
@@ -287,6 +299,7 @@ impl LaunchpadConfig {
             tls,
             display: e.shown,
             poll_interval: Duration::from_secs(self.poll_interval.max(1)),
+            timeout: Duration::from_secs(self.imap_timeout.max(1)),
             after: self.after.clone(),
             max_mail_bytes: self.max_mail_bytes,
         })

@@ -12,6 +12,13 @@
 //! and the runtime reconnects; UIDs published and not yet settled are
 //! remembered across connections, so a reconnect does not publish them
 //! twice.
+//!
+//! Every command has a deadline (`--imap-timeout`) and the socket has TCP
+//! keepalive, so a server that stops answering (half-open, hung) is
+//! noticed: the connection counts as lost, the status says why, and the
+//! runtime reconnects. A mail over `--max-mail-bytes` (by its RFC822.SIZE)
+//! is never fetched whole: its headers are dead-lettered with the reason,
+//! and it is marked seen.
 
 use std::collections::BTreeSet;
 use std::pin::Pin;
@@ -31,8 +38,31 @@ use crate::mail;
 const IDLE_RENEW: Duration = Duration::from_secs(25 * 60);
 /// Mails fetched per FETCH command.
 const FETCH_CHUNK: usize = 50;
-/// How long connecting and logging in may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// TCP keepalive: first probe after this much silence, then every
+/// [`KEEPALIVE_INTERVAL`], given up after [`KEEPALIVE_RETRIES`]: a dead
+/// peer (even in IDLE, where the server may be silent for 25 minutes) is
+/// found in about 90 s.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 3;
+
+/// `fut` (IMAP command `what`) within `limit`; past it the connection
+/// counts as lost, with a reason that says the server stopped answering.
+async fn timed<T>(
+    limit: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, SourceError>>,
+) -> Result<T, SourceError> {
+    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+        Err(SourceError::Lost {
+            context: format!("IMAP {what}"),
+            source: format!(
+                "no answer in {limit:?} (--imap-timeout): the server is not responding"
+            )
+            .into(),
+        })
+    })
+}
 /// The search that finds what lpmqtt handles, without fetching other mail.
 const SEARCH: &str = "UNSEEN HEADER X-Generated-By Launchpad";
 
@@ -121,13 +151,15 @@ impl Source for ImapSource {
 
     async fn run(&mut self, ctx: &SourceContext) -> Result<(), SourceError> {
         let a = &self.account;
-        let mut session = tokio::time::timeout(CONNECT_TIMEOUT, login(a))
-            .await
-            .map_err(|_| SourceError::Ended(format!("connecting to {} timed out", a.display)))??;
-        let mailbox = session
-            .select(&a.folder)
-            .await
-            .lost(format!("selecting folder {:?}", a.folder))?;
+        let mut session = timed(a.timeout, "connect and log in", login(a)).await?;
+        let t = a.timeout;
+        let mailbox = timed(t, "SELECT", async {
+            session
+                .select(&a.folder)
+                .await
+                .lost(format!("selecting folder {:?}", a.folder))
+        })
+        .await?;
         if self.uid_validity != mailbox.uid_validity {
             // Other UIDs now: what was pending is found again by the search.
             self.pending.clear();
@@ -135,13 +167,13 @@ impl Source for ImapSource {
             self.uid_validity = mailbox.uid_validity;
         }
         if let After::Move(folder) = &a.after {
-            ensure_folder(&mut session, folder).await?;
+            timed(t, "LIST/CREATE", ensure_folder(&mut session, folder)).await?;
         }
-        let idle = session
-            .capabilities()
-            .await
-            .lost("CAPABILITY")?
-            .has_str("IDLE");
+        let idle = timed(t, "CAPABILITY", async {
+            session.capabilities().await.lost("CAPABILITY")
+        })
+        .await?
+        .has_str("IDLE");
         tracing::info!(imap = %a.display, folder = %a.folder, idle, "watching for Launchpad mail");
         let poll = a.poll_interval;
         ctx.connected();
@@ -150,7 +182,7 @@ impl Source for ImapSource {
             self.round(ctx, &mut session).await?;
             let wait = async move {
                 if idle {
-                    wait_idle(session).await
+                    wait_idle(session, t).await
                 } else {
                     tokio::time::sleep(poll).await;
                     Ok(session)
@@ -173,7 +205,12 @@ impl ImapSource {
         ctx: &SourceContext,
         session: &mut Session<Stream>,
     ) -> Result<(), SourceError> {
-        let found = session.uid_search(SEARCH).await.lost("SEARCH")?;
+        let t = self.account.timeout;
+        let max = self.account.max_mail_bytes;
+        let found = timed(t, "SEARCH", async {
+            session.uid_search(SEARCH).await.lost("SEARCH")
+        })
+        .await?;
         let mut uids: Vec<u32> = found
             .into_iter()
             .filter(|u| !self.pending.contains(u) && !self.refused.contains(u))
@@ -182,14 +219,30 @@ impl ImapSource {
         let mut dead = Vec::new();
         let mut published = 0usize;
         for chunk in uids.chunks(FETCH_CHUNK) {
-            let set = uid_set(chunk);
-            let fetches: Vec<_> = session
-                .uid_fetch(&set, "(UID RFC822.SIZE BODY.PEEK[])")
-                .await
-                .lost("FETCH")?
-                .try_collect()
-                .await
-                .lost("FETCH")?;
+            // Sizes first: a mail over --max-mail-bytes is never fetched
+            // whole, only its headers, for the dead letter.
+            let sizes = fetch_all(session, t, &uid_set(chunk), "(UID RFC822.SIZE)").await?;
+            let (small, large): (Vec<_>, Vec<_>) = sizes
+                .iter()
+                .filter_map(|f| Some((f.uid?, f.size.unwrap_or(0) as usize)))
+                .partition(|(_, size)| *size <= max);
+            if !large.is_empty() {
+                let set = uid_set(&large.iter().map(|(u, _)| *u).collect::<Vec<_>>());
+                for f in fetch_all(session, t, &set, "(UID BODY.PEEK[HEADER])").await? {
+                    let Some(uid) = f.uid else { continue };
+                    let size = large.iter().find(|(u, _)| *u == uid).map_or(0, |l| l.1);
+                    let reason = format!(
+                        "uid {uid}: mail of {size} bytes is over --max-mail-bytes ({max}); not fetched, its headers kept here"
+                    );
+                    ctx.malformed_whole("launchpad", &reason, f.header().unwrap_or_default());
+                    dead.push(uid);
+                }
+            }
+            if small.is_empty() {
+                continue;
+            }
+            let set = uid_set(&small.iter().map(|(u, _)| *u).collect::<Vec<_>>());
+            let fetches = fetch_all(session, t, &set, "(UID RFC822.SIZE BODY.PEEK[])").await?;
             for f in fetches {
                 let (Some(uid), Some(raw)) = (f.uid, f.body()) else {
                     continue;
@@ -205,7 +258,7 @@ impl ImapSource {
             tracing::info!(imap = %self.account.display, published, dead_lettered = dead.len(), "new Launchpad mail");
         }
         if !dead.is_empty() {
-            store_seen(session, &dead).await?;
+            timed(t, "STORE", store_seen(session, &dead)).await?;
         }
         self.settle(session).await
     }
@@ -243,6 +296,7 @@ impl ImapSource {
     /// alive), then applies `--after` to the delivered ones. A failed one
     /// stays unseen and is published again next round.
     async fn settle(&mut self, session: &mut Session<Stream>) -> Result<(), SourceError> {
+        let t = self.account.timeout;
         let mut delivered = Vec::new();
         while !self.pending.is_empty() {
             let settled = tokio::time::timeout(Duration::from_secs(60), self.acks.next()).await;
@@ -259,20 +313,29 @@ impl ImapSource {
                     }
                 }
                 // The broker is slow or away: keep the IMAP session alive.
-                Err(_) => session.noop().await.lost("NOOP")?,
+                Err(_) => timed(t, "NOOP", async { session.noop().await.lost("NOOP") }).await?,
             }
         }
         if delivered.is_empty() {
             return Ok(());
         }
+        timed(t, "--after", self.after(session, &delivered)).await
+    }
+
+    /// Applies `--after` to delivered mail.
+    async fn after(
+        &self,
+        session: &mut Session<Stream>,
+        delivered: &[u32],
+    ) -> Result<(), SourceError> {
         match &self.account.after {
-            After::Seen => store_seen(session, &delivered).await,
+            After::Seen => store_seen(session, delivered).await,
             After::Move(folder) => session
-                .uid_mv(uid_set(&delivered), folder)
+                .uid_mv(uid_set(delivered), folder)
                 .await
                 .lost(format!("moving delivered mail to {folder:?}")),
             After::Delete => {
-                let set = uid_set(&delivered);
+                let set = uid_set(delivered);
                 drain(session.uid_store(&set, "+FLAGS.SILENT (\\Deleted)").await)
                     .await
                     .lost("STORE \\Deleted")?;
@@ -294,6 +357,13 @@ async fn login(a: &Imap) -> Result<Session<Stream>, SourceError> {
     let tcp = TcpStream::connect((a.host.as_str(), a.port))
         .await
         .lost(format!("connecting to {where_}"))?;
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    socket2::SockRef::from(&tcp)
+        .set_tcp_keepalive(&keepalive)
+        .lost("setting TCP keepalive")?;
     let stream = match (a.security, &a.tls) {
         (Security::Tls, Some(tls)) => tls_wrap(tcp, a, tls.clone()).await?,
         _ => Stream::Plain(tcp),
@@ -354,14 +424,37 @@ async fn ensure_folder(session: &mut Session<Stream>, folder: &str) -> Result<()
     Ok(())
 }
 
-/// IDLE until the server says something changed, or for [`IDLE_RENEW`].
-async fn wait_idle(session: Session<Stream>) -> Result<Session<Stream>, SourceError> {
+/// IDLE until the server says something changed, or for [`IDLE_RENEW`]
+/// (a dead peer meanwhile is found by TCP keepalive).
+async fn wait_idle(session: Session<Stream>, t: Duration) -> Result<Session<Stream>, SourceError> {
     let mut handle = session.idle();
-    handle.init().await.lost("IDLE")?;
+    timed(t, "IDLE", async { handle.init().await.lost("IDLE") }).await?;
     let (wait, _stop) = handle.wait_with_timeout(IDLE_RENEW);
     let why = wait.await.lost("IDLE")?;
     tracing::debug!(?why, "IDLE ended");
-    handle.done().await.lost("IDLE DONE")
+    timed(t, "IDLE DONE", async {
+        handle.done().await.lost("IDLE DONE")
+    })
+    .await
+}
+
+/// A UID FETCH of `items` for `set`, every response read, within `t`.
+async fn fetch_all(
+    session: &mut Session<Stream>,
+    t: Duration,
+    set: &str,
+    items: &str,
+) -> Result<Vec<async_imap::types::Fetch>, SourceError> {
+    timed(t, "FETCH", async {
+        session
+            .uid_fetch(set, items)
+            .await
+            .lost("FETCH")?
+            .try_collect()
+            .await
+            .lost("FETCH")
+    })
+    .await
 }
 
 /// Marks mails `\Seen`.

@@ -518,3 +518,111 @@ fn sample_config_has_every_key_and_only_known_ones() {
     let known = json_keys(&serde_json::to_value(&full).unwrap());
     assert_sample_complete("deploy/launchpad.toml", &text, &known);
 }
+
+/// A mail over `--max-mail-bytes` (by its RFC822.SIZE) is not fetched
+/// whole: its headers go to the dead-letter file with the reason, it is
+/// marked seen, and the mail beside it is published.
+#[test]
+fn oversize_mail_is_not_fetched_whole() {
+    let s = setup();
+    let b = BrokerProc::with_users(s.dir.path(), &[BRIDGE], &[]);
+    let big = String::from_utf8_lossy(&variant(&qemu(), 7)).replace(
+        "\n\n",
+        &format!("\n\n{}\n", "BIG-BODY-LINE ".repeat(20_000)),
+    );
+    s.dovecot.deliver(big.as_bytes());
+    s.dovecot.deliver(&variant(&qemu(), 8));
+    let sub = Sub::spawn(
+        &b,
+        &["-t", "launchpad/+/bug/#", "-v", "-C", "1", "-W", "30"],
+    );
+    let br = s.bridge(
+        &b.mqtt().to_string(),
+        "imaps://lp@127.0.0.1:{tls}/INBOX",
+        &["--max-mail-bytes", "100000"],
+    );
+    let (_, out, _) = sub.output();
+    assert_eq!(
+        topics(&received(&out)),
+        vec!["launchpad/qemu/bug/990008"],
+        "{}",
+        br.logs()
+    );
+    let dl_path = s.dir.path().join("dead-letter.jsonl");
+    wait_until(
+        WAIT,
+        || std::fs::read_to_string(&dl_path).is_ok_and(|t| t.contains("over --max-mail-bytes")),
+        || "the oversize mail's dead letter".into(),
+    );
+    let dl = std::fs::read_to_string(&dl_path).unwrap();
+    assert!(dl.contains("not fetched"), "{dl}");
+    assert!(
+        !dl.contains("BIG-BODY-LINE"),
+        "only the headers are kept: {dl}"
+    );
+    wait_until(
+        WAIT,
+        || s.dovecot.seen_and_total() == (2, 2),
+        || format!("both mails seen, now {:?}", s.dovecot.seen_and_total()),
+    );
+}
+
+/// A server that accepts and then never answers (hung, or half-open) is
+/// noticed by the command deadline: the connection counts as lost, the
+/// bridge's status says why, and it tries again.
+#[test]
+fn a_server_that_stops_answering_is_noticed() {
+    let s = setup();
+    let b = BrokerProc::with_users(s.dir.path(), &[BRIDGE], &[]);
+    // Greets, then reads and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let server = std::thread::spawn(move || {
+        silent.set_nonblocking(true).unwrap();
+        let mut held = Vec::new();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) && std::time::Instant::now() < until
+        {
+            match silent.accept() {
+                Ok((mut c, _)) => {
+                    use std::io::Write;
+                    let _ = c.write_all(b"* OK IMAP4rev1 ready\r\n");
+                    held.push(c);
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+    });
+    let br = s.bridge(
+        &b.mqtt().to_string(),
+        &format!("imap://lp@127.0.0.1:{port}/INBOX"),
+        &["--imap-timeout", "1"],
+    );
+    br.wait_log("no answer in 1s (--imap-timeout)");
+    let (mut r, _) = Raw::connect(b.mqtt(), 4, "status-watch", None);
+    r.send(&firehose_testkit::subscribe(
+        4,
+        1,
+        "firehose/status/launchpad/test",
+        0,
+    ));
+    loop {
+        let (t, body) = r.expect("a degraded status naming the silent server");
+        if t & 0xf0 != 0x30 {
+            continue;
+        }
+        let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
+        let v: Value = serde_json::from_slice(&body[2 + tl..]).expect("status JSON");
+        if v["state"] == "degraded"
+            && v["upstream_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not responding"))
+        {
+            break;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    server.join().unwrap();
+}
