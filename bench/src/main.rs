@@ -15,6 +15,7 @@
 //!
 //! Memory and CPU are read from `/proc/<--pid>`, the broker under test.
 
+mod hostile;
 mod raw;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -48,6 +49,43 @@ enum Case {
     Churn(Churn),
     /// N distinct topics published once each: broker RSS growth.
     Topics(Topics),
+    /// A bridge-like QoS 1 publisher's throughput beside R hostile readers
+    /// (issue #18): slow on purpose, never acking, or never reading.
+    Hostile(HostileArgs),
+    /// R retained messages, then one client sends P SUBSCRIBEs repeating
+    /// `#` N times each and never reads: broker RSS growth, and whether
+    /// another client is still served.
+    SubFlood(SubFlood),
+}
+
+#[derive(Debug, ClapArgs)]
+struct HostileArgs {
+    #[command(flatten)]
+    t: Target,
+    /// Hostile readers attached (0: the publisher alone).
+    #[arg(long, default_value_t = 0)]
+    readers: usize,
+    #[arg(long, value_enum, default_value_t = hostile::Manner::SlowAck)]
+    manner: hostile::Manner,
+    #[arg(long, default_value_t = 20_000)]
+    messages: u64,
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+}
+
+#[derive(Debug, ClapArgs)]
+struct SubFlood {
+    #[command(flatten)]
+    t: Target,
+    #[arg(long, default_value_t = 100_000)]
+    retained: u64,
+    #[arg(long, default_value_t = 5)]
+    packets: u16,
+    #[arg(long, default_value_t = 20_000)]
+    repeat: usize,
+    /// Seconds RSS is watched after the flood.
+    #[arg(long, default_value_t = 5)]
+    settle: u64,
 }
 
 /// Where the broker is and who publishes.
@@ -181,6 +219,8 @@ async fn main() -> Result<()> {
         Case::Rounds(a) => rounds(a).await,
         Case::Churn(a) => churn(a).await,
         Case::Topics(a) => topics(a).await,
+        Case::Hostile(a) => hostile_case(a).await,
+        Case::SubFlood(a) => sub_flood(a).await,
     }
 }
 
@@ -659,6 +699,124 @@ async fn topics(a: Topics) -> Result<()> {
         a.topics,
         after as i64 - before as i64,
         (after as i64 - before as i64) * 1024 / a.topics.max(1) as i64
+    );
+    Ok(())
+}
+
+/// Publishes `n` QoS 1 messages to `topic(i)` as an authenticated
+/// publisher (a bridge's window: `--inflight`) and returns the time from
+/// the first publish to the last PUBACK, or an error past the deadline.
+async fn publish_acked(
+    t: &Target,
+    id: &str,
+    n: u64,
+    size: usize,
+    retain: bool,
+    topic: impl Fn(u64) -> String + Send + 'static,
+) -> Result<Duration> {
+    let mut po = options(t, id);
+    po.set_inflight(t.inflight);
+    if let (Some(u), Some(p)) = (&t.username, &t.password) {
+        po.set_credentials(u, p);
+    }
+    let (c, mut ev) = client(po);
+    let deadline = Instant::now() + Duration::from_secs(t.timeout);
+    let start = Instant::now();
+    let sender = tokio::spawn(async move {
+        let payload = vec![b'x'; size];
+        for i in 0..n {
+            if c.publish(topic(i), QoS::AtLeastOnce, retain, payload.clone())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        c
+    });
+    let mut acked = 0;
+    while acked < n {
+        match tokio::time::timeout_at(deadline.into(), ev.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => bail!("publisher: {e} after {acked} of {n} acknowledged"),
+            Err(_) => bail!("publisher: {acked} of {n} acknowledged in {}s", t.timeout),
+        }
+    }
+    let took = start.elapsed();
+    let _ = sender.await?.disconnect().await;
+    Ok(took)
+}
+
+async fn hostile_case(a: HostileArgs) -> Result<()> {
+    let t = &a.t;
+    let deadline = Instant::now() + Duration::from_secs(t.timeout);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers = hostile::readers(t, a.readers, a.manner, stop.clone(), deadline).await?;
+    let took = publish_acked(t, "hostile-bench-pub", a.messages, a.size, false, |i| {
+        format!("load/{}", i % 16)
+    })
+    .await;
+    stop.store(true, Relaxed);
+    for r in readers {
+        r.abort();
+    }
+    let took = took?;
+    println!(
+        "{} case=hostile readers={} manner={:?} messages={} publish_s={:.3} rate={:.0}",
+        t.label,
+        a.readers,
+        a.manner,
+        a.messages,
+        took.as_secs_f64(),
+        a.messages as f64 / took.as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn sub_flood(a: SubFlood) -> Result<()> {
+    let t = &a.t;
+    publish_acked(t, "retainer", a.retained, 100, true, |i| format!("r/{i}")).await?;
+    let before = rss_kib(t.pid);
+    let flood = hostile::subscribe_flood(t, a.packets, a.repeat).await?;
+    let mut peak = before;
+    let until = Instant::now() + Duration::from_secs(a.settle);
+    while Instant::now() < until {
+        peak = peak.max(rss_kib(t.pid));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Is everyone else still served? A fresh subscriber and one message.
+    let (c, mut ev) = client(options(t, "flood-canary"));
+    c.subscribe("served/x", QoS::AtMostOnce).await?;
+    let served_deadline = Instant::now() + Duration::from_secs(30);
+    let mut published = None;
+    let mut served_ms = None;
+    while served_ms.is_none() && Instant::now() < served_deadline {
+        match tokio::time::timeout_at(served_deadline.into(), ev.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => {
+                published = Some(Instant::now());
+                publish_acked(t, "flood-pub", 1, 16, false, |_| "served/x".into()).await?;
+            }
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) if p.topic == "served/x" => {
+                served_ms = published.map(|s| s.elapsed().as_secs_f64() * 1000.0);
+            }
+            Ok(Ok(_)) => {}
+            _ => break,
+        }
+    }
+    let after = rss_kib(t.pid);
+    drop(flood);
+    println!(
+        "{} case=sub-flood retained={} packets={} repeat={} rss_before_mb={:.1} rss_peak_growth_mb={:.1} rss_after_growth_mb={:.1} others_served={} served_ms={}",
+        t.label,
+        a.retained,
+        a.packets,
+        a.repeat,
+        before as f64 / 1024.0,
+        peak.saturating_sub(before) as f64 / 1024.0,
+        after.saturating_sub(before) as f64 / 1024.0,
+        served_ms.is_some(),
+        served_ms.map_or("-".into(), |m| format!("{m:.1}"))
     );
     Ok(())
 }

@@ -177,9 +177,11 @@ pub struct Limits {
     pub pushback_users: Vec<String>,
     /// Milliseconds per second a publisher may be held for `pushback_users`.
     pub pushback_budget_ms: u64,
-    /// Messages kept per client while it is slow or offline (oldest dropped).
+    /// Messages kept per client while it is slow or offline (then what
+    /// arrives is dropped, counted).
     pub max_queued_messages: usize,
-    /// Bytes kept per client while it is slow or offline (oldest dropped).
+    /// Bytes kept per client while it is slow or offline (then what arrives
+    /// is dropped, counted).
     pub max_queued_bytes: usize,
     /// Bytes queued for all sessions together; over it the oldest messages
     /// of the largest offline queue are dropped (counted).
@@ -513,12 +515,12 @@ pub struct RunArgs {
     /// [default: 65535].
     #[arg(long, value_name = "SECONDS")]
     pub max_keepalive: Option<u16>,
-    /// Messages queued per slow or offline client before the oldest are dropped
-    /// (each drop counted as queue_full) [default: 1000].
+    /// Messages queued per slow or offline client; beyond, what arrives for
+    /// it is dropped (each drop counted as queue_full) [default: 1000].
     #[arg(long, value_name = "N")]
     pub max_queued_messages: Option<usize>,
-    /// Bytes (topic + payload) queued per slow or offline client before the
-    /// oldest are dropped [default: 16777216].
+    /// Bytes (topic + payload) queued per slow or offline client; beyond,
+    /// what arrives for it is dropped [default: 16777216].
     #[arg(long, value_name = "BYTES")]
     pub max_queued_bytes: Option<usize>,
     /// Bytes queued for all sessions together; over it the oldest messages of

@@ -4,9 +4,12 @@
 //! task takes them out and writes them to its client. This queue is the only
 //! place in the broker where an accepted message can be dropped, and only by
 //! its documented policy: when it holds `max_queued_messages` or
-//! `max_queued_bytes`, the oldest delivery goes and is counted
-//! (`queue_full`), one count per message; a QoS 0 message for an offline
-//! persistent session is not queued (`offline_qos0`).
+//! `max_queued_bytes`, what arrives is not queued and is counted
+//! (`queue_full`), one count per message, as mosquitto does: the reader
+//! keeps what it was owed first, in order, and a queue that stays full (a
+//! reader slow on purpose) costs a publish one atomic load, not a lock
+//! ([`Outbox::full`]); a QoS 0 message for an offline persistent session is
+//! not queued (`offline_qos0`).
 //!
 //! It also carries the publisher pushback, for the few readers allowed it:
 //! a delivery into a queue that is three quarters full, for a reader whose
@@ -173,6 +176,23 @@ impl Budget {
     }
 }
 
+/// What a fan-out changed in the shared counters, settled once at its end.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Net change in queued bytes.
+    pub bytes: i64,
+    /// Deliveries that pushed an older one out of a full queue.
+    pub full: u64,
+}
+
+impl Tally {
+    /// Applies it: the global byte budget, and the `queue_full` count.
+    pub fn settle(self, budget: &Budget) {
+        budget.stats.count_n(Reason::QueueFull, self.full);
+        budget.settle(self.bytes);
+    }
+}
+
 /// The queue, its limits and its wake-ups.
 #[derive(Debug)]
 pub struct Outbox {
@@ -193,6 +213,9 @@ pub struct Outbox {
     /// The session holds more than one subscription in the router, so one
     /// publish may match it twice (the router merges those).
     overlapping: AtomicBool,
+    /// The queue is at its limit: the router drops what arrives without
+    /// taking the lock (set under the lock, cleared when room is made).
+    full: AtomicBool,
     max_messages: usize,
     max_bytes: usize,
     stats: Arc<Stats>,
@@ -223,6 +246,7 @@ impl Outbox {
             blocked: AtomicBool::new(false),
             progress_ms: AtomicU64::new(0),
             overlapping: AtomicBool::new(false),
+            full: AtomicBool::new(false),
             max_messages,
             max_bytes,
             stats,
@@ -243,9 +267,15 @@ impl Outbox {
         };
         let w = old.msg.weight();
         s.bytes -= w;
+        self.full.store(false, Relaxed);
         drop(s);
         self.budget.sub(w);
         true
+    }
+
+    /// At its limit: what arrives now is dropped (see [`Outbox::push_unsettled`]).
+    pub fn full(&self) -> bool {
+        self.full.load(Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -301,15 +331,17 @@ impl Outbox {
     /// Queues one delivery, applying the drop policy. `policy` is the ACL
     /// in force, checked only for readers that may not read everything.
     pub fn push(&self, d: Delivery, policy: &Policy) -> Pushed {
-        let mut net = 0;
-        let pushed = self.push_unsettled(d, policy, &mut net);
-        self.budget.settle(net);
+        let mut tally = Tally::default();
+        let pushed = self.push_unsettled(d, policy, &mut tally);
+        tally.settle(&self.budget);
         pushed
     }
 
-    /// [`Outbox::push`] that adds its change in queued bytes to `net` for
-    /// the caller to [`Budget::settle`] (the router, once per publish).
-    pub fn push_unsettled(&self, d: Delivery, policy: &Policy, net: &mut i64) -> Pushed {
+    /// [`Outbox::push`] that adds its change in queued bytes and its
+    /// `queue_full` drops to `tally`, for the caller to settle once (the
+    /// router, once per publish: shared counters are touched once per
+    /// fan-out, not once per delivery).
+    pub fn push_unsettled(&self, d: Delivery, policy: &Policy, tally: &mut Tally) -> Pushed {
         let mut s = self.lock();
         if s.reader.policy_gen != policy.generation() {
             // The ACL was reloaded since this reader's shortcut was decided.
@@ -336,22 +368,23 @@ impl Outbox {
             return Pushed::Dropped;
         }
         if self.max_messages == 0 {
-            self.stats.count(Reason::QueueFull);
+            tally.full += 1;
             return Pushed::Dropped;
         }
         let w = d.msg.weight();
-        let mut freed = 0;
-        while !s.items.is_empty()
+        if !s.items.is_empty()
             && (s.items.len() >= self.max_messages || s.bytes + w > self.max_bytes)
         {
-            if let Some(old) = s.items.pop_front() {
-                s.bytes -= old.msg.weight();
-                freed += old.msg.weight();
-                self.stats.count(Reason::QueueFull);
-            }
+            // Full: the new one is not queued (what is queued goes first).
+            self.full.store(true, Relaxed);
+            tally.full += 1;
+            return Pushed::Dropped;
         }
         s.bytes += w;
         s.items.push_back(d);
+        if s.items.len() >= self.max_messages || s.bytes >= self.max_bytes {
+            self.full.store(true, Relaxed);
+        }
         let first = s.items.len() == 1;
         if first {
             // Work starts now: the reader has `STALL` to show progress.
@@ -363,7 +396,7 @@ impl Outbox {
             && self.high(&s)
             && !self.stalled();
         drop(s);
-        *net += w as i64 - freed as i64;
+        tally.bytes += w as i64;
         if first || pressure {
             self.ready.notify_one();
         }
@@ -402,6 +435,9 @@ impl Outbox {
         if s.items.is_empty() && s.items.capacity() > 64 {
             s.items = VecDeque::new();
         }
+        if taken > 0 {
+            self.full.store(false, Relaxed);
+        }
         let low = self.low(&s);
         drop(s);
         self.budget.sub(taken);
@@ -426,6 +462,7 @@ impl Outbox {
         let n = s.items.len();
         s.items = VecDeque::new();
         let bytes = std::mem::take(&mut s.bytes);
+        self.full.store(false, Relaxed);
         drop(s);
         self.budget.sub(bytes);
         self.budget.unpark(self.key);
@@ -514,16 +551,21 @@ mod tests {
     }
 
     #[test]
-    fn full_queue_drops_oldest_and_counts_each() {
+    fn a_full_queue_keeps_what_it_holds_and_counts_each_drop() {
         let o = outbox(4);
         o.set_online(true);
         o.set_blocked(true);
         let p = policy();
-        for _ in 0..10 {
-            assert_ne!(o.push(d(1), &p), Pushed::Dropped);
-        }
+        let got: Vec<Pushed> = (0..10).map(|_| o.push(d(1), &p)).collect();
+        assert!(got[..4].iter().all(|g| *g == Pushed::Queued), "{got:?}");
+        assert!(got[4..].iter().all(|g| *g == Pushed::Dropped), "{got:?}");
+        assert!(o.full(), "the router may skip it without the lock");
         assert_eq!(o.len(), 4);
         assert_eq!(o.stats.dropped(Reason::QueueFull), 6);
+        let mut taken = VecDeque::new();
+        o.take(&mut taken, 1, 10);
+        assert!(!o.full(), "room again");
+        assert_eq!(o.push(d(1), &p), Pushed::Queued);
     }
 
     #[test]
@@ -581,7 +623,7 @@ mod tests {
             got.iter().all(|g| *g == Pushed::Queued),
             "a reader not in pushback_users only fills its own queue: {got:?}"
         );
-        assert_eq!(o.push(d(0), &p), Pushed::Queued);
+        assert_eq!(o.push(d(0), &p), Pushed::Dropped);
         assert_eq!(o.stats.dropped(Reason::QueueFull), 1, "then drops, counted");
     }
 

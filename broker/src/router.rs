@@ -21,7 +21,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::auth::Policy;
 use crate::message::Message;
-use crate::outbox::{Budget, Delivery, Outbox, Pushed, SubIds};
+use crate::outbox::{Budget, Delivery, Outbox, Pushed, SubIds, Tally};
 use crate::stats::{Reason, Stats};
 
 /// One session's subscription to one filter.
@@ -498,10 +498,16 @@ impl Router {
             hits.extend(several);
         }
         let mut queued = 0;
-        let mut net = 0;
+        let mut tally = Tally::default();
         for h in hits {
             let s = h.sub;
             if s.no_local && s.outbox.key == msg.origin {
+                continue;
+            }
+            if s.outbox.full() {
+                // A queue at its limit drops what arrives: counted, and no
+                // lock taken (a reader slow on purpose costs one load).
+                tally.full += 1;
                 continue;
             }
             let d = Delivery {
@@ -513,7 +519,7 @@ impl Router {
                     None => SubIds::One(s.id),
                 },
             };
-            match s.outbox.push_unsettled(d, policy, &mut net) {
+            match s.outbox.push_unsettled(d, policy, &mut tally) {
                 Pushed::Dropped => {}
                 Pushed::Queued => queued += 1,
                 Pushed::Pressure => {
@@ -527,7 +533,7 @@ impl Router {
             }
         }
         drop(t);
-        self.budget.settle(net);
+        tally.settle(&self.budget);
         queued
     }
 

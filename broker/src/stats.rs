@@ -12,7 +12,7 @@ use std::time::Instant;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(usize)]
 pub enum Reason {
-    /// A subscriber's outbound queue was full; the oldest message went.
+    /// A subscriber's outbound queue was full; the message was not queued for it.
     QueueFull,
     /// A QoS 0 message for an offline persistent session (not queued).
     OfflineQos0,

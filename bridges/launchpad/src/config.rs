@@ -49,6 +49,18 @@ pub struct LaunchpadArgs {
     /// Largest mail accepted; larger ones are dead-lettered [default: 16 MiB].
     #[arg(long, value_name = "BYTES")]
     pub max_mail_bytes: Option<usize>,
+    /// Publish only Launchpad mail with a valid DKIM signature of
+    /// --dkim-domain; the rest is dead-lettered with the reason (anyone who
+    /// can mail the mailbox could forge bug mail otherwise).
+    #[arg(long)]
+    pub dkim: bool,
+    /// The domain that must have signed [default: launchpad.net].
+    #[arg(long, value_name = "DOMAIN")]
+    pub dkim_domain: Option<String>,
+    /// DKIM keys from this file instead of DNS: `<selector> <TXT record>`
+    /// per line (pinned keys; tests).
+    #[arg(long, value_name = "FILE")]
+    pub dkim_keys: Option<PathBuf>,
 }
 
 /// What happens to a mail on the server once its event is delivered.
@@ -109,6 +121,9 @@ pub struct LaunchpadConfig {
     pub maildir: Option<PathBuf>,
     pub mbox: Option<String>,
     pub max_mail_bytes: usize,
+    pub dkim: bool,
+    pub dkim_domain: String,
+    pub dkim_keys: Option<PathBuf>,
 }
 
 impl Default for LaunchpadConfig {
@@ -124,6 +139,9 @@ impl Default for LaunchpadConfig {
             maildir: None,
             mbox: None,
             max_mail_bytes: 16 * 1024 * 1024,
+            dkim: false,
+            dkim_domain: "launchpad.net".into(),
+            dkim_keys: None,
         }
     }
 }
@@ -135,6 +153,10 @@ pub enum ConfigError {
     NoSource,
     #[error("give one of --imap, --maildir and --mbox")]
     Several,
+    #[error(transparent)]
+    Dkim(#[from] crate::dkim::DkimError),
+    #[error("--dkim-keys is set but --dkim is not: add --dkim, or drop the key file")]
+    DkimKeysUnused,
     #[error("--imap {0}")]
     Url(String),
     #[error("--imap {0}: plain imap:// upgrades with STARTTLS; to send the password in clear text anyway, add --imap-insecure (development only)")]
@@ -181,7 +203,8 @@ pub struct Imap {
     /// Longest an IMAP command may take.
     pub timeout: Duration,
     pub after: After,
-    pub max_mail_bytes: usize,
+    /// Size limit and DKIM check.
+    pub screen: crate::mail::Screen,
 }
 
 /// Where the mail comes from.
@@ -217,6 +240,11 @@ impl LaunchpadConfig {
         if let Some(n) = a.max_mail_bytes {
             self.max_mail_bytes = n;
         }
+        self.dkim |= a.dkim;
+        set_opt(&mut self.dkim_keys, &a.dkim_keys);
+        if let Some(d) = &a.dkim_domain {
+            self.dkim_domain = d.clone();
+        }
     }
 
     /// Checks everything and reads the files it names.
@@ -242,6 +270,23 @@ impl LaunchpadConfig {
         let url = self.imap.as_deref().unwrap_or_default();
         let imap = self.imap_account(url)?;
         Ok(Input::Imap(Box::new(imap)))
+    }
+
+    /// The checks every mail passes (the size limit; DKIM with `--dkim`).
+    pub fn screen(&self) -> Result<crate::mail::Screen, ConfigError> {
+        if self.dkim_keys.is_some() && !self.dkim {
+            return Err(ConfigError::DkimKeysUnused);
+        }
+        let dkim = if self.dkim {
+            let d = crate::dkim::Dkim::new(&self.dkim_domain, self.dkim_keys.as_deref())?;
+            Some(std::sync::Arc::new(d))
+        } else {
+            None
+        };
+        Ok(crate::mail::Screen {
+            max_mail_bytes: self.max_mail_bytes,
+            dkim,
+        })
     }
 
     fn no_imap_options(&self, from: &'static str) -> Result<(), ConfigError> {
@@ -301,7 +346,7 @@ impl LaunchpadConfig {
             poll_interval: Duration::from_secs(self.poll_interval.max(1)),
             timeout: Duration::from_secs(self.imap_timeout.max(1)),
             after: self.after.clone(),
-            max_mail_bytes: self.max_mail_bytes,
+            screen: self.screen()?,
         })
     }
 }

@@ -25,11 +25,11 @@ async fn one(
     source: &str,
     what: &str,
     raw: &[u8],
-    max: usize,
+    screen: &mail::Screen,
     n: &mut Counts,
 ) -> Result<(), SourceError> {
     n.mails += 1;
-    let parsed = mail::parse_limited(raw, max);
+    let parsed = screen.read(raw).await;
     match parsed {
         Ok(Some(ev)) => {
             n.published += 1;
@@ -50,7 +50,7 @@ async fn one(
 /// `--maildir DIR`.
 pub struct Maildir {
     pub dir: PathBuf,
-    pub max_mail_bytes: usize,
+    pub screen: mail::Screen,
 }
 
 impl Source for Maildir {
@@ -83,7 +83,7 @@ impl Source for Maildir {
                 .await
                 .fatal(format!("reading {}", f.display()))?;
             let what = f.display().to_string();
-            one(ctx, &source, &what, &raw, self.max_mail_bytes, &mut n).await?;
+            one(ctx, &source, &what, &raw, &self.screen, &mut n).await?;
         }
         tracing::info!(maildir = %self.dir.display(), mails = n.mails, published = n.published, not_launchpad = n.other, dead_lettered = n.dead, "maildir read to the end");
         Ok(())
@@ -93,7 +93,7 @@ impl Source for Maildir {
 /// `--mbox FILE` (or `-` for stdin).
 pub struct Mbox {
     pub path: String,
-    pub max_mail_bytes: usize,
+    pub screen: mail::Screen,
 }
 
 impl Source for Mbox {
@@ -123,15 +123,7 @@ impl Source for Mbox {
             let what = format!("{} message {}", self.path, i + 1);
             match m {
                 Ok(m) => {
-                    one(
-                        ctx,
-                        &source,
-                        &what,
-                        m.contents(),
-                        self.max_mail_bytes,
-                        &mut n,
-                    )
-                    .await?;
+                    one(ctx, &source, &what, m.contents(), &self.screen, &mut n).await?;
                 }
                 Err(_) => {
                     n.dead += 1;

@@ -32,7 +32,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::config::{After, Imap, Security};
-use crate::mail;
 
 /// How long one IDLE lasts before it is renewed (RFC 2177: under 29 minutes).
 const IDLE_RENEW: Duration = Duration::from_secs(25 * 60);
@@ -206,7 +205,7 @@ impl ImapSource {
         session: &mut Session<Stream>,
     ) -> Result<(), SourceError> {
         let t = self.account.timeout;
-        let max = self.account.max_mail_bytes;
+        let max = self.account.screen.max_mail_bytes;
         let found = timed(t, "SEARCH", async {
             session.uid_search(SEARCH).await.lost("SEARCH")
         })
@@ -270,7 +269,7 @@ impl ImapSource {
         uid: u32,
         raw: &[u8],
     ) -> Result<Outcome, SourceError> {
-        let parsed = mail::parse_limited(raw, self.account.max_mail_bytes);
+        let parsed = self.account.screen.read(raw).await;
         match parsed {
             Ok(Some(ev)) => {
                 let batch = self.acks.batch(uid);

@@ -10,6 +10,7 @@
 //! - [`config`]: the bridge's own flags and `[source]` table.
 
 pub mod config;
+pub mod dkim;
 pub mod files;
 pub mod imap;
 pub mod mail;

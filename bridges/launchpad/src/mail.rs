@@ -93,6 +93,27 @@ pub fn parse_limited(raw: &[u8], max: usize) -> Result<Option<LaunchpadEvent>, S
     parse(raw).map_err(|e| e.to_string())
 }
 
+/// What every mail passes before it is published, whatever the input:
+/// the size limit, then (with `--dkim`) a valid signature of the signing
+/// domain. An `Err` is the dead letter's reason.
+#[derive(Clone)]
+pub struct Screen {
+    pub max_mail_bytes: usize,
+    pub dkim: Option<std::sync::Arc<crate::dkim::Dkim>>,
+}
+
+impl Screen {
+    /// The event of a Launchpad mail, `None` for other mail (left alone,
+    /// not checked), or why the mail is refused.
+    pub async fn read(&self, raw: &[u8]) -> Result<Option<LaunchpadEvent>, String> {
+        let ev = parse_limited(raw, self.max_mail_bytes)?;
+        if let (Some(_), Some(dkim)) = (&ev, &self.dkim) {
+            dkim.verify(raw).await?;
+        }
+        Ok(ev)
+    }
+}
+
 /// lpmqtt's bug fields.
 fn bug_fields(
     msg: &Message<'_>,

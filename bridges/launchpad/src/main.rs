@@ -41,7 +41,7 @@ fn main() -> ExitCode {
     };
     firehose_bridge::cli::main(info, cli.common, |mut src: LaunchpadConfig, _| {
         src.apply(&cli.launchpad);
-        let max = src.max_mail_bytes;
+        let screen = src.screen()?;
         let (source, describe) = match src.resolve()? {
             Input::Imap(a) => {
                 let d = format!(
@@ -53,18 +53,12 @@ fn main() -> ExitCode {
             }
             Input::Maildir(dir) => {
                 let d = format!("maildir {}", dir.display());
-                let maildir = Maildir {
-                    dir,
-                    max_mail_bytes: max,
-                };
+                let maildir = Maildir { dir, screen };
                 (BoxedSource::new(maildir), d)
             }
             Input::Mbox(path) => {
                 let d = format!("mbox {path}");
-                let mbox = Mbox {
-                    path,
-                    max_mail_bytes: max,
-                };
+                let mbox = Mbox { path, screen };
                 (BoxedSource::new(mbox), d)
             }
         };

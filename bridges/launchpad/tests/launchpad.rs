@@ -626,3 +626,62 @@ fn a_server_that_stops_answering_is_noticed() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     server.join().unwrap();
 }
+
+/// `--dkim`: only Launchpad mail with a valid signature of launchpad.net
+/// is published; a forged one (unsigned) and a tampered one (signed, then
+/// changed) are dead-lettered with the reason. Keys pinned in a file, so
+/// nothing asks DNS.
+#[test]
+fn dkim_dead_letters_forged_and_tampered_mail() {
+    let dir = tempfile::tempdir().unwrap();
+    let lp = firehose_launchpad::dkim::testing::Signer::new();
+    let keys = dir.path().join("dkim.keys");
+    std::fs::write(&keys, lp.key_line("lp2026")).unwrap();
+    let maildir = dir.path().join("mail");
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(maildir.join(sub)).unwrap();
+    }
+    let signed = lp.sign(&variant(&qemu(), 1), "launchpad.net", "lp2026");
+    let tampered =
+        String::from_utf8_lossy(&lp.sign(&variant(&qemu(), 2), "launchpad.net", "lp2026"))
+            .replace("[Bug 990002]", "[Bug 990003]")
+            .into_bytes();
+    let forged = variant(&qemu(), 4);
+    for (name, raw) in [
+        ("1.signed", &signed),
+        ("2.tampered", &tampered),
+        ("3.forged", &forged),
+    ] {
+        std::fs::write(maildir.join("new").join(name), raw).unwrap();
+    }
+    let dl = dir.path().join("dl.jsonl");
+    let out = run(Command::new(bin("firehose-launchpad"))
+        .arg("--maildir")
+        .arg(&maildir)
+        .args(["--print", "json", "--dkim", "--dkim-keys"])
+        .arg(&keys)
+        .arg("--dead-letter")
+        .arg(&dl));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let topics: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["topic"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(topics, vec!["launchpad/qemu/bug/990001"], "{stderr}");
+    let dead = std::fs::read_to_string(&dl).unwrap();
+    assert_eq!(dead.lines().count(), 2, "{dead}");
+    assert!(
+        dead.contains("2.tampered: DKIM: the signature of launchpad.net does not verify"),
+        "{dead}"
+    );
+    assert!(
+        dead.contains("3.forged: DKIM: no signature of launchpad.net"),
+        "{dead}"
+    );
+}

@@ -3,7 +3,7 @@
 //!
 //! The session keeps everything MQTT asks a broker to keep for a client: its
 //! subscriptions (mirrored in the [`crate::router`]), the outbound queue
-//! ([`Outbox`]: bounded, the oldest dropped and counted), what is in flight
+//! ([`Outbox`]: bounded, what arrives beyond dropped and counted), what is in flight
 //! ([`flight::Outflow`]: re-sent on resume), QoS 2 packet ids awaiting
 //! PUBREL, and the will. When a persistent client leaves, the task stays
 //! (its outbox keeps filling) and hands it all to the next connection with
