@@ -162,6 +162,9 @@ impl Backlog {
     }
 }
 
+/// Packet ids a connection can have in flight (1..=65535).
+const MAX_IN_FLIGHT: usize = u16::MAX as usize;
+
 /// A session's outbound state. See the module documentation.
 #[derive(Debug)]
 pub struct Outflow {
@@ -289,13 +292,19 @@ impl Outflow {
     /// before shutdown). Expired and oversize deliveries are dropped here
     /// (MQTT-3.3.2-5, MQTT-3.1.2-25), as if acknowledged.
     pub fn fill(&mut self, outbox: &Outbox, out: &mut BytesMut, chunk: usize, all: bool) -> Filled {
+        // Even the last delivery before shutdown keeps at most 65,535 in
+        // flight: there are no more packet ids.
         let window = if all {
-            usize::MAX
+            MAX_IN_FLIGHT
         } else {
             usize::from(self.limits.window)
         };
         let v5 = self.limits.v5;
         let mut done = Filled::default();
+        // Packet ids in use, for a large window (a drain, or a client with a
+        // big Receive Maximum): one lookup per id, not a walk of the window.
+        let mut used: Option<std::collections::HashSet<u16>> = (window > 64)
+            .then(|| self.inflight.iter().map(|f| f.pkid).collect());
         while all || out.len() < chunk {
             let room = window.saturating_sub(self.inflight.len());
             let Some(d) = self.next_delivery(outbox, room) else {
@@ -305,7 +314,11 @@ impl Outflow {
                 done.expired += 1;
                 continue;
             }
-            let pkid = if d.qos > 0 { self.alloc_pkid() } else { 0 };
+            let pkid = if d.qos > 0 {
+                self.alloc_pkid(used.as_mut())
+            } else {
+                0
+            };
             let start = out.len();
             let alias = match &mut self.aliases {
                 Some(a) => a.for_topic(&d.msg.topic),
@@ -328,6 +341,9 @@ impl Outflow {
                 }
                 if pkid != 0 {
                     self.next_pkid = pkid;
+                    if let Some(u) = used.as_mut() {
+                        u.remove(&pkid);
+                    }
                 }
                 done.too_large += 1;
                 continue;
@@ -351,11 +367,20 @@ impl Outflow {
         done
     }
 
-    fn alloc_pkid(&mut self) -> u16 {
+    /// The next free packet id. Called only while fewer than 65,535 are in
+    /// flight (the window says so), so a free one exists and the search
+    /// ends; `used` (the in-flight ids, kept current) makes each probe one
+    /// lookup.
+    fn alloc_pkid(&mut self, used: Option<&mut std::collections::HashSet<u16>>) -> u16 {
+        let mut used = used;
         loop {
             let p = self.next_pkid;
             self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
-            if !self.inflight.iter().any(|f| f.pkid == p) {
+            let taken = match used.as_deref_mut() {
+                Some(u) => !u.insert(p),
+                None => self.inflight.iter().any(|f| f.pkid == p),
+            };
+            if !taken {
                 return p;
             }
         }
@@ -747,5 +772,48 @@ mod tests {
             "sent ones may wait again, within the cap"
         );
         assert_eq!(f.retained_backlog(), 3);
+    }
+
+    #[test]
+    fn the_shutdown_drain_stops_at_65535_in_flight_and_is_linear() {
+        let budget = Budget::new(usize::MAX / 2, Arc::new(Stats::default()));
+        let o = Outbox::new(1, 100_000, 1 << 30, budget);
+        o.set_reader(Reader {
+            reads_everything: true,
+            ..Default::default()
+        });
+        o.set_online(true);
+        let p = policy();
+        for i in 0..70_000u32 {
+            let m = Message::new(
+                Bytes::from(format!("t/{}", i % 10)),
+                Bytes::from_static(b"x"),
+                1,
+                false,
+                None,
+                0,
+            );
+            o.push(
+                Delivery {
+                    msg: m,
+                    qos: 1,
+                    retain: false,
+                    sub_ids: SubIds::One(0),
+                },
+                &p,
+            );
+        }
+        let mut f = Outflow::default();
+        let mut out = BytesMut::new();
+        f.connected(v5(20, 0), false, &mut out);
+        // `all`: the last delivery before shutdown. It must end, with every
+        // packet id used once.
+        let done = f.fill(&o, &mut out, 1 << 16, true);
+        assert_eq!(done.sent, 65_535);
+        assert_eq!(f.in_flight(), 65_535);
+        let ids: std::collections::HashSet<u16> = f.inflight.iter().map(|x| x.pkid).collect();
+        assert_eq!(ids.len(), 65_535, "no id twice");
+        assert_eq!(o.len(), 70_000 - 65_535, "the rest stays queued");
+        assert_eq!(f.fill(&o, &mut out, 1 << 16, true).sent, 0, "no id left: nothing more");
     }
 }
