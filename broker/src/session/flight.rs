@@ -303,8 +303,8 @@ impl Outflow {
         let mut done = Filled::default();
         // Packet ids in use, for a large window (a drain, or a client with a
         // big Receive Maximum): one lookup per id, not a walk of the window.
-        let mut used: Option<std::collections::HashSet<u16>> = (window > 64)
-            .then(|| self.inflight.iter().map(|f| f.pkid).collect());
+        let mut used: Option<std::collections::HashSet<u16>> =
+            (window > 64).then(|| self.inflight.iter().map(|f| f.pkid).collect());
         while all || out.len() < chunk {
             let room = window.saturating_sub(self.inflight.len());
             let Some(d) = self.next_delivery(outbox, room) else {
@@ -814,6 +814,10 @@ mod tests {
         let ids: std::collections::HashSet<u16> = f.inflight.iter().map(|x| x.pkid).collect();
         assert_eq!(ids.len(), 65_535, "no id twice");
         assert_eq!(o.len(), 70_000 - 65_535, "the rest stays queued");
-        assert_eq!(f.fill(&o, &mut out, 1 << 16, true).sent, 0, "no id left: nothing more");
+        assert_eq!(
+            f.fill(&o, &mut out, 1 << 16, true).sent,
+            0,
+            "no id left: nothing more"
+        );
     }
 }

@@ -407,10 +407,11 @@ impl Sender {
                     .iter()
                     .map(|(k, v)| format!("{k}: {}", render(v, note)))
                     .collect();
+                // `--dry-run` shows the operator the whole URL (stdout, not
+                // the logs).
                 format!(
-                    "{} {} headers {hs:?} body {body}",
-                    if *put { "PUT" } else { "POST" },
-                    shown_url(url)
+                    "{} {url} headers {hs:?} body {body}",
+                    if *put { "PUT" } else { "POST" }
                 )
             }
             Sender::Smtp {
