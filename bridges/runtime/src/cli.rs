@@ -14,7 +14,8 @@ use std::process::ExitCode;
 use serde::de::DeserializeOwned;
 
 use crate::config::{load_file, FileConfig, Publish, PublishArgs};
-use crate::runtime::{Bridge, PrintFormat};
+use crate::print::PrintFormat;
+use crate::runtime::Bridge;
 use crate::source::{error_chain, BoxError, Source};
 
 /// Options every bridge has.

@@ -56,5 +56,6 @@ pub mod stats;
 pub use firehose::{backoff, url};
 
 pub use ack::{Acks, Batch, BatchStatus};
-pub use runtime::{Bridge, PrintFormat};
+pub use print::PrintFormat;
+pub use runtime::Bridge;
 pub use source::{BoxedSource, Event, ResultExt, Source, SourceContext, SourceError};

@@ -9,8 +9,28 @@
 
 use std::io::Write;
 
-use crate::runtime::PrintFormat;
 use crate::source::Event;
+
+/// `--print`: write normalized events to stdout instead of publishing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrintFormat {
+    /// One JSON object per line.
+    Json,
+    /// One YAML document per event.
+    Yaml,
+}
+
+impl std::str::FromStr for PrintFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "json" => Ok(PrintFormat::Json),
+            "yaml" => Ok(PrintFormat::Yaml),
+            o => Err(format!("--print {o:?}: use json or yaml")),
+        }
+    }
+}
 
 #[derive(serde::Serialize)]
 struct Printed<'a> {

@@ -29,6 +29,7 @@ use crate::config::Publish;
 use crate::deadletter::DeadLetters;
 use crate::ledger::{Ledger, Sent};
 use crate::mqtt::{reason_name, ConnectOptions, Connection, Incoming, MqttError};
+use crate::print::PrintFormat;
 use crate::source::{drive, Event, Source, SourceContext, SourceError, Upstream, Upstreams};
 use crate::spool::{Record, Spool, SpoolError};
 use crate::stats::Stats;
@@ -76,27 +77,6 @@ pub struct Bridge {
     cfg: Publish,
     stats: Arc<Stats>,
     print: Option<PrintFormat>,
-}
-
-/// `--print`: write normalized events to stdout instead of publishing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PrintFormat {
-    /// One JSON object per line.
-    Json,
-    /// One YAML document per event.
-    Yaml,
-}
-
-impl std::str::FromStr for PrintFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "json" => Ok(PrintFormat::Json),
-            "yaml" => Ok(PrintFormat::Yaml),
-            o => Err(format!("--print {o:?}: use json or yaml")),
-        }
-    }
 }
 
 /// How a connected period ended.
