@@ -336,6 +336,11 @@ impl Config {
                 "sys_interval_secs must be at least 1".into(),
             ));
         }
+        if self.limits.max_subscriptions_per_packet == 0 {
+            return Err(ConfigError::Invalid(
+                "max_subscriptions_per_packet must be at least 1".into(),
+            ));
+        }
         if self.limits.max_handshakes < 10 {
             return Err(ConfigError::Invalid(
                 "max_handshakes must be at least 10".into(),
