@@ -1,10 +1,12 @@
 //! The way in: from an accepted byte stream to a session.
 //!
-//! Reads the CONNECT under the handshake timeout, parses it (3.1, 3.1.1 or
-//! 5), applies the client-id policy, authenticates, checks the will against
-//! the ACL, applies `max_keepalive` and `max_connections`, and refuses with
-//! the right CONNACK code for the client's version. A connection that passes
-//! is handed to the session task for its client id ([`crate::session`]).
+//! Reads the CONNECT under the handshake timeout and parses it (3.1, 3.1.1
+//! or 5); [`crate::admission::admit`], a pure function, decides it (client
+//! id, login, will, keepalive, capacity); then the registry's takeover
+//! rules. Every refusal goes through one path: counted, logged at powers of
+//! two per reason, answered with the CONNACK code for the client's version.
+//! A connection that passes is handed to the session task for its client
+//! id ([`crate::session`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -14,11 +16,9 @@ use bytes::BytesMut;
 use rumqttd::protocol::{ConnAck, Packet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 
-use crate::auth::Who;
 use crate::codec::{self, ConnectError, ConnectInfo, Refusal, Version};
 use crate::server::{Shared, SocketSlot};
 use crate::stats::Reason;
-use crate::topic;
 use crate::transport::BoxIo;
 
 /// A client that sent a valid CONNECT and passed authentication.
@@ -106,155 +106,62 @@ pub(crate) async fn serve(
                     (Reason::BadClientId, Some((*v, Refusal::BadClientId)))
                 }
             };
-            shared.stats.count(reason);
-            tracing::info!(%peer, error = %e, "CONNECT refused");
-            if let Some((v, code)) = answer {
-                refuse(&mut writer, v, code, &shared).await;
-            }
-            return;
+            let (v, answer) = match answer {
+                Some((v, code)) => (v, Some(code)),
+                None => (Version::V311, None),
+            };
+            let r = crate::admission::Refused {
+                reason,
+                answer,
+                why: e.to_string(),
+                user: None,
+            };
+            return refuse_counted(&mut writer, v, r, "", peer, &shared).await;
         }
     };
     let v = info.version;
     let who_log = info.login.as_ref().map(|l| l.username.clone());
-
-    // Client id policy.
-    let mut info = info;
-    let mut assigned_id = false;
-    if info.client_id.is_empty() {
-        let allowed = match v {
-            Version::V5 => true,
-            Version::V311 => info.clean_start,
-            Version::V31 => false,
-        };
-        if !allowed {
-            shared.stats.count(Reason::BadClientId);
-            tracing::info!(%peer, version = v.as_str(), "empty client id with a persistent session refused");
-            refuse(&mut writer, v, Refusal::BadClientId, &shared).await;
-            return;
-        }
-        info.client_id = format!("auto-{:016x}", rand::random::<u64>());
-        assigned_id = true;
-    }
-
-    // Authentication.
+    let counts = crate::admission::Counts {
+        connected: shared.stats.clients_connected.load(Relaxed),
+        from_ip: shared.connections_from(peer.ip()),
+        reserved_slot: gate.reserved,
+    };
     let policy = shared.auth.policy();
-    let user = match policy.login(info.login.as_ref()) {
-        Ok(u) => u,
-        Err(r) => {
-            let (reason, code) = match r {
-                crate::auth::Refusal::BadCredentials => {
-                    (Reason::BadCredentials, Refusal::BadCredentials)
-                }
-                crate::auth::Refusal::NotAuthorized => {
-                    (Reason::NotAuthorized, Refusal::NotAuthorized)
-                }
-            };
-            shared.stats.count(reason);
-            tracing::warn!(%peer, client_id = %crate::stats::short(&info.client_id), user = %crate::stats::who(who_log.as_deref()), reason = reason.name(), "login refused");
-            refuse(&mut writer, v, code, &shared).await;
-            return;
-        }
-    };
-
-    // A socket let in on a handshake slot kept for logins must log in.
-    if gate.reserved && user.is_none() {
-        shared.stats.count(Reason::Handshakes);
-        let n = shared.stats.dropped(Reason::Handshakes);
-        if n.is_power_of_two() {
-            tracing::warn!(%peer, refused = n, "anonymous CONNECT on a handshake slot kept for clients that log in; refusing");
-        }
-        refuse(&mut writer, v, Refusal::Busy, &shared).await;
-        return;
-    }
+    let admitted = crate::admission::admit(&info, &policy, &shared.cfg, counts, || {
+        format!("auto-{:016x}", rand::random::<u64>())
+    });
+    // The socket is past its handshake either way.
     drop(gate);
-
-    // Will: a valid topic the client may write to.
-    if let Some(w) = &info.will {
-        let ok_topic = std::str::from_utf8(&w.topic)
-            .ok()
-            .filter(|t| topic::validate_name(t, shared.cfg.topic_limits()).is_ok());
-        let Some(t) = ok_topic else {
-            shared.stats.count(Reason::Malformed);
-            tracing::info!(%peer, client_id = %crate::stats::short(&info.client_id), "will topic invalid; closing");
-            return;
-        };
-        let who = Who {
-            user: user.as_deref(),
-            client_id: &info.client_id,
-        };
-        if !policy.may_write(who, t) {
-            shared.stats.count(Reason::AclWill);
-            tracing::warn!(%peer, client_id = %crate::stats::short(&info.client_id), will_topic = t, "will on a topic the client may not write; refused");
-            refuse(&mut writer, v, Refusal::NotAuthorized, &shared).await;
-            return;
+    let a = match admitted {
+        Ok(a) => a,
+        Err(mut r) => {
+            // A refused login is logged with the name it claimed.
+            r.user = r.user.or(who_log);
+            return refuse_counted(&mut writer, v, r, &info.client_id, peer, &shared).await;
         }
-    }
-
-    // Keepalive ceiling (mosquitto's max_keepalive).
-    let max_ka = shared.cfg.limits.max_keepalive;
-    let (keep_alive, server_keep_alive) = if info.keep_alive > max_ka
-        || (info.keep_alive == 0 && max_ka < 65535)
-    {
-        match v {
-            Version::V5 => (max_ka, Some(max_ka)),
-            // A v3 client cannot be told; keepalive 0 ("never") is held to
-            // the cap silently, as mosquitto does.
-            _ if info.keep_alive == 0 => (max_ka, None),
-            _ => {
-                shared.stats.count(Reason::BadClientId);
-                tracing::info!(%peer, client_id = %crate::stats::short(&info.client_id), keep_alive = info.keep_alive, max_keepalive = max_ka, "keepalive above max_keepalive; refused");
-                refuse(&mut writer, v, Refusal::BadClientId, &shared).await;
-                return;
-            }
-        }
-    } else {
-        (info.keep_alive, None)
     };
+    let mut info = info;
+    info.client_id = a.client_id;
 
-    // Takeover of a client id in use.
+    // Takeover of a client id in use (the registry's rules, counted there).
     let takeovers = match shared
         .sessions
-        .takeover_check(&info.client_id, user.as_deref())
+        .takeover_check(&info.client_id, a.user.as_deref())
     {
         Ok(t) => t,
         Err(reason) => {
-            shared.stats.count(reason);
-            let n = shared.stats.dropped(reason);
-            if n.is_power_of_two() {
-                tracing::warn!(%peer, client_id = %crate::stats::short(&info.client_id), user = %crate::stats::who(user.as_deref()), reason = reason.name(), refused = n, "takeover refused");
-            }
-            refuse(&mut writer, v, Refusal::BadClientId, &shared).await;
-            return;
+            let r = crate::admission::Refused {
+                reason,
+                answer: Some(Refusal::BadClientId),
+                why: "the client id belongs to another user's session, or changed hands too often"
+                    .into(),
+                user: a.user.clone(),
+            };
+            return refuse_counted(&mut writer, v, r, &info.client_id, peer, &shared).await;
         }
     };
-
-    // Capacity: the last `reserved_connections` slots are for
-    // authenticated users, so anonymous readers cannot lock bridges out.
-    let limits = &shared.cfg.limits;
-    let connected = shared.stats.clients_connected.load(Relaxed);
-    let cap = match user {
-        Some(_) => limits.max_connections,
-        None => limits.max_connections - shared.cfg.reserved_connections(),
-    };
-    if connected >= cap as i64 {
-        shared.stats.count(Reason::MaxConnections);
-        let n = shared.stats.dropped(Reason::MaxConnections);
-        if n.is_power_of_two() {
-            tracing::warn!(%peer, connected, cap, authenticated = user.is_some(), refused = n, "connection limit reached; refusing");
-        }
-        refuse(&mut writer, v, Refusal::Busy, &shared).await;
-        return;
-    }
-    let per_ip = limits.max_connections_per_ip;
-    if user.is_none() && per_ip > 0 && shared.connections_from(peer.ip()) as usize > per_ip {
-        shared.stats.count(Reason::MaxConnectionsPerIp);
-        let n = shared.stats.dropped(Reason::MaxConnectionsPerIp);
-        if n.is_power_of_two() {
-            tracing::warn!(ip = %peer.ip(), max_connections_per_ip = per_ip, refused = n, "too many connections from one address; refusing");
-        }
-        refuse(&mut writer, v, Refusal::Busy, &shared).await;
-        return;
-    }
+    let (user, keep_alive, server_keep_alive, assigned_id) =
+        (a.user, a.keep_alive, a.server_keep_alive, a.assigned_id);
 
     let pending = Box::new(Pending {
         reader,
@@ -270,6 +177,27 @@ pub(crate) async fn serve(
         takeovers,
     });
     crate::session::registry::dispatch(pending, shared);
+}
+
+/// The one refuse path: counts the reason, logs it (the first time and
+/// then at powers of two, per reason, so a flood cannot fill the log), and
+/// answers with the CONNACK code for the client's version, or closes.
+async fn refuse_counted(
+    writer: &mut WriteHalf<BoxIo>,
+    v: Version,
+    r: crate::admission::Refused,
+    client_id: &str,
+    peer: SocketAddr,
+    shared: &Shared,
+) {
+    shared.stats.count(r.reason);
+    let n = shared.stats.dropped(r.reason);
+    if n.is_power_of_two() {
+        tracing::warn!(%peer, client_id = %crate::stats::short(client_id), user = %crate::stats::who(r.user.as_deref()), reason = r.reason.name(), why = %r.why, refused = n, "CONNECT refused");
+    }
+    if let Some(code) = r.answer {
+        refuse(writer, v, code, shared).await;
+    }
 }
 
 pub(crate) async fn refuse(

@@ -13,6 +13,7 @@
 //! - [`stats`]: counters for `$SYS`, `/metrics` and the web page;
 //! - [`server`]: wires it all together.
 
+mod admission;
 pub mod auth;
 pub mod codec;
 pub mod config;
