@@ -85,13 +85,27 @@ impl Bodies {
     }
 }
 
+/// One captured AMQP delivery (see [`Bodies::line`]).
+#[derive(serde::Deserialize)]
+struct Capture {
+    #[allow(dead_code)]
+    routing_key: String,
+    body: String,
+}
+
 impl LineHandler for Bodies {
     fn kind(&self) -> &'static str {
         "nova"
     }
 
+    /// A line is a body as it sits on RabbitMQ, or a capture of one
+    /// delivery (`{"exchange", "routing_key", "body", ...}`, the form of the
+    /// repository's fixtures and of queue dumps): its `body` is published.
     async fn line(&mut self, ctx: &SourceContext, line: Vec<u8>) -> Result<(), SourceError> {
-        self.publish(ctx, &line, None).await.map(|_| ())
+        match serde_json::from_slice::<Capture>(&line) {
+            Ok(c) => self.publish(ctx, c.body.as_bytes(), None).await.map(|_| ()),
+            Err(_) => self.publish(ctx, &line, None).await.map(|_| ()),
+        }
     }
 }
 
