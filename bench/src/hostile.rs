@@ -37,23 +37,9 @@ const ACK_GAP: Duration = Duration::from_millis(90);
 /// `s` as needed; `None` once the broker closed.
 async fn next_packet(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(u8, Vec<u8>)> {
     loop {
-        let mut len = 0usize;
-        let mut mult = 1usize;
-        let mut i = 1;
-        let mut complete = false;
-        while i < buf.len() && i <= 4 {
-            len += (buf[i] & 0x7f) as usize * mult;
-            mult *= 128;
-            i += 1;
-            if buf[i - 1] & 0x80 == 0 {
-                complete = true;
-                break;
-            }
-        }
-        if complete && buf.len() >= i + len {
-            let first = buf[0];
-            let body = buf[i..i + len].to_vec();
-            buf.drain(..i + len);
+        if let Some((first, body, len)) = crate::raw::split_packet(buf) {
+            let body = body.to_vec();
+            buf.drain(..len);
             return Some((first, body));
         }
         let mut tmp = [0u8; 16 * 1024];
@@ -109,7 +95,9 @@ pub async fn readers(
             let mut buf = Vec::new();
             while !stop.load(Relaxed) && Instant::now() < deadline {
                 match manner {
-                    Manner::NoRead => tokio::time::sleep(Duration::from_millis(50)).await,
+                    // Holds the socket, unread, until the case ends (the
+                    // task is aborted then) or its deadline.
+                    Manner::NoRead => tokio::time::sleep_until(deadline.into()).await,
                     Manner::NoAck | Manner::SlowAck | Manner::Polite => {
                         let next = tokio::time::timeout(
                             Duration::from_millis(200),

@@ -185,7 +185,7 @@ pub async fn read_publishes(
 }
 
 /// The first whole packet of `b`: (first byte, body, total length).
-fn split_packet(b: &[u8]) -> Option<(u8, &[u8], usize)> {
+pub(crate) fn split_packet(b: &[u8]) -> Option<(u8, &[u8], usize)> {
     let mut len = 0usize;
     let mut i = 1;
     loop {

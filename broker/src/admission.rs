@@ -240,6 +240,17 @@ mod tests {
         c
     }
 
+    /// [`admit`] with the default config, no counts, an id given.
+    fn plain(i: &ConnectInfo, p: &Policy) -> Result<Admission, Refused> {
+        admit(
+            i,
+            p,
+            &Config::default(),
+            Counts::default(),
+            || unreachable!(),
+        )
+    }
+
     fn reason(r: Result<Admission, Refused>) -> (Reason, Option<Refusal>) {
         let r = r.expect_err("refused");
         (r.reason, r.answer)
@@ -301,20 +312,14 @@ mod tests {
         let p = policy(d.path());
         let mut i = info(Version::V5, "b");
         i.login = login();
-        let a = admit(&i, &p, &cfg(|_| {}), Counts::default(), || unreachable!()).unwrap();
+        let a = plain(&i, &p).unwrap();
         assert_eq!(a.user.as_deref(), Some("bridge"));
         i.login = Some(Login {
             username: "bridge".into(),
             password: "wrong".into(),
         });
         assert_eq!(
-            reason(admit(
-                &i,
-                &p,
-                &cfg(|_| {}),
-                Counts::default(),
-                || unreachable!()
-            )),
+            reason(plain(&i, &p)),
             (Reason::BadCredentials, Some(Refusal::BadCredentials))
         );
         let no_anon = Policy::load(&crate::config::AuthConfig {
@@ -370,27 +375,15 @@ mod tests {
         let mut i = info(Version::V311, "w");
         i.will = Some(will(b"status/x"));
         assert_eq!(
-            reason(admit(
-                &i,
-                &p,
-                &cfg(|_| {}),
-                Counts::default(),
-                || unreachable!()
-            )),
+            reason(plain(&i, &p)),
             (Reason::AclWill, Some(Refusal::NotAuthorized)),
             "anonymous clients write nothing, wills included"
         );
         i.login = login();
-        assert!(admit(&i, &p, &cfg(|_| {}), Counts::default(), || unreachable!()).is_ok());
+        assert!(plain(&i, &p).is_ok());
         i.will = Some(will(b"a/+/b"));
         assert_eq!(
-            reason(admit(
-                &i,
-                &p,
-                &cfg(|_| {}),
-                Counts::default(),
-                || unreachable!()
-            )),
+            reason(plain(&i, &p)),
             (Reason::Malformed, None),
             "a will topic with a wildcard: closed without a CONNACK"
         );

@@ -24,8 +24,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use firehose_testkit::*;
@@ -33,10 +32,35 @@ use firehose_testkit::*;
 const BRIDGE: (&str, &str) = ("bridge", "secret");
 const EDGE: (&str, &str) = ("edge", "edge-secret");
 
-/// The packet id of a QoS >= 1 PUBLISH body (v3 or v5).
-fn pkid(body: &[u8]) -> [u8; 2] {
-    let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
-    [body[2 + tl], body[3 + tl]]
+/// Tells the hostile readers' threads the test is done: a flag they check,
+/// and a wake-up for the one that only waits.
+#[derive(Default)]
+struct Stop {
+    set: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Stop {
+    fn set(&self) {
+        *self.set.lock().unwrap() = true;
+        self.changed.notify_all();
+    }
+
+    fn is_set(&self) -> bool {
+        *self.set.lock().unwrap()
+    }
+
+    /// Returns once set, or at `until`.
+    fn wait(&self, until: Instant) {
+        let mut set = self.set.lock().unwrap();
+        while !*set {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            set = self.changed.wait_timeout(set, left).unwrap().0;
+        }
+    }
 }
 
 /// How a hostile reader treats what it is sent.
@@ -58,7 +82,7 @@ fn hostile(
     login: Option<(&str, &str)>,
     filter: &str,
     manner: Manner,
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
 ) -> std::thread::JoinHandle<()> {
     let mut r = Raw::open(b.mqtt());
     r.send(&connect5_with(id, true, 0, &[0x21, 0, 1], None, login));
@@ -71,16 +95,17 @@ fn hostile(
         let until = Instant::now() + Duration::from_secs(60);
         r.s.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
-        while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+        while !stop.is_set() && Instant::now() < until {
             match manner {
-                Manner::NeverRead => std::thread::sleep(Duration::from_millis(20)),
+                // Holds the socket, unread, until the test is done.
+                Manner::NeverRead => stop.wait(until),
                 Manner::NeverAck => {
                     let _ = r.read();
                 }
                 Manner::AckEvery(gap) => {
                     if let Some((t, body)) = r.read() {
                         if t & 0xf0 == 0x30 {
-                            let id = pkid(&body);
+                            let id = publish_pkid(&body);
                             if !r.try_send(&[0x40, 2, id[0], id[1]]) {
                                 return;
                             }
@@ -113,7 +138,7 @@ fn polite(
             let Some((t, body)) = r.read() else { break };
             if t & 0xf0 == 0x30 {
                 got += 1;
-                let id = pkid(&body);
+                let id = publish_pkid(&body);
                 r.send(&[0x40, 2, id[0], id[1]]);
                 let _ = progress.send(got);
             }
@@ -126,7 +151,7 @@ fn polite(
 fn readers_slow_on_purpose_never_hold_a_publisher() {
     let d = tempfile::tempdir().unwrap();
     let b = BrokerProc::with_users(d.path(), &[BRIDGE], &["--max-queued-messages", "100"]);
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(Stop::default());
     let mut threads = Vec::new();
     for (i, manner) in [
         Manner::AckEvery(Duration::from_millis(90)),
@@ -163,7 +188,7 @@ fn readers_slow_on_purpose_never_hold_a_publisher() {
         N,
         "the polite reader got every message"
     );
-    stop.store(true, Ordering::Relaxed);
+    stop.set();
     for t in threads {
         t.join().unwrap();
     }
@@ -188,7 +213,7 @@ fn only_a_listed_user_may_hold_a_publisher() {
         &[BRIDGE, EDGE],
         &["--max-queued-messages", "100", "--pushback-user", "edge"],
     );
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(Stop::default());
     // The same slow manner, once anonymous and once as the listed user.
     let anon = hostile(
         &b,
@@ -226,7 +251,7 @@ fn only_a_listed_user_may_hold_a_publisher() {
         b.metric("firehose_broker_pushback_waits_total") > 0,
         "the listed reader's full queue held the publisher (within its budget)"
     );
-    stop.store(true, Ordering::Relaxed);
+    stop.set();
     anon.join().unwrap();
     edge.join().unwrap();
 }

@@ -159,6 +159,13 @@ pub fn publish(level: u8, topic: &[u8], payload: &[u8], qos: u8, pkid: u16) -> V
     packet(0x30 | (qos << 1), &b)
 }
 
+/// The packet identifier of a QoS 1 or 2 PUBLISH body (v3 or v5: it comes
+/// right after the topic).
+pub fn publish_pkid(body: &[u8]) -> [u8; 2] {
+    let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
+    [body[2 + tl], body[3 + tl]]
+}
+
 /// A raw MQTT connection.
 pub struct Raw {
     pub s: TcpStream,
@@ -278,9 +285,11 @@ impl Raw {
                 continue;
             }
             n += 1;
-            let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
-            if (t >> 1) & 3 > 0 && !self.try_send(&[0x40, 2, body[2 + tl], body[3 + tl]]) {
-                break;
+            if (t >> 1) & 3 > 0 {
+                let id = publish_pkid(&body);
+                if !self.try_send(&[0x40, 2, id[0], id[1]]) {
+                    break;
+                }
             }
         }
         self.s.set_read_timeout(Some(WAIT)).expect("read timeout");

@@ -41,7 +41,6 @@ fn main() -> ExitCode {
     };
     firehose_bridge::cli::main(info, cli.common, |mut src: LaunchpadConfig, _| {
         src.apply(&cli.launchpad);
-        let screen = src.screen()?;
         let (source, describe) = match src.resolve()? {
             Input::Imap(a) => {
                 let d = format!(
@@ -53,12 +52,18 @@ fn main() -> ExitCode {
             }
             Input::Maildir(dir) => {
                 let d = format!("maildir {}", dir.display());
-                let maildir = Maildir { dir, screen };
+                let maildir = Maildir {
+                    dir,
+                    screen: src.screen()?,
+                };
                 (BoxedSource::new(maildir), d)
             }
             Input::Mbox(path) => {
                 let d = format!("mbox {path}");
-                let mbox = Mbox { path, screen };
+                let mbox = Mbox {
+                    path,
+                    screen: src.screen()?,
+                };
                 (BoxedSource::new(mbox), d)
             }
         };
