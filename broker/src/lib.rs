@@ -11,6 +11,7 @@
 //! - [`outbox`]: a session's bounded queue and the publisher pushback;
 //! - [`message`]: a shared published message and its wire form;
 //! - [`stats`]: counters for `$SYS`, `/metrics` and the web page;
+//! - [`store`]: `--persistence`: the log that survives restarts and crashes;
 //! - [`server`]: wires it all together.
 
 mod admission;
@@ -26,6 +27,7 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod stats;
+pub mod store;
 pub mod topic;
 pub mod transport;
 pub mod upstream;

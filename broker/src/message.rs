@@ -7,6 +7,7 @@
 //! that session's protocol version, QoS, packet id and retain flag, straight
 //! into the session's write buffer ([`encode_publish`]).
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,6 +31,10 @@ pub struct Message {
     pub origin: u64,
     /// When it was accepted: a message expiry interval counts from here.
     pub arrived: Instant,
+    /// Its number in the persistent store (0: not stored). Set once, before
+    /// the fan-out, by the publish path when a store is configured, so
+    /// that every queue holding it can name it in the store's records.
+    pub(crate) seq: AtomicU64,
 }
 
 impl Message {
@@ -55,7 +60,30 @@ impl Message {
             props,
             origin,
             arrived: Instant::now(),
+            seq: AtomicU64::new(0),
         })
+    }
+
+    /// A message read back from the persistent store: its properties as
+    /// they were stored (already cleaned), its age kept (`arrived` is
+    /// moved back by the time it spent before the restart, so its message
+    /// expiry goes on counting), its store number set.
+    pub(crate) fn restored(parts: Parts, arrived: Instant, seq: u64) -> Arc<Message> {
+        Arc::new(Message {
+            topic: parts.topic,
+            payload: parts.payload,
+            qos: parts.qos.min(2),
+            retain: parts.retain,
+            props: parts.props,
+            origin: parts.origin,
+            arrived,
+            seq: AtomicU64::new(seq),
+        })
+    }
+
+    /// Its number in the persistent store (0: not stored).
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq.load(Relaxed)
     }
 
     /// MQTT 5 message expiry: `None` when the message has none, else the
@@ -88,6 +116,42 @@ impl Message {
     pub fn weight(&self) -> usize {
         self.topic.len() + self.payload.len()
     }
+}
+
+/// Equal in what is stored of it: everything but the moment it arrived.
+#[cfg(test)]
+impl PartialEq for Message {
+    fn eq(&self, o: &Message) -> bool {
+        (
+            &self.topic,
+            &self.payload,
+            self.qos,
+            self.retain,
+            &self.props,
+            self.origin,
+            self.seq(),
+        ) == (
+            &o.topic,
+            &o.payload,
+            o.qos,
+            o.retain,
+            &o.props,
+            o.origin,
+            o.seq(),
+        )
+    }
+}
+
+/// The stored fields of a [`Message`], as the persistent store reads them
+/// back (see [`Message::restored`]).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Parts {
+    pub topic: Bytes,
+    pub payload: Bytes,
+    pub qos: u8,
+    pub retain: bool,
+    pub props: Option<Box<PublishProperties>>,
+    pub origin: u64,
 }
 
 /// How one delivery of a message is written.

@@ -93,11 +93,14 @@ pub enum Reason {
     IdTakenBack,
     /// A websocket upgrade refused for its Origin (`ws_allowed_origins`).
     WsOrigin,
+    /// The persistent store ended in a torn or damaged record at start: cut
+    /// at the last good one (once per start; the log says how many bytes).
+    StoreDamage,
 }
 
 impl Reason {
     /// Every reason, in counter order.
-    pub const ALL: [Reason; 36] = [
+    pub const ALL: [Reason; 37] = [
         Reason::QueueFull,
         Reason::OfflineQos0,
         Reason::AclPublish,
@@ -134,6 +137,7 @@ impl Reason {
         Reason::ShareTakenBack,
         Reason::IdTakenBack,
         Reason::WsOrigin,
+        Reason::StoreDamage,
     ];
 
     /// Stable snake_case name used in metrics and `$SYS` topics.
@@ -175,6 +179,7 @@ impl Reason {
             Reason::ShareTakenBack => "share_taken_back",
             Reason::IdTakenBack => "id_taken_back",
             Reason::WsOrigin => "ws_origin",
+            Reason::StoreDamage => "store_damage",
         }
     }
 }
@@ -211,6 +216,8 @@ pub struct Stats {
     /// (`pushback_users`), and milliseconds it was held in all.
     pub pushback_waits: AtomicU64,
     pub pushback_wait_ms: AtomicU64,
+    /// The persistent store's writer (all zero without `--persistence`).
+    pub store: StoreStats,
     dropped: [AtomicU64; Reason::ALL.len()],
 }
 
@@ -238,9 +245,26 @@ impl Default for Stats {
             pushback_waits: AtomicU64::new(0),
             pushback_wait_ms: AtomicU64::new(0),
             retained: AtomicI64::new(0),
+            store: StoreStats::default(),
             dropped: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
+}
+
+/// Counters of the persistent store's writer.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Records appended, bytes appended, fsyncs, rewrites.
+    pub records: AtomicU64,
+    pub bytes: AtomicU64,
+    pub syncs: AtomicU64,
+    pub compactions: AtomicU64,
+    /// Failed writes and syncs (each retried; see the log).
+    pub write_errors: AtomicU64,
+    /// Messages held, queue entries held, size of the file.
+    pub messages: AtomicI64,
+    pub queued: AtomicI64,
+    pub file_bytes: AtomicI64,
 }
 
 /// Version string reported in `$SYS/broker/version` and on `/healthz`.
@@ -324,6 +348,14 @@ impl Stats {
             (
                 "$SYS/broker/pushback/waits".to_owned(),
                 self.pushback_waits.load(Relaxed).to_string(),
+            ),
+            (
+                "$SYS/broker/store/messages".to_owned(),
+                self.store.messages.load(Relaxed).to_string(),
+            ),
+            (
+                "$SYS/broker/store/bytes".to_owned(),
+                self.store.file_bytes.load(Relaxed).to_string(),
             ),
         ];
         for r in Reason::ALL {
@@ -457,6 +489,59 @@ impl Stats {
             "Seconds publishers were held for readers allowed to push back.",
             format!("{:.3}", self.pushback_wait_ms.load(Relaxed) as f64 / 1000.0),
         );
+        let st = &self.store;
+        for (name, kind, help, v) in [
+            (
+                "store_records_total",
+                "counter",
+                "Records appended to the persistent store.",
+                st.records.load(Relaxed) as i64,
+            ),
+            (
+                "store_written_bytes_total",
+                "counter",
+                "Bytes appended to the persistent store.",
+                st.bytes.load(Relaxed) as i64,
+            ),
+            (
+                "store_fsyncs_total",
+                "counter",
+                "fsyncs of the persistent store.",
+                st.syncs.load(Relaxed) as i64,
+            ),
+            (
+                "store_compactions_total",
+                "counter",
+                "Rewrites of the persistent store from memory.",
+                st.compactions.load(Relaxed) as i64,
+            ),
+            (
+                "store_write_errors_total",
+                "counter",
+                "Failed writes or fsyncs of the persistent store (retried).",
+                st.write_errors.load(Relaxed) as i64,
+            ),
+            (
+                "store_messages",
+                "gauge",
+                "Messages held by the persistent store.",
+                st.messages.load(Relaxed),
+            ),
+            (
+                "store_queued",
+                "gauge",
+                "Deliveries queued for persistent sessions in the store.",
+                st.queued.load(Relaxed),
+            ),
+            (
+                "store_file_bytes",
+                "gauge",
+                "Size of the persistent store's file.",
+                st.file_bytes.load(Relaxed),
+            ),
+        ] {
+            metric(name, kind, help, v.to_string());
+        }
         let _ = writeln!(s, "# HELP firehose_broker_dropped_total Messages dropped and connections refused, by reason.");
         let _ = writeln!(s, "# TYPE firehose_broker_dropped_total counter");
         for r in Reason::ALL {

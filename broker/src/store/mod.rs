@@ -1,0 +1,403 @@
+//! The persistent store (`--persistence DIR`): retained messages,
+//! persistent sessions and what is queued for them survive a restart and a
+//! crash.
+//!
+//! An append-only log of checksummed records ([`log`], [`record`]), one
+//! writer thread with group commit ([`writer`]), and the image the records
+//! add up to ([`image`]), replayed at start and rewritten from memory when
+//! the history has grown to twice what is live. Why a log of our own and
+//! not an embedded database, with the figures: `docs/persistence.md`.
+//!
+//! The broker's side is three calls: [`Store::submit`] a record (a lock and
+//! a push: no I/O on the caller's task), [`Store::durable`] to wait until a
+//! ticket is on disk before a PUBACK that promises it, [`Store::next_seq`]
+//! to number a message before its fan-out. Clean sessions and QoS 0 never
+//! come here: a reader that keeps nothing costs nothing.
+
+mod image;
+mod log;
+mod record;
+mod writer;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+pub(crate) use image::{Image, Queued, SessionImage};
+pub(crate) use record::{unix_ms, Record, SessionRec, SubRec, Target};
+
+use crate::stats::{Reason, Stats};
+
+/// When the log reaches the disk (`--fsync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// Before every acknowledgement that depends on it (group commit: one
+    /// fsync covers every record written since the last).
+    Always,
+    /// At most this long after a write. PUBACKs wait for the write (a
+    /// crash of the broker loses nothing acknowledged), not for the sync (a
+    /// power loss loses at most this much).
+    Every(Duration),
+    /// Left to the operating system; PUBACKs do not wait at all.
+    Never,
+}
+
+impl Default for Fsync {
+    fn default() -> Self {
+        Fsync::Every(Duration::from_millis(100))
+    }
+}
+
+impl std::str::FromStr for Fsync {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Fsync, String> {
+        let s = s.trim();
+        match s {
+            "always" => return Ok(Fsync::Always),
+            "never" => return Ok(Fsync::Never),
+            _ => {}
+        }
+        let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+        let n: u64 = num.parse().map_err(|_| {
+            format!("--fsync {s:?}: expected always, never or a period like 100ms or 1s")
+        })?;
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            _ => {
+                return Err(format!(
+                    "--fsync {s:?}: the period needs a unit, ms or s (e.g. 100ms)"
+                ))
+            }
+        };
+        if d.is_zero() {
+            return Err("--fsync 0: say always (sync before each acknowledgement) or never".into());
+        }
+        Ok(Fsync::Every(d))
+    }
+}
+
+impl std::fmt::Display for Fsync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fsync::Always => f.write_str("always"),
+            Fsync::Never => f.write_str("never"),
+            Fsync::Every(d) => write!(f, "{}ms", d.as_millis()),
+        }
+    }
+}
+
+/// Why the store could not be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create or open the store directory {path}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the store {path} is in use by another broker (pid {pid}); stop it, or give this one its own --persistence directory")]
+    Locked { path: PathBuf, pid: String },
+    #[error("{path} is not a firehose-broker store (its header is wrong); move it away or point --persistence elsewhere")]
+    NotAStore { path: PathBuf },
+    #[error("{path} was written by a newer firehose-broker (store format {found}; this one reads up to {}); run the newer broker, or move the directory away to start empty", log::FORMAT)]
+    Newer { path: PathBuf, found: u32 },
+    #[error("cannot read the store {path}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write the store {path}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What opening the store found, for the start-up log line.
+#[derive(Debug, Clone)]
+pub(crate) struct Opened {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub records: u64,
+    /// Bytes cut off the end, and why (see [`log`]).
+    pub cut: Option<(&'static str, u64)>,
+    pub took: Duration,
+}
+
+/// The handle the broker holds; cheap to clone. See the module documentation.
+#[derive(Clone)]
+pub(crate) struct Store {
+    shared: Arc<writer::Shared>,
+    seq: Arc<AtomicU64>,
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("fsync", &self.shared.fsync)
+            .finish()
+    }
+}
+
+/// A store opened and read, its writer not yet started: the broker
+/// restores from [`Pending::image`], then [`Pending::start`]s the writer
+/// with it.
+pub(crate) struct Pending {
+    pub store: Store,
+    pub image: Image,
+    pub opened: Opened,
+    path: PathBuf,
+    file: File,
+    len: u64,
+    _lock: File,
+}
+
+impl Store {
+    /// Opens (creating it if need be) the store in `dir`, locks it, reads
+    /// it (cutting a damaged tail, counted), and returns it with its image.
+    pub(crate) fn open(dir: &Path, fsync: Fsync, stats: Arc<Stats>) -> Result<Pending, StoreError> {
+        let start = Instant::now();
+        create_dir(dir)?;
+        let lock = lock(dir)?;
+        let path = dir.join("store.log");
+        let mut image = Image::default();
+        let (scan, bytes) = if path.exists() {
+            let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+            let clock = record::Clock::now();
+            (Some(log::read(&path, clock, |r| image.apply(r))?), bytes)
+        } else {
+            (None, 0)
+        };
+        let cut = scan
+            .and_then(|s| s.damage)
+            .map(|(d, at)| (d.as_str(), bytes.saturating_sub(at)));
+        if let Some((why, cut_bytes)) = cut {
+            stats.count(Reason::StoreDamage);
+            tracing::warn!(path = %path.display(), damage = why, cut_bytes, kept_records = scan.map_or(0, |s| s.records), "store ends in a damaged record; cut at the last good one");
+        }
+        let good = scan.map(|s| s.good_len);
+        let file = log::open_append(&path, Some(good.unwrap_or(0)))?;
+        let len = good
+            .filter(|g| *g >= log::HEADER_LEN)
+            .unwrap_or(log::HEADER_LEN);
+        let (durable, _) = tokio::sync::watch::channel(0);
+        let store = Store {
+            shared: Arc::new(writer::Shared {
+                queue: Mutex::new(writer::Queue {
+                    next_ticket: 1,
+                    ..Default::default()
+                }),
+                wake: Condvar::new(),
+                durable,
+                fsync,
+                stats,
+            }),
+            seq: Arc::new(AtomicU64::new(image.max_seq + 1)),
+            thread: Arc::new(Mutex::new(None)),
+        };
+        let opened = Opened {
+            path: path.clone(),
+            bytes,
+            records: scan.map_or(0, |s| s.records),
+            cut,
+            took: start.elapsed(),
+        };
+        Ok(Pending {
+            store,
+            image,
+            opened,
+            path,
+            file,
+            len,
+            _lock: lock,
+        })
+    }
+
+    /// A number for a message about to be fanned out (see [`Record::Msg`]).
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Relaxed)
+    }
+
+    /// Queues a record for the writer; returns its ticket (see [`Store::durable`]).
+    pub(crate) fn submit(&self, r: Record) -> u64 {
+        let mut q = self.shared.lock();
+        let t = q.next_ticket;
+        q.next_ticket += 1;
+        q.recs.push(r);
+        let first = q.recs.len() == 1;
+        drop(q);
+        if first {
+            self.shared.wake.notify_one();
+        }
+        t
+    }
+
+    /// Queues several records at once; returns the last one's ticket.
+    pub(crate) fn submit_all(&self, rs: impl IntoIterator<Item = Record>) -> u64 {
+        let mut q = self.shared.lock();
+        let was_empty = q.recs.is_empty();
+        for r in rs {
+            q.recs.push(r);
+            q.next_ticket += 1;
+        }
+        let t = q.next_ticket - 1;
+        drop(q);
+        if was_empty {
+            self.shared.wake.notify_one();
+        }
+        t
+    }
+
+    /// The highest ticket on disk (written; synced under `always`).
+    pub(crate) fn durable(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.durable.subscribe()
+    }
+
+    /// Whether acknowledgements wait for the store (all but `never`).
+    pub(crate) fn holds_acks(&self) -> bool {
+        self.shared.fsync != Fsync::Never
+    }
+
+    /// Writes and syncs everything submitted, then stops the writer.
+    pub(crate) fn close(&self) {
+        self.shared.lock().closing = true;
+        self.shared.wake.notify_one();
+        let t = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = t {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Pending {
+    /// Starts the writer thread with the image (after the broker restored
+    /// from it); records submitted meanwhile are written first.
+    pub(crate) fn start(self) -> Result<Store, StoreError> {
+        let w = writer::Writer {
+            shared: self.store.shared.clone(),
+            path: self.path.clone(),
+            file: self.file,
+            len: self.len,
+            image: self.image,
+        };
+        let lock = self._lock;
+        let handle = std::thread::Builder::new()
+            .name("firehose-store".into())
+            .spawn(move || {
+                // The lock lives as long as the writer.
+                let _lock = lock;
+                w.run()
+            })
+            .map_err(|source| StoreError::Write {
+                path: self.path.clone(),
+                source,
+            })?;
+        *self.store.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        Ok(self.store)
+    }
+}
+
+fn create_dir(dir: &Path) -> Result<(), StoreError> {
+    let err = |source| StoreError::Dir {
+        path: dir.to_owned(),
+        source,
+    };
+    if !dir.exists() {
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+        b.create(dir).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Holds `DIR/lock` for the broker's life: two brokers appending to one
+/// log would interleave records. The holder's pid is written in it.
+fn lock(dir: &Path) -> Result<File, StoreError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join("lock");
+    let err = |source| StoreError::Dir {
+        path: path.clone(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(err)?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = f.read_to_string(&mut pid);
+            return Err(StoreError::Locked {
+                path: dir.to_owned(),
+                pid: pid.trim().to_owned(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
+    }
+    f.set_len(0).map_err(err)?;
+    f.seek(std::io::SeekFrom::Start(0)).map_err(err)?;
+    writeln!(f, "{}", std::process::id()).map_err(err)?;
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fsync_policies_parse_and_say_what_is_wrong() {
+        assert_eq!("always".parse(), Ok(Fsync::Always));
+        assert_eq!("never".parse(), Ok(Fsync::Never));
+        assert_eq!(
+            "100ms".parse(),
+            Ok(Fsync::Every(Duration::from_millis(100)))
+        );
+        assert_eq!("2s".parse(), Ok(Fsync::Every(Duration::from_secs(2))));
+        assert!("100".parse::<Fsync>().unwrap_err().contains("unit"));
+        assert!("0ms".parse::<Fsync>().unwrap_err().contains("always"));
+        assert!("sometimes".parse::<Fsync>().is_err());
+        assert_eq!(Fsync::default().to_string(), "100ms");
+    }
+
+    #[test]
+    fn what_is_submitted_is_on_disk_at_the_ticket_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        let p = Store::open(dir.path(), Fsync::Always, stats.clone()).unwrap();
+        assert!(p.opened.cut.is_none());
+        let store = p.start().unwrap();
+        let other = Store::open(dir.path(), Fsync::Always, stats.clone());
+        assert!(matches!(other, Err(StoreError::Locked { .. })), "locked");
+        let m = record::tests::msg("a/b", store.next_seq(), None);
+        store.submit(Record::Msg {
+            msg: m,
+            retained: true,
+            targets: vec![],
+        });
+        let t = store.submit_all((0..3).map(|k| Record::SessionEnd { key: k }));
+        assert_eq!(t, 4);
+        let mut rx = store.durable();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async { rx.wait_for(|d| *d >= t).await.map(|_| ()) })
+            .unwrap();
+        assert!(stats.store.syncs.load(Relaxed) >= 1);
+        store.close();
+        let p = Store::open(dir.path(), Fsync::Always, stats).unwrap();
+        assert_eq!(p.opened.records, 4);
+        assert_eq!(p.image.retained().count(), 1);
+        assert_eq!(p.store.next_seq(), 2, "numbers go on from the stored ones");
+    }
+}
