@@ -241,6 +241,21 @@ impl Default for Limits {
     }
 }
 
+/// What survives a restart (`[persistence]`, `--persistence`, `--fsync`).
+/// See `docs/persistence.md`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Persistence {
+    /// Directory of the store (created 0700 if missing; one broker at a
+    /// time). None: retained messages and persistent sessions live in
+    /// memory only.
+    pub dir: Option<PathBuf>,
+    /// When the store reaches the disk: "always" (before each PUBACK that
+    /// depends on it), a period such as "100ms" (the default: PUBACK after
+    /// the write; a power loss loses at most the period), or "never".
+    pub fsync: crate::store::Fsync,
+}
+
 /// The effective broker configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -256,6 +271,8 @@ pub struct Config {
     pub demo: bool,
     /// Mirror a core broker (read-only edge).
     pub upstream: Upstream,
+    /// The persistent store.
+    pub persistence: Persistence,
     /// Worker threads; 0: one per CPU. One thread has the lowest latency
     /// and CPU per message on a small machine (no cross-thread wake-ups);
     /// more carry more fan-out on a large one (BENCHMARKS.md).
@@ -273,6 +290,7 @@ impl Default for Config {
             threads: 0,
             demo: false,
             upstream: Upstream::default(),
+            persistence: Persistence::default(),
         }
     }
 }
@@ -554,6 +572,18 @@ pub struct RunArgs {
     /// `mosquitto_sub -t '#' -v` and the live page show traffic at once.
     #[arg(long)]
     pub demo: bool,
+    /// Keep retained messages, persistent sessions and what is queued for
+    /// them in DIR, so they survive a restart and a crash (created 0700;
+    /// systemd: StateDirectory=). Off by default.
+    #[arg(long, value_name = "DIR")]
+    pub persistence: Option<PathBuf>,
+    /// When the store reaches the disk: always (each PUBACK that depends on
+    /// it waits for an fsync, shared by many publishes), a period like
+    /// 100ms (PUBACK waits for the write only: a crash of the broker loses
+    /// nothing acknowledged, a power loss at most the period), or never
+    /// [default: 100ms].
+    #[arg(long, value_name = "POLICY")]
+    pub fsync: Option<crate::store::Fsync>,
     /// Make this broker a read-only edge that mirrors a core broker:
     /// mqtt:// or mqtts://[USER@]HOST[:PORT] (everything but $SYS, retained
     /// state included; its own clients may only read).
@@ -680,6 +710,10 @@ impl RunArgs {
         }
         if let Some(u) = &self.upstream {
             c.upstream.url = Some(u.clone());
+        }
+        set(&mut c.persistence.dir, &self.persistence);
+        if let Some(f) = self.fsync {
+            c.persistence.fsync = f;
         }
         if let Some(p) = &self.upstream_ca {
             c.upstream.ca = Some(p.clone());

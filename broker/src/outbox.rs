@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use crate::auth::{Policy, Who};
 use crate::message::Message;
 use crate::stats::{Reason, Stats};
+use crate::store::{Record, Store};
 
 /// A reader with work queued that wrote nothing and acknowledged nothing
 /// for this long is slow: publishers stop waiting for it.
@@ -98,6 +99,9 @@ struct State {
     bytes: usize,
     online: bool,
     reader: Reader,
+    /// The persistent store keeps this queue: what the budget evicts is
+    /// written off there.
+    store: Option<Store>,
 }
 
 /// The broker-wide budget for queued bytes (`max_queued_bytes_total`).
@@ -216,6 +220,9 @@ pub struct Outbox {
     /// The queue is at its limit: the router drops what arrives without
     /// taking the lock (set under the lock, cleared when room is made).
     full: AtomicBool,
+    /// The persistent store keeps this queue (a persistent session with
+    /// `--persistence`): the router tells the store what it queued here.
+    durable: AtomicBool,
     max_messages: usize,
     max_bytes: usize,
     stats: Arc<Stats>,
@@ -247,6 +254,7 @@ impl Outbox {
             progress_ms: AtomicU64::new(0),
             overlapping: AtomicBool::new(false),
             full: AtomicBool::new(false),
+            durable: AtomicBool::new(false),
             max_messages,
             max_bytes,
             stats,
@@ -268,9 +276,46 @@ impl Outbox {
         let w = old.msg.weight();
         s.bytes -= w;
         self.full.store(false, Relaxed);
+        let write_off = s
+            .store
+            .clone()
+            .filter(|_| old.qos > 0 && old.msg.seq() != 0);
         drop(s);
+        if let Some(store) = write_off {
+            store.submit(Record::Acked {
+                key: self.key,
+                seqs: vec![old.msg.seq()],
+            });
+        }
         self.budget.sub(w);
         true
+    }
+
+    /// Lets the persistent store keep this queue (`Some`), or not.
+    pub(crate) fn set_durable(&self, store: Option<Store>) {
+        let mut s = self.lock();
+        self.durable.store(store.is_some(), Relaxed);
+        s.store = store;
+    }
+
+    /// The persistent store keeps this queue.
+    pub fn durable(&self) -> bool {
+        self.durable.load(Relaxed)
+    }
+
+    /// Puts deliveries read back from the store at the end of the queue
+    /// (at start, before any client), outside the limits: they were
+    /// within them when queued.
+    pub(crate) fn restore(&self, ds: impl IntoIterator<Item = Delivery>) {
+        let mut s = self.lock();
+        let mut added = 0;
+        for d in ds {
+            added += d.msg.weight();
+            s.items.push_back(d);
+        }
+        s.bytes += added;
+        drop(s);
+        self.budget.settle(added as i64);
     }
 
     /// At its limit: what arrives now is dropped (see [`Outbox::push_unsettled`]).

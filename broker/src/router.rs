@@ -23,6 +23,7 @@ use crate::auth::Policy;
 use crate::message::Message;
 use crate::outbox::{Budget, Delivery, Outbox, Pushed, SubIds, Tally};
 use crate::stats::{Reason, Stats};
+use crate::store::{Record, Store, Target};
 
 /// One session's subscription to one filter.
 #[derive(Debug, Clone)]
@@ -259,6 +260,25 @@ pub struct Router {
     stats: Arc<Stats>,
     /// Where a fan-out reports the bytes it queued.
     budget: Arc<Budget>,
+    /// The persistent store: retained changes are written to it under the
+    /// write lock (so its log has them in the order they took effect), and
+    /// messages are numbered for it before their fan-out.
+    store: Option<Store>,
+}
+
+/// What a fan-out did ([`Router::publish`]).
+#[derive(Debug, Default)]
+pub(crate) struct Fanout {
+    /// Sessions it was queued for.
+    pub queued: usize,
+    /// The persistent sessions among them that got it at QoS >= 1: the
+    /// store must know they hold it.
+    pub targets: Vec<Target>,
+    /// The store's ticket of the retained change this publish made, if any.
+    pub logged: Option<u64>,
+    /// That record was the message, written with `more`: a
+    /// [`Record::Queued`] must follow.
+    pub more: bool,
 }
 
 /// A subscription split into its shared-subscription group and filter.
@@ -285,7 +305,13 @@ impl Router {
             limits,
             stats,
             budget,
+            store: None,
         }
+    }
+
+    /// Writes retained changes to `store` and numbers messages for it.
+    pub(crate) fn set_store(&mut self, store: Store) {
+        self.store = Some(store);
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Tree> {
@@ -446,15 +472,23 @@ impl Router {
     /// the publisher waits on them before reading more ([`Outbox::wait_for_space`]).
     /// A retained publish also updates the retained store (an empty payload
     /// deletes; over the caps it is refused and counted, but still delivered
-    /// live). Returns the number of sessions it was queued for.
-    pub fn publish(
+    /// live). With a store, the message is numbered first, a retained
+    /// change is logged, and the persistent sessions it reached are
+    /// returned for the caller to log ([`Fanout`]).
+    pub(crate) fn publish(
         &self,
         msg: &Arc<Message>,
         policy: &Policy,
         pressure: &mut Vec<Arc<Outbox>>,
-    ) -> usize {
+    ) -> Fanout {
+        let mut out = Fanout::default();
         if msg.retain {
-            self.retain(msg);
+            (out.logged, out.more) = self.retain(msg, true);
+        }
+        if let Some(store) = &self.store {
+            if msg.qos > 0 && msg.seq() == 0 {
+                msg.seq.store(store.next_seq(), Relaxed);
+            }
         }
         let topic = msg.topic_str();
         let levels: Vec<&str> = topic.split('/').collect();
@@ -497,7 +531,6 @@ impl Router {
             several.dedup_by_key(|h| h.sub.outbox.key);
             hits.extend(several);
         }
-        let mut queued = 0;
         let mut tally = Tally::default();
         for h in hits {
             let s = h.sub;
@@ -519,11 +552,20 @@ impl Router {
                     None => SubIds::One(s.id),
                 },
             };
-            match s.outbox.push_unsettled(d, policy, &mut tally) {
-                Pushed::Dropped => {}
-                Pushed::Queued => queued += 1,
+            let target = (d.qos > 0 && s.outbox.durable()).then(|| Target {
+                key: s.outbox.key,
+                qos: d.qos,
+                retain: d.retain,
+                sub_ids: d.sub_ids.as_slice().to_vec(),
+            });
+            let pushed = s.outbox.push_unsettled(d, policy, &mut tally);
+            if pushed != Pushed::Dropped {
+                out.queued += 1;
+                out.targets.extend(target);
+            }
+            match pushed {
+                Pushed::Dropped | Pushed::Queued => {}
                 Pushed::Pressure => {
-                    queued += 1;
                     if s.outbox.key != msg.origin
                         && !pressure.iter().any(|o| Arc::ptr_eq(o, &s.outbox))
                     {
@@ -534,15 +576,28 @@ impl Router {
         }
         drop(t);
         tally.settle(&self.budget);
-        queued
+        out
     }
 
-    fn retain(&self, msg: &Arc<Message>) {
+    /// Updates the retained store with `msg`; with a store (and `log`),
+    /// writes the change to it under the lock (the message is numbered
+    /// here, so the numbers of a topic's retained messages grow in the
+    /// order they took effect) and returns the record's ticket, and
+    /// whether a [`Record::Queued`] must follow.
+    fn retain(&self, msg: &Arc<Message>, log: bool) -> (Option<u64>, bool) {
+        let store = self.store.as_ref().filter(|_| log);
         let topic = msg.topic_str();
         let levels: Vec<&str> = topic.split('/').collect();
         let mut t = self.write();
+        let mut logged = (None, false);
         if msg.payload.is_empty() {
             t.remove_retained(&levels, None);
+            if let Some(store) = store {
+                let ticket = store.submit(Record::Unretain {
+                    topic: msg.topic.clone(),
+                });
+                logged = (Some(ticket), false);
+            }
         } else {
             let Tree {
                 root,
@@ -562,7 +617,7 @@ impl Router {
                     max_retained_bytes = self.limits.max_retained_bytes,
                     "retained store full; message delivered but not retained"
                 );
-                return;
+                return (None, false);
             }
             *expiring = *expiring - usize::from(replaced.is_some_and(|m| m.expires()))
                 + usize::from(msg.expires());
@@ -572,8 +627,27 @@ impl Router {
             node.leaf_mut().retained = Some(msg.clone());
             *retained = count;
             *retained_bytes = bytes;
+            if let Some(store) = store {
+                msg.seq.store(store.next_seq(), Relaxed);
+                // QoS 0 reaches no persistent queue: nothing follows.
+                let more = msg.qos > 0;
+                let ticket = store.submit(Record::Msg {
+                    msg: msg.clone(),
+                    retained: true,
+                    targets: Vec::new(),
+                    more,
+                });
+                logged = (Some(ticket), more);
+            }
         }
         self.stats.retained.store(t.retained as i64, Relaxed);
+        logged
+    }
+
+    /// Puts a retained message read back from the store in place (at
+    /// start, before any client), under the same caps as a publish.
+    pub(crate) fn restore_retained(&self, msg: &Arc<Message>) {
+        self.retain(msg, false);
     }
 
     /// Drops retained messages whose message expiry has passed (they are
@@ -595,7 +669,13 @@ impl Router {
             let levels: Vec<&str> = msg.topic_str().split('/').collect();
             let mut t = self.write();
             // Still the same message (not replaced meanwhile)?
-            purged += usize::from(t.remove_retained(&levels, Some(&msg)));
+            let gone = t.remove_retained(&levels, Some(&msg));
+            if let (true, Some(store)) = (gone, &self.store) {
+                store.submit(Record::Unretain {
+                    topic: msg.topic.clone(),
+                });
+            }
+            purged += usize::from(gone);
             self.stats.retained.store(t.retained as i64, Relaxed);
         }
         self.stats.count_n(Reason::MessageExpired, purged as u64);
@@ -789,7 +869,7 @@ mod tests {
     }
 
     fn send(r: &Router, m: &Arc<Message>) -> usize {
-        r.publish(m, &policy(), &mut Vec::new())
+        r.publish(m, &policy(), &mut Vec::new()).queued
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::connect;
 use crate::outbox::Budget;
 use crate::router::{Router, RouterLimits};
 use crate::stats::{Reason, Stats};
+use crate::store::{Record, Store};
 use crate::transport::{self, Accepted, HttpHandler, Kind, TlsError};
 
 /// The current `$SYS` values, published to sessions on every interval.
@@ -46,6 +47,8 @@ pub struct Shared {
     per_ip: Mutex<HashMap<std::net::IpAddr, u32>>,
     /// Sockets that have not finished CONNECT, capped (see [`crate::gate`]).
     pub(crate) gate: Arc<crate::gate::Gate>,
+    /// The persistent store (`--persistence`), if any.
+    pub(crate) store: Option<Store>,
 }
 
 impl Shared {
@@ -65,7 +68,37 @@ impl Shared {
         self.stats.publish_received.fetch_add(1, Relaxed);
         let policy = self.auth.policy();
         let mut pressure = Vec::new();
-        self.router.publish(&msg, &policy, &mut pressure);
+        self.publish(&msg, &policy, &mut pressure);
+    }
+
+    /// The one way a message enters the broker: the router fans it out
+    /// (see [`Router::publish`]), then the store learns which persistent
+    /// sessions hold it. Returns the store's ticket when something was
+    /// written: a PUBACK for `msg` must wait until it is durable
+    /// ([`Store::durable`]).
+    pub(crate) fn publish(
+        &self,
+        msg: &Arc<crate::message::Message>,
+        policy: &crate::auth::Policy,
+        pressure: &mut Vec<Arc<crate::outbox::Outbox>>,
+    ) -> Option<u64> {
+        let f = self.router.publish(msg, policy, pressure);
+        let store = self.store.as_ref()?;
+        if f.more {
+            return Some(store.submit(Record::Queued {
+                seq: msg.seq(),
+                targets: f.targets,
+            }));
+        }
+        if !f.targets.is_empty() {
+            return Some(store.submit(Record::Msg {
+                msg: msg.clone(),
+                retained: false,
+                targets: f.targets,
+                more: false,
+            }));
+        }
+        f.logged
     }
 
     /// Sockets open from `ip`, this one included.
@@ -123,6 +156,8 @@ pub enum StartError {
     Bind(std::io::Error),
     #[error(transparent)]
     Upstream(#[from] crate::upstream::UpstreamError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// A running broker.
@@ -161,9 +196,13 @@ impl Broker {
         }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let stats = Arc::new(Stats::default());
+        let opened = match &cfg.persistence.dir {
+            Some(dir) => Some(Store::open(dir, cfg.persistence.fsync, stats.clone())?),
+            None => None,
+        };
         let (sys_tx, _) = watch::channel(Arc::new(Vec::new()));
         let budget = Budget::new(cfg.limits.max_queued_bytes_total, stats.clone());
-        let router = Router::new(
+        let mut router = Router::new(
             RouterLimits {
                 max_filters: cfg.limits.max_filters,
                 max_retained_messages: cfg.limits.max_retained_messages,
@@ -172,6 +211,9 @@ impl Broker {
             budget.clone(),
             stats.clone(),
         );
+        if let Some(p) = &opened {
+            router.set_store(p.store.clone());
+        }
         let cfg_limits = cfg.limits.clone();
         let reserved_handshakes = cfg.reserved_handshakes();
         let shared = Arc::new(Shared {
@@ -192,7 +234,12 @@ impl Broker {
                 reserved_handshakes,
                 cfg_limits.max_handshakes_per_ip,
             ),
+            store: opened.as_ref().map(|p| p.store.clone()),
         });
+        if let Some(p) = opened {
+            crate::session::restore::all(&shared, &p.image, &p.opened);
+            p.start()?;
+        }
         let mut tasks = JoinSet::new();
         let mut addrs = Vec::new();
         let tls = tls.map(Arc::new);
@@ -274,6 +321,11 @@ impl Broker {
                 sessions = self.shared.sessions.tasks(),
                 "sessions still open after 4 s; exiting anyway"
             );
+        }
+        if let Some(store) = &self.shared.store {
+            // Everything the sessions wrote on their way out, synced.
+            let store = store.clone();
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
         }
         tracing::info!("shutdown complete");
     }

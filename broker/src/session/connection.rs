@@ -74,6 +74,12 @@ impl Session {
         sys_rx.mark_unchanged();
         let mut read_size = READ_MIN;
         let mut reading = Reading::new(&shared);
+        // The store's watermark, for acknowledgements that wait on it.
+        let mut durable = shared
+            .store
+            .as_ref()
+            .filter(|s| s.holds_acks())
+            .map(|s| s.durable());
 
         // Bytes that arrived right behind the CONNECT.
         let early = if inbuf.is_empty() {
@@ -109,6 +115,13 @@ impl Session {
                         // more: a publish PUBACKed after our drain would be lost.
                         reading.stop();
                         Box::pin(Reading::wait_all_stopped(&shared)).await;
+                        if let (Some(t), Some(rx)) = (self.held_last(), durable.as_mut()) {
+                            // The store writes what is queued before it
+                            // stops; these acknowledgements are owed.
+                            let _ = tokio::time::timeout(SHUTDOWN_DRAIN, rx.wait_for(|d| *d >= t)).await;
+                            let now = *rx.borrow();
+                            self.release_held(now, &mut wbuf);
+                        }
                         Box::pin(self.drain_for_shutdown(&mut writer, &mut wbuf, &mut wpos)).await;
                         let bye = self.disconnect_packet(DisconnectReasonCode::ServerShuttingDown);
                         Box::pin(last_write(&mut writer, &wbuf[wpos..], &bye)).await;
@@ -165,6 +178,9 @@ impl Session {
                             }
                         }
                     }
+                    now = wait_durable(durable.as_mut(), self.held_front()), if self.held.is_some() => {
+                        self.release_held(now, &mut wbuf);
+                    }
                     _ = &mut deadline, if ka.is_some() => {
                         stats.count(Reason::KeepaliveTimeout);
                         tracing::info!(client_id = %crate::stats::short(&self.client_id), %peer, keep_alive, "keepalive expired; closing");
@@ -182,6 +198,9 @@ impl Session {
         let _ = writer.shutdown().await;
         drop(online);
         self.pressure.clear();
+        // Acknowledgements for a connection that is gone: its client sends
+        // those publishes again.
+        self.held = None;
         tracing::info!(target: crate::stats::CLIENTS, client_id = %crate::stats::short(&self.client_id), %peer, reason = match &end { End::Takeover(_) => "takeover", End::Closed { will: true } => "connection lost", End::Closed { will: false } => "disconnect", End::Shutdown => "shutdown" }, "client disconnected");
         end
     }
@@ -380,6 +399,24 @@ impl<'a> Reading<'a> {
 impl Drop for Reading<'_> {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Waits until the store's watermark reaches `ticket`; returns it. Never
+/// returns without a store (the branch is off then).
+async fn wait_durable(
+    rx: Option<&mut tokio::sync::watch::Receiver<u64>>,
+    ticket: Option<u64>,
+) -> u64 {
+    match (rx, ticket) {
+        (Some(rx), Some(t)) => {
+            let reached = rx.wait_for(|d| *d >= t).await.map(|d| *d);
+            match reached {
+                Ok(d) => d,
+                Err(_) => std::future::pending().await,
+            }
+        }
+        _ => std::future::pending().await,
     }
 }
 

@@ -138,7 +138,29 @@ struct InFlight {
     /// QoS 2: its PUBREC came and PUBREL went; waiting for PUBCOMP (re-sent
     /// as PUBREL, not PUBLISH, on resume).
     released: bool,
+    /// It came from the session's queue while the store kept it (see
+    /// [`Journal`]); retained backlog and QoS 0 never are.
+    stored: bool,
     delivery: Delivery,
+}
+
+/// What happened to stored deliveries since the session last asked: the
+/// session writes it to the persistent store ([`Outflow::take_journal`]).
+/// Kept only for sessions the store keeps.
+#[derive(Debug, Default)]
+pub struct Journal {
+    /// Message numbers and the packet ids they were written with.
+    pub sent: Vec<(u64, u16)>,
+    /// Message numbers that left for good (acknowledged, expired, too large).
+    pub acked: Vec<u64>,
+    /// QoS 2 packet ids whose PUBREC came.
+    pub released: Vec<u16>,
+}
+
+impl Journal {
+    fn is_empty(&self) -> bool {
+        self.sent.is_empty() && self.acked.is_empty() && self.released.is_empty()
+    }
 }
 
 /// Retained messages matched at SUBSCRIBE and not yet written, each at
@@ -181,6 +203,8 @@ pub struct Outflow {
     limits: Limits,
     /// Only for clients that accept aliases.
     aliases: Option<Box<Aliases>>,
+    /// Only for sessions the persistent store keeps.
+    journal: Option<Box<Journal>>,
 }
 
 impl Default for Outflow {
@@ -192,6 +216,7 @@ impl Default for Outflow {
             next_pkid: 1,
             limits: Limits::default(),
             aliases: None,
+            journal: None,
         }
     }
 }
@@ -224,6 +249,44 @@ impl Outflow {
                 alias: Alias::None,
             };
             encode_publish(&d.msg, h, limits.v5, d.sub_ids.as_slice(), out);
+        }
+    }
+
+    /// Starts or stops keeping a [`Journal`] (the session is, or no longer
+    /// is, kept by the persistent store).
+    pub fn keep_journal(&mut self, on: bool) {
+        if on != self.journal.is_some() {
+            self.journal = on.then(Default::default);
+        }
+    }
+
+    /// What the journal holds since the last call, if anything.
+    pub fn take_journal(&mut self) -> Option<Journal> {
+        let j = self.journal.as_mut()?;
+        if j.is_empty() {
+            return None;
+        }
+        Some(std::mem::take(j))
+    }
+
+    /// A stored delivery left for good.
+    fn journal_acked(&mut self, stored: bool, d: &Delivery) {
+        if let (true, Some(j)) = (stored, self.journal.as_mut()) {
+            j.acked.push(d.msg.seq());
+        }
+    }
+
+    /// Puts deliveries that were in flight before a restart back in the
+    /// window, in order, with their packet ids (re-sent with DUP, or as
+    /// PUBREL when `released`, on the next connection).
+    pub fn restore_in_flight(&mut self, items: impl IntoIterator<Item = (Delivery, u16, bool)>) {
+        for (delivery, pkid, released) in items {
+            self.inflight.push_back(InFlight {
+                pkid,
+                released,
+                stored: true,
+                delivery,
+            });
         }
     }
 
@@ -268,12 +331,14 @@ impl Outflow {
     }
 
     /// The next delivery to write: retained ones first, then the outbox.
-    /// A QoS >= 1 delivery is only taken while `room` allows.
-    fn next_delivery(&mut self, outbox: &Outbox, room: usize) -> Option<Delivery> {
+    /// A QoS >= 1 delivery is only taken while `room` allows. The flag
+    /// says whether the store keeps it (a QoS >= 1 delivery from the
+    /// outbox of a session that keeps a journal).
+    fn next_delivery(&mut self, outbox: &Outbox, room: usize) -> Option<(Delivery, bool)> {
         let fits = |d: &Delivery| d.qos == 0 || room > 0;
         if let Some(retained) = &mut self.retained {
             match retained.queue.front() {
-                Some(d) if fits(d) => return retained.pop(),
+                Some(d) if fits(d) => return retained.pop().map(|d| (d, false)),
                 Some(_) => return None,
                 None => self.retained = None,
             }
@@ -281,8 +346,13 @@ impl Outflow {
         if self.taken.is_empty() {
             outbox.take(&mut self.taken, TAKE_BATCH, room);
         }
+        let stored = |d: &Delivery| d.qos > 0 && d.msg.seq() != 0;
+        let journal = self.journal.is_some();
         match self.taken.front() {
-            Some(d) if fits(d) => self.taken.pop_front(),
+            Some(d) if fits(d) => self.taken.pop_front().map(|d| {
+                let s = journal && stored(&d);
+                (d, s)
+            }),
             _ => None,
         }
     }
@@ -307,11 +377,12 @@ impl Outflow {
             (window > 64).then(|| self.inflight.iter().map(|f| f.pkid).collect());
         while all || out.len() < chunk {
             let room = window.saturating_sub(self.inflight.len());
-            let Some(d) = self.next_delivery(outbox, room) else {
+            let Some((d, stored)) = self.next_delivery(outbox, room) else {
                 break;
             };
             if d.msg.expired() {
                 done.expired += 1;
+                self.journal_acked(stored, &d);
                 continue;
             }
             let pkid = if d.qos > 0 {
@@ -346,12 +417,17 @@ impl Outflow {
                     }
                 }
                 done.too_large += 1;
+                self.journal_acked(stored, &d);
                 continue;
             }
             if d.qos > 0 {
+                if let (true, Some(j)) = (stored, self.journal.as_mut()) {
+                    j.sent.push((d.msg.seq(), pkid));
+                }
                 self.inflight.push_back(InFlight {
                     pkid,
                     released: false,
+                    stored,
                     delivery: d,
                 });
             }
@@ -391,10 +467,17 @@ impl Outflow {
     fn settle(&mut self, pkid: u16, qos: u8) -> bool {
         match self.position(pkid, qos) {
             Some(i) => {
-                self.inflight.remove(i);
+                self.remove_at(i);
                 true
             }
             None => false,
+        }
+    }
+
+    /// Takes the delivery at `i` out of the window, for good.
+    fn remove_at(&mut self, i: usize) {
+        if let Some(f) = self.inflight.remove(i) {
+            self.journal_acked(f.stored, &f.delivery);
         }
     }
 
@@ -416,11 +499,15 @@ impl Outflow {
         match self.position(pkid, 2) {
             None => PubRecAnswer::Unknown,
             Some(i) if refused => {
-                self.inflight.remove(i);
+                self.remove_at(i);
                 PubRecAnswer::Settled
             }
             Some(i) => {
-                self.inflight[i].released = true;
+                let f = &mut self.inflight[i];
+                f.released = true;
+                if let (true, Some(j)) = (f.stored, self.journal.as_mut()) {
+                    j.released.push(pkid);
+                }
                 PubRecAnswer::Release
             }
         }
@@ -430,7 +517,7 @@ impl Outflow {
     pub fn on_pubcomp(&mut self, pkid: u16) -> bool {
         match self.position(pkid, 2) {
             Some(i) if self.inflight[i].released => {
-                self.inflight.remove(i);
+                self.remove_at(i);
                 true
             }
             _ => false,

@@ -57,6 +57,7 @@ impl Session {
                 }
                 Packet::PubRel(rel, _) => {
                     let reason = if self.awaiting_rel.remove(&rel.pkid) {
+                        self.write_inbound(rel.pkid, false);
                         PubCompReason::Success
                     } else {
                         PubCompReason::PacketIdentifierNotFound
@@ -129,6 +130,7 @@ impl Session {
                 }
             }
         }
+        self.write_journal();
         Ok(end)
     }
 
@@ -231,14 +233,22 @@ impl Session {
                 (true, _) => (PubAckReason::NotAuthorized, PubRecReason::NotAuthorized),
             };
             match qos {
-                1 => self.send(Packet::PubAck(PubAck { pkid, reason: ack }, None), out),
+                1 => self.ack(
+                    None,
+                    Packet::PubAck(PubAck { pkid, reason: ack }, None),
+                    out,
+                ),
                 2 => {
                     // A v5 client is told (and sends no PUBREL); a v3 one
                     // goes through the whole QoS 2 handshake, its PUBREL
                     // answered without remembering the id (a v3 PUBCOMP
                     // has no reason code), so refused publishes cost no
                     // memory.
-                    self.send(Packet::PubRec(PubRec { pkid, reason: rec }, None), out);
+                    self.ack(
+                        None,
+                        Packet::PubRec(PubRec { pkid, reason: rec }, None),
+                        out,
+                    );
                 }
                 _ => {}
             }
@@ -246,6 +256,10 @@ impl Session {
         }
         // A QoS 2 publish re-sent before our PUBREC arrived was routed once.
         let first = qos < 2 || self.awaiting_rel.insert(pkid);
+        if qos == 2 && first {
+            self.write_inbound(pkid, true);
+        }
+        let mut ticket = None;
         if first {
             let msg = Message::new(
                 publish.topic,
@@ -255,10 +269,11 @@ impl Session {
                 props,
                 self.gen,
             );
-            self.shared.router.publish(&msg, policy, &mut self.pressure);
+            ticket = self.shared.publish(&msg, policy, &mut self.pressure);
         }
         match qos {
-            1 => self.send(
+            1 => self.ack(
+                ticket,
                 Packet::PubAck(
                     PubAck {
                         pkid,
@@ -268,7 +283,8 @@ impl Session {
                 ),
                 out,
             ),
-            2 => self.send(
+            2 => self.ack(
+                ticket,
                 Packet::PubRec(
                     PubRec {
                         pkid,
@@ -356,6 +372,7 @@ impl Session {
             out,
         );
         self.outbox.set_subscriptions(self.subs.len());
+        self.save(None, false);
         if !new_sys.is_empty() {
             let snapshot = self.shared.sys.borrow().clone();
             let only: HashSet<String> = new_sys.into_iter().collect();
@@ -410,6 +427,7 @@ impl Session {
             return SubscribeReasonCode::Success(QoS::AtMostOnce);
         }
         let granted = f.qos;
+        let entry_opts = (v5 && f.nolocal, v5 && f.preserve_retain);
         let entry = Sub {
             outbox: self.outbox.clone(),
             qos: granted as u8,
@@ -433,7 +451,13 @@ impl Session {
                 SubscribeReasonCode::Failure
             }
             Ok(()) => {
-                if self.subs.insert(f.path.clone(), granted).is_none() {
+                let g = super::Granted {
+                    qos: granted,
+                    no_local: entry_opts.0,
+                    retain_as_published: entry_opts.1,
+                    id: sub_id,
+                };
+                if self.subs.insert(f.path.clone(), g).is_none() {
                     self.shared.stats.subscriptions.fetch_add(1, Relaxed);
                 }
                 let send_retained = match f.retain_forward_rule {
@@ -499,6 +523,7 @@ impl Session {
         // After the router forgot them: a publish never sees fewer
         // subscriptions than the router holds.
         self.outbox.set_subscriptions(self.subs.len());
+        self.save(None, false);
         self.send(
             Packet::UnsubAck(
                 UnsubAck {

@@ -19,9 +19,11 @@
 
 mod connection;
 mod flight;
+mod held;
 mod inbound;
 mod pushback;
 pub(crate) mod registry;
+pub(crate) mod restore;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
@@ -38,6 +40,7 @@ use crate::message::Message;
 use crate::outbox::{Outbox, Reader};
 use crate::server::Shared;
 use crate::stats::Reason;
+use crate::store::{unix_ms, Record, SessionRec, SubRec};
 use flight::Outflow;
 use registry::{unregister, Mailbox};
 
@@ -60,8 +63,8 @@ struct Session {
     outbox: Arc<Outbox>,
     version: Version,
     user: Option<String>,
-    /// Filter -> granted QoS, for filters the router serves.
-    subs: HashMap<String, QoS>,
+    /// Filter -> what was granted, for filters the router serves.
+    subs: HashMap<String, Granted>,
     /// `$SYS`-style filters served by the session from the stats snapshot.
     sys_subs: LazySet<String>,
     /// Retained backlog, in-flight window, packet ids, outbound aliases.
@@ -83,15 +86,29 @@ struct Session {
     /// What this publisher may still wait for them; boxed: allocated the
     /// first time a reader pushes back, which most sessions never see.
     pushback: Option<Box<pushback::PushbackBudget>>,
+    /// PUBACKs / PUBRECs waiting for the store ([`held::Held`]); boxed:
+    /// only publishers to kept sessions or retained topics ever hold any.
+    held: Option<Box<held::Held>>,
     /// This anonymous session holds one of the persistent-session slots.
     anonymous_slot: bool,
     denied_logged: u64,
     /// The CONNECT asked for no session expiry: DISCONNECT may not set one
     /// (MQTT-3.14.2-2).
     expiry_was_zero: bool,
+    /// The persistent store keeps this session (see [`Session::keep`]).
+    kept: bool,
     /// [`Session::teardown`] ran: its router entries and counters are
     /// given back.
     torn_down: bool,
+}
+
+/// One subscription's options, as granted (kept for the store).
+#[derive(Debug, Clone, Copy)]
+struct Granted {
+    qos: QoS,
+    no_local: bool,
+    retain_as_published: bool,
+    id: u32,
 }
 
 /// A set that costs one pointer while empty, which it is in almost every
@@ -151,83 +168,137 @@ impl Drop for Session {
 /// first connection of a client id: serves connections until the session
 /// ends, then hands a waiting successor to a fresh session.
 pub(crate) async fn run(first: Box<Pending>, mailbox: Arc<Mailbox>, gen: u64, shared: Arc<Shared>) {
-    shared.stats.sessions.fetch_add(1, Relaxed);
-    let limits = &shared.cfg.limits;
-    let outbox = Arc::new(Outbox::new(
+    let s = Session::new(
         gen,
-        limits.max_queued_messages,
-        limits.max_queued_bytes,
-        shared.budget.clone(),
-    ));
-    let mut s = Session {
-        client_id: first.info.client_id.clone(),
-        gen,
-        shared: shared.clone(),
-        outbox,
-        version: first.info.version,
-        user: None,
-        subs: HashMap::new(),
-        sys_subs: LazySet::default(),
-        outflow: Outflow::default(),
-        awaiting_rel: LazySet::default(),
-        in_aliases: None,
-        expiry: None,
-        will: None,
-        will_delay: Duration::ZERO,
-        pressure: Vec::new(),
-        pushback: None,
-        anonymous_slot: false,
-        denied_logged: 0,
-        expiry_was_zero: true,
-        torn_down: false,
-    };
-    let mut conn = first;
-    let mut present = false;
-    // Each connected period ends with the connection that goes on with
-    // this session, or with none (the session ends; a connection that
-    // does not resume it starts a fresh one).
-    let successor = loop {
-        s.adopt(&conn, present);
-        let next = match s.connected(conn, present, &mailbox).await {
-            End::Takeover(next) => {
-                // A will with a delay is not sent when the session goes on
-                // in a new connection before the delay ends (MQTT 5, 3.1.3.2.2).
-                if !s.resumed_by(&next) || s.will_delay.is_zero() {
-                    s.publish_will();
-                }
-                next
-            }
-            End::Shutdown => break None,
-            End::Closed { will } => {
-                let Some(expiry) = s.expiry else {
-                    if will {
-                        s.publish_will();
-                    }
-                    break None;
-                };
-                if will && s.will_delay.is_zero() {
-                    s.publish_will();
-                }
-                match s.parked(expiry, will, &mailbox).await {
-                    Some(next) => next,
-                    None => break None,
-                }
-            }
-        };
-        if !s.resumed_by(&next) {
-            if next.user.is_some() && s.user.is_none() {
-                s.shared.stats.count(Reason::IdTakenBack);
-            }
-            break Some(next);
-        }
-        conn = next;
-        present = true;
-    };
-    s.teardown();
-    unregister(&shared, &s.client_id, s.gen, &mailbox, successor);
+        first.info.client_id.clone(),
+        first.info.version,
+        shared,
+    );
+    s.serve(first, false, mailbox).await;
+}
+
+/// The task of a session read back from the store ([`restore`]): it
+/// starts parked, as its client left it (or as the restart cut it off),
+/// with what is left of its expiry and its will's delay.
+async fn run_restored(
+    mut s: Session,
+    expiry_left: Duration,
+    will_in: Option<Duration>,
+    departed_ms: u64,
+    mailbox: Arc<Mailbox>,
+) {
+    let next = s.parked(expiry_left, will_in, departed_ms, &mailbox).await;
+    match next {
+        Some(next) if s.resumed_by(&next) => s.serve(next, true, mailbox).await,
+        next => s.end(next, &mailbox),
+    }
 }
 
 impl Session {
+    /// A session with nothing in it yet, counted.
+    fn new(gen: u64, client_id: String, version: Version, shared: Arc<Shared>) -> Session {
+        shared.stats.sessions.fetch_add(1, Relaxed);
+        let limits = &shared.cfg.limits;
+        let outbox = Arc::new(Outbox::new(
+            gen,
+            limits.max_queued_messages,
+            limits.max_queued_bytes,
+            shared.budget.clone(),
+        ));
+        Session {
+            client_id,
+            gen,
+            shared,
+            outbox,
+            version,
+            user: None,
+            subs: HashMap::new(),
+            sys_subs: LazySet::default(),
+            outflow: Outflow::default(),
+            awaiting_rel: LazySet::default(),
+            in_aliases: None,
+            expiry: None,
+            will: None,
+            will_delay: Duration::ZERO,
+            pressure: Vec::new(),
+            pushback: None,
+            held: None,
+            anonymous_slot: false,
+            denied_logged: 0,
+            expiry_was_zero: true,
+            kept: false,
+            torn_down: false,
+        }
+    }
+
+    /// Serves connections, the first being `conn`, until the session ends.
+    async fn serve(mut self, first: Box<Pending>, resumed: bool, mailbox: Arc<Mailbox>) {
+        let s = &mut self;
+        let mut conn = first;
+        let mut present = resumed;
+        // Each connected period ends with the connection that goes on with
+        // this session, or with none (the session ends; a connection that
+        // does not resume it starts a fresh one).
+        let successor = loop {
+            s.adopt(&conn, present);
+            let next = match s.connected(conn, present, &mailbox).await {
+                End::Takeover(next) => {
+                    // A will with a delay is not sent when the session goes on
+                    // in a new connection before the delay ends (MQTT 5, 3.1.3.2.2).
+                    if !s.resumed_by(&next) || s.will_delay.is_zero() {
+                        s.publish_will();
+                    }
+                    next
+                }
+                End::Shutdown => {
+                    // The client was cut off by the stop: its session
+                    // expiry counts from now (a will is not armed by a stop).
+                    s.save(Some(unix_ms()), false);
+                    break None;
+                }
+                End::Closed { will } => {
+                    let Some(expiry) = s.expiry else {
+                        if will {
+                            s.publish_will();
+                        }
+                        break None;
+                    };
+                    if will && s.will_delay.is_zero() {
+                        s.publish_will();
+                    }
+                    let will_in = (will && s.will.is_some() && !s.will_delay.is_zero())
+                        .then_some(s.will_delay);
+                    let departed = unix_ms();
+                    s.save(Some(departed), will_in.is_some());
+                    match s.parked(expiry, will_in, departed, &mailbox).await {
+                        Some(next) => next,
+                        None => break None,
+                    }
+                }
+            };
+            if !s.resumed_by(&next) {
+                break Some(next);
+            }
+            conn = next;
+            present = true;
+        };
+        self.end(successor, &mailbox);
+    }
+
+    /// The session is over: gives everything back, and hands a connection
+    /// that did not resume it to a fresh session.
+    fn end(mut self, successor: Option<Box<Pending>>, mailbox: &Mailbox) {
+        if successor
+            .as_ref()
+            .is_some_and(|n| n.user.is_some() && self.user.is_none())
+        {
+            self.shared.stats.count(Reason::IdTakenBack);
+        }
+        self.teardown();
+        let shared = self.shared.clone();
+        unregister(&shared, &self.client_id, self.gen, mailbox, successor);
+    }
+
     /// Whether `next` (same client id) goes on with this session rather
     /// than starting a fresh one.
     /// Only the session's own user resumes it: a logged-in user taking an
@@ -306,6 +377,108 @@ impl Session {
             policy_gen: policy.generation(),
             holds_publishers: self.shared.cfg.may_push_back(self.user.as_deref()),
         });
+        self.keep();
+    }
+
+    /// Lets the store keep this session while it has an expiry (and the
+    /// broker a store), and writes what it is now.
+    fn keep(&mut self) {
+        let want = self.expiry.is_some() && self.shared.store.is_some();
+        if want != self.kept {
+            if !want {
+                if let Some(store) = &self.shared.store {
+                    store.submit(Record::SessionEnd { key: self.gen });
+                }
+            }
+            self.kept = want;
+            self.outbox
+                .set_durable(self.shared.store.clone().filter(|_| want));
+            self.outflow.keep_journal(want);
+        }
+        self.save(None, false);
+    }
+
+    /// Writes the session's state to the store (when it keeps it):
+    /// `departed_ms` is when its client left (`None`: connected), and
+    /// `will_armed` says its will is due after its delay.
+    fn save(&self, departed_ms: Option<u64>, will_armed: bool) {
+        let (true, Some(store)) = (self.kept, &self.shared.store) else {
+            return;
+        };
+        let mut subs: Vec<SubRec> = self
+            .subs
+            .iter()
+            .map(|(filter, g)| SubRec {
+                filter: filter.clone(),
+                qos: g.qos as u8,
+                no_local: g.no_local,
+                retain_as_published: g.retain_as_published,
+                id: g.id,
+            })
+            .chain(self.sys_subs.to_set().into_iter().map(|filter| SubRec {
+                filter,
+                qos: 0,
+                no_local: false,
+                retain_as_published: false,
+                id: 0,
+            }))
+            .collect();
+        subs.sort_by(|a, b| a.filter.cmp(&b.filter));
+        let level = match self.version {
+            Version::V31 => 3,
+            Version::V311 => 4,
+            Version::V5 => 5,
+        };
+        store.submit(Record::Session(Box::new(SessionRec {
+            key: self.gen,
+            client_id: self.client_id.clone(),
+            user: self.user.clone(),
+            level,
+            expiry_secs: self.expiry.map_or(0, |e| e.as_secs()),
+            subs,
+            will: self.will.clone().map(|w| {
+                let delay = self.will_delay.as_secs().min(u32::MAX as u64) as u32;
+                (w, delay)
+            }),
+            departed_ms,
+            will_armed,
+        })));
+    }
+
+    /// Writes what the outflow's journal holds to the store.
+    fn write_journal(&mut self) {
+        let Some(j) = self.outflow.take_journal() else {
+            return;
+        };
+        let Some(store) = &self.shared.store else {
+            return;
+        };
+        let key = self.gen;
+        let mut recs = Vec::with_capacity(3);
+        if !j.sent.is_empty() {
+            recs.push(Record::Sent { key, sent: j.sent });
+        }
+        if !j.acked.is_empty() {
+            recs.push(Record::Acked { key, seqs: j.acked });
+        }
+        recs.extend(
+            j.released
+                .into_iter()
+                .map(|pkid| Record::Released { key, pkid }),
+        );
+        store.submit_all(recs);
+    }
+
+    /// Records a QoS 2 packet id received (`held`) or released, for a
+    /// session the store keeps.
+    fn write_inbound(&self, pkid: u16, held: bool) {
+        if let (true, Some(store)) = (self.kept, &self.shared.store) {
+            store.submit(Record::Inbound {
+                key: self.gen,
+                pkid,
+                held,
+            });
+        }
     }
 
     /// What the outflow must respect on this connection: our in-flight
@@ -344,6 +517,7 @@ impl Session {
             stats.count_n(Reason::TooLargeForClient, done.too_large);
             self.outbox.progressed();
         }
+        self.write_journal();
     }
 
     /// Anonymous clients get persistent sessions only up to
@@ -410,14 +584,15 @@ impl Session {
     async fn parked(
         &mut self,
         expiry: Duration,
-        will: bool,
+        will_in: Option<Duration>,
+        departed_ms: u64,
         mailbox: &Mailbox,
     ) -> Option<Box<Pending>> {
         let end = tokio::time::sleep(expiry);
         tokio::pin!(end);
-        let will_at = tokio::time::sleep(self.will_delay.min(expiry));
+        let will_at = tokio::time::sleep(will_in.unwrap_or_default().min(expiry));
         tokio::pin!(will_at);
-        let mut will_pending = will && !self.will_delay.is_zero();
+        let mut will_pending = will_in.is_some();
         let mut shutdown = self.shared.shutdown.clone();
         self.shared.budget.park(&self.outbox);
         loop {
@@ -435,6 +610,7 @@ impl Session {
                 _ = &mut will_at, if will_pending => {
                     will_pending = false;
                     self.publish_will();
+                    self.save(Some(departed_ms), false);
                 }
             }
         }
@@ -452,14 +628,20 @@ impl Session {
         tracing::info!(client_id = %crate::stats::short(&self.client_id), topic = %crate::stats::short(topic), "publishing will");
         let policy = self.shared.auth.policy();
         // Nobody reads from a closed session: no pushback here.
-        self.shared.router.publish(&will, &policy, &mut Vec::new());
+        self.shared.publish(&will, &policy, &mut Vec::new());
     }
 
-    /// Ends the session: router entries, queues and gauges given back.
-    /// Runs once (later calls do nothing).
+    /// Ends the session: router entries, queues and gauges given back;
+    /// the store forgets it, unless the broker is stopping (then it is
+    /// what the next start restores). Runs once (later calls do nothing).
     fn teardown(&mut self) {
         if std::mem::replace(&mut self.torn_down, true) {
             return;
+        }
+        if std::mem::take(&mut self.kept) && !*self.shared.shutdown.borrow() {
+            if let Some(store) = &self.shared.store {
+                store.submit(Record::SessionEnd { key: self.gen });
+            }
         }
         for f in self.subs.keys() {
             self.shared.router.unsubscribe(f, self.gen);

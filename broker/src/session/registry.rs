@@ -108,6 +108,34 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Numbers new sessions from `next` on (above every key the store
+    /// holds, so a restarted broker never reuses one).
+    pub(crate) fn number_from(&self, next: u64) {
+        self.next_gen.fetch_max(next, Relaxed);
+    }
+
+    /// Enters a session read back from the store under its client id and
+    /// spawns its task (`task`, given the session's mailbox).
+    pub(crate) fn restore<F, Fut>(&self, id: String, gen: u64, user: Option<String>, task: F)
+    where
+        F: FnOnce(Arc<Mailbox>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let tx = Arc::new(Mailbox::default());
+        self.lock().insert(
+            id,
+            Entry {
+                gen,
+                tx: tx.clone(),
+                user,
+                takeovers: (Instant::now(), 0),
+            },
+        );
+        self.tasks.spawn(task(tx));
+    }
+}
+
 /// Hands a connection to the session task for its client id, starting one
 /// if there is none.
 pub(crate) fn dispatch(mut pending: Box<Pending>, shared: Arc<Shared>) {

@@ -91,7 +91,19 @@ impl Image {
                 msg,
                 retained,
                 targets,
-            } => self.add_message(msg, retained, targets),
+                more,
+            } => self.add_message(msg, retained, targets, more),
+            Record::Queued { seq, targets } => {
+                if !self.msgs.contains_key(&seq) {
+                    return;
+                }
+                let n = self.queue_for(seq, targets);
+                // The placeholder `more` held is given back.
+                if let Some(st) = self.msgs.get_mut(&seq) {
+                    st.refs += n;
+                }
+                self.release(seq);
+            }
             Record::Unretain { topic } => {
                 if let Some(old) = self.retained.remove(&topic) {
                     self.release(old);
@@ -204,9 +216,25 @@ impl Image {
         })
     }
 
-    fn add_message(&mut self, msg: Arc<Message>, retained: bool, targets: Vec<Target>) {
+    fn add_message(&mut self, msg: Arc<Message>, retained: bool, targets: Vec<Target>, more: bool) {
         let seq = msg.seq();
         self.max_seq = self.max_seq.max(seq);
+        let mut refs = self.queue_for(seq, targets) + u32::from(more);
+        if retained {
+            refs += 1;
+            if let Some(old) = self.retained.insert(msg.topic.clone(), seq) {
+                self.release(old);
+            }
+        }
+        if refs > 0 {
+            self.live_bytes += msg.weight() as u64;
+            self.msgs.insert(seq, Stored { msg, refs });
+        }
+    }
+
+    /// Puts message `seq` in the queues of `targets` (those the image
+    /// knows, and that did not acknowledge it already); returns how many.
+    fn queue_for(&mut self, seq: u64, targets: Vec<Target>) -> u32 {
         let mut refs = 0;
         for t in targets {
             let Some(s) = self.sessions.get_mut(&t.key) else {
@@ -231,16 +259,7 @@ impl Image {
                 self.queued += 1;
             }
         }
-        if retained {
-            refs += 1;
-            if let Some(old) = self.retained.insert(msg.topic.clone(), seq) {
-                self.release(old);
-            }
-        }
-        if refs > 0 {
-            self.live_bytes += msg.weight() as u64;
-            self.msgs.insert(seq, Stored { msg, refs });
-        }
+        refs
     }
 
     /// One holder of message `seq` let it go.
@@ -318,6 +337,7 @@ impl Image {
                 msg: self.msgs[&seq].msg.clone(),
                 retained: retained.contains(&seq),
                 targets: holders.remove(&seq).unwrap_or_default(),
+                more: false,
             });
         }
         for k in &keys {
@@ -396,6 +416,7 @@ mod tests {
             msg: msg("a", 10, None),
             retained: true,
             targets: to(&[1, 2, 3]),
+            more: false,
         });
         assert_eq!(img.size().0, 1, "unknown session 3 ignored");
         assert_eq!(img.size().1, 2);
@@ -410,6 +431,7 @@ mod tests {
             msg: msg("a", 11, None),
             retained: true,
             targets: vec![],
+            more: false,
         });
         assert!(img.message(10).is_none());
         assert_eq!(img.retained().next().unwrap().seq(), 11);
@@ -421,6 +443,47 @@ mod tests {
     }
 
     #[test]
+    fn a_retained_message_replaced_before_its_queues_are_known_is_kept_for_them() {
+        let mut img = Image::default();
+        img.apply(session(1));
+        img.apply(Record::Msg {
+            msg: msg("s", 1, None),
+            retained: true,
+            targets: vec![],
+            more: true,
+        });
+        img.apply(Record::Msg {
+            msg: msg("s", 2, None),
+            retained: true,
+            targets: vec![],
+            more: false,
+        });
+        img.apply(Record::Queued {
+            seq: 1,
+            targets: to(&[1]),
+        });
+        assert_eq!(queued(&img, 1), vec![(1, 0, false)]);
+        assert_eq!(img.retained().next().unwrap().seq(), 2);
+        img.apply(Record::Acked {
+            key: 1,
+            seqs: vec![1],
+        });
+        assert!(img.message(1).is_none());
+        // With no queue at all, the placeholder goes with the Queued record.
+        img.apply(Record::Msg {
+            msg: msg("t", 3, None),
+            retained: false,
+            targets: vec![],
+            more: true,
+        });
+        img.apply(Record::Queued {
+            seq: 3,
+            targets: vec![],
+        });
+        assert!(img.message(3).is_none());
+    }
+
+    #[test]
     fn packet_ids_and_qos2_state_follow_the_deliveries() {
         let mut img = Image::default();
         img.apply(session(1));
@@ -429,6 +492,7 @@ mod tests {
                 msg: msg("t", seq, None),
                 retained: false,
                 targets: to(&[1]),
+                more: false,
             });
         }
         img.apply(Record::Sent {
@@ -486,6 +550,7 @@ mod tests {
             msg: msg("t", 20, None),
             retained: false,
             targets: to(&[1, 2]),
+            more: false,
         });
         assert_eq!(queued(&img, 1), vec![(20, 4, false)]);
         assert!(img.sessions[&2].queue.is_empty(), "acked before it came");
@@ -509,12 +574,18 @@ mod tests {
         img.apply(Record::Msg {
             msg: msg("r", 1, None),
             retained: true,
+            targets: vec![],
+            more: true,
+        });
+        img.apply(Record::Queued {
+            seq: 1,
             targets: to(&[2]),
         });
         img.apply(Record::Msg {
             msg: msg("q", 2, None),
             retained: false,
             targets: to(&[1, 2]),
+            more: false,
         });
         img.apply(Record::Sent {
             key: 2,

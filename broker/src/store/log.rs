@@ -260,6 +260,7 @@ mod tests {
                 msg: msg("a/b", 4, None),
                 retained: true,
                 targets: vec![],
+                more: false,
             }))
             .collect()
     }

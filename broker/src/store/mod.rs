@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-pub(crate) use image::{Image, Queued, SessionImage};
+pub(crate) use image::{Image, SessionImage};
 pub(crate) use record::{unix_ms, Record, SessionRec, SubRec, Target};
 
 use crate::stats::{Reason, Stats};
@@ -87,6 +87,19 @@ impl std::fmt::Display for Fsync {
             Fsync::Never => f.write_str("never"),
             Fsync::Every(d) => write!(f, "{}ms", d.as_millis()),
         }
+    }
+}
+
+impl serde::Serialize for Fsync {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Fsync {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Fsync, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -257,6 +270,11 @@ impl Store {
         self.shared.durable.subscribe()
     }
 
+    /// The highest ticket on disk now.
+    pub(crate) fn durable_now(&self) -> u64 {
+        *self.shared.durable.borrow()
+    }
+
     /// Whether acknowledgements wait for the store (all but `never`).
     pub(crate) fn holds_acks(&self) -> bool {
         self.shared.fsync != Fsync::Never
@@ -383,6 +401,7 @@ mod tests {
             msg: m,
             retained: true,
             targets: vec![],
+            more: false,
         });
         let t = store.submit_all((0..3).map(|k| Record::SessionEnd { key: k }));
         assert_eq!(t, 4);

@@ -67,11 +67,19 @@ pub(crate) enum Record {
     /// A message queued for persistent sessions (`targets`) and/or made the
     /// retained message of its topic (`retained`). Its store number is
     /// `msg.seq()`.
+    ///
+    /// A retained message is written under the retained store's lock, so
+    /// the log holds retained changes in the order they took effect; its
+    /// queues are only known after the fan-out, so it says `more` and a
+    /// [`Record::Queued`] follows.
     Msg {
         msg: Arc<Message>,
         retained: bool,
         targets: Vec<Target>,
+        more: bool,
     },
+    /// The persistent queues a message written with `more` went to.
+    Queued { seq: u64, targets: Vec<Target> },
     /// The retained message of `topic` was deleted.
     Unretain { topic: Bytes },
     /// A persistent session's state (created or changed).
@@ -145,6 +153,7 @@ const ACKED: u8 = 5;
 const SENT: u8 = 6;
 const RELEASED: u8 = 7;
 const INBOUND: u8 = 8;
+const QUEUED: u8 = 9;
 
 /// Appends the byte form of `r` to `out`.
 pub(crate) fn encode(r: &Record, clock: Clock, out: &mut Vec<u8>) {
@@ -153,20 +162,18 @@ pub(crate) fn encode(r: &Record, clock: Clock, out: &mut Vec<u8>) {
             msg,
             retained,
             targets,
+            more,
         } => {
             out.push(MSG);
             put_u64(out, msg.seq());
             put_message(out, msg, clock);
-            out.push(u8::from(*retained));
-            put_u32(out, targets.len() as u32);
-            for t in targets {
-                put_u64(out, t.key);
-                out.push(t.qos | (u8::from(t.retain) << 2));
-                put_u32(out, t.sub_ids.len() as u32);
-                for i in &t.sub_ids {
-                    put_u32(out, *i);
-                }
-            }
+            out.push(u8::from(*retained) | (u8::from(*more) << 1));
+            put_targets(out, targets);
+        }
+        Record::Queued { seq, targets } => {
+            out.push(QUEUED);
+            put_u64(out, *seq);
+            put_targets(out, targets);
         }
         Record::Unretain { topic } => {
             out.push(UNRETAIN);
@@ -246,30 +253,18 @@ pub(crate) fn decode(b: &[u8], clock: Clock) -> Result<Record, RecordError> {
         MSG => {
             let seq = r.u64()?;
             let msg = r.message(clock, seq)?;
-            let retained = r.u8()? != 0;
-            let n = r.count()?;
-            let mut targets = Vec::with_capacity(n.min(1024));
-            for _ in 0..n {
-                let key = r.u64()?;
-                let flags = r.u8()?;
-                let ids = r.count()?;
-                let mut sub_ids = Vec::with_capacity(ids.min(64));
-                for _ in 0..ids {
-                    sub_ids.push(r.u32()?);
-                }
-                targets.push(Target {
-                    key,
-                    qos: flags & 3,
-                    retain: flags & 4 != 0,
-                    sub_ids,
-                });
-            }
+            let flags = r.u8()?;
             Record::Msg {
                 msg,
-                retained,
-                targets,
+                retained: flags & 1 != 0,
+                more: flags & 2 != 0,
+                targets: r.targets()?,
             }
         }
+        QUEUED => Record::Queued {
+            seq: r.u64()?,
+            targets: r.targets()?,
+        },
         UNRETAIN => Record::Unretain {
             topic: Bytes::copy_from_slice(r.bytes()?),
         },
@@ -350,6 +345,18 @@ pub(crate) fn decode(b: &[u8], clock: Clock) -> Result<Record, RecordError> {
     match r.b.len() {
         0 => Ok(rec),
         n => Err(RecordError::Trailing(n)),
+    }
+}
+
+fn put_targets(out: &mut Vec<u8>, targets: &[Target]) {
+    put_u32(out, targets.len() as u32);
+    for t in targets {
+        put_u64(out, t.key);
+        out.push(t.qos | (u8::from(t.retain) << 2));
+        put_u32(out, t.sub_ids.len() as u32);
+        for i in &t.sub_ids {
+            put_u32(out, *i);
+        }
     }
 }
 
@@ -498,6 +505,27 @@ impl<'a> Reader<'a> {
         }
     }
 
+    fn targets(&mut self) -> Result<Vec<Target>, RecordError> {
+        let n = self.count()?;
+        let mut targets = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            let key = self.u64()?;
+            let flags = self.u8()?;
+            let ids = self.count()?;
+            let mut sub_ids = Vec::with_capacity(ids.min(64));
+            for _ in 0..ids {
+                sub_ids.push(self.u32()?);
+            }
+            targets.push(Target {
+                key,
+                qos: flags & 3,
+                retain: flags & 4 != 0,
+                sub_ids,
+            });
+        }
+        Ok(targets)
+    }
+
     fn message(&mut self, clock: Clock, seq: u64) -> Result<Arc<Message>, RecordError> {
         let topic = Bytes::copy_from_slice(self.bytes()?);
         let payload = Bytes::copy_from_slice(self.bytes()?);
@@ -620,6 +648,7 @@ pub(crate) mod tests {
         let r = Record::Msg {
             msg: m.clone(),
             retained: true,
+            more: true,
             targets: vec![
                 Target {
                     key: 3,
@@ -641,15 +670,17 @@ pub(crate) mod tests {
                     msg: a,
                     retained: ra,
                     targets: ta,
+                    more: ma,
                 },
                 Record::Msg {
                     msg: b,
                     retained: rb,
                     targets: tb,
+                    more: mb,
                 },
             ) => {
                 same_message(&a, b);
-                assert_eq!((ra, &ta), (*rb, tb));
+                assert_eq!((ra, &ta, ma), (*rb, tb, *mb));
             }
             other => panic!("{other:?}"),
         }
@@ -691,6 +722,15 @@ pub(crate) mod tests {
                 topic: Bytes::from_static(b"a/b"),
             },
             Record::SessionEnd { key: 5 },
+            Record::Queued {
+                seq: 3,
+                targets: vec![Target {
+                    key: 1,
+                    qos: 2,
+                    retain: false,
+                    sub_ids: vec![4],
+                }],
+            },
             Record::Acked {
                 key: 5,
                 seqs: vec![1, 2, u64::MAX],

@@ -1,0 +1,180 @@
+//! At start, with `--persistence`: puts back what the store remembers, before
+//! any listener accepts a client.
+//!
+//! Retained messages go back in the router (expired ones do not); each
+//! persistent session gets its task again, parked as its client left it:
+//! its subscriptions in the router with their options, its queue in order,
+//! what was in flight with its packet ids (re-sent with DUP on resume, or
+//! as PUBREL once released), the QoS 2 ids it had received, its will. Its
+//! expiry counts from the client's departure, its will's delay too; a
+//! session whose client was connected when the broker died counts from
+//! now, and its will (the connection ended without DISCONNECT) is due after
+//! its delay.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttd::protocol::QoS;
+
+use super::{run_restored, Granted, Session};
+use crate::codec::Version;
+use crate::outbox::{Delivery, Reader, SubIds};
+use crate::router::Sub;
+use crate::server::Shared;
+use crate::store::{unix_ms, Image, Opened, Record, SessionImage};
+
+/// Restores everything in `image` (see the module documentation).
+pub(crate) fn all(shared: &Arc<Shared>, image: &Image, opened: &Opened) {
+    let start = Instant::now();
+    let mut retained = 0u64;
+    for m in image.retained().filter(|m| !m.expired()) {
+        shared.router.restore_retained(m);
+        retained += 1;
+    }
+    shared.sessions.number_from(image.max_key + 1);
+    // One session per client id: the newest (an older one left behind by
+    // a crash between its end and its successor's start is ended now).
+    let mut newest: HashMap<&str, &SessionImage> = HashMap::new();
+    for s in image.sessions() {
+        let old = newest.insert(&s.rec.client_id, s);
+        if let Some(old) = old {
+            let (keep, end) = if old.rec.key > s.rec.key {
+                (old, s)
+            } else {
+                (s, old)
+            };
+            newest.insert(&keep.rec.client_id, keep);
+            if let Some(store) = &shared.store {
+                store.submit(Record::SessionEnd { key: end.rec.key });
+            }
+        }
+    }
+    let now = unix_ms();
+    let (mut sessions, mut queued) = (0u64, 0u64);
+    for s in newest.into_values() {
+        queued += one(shared, s, image, now);
+        sessions += 1;
+    }
+    let (msgs, _, bytes) = image.size();
+    tracing::info!(
+        path = %opened.path.display(),
+        file_bytes = opened.bytes,
+        records = opened.records,
+        read_ms = opened.took.as_millis() as u64,
+        restore_ms = start.elapsed().as_millis() as u64,
+        retained,
+        sessions,
+        queued,
+        messages = msgs,
+        message_bytes = bytes,
+        cut_bytes = opened.cut.map_or(0, |(_, n)| n),
+        "persistent store restored"
+    );
+}
+
+/// Restores one session and spawns its task; returns its queue's length.
+fn one(shared: &Arc<Shared>, si: &SessionImage, image: &Image, now: u64) -> u64 {
+    let rec = &si.rec;
+    let version = match rec.level {
+        3 => Version::V31,
+        5 => Version::V5,
+        _ => Version::V311,
+    };
+    let mut s = Session::new(rec.key, rec.client_id.clone(), version, shared.clone());
+    s.user = rec.user.clone();
+    s.expiry = Some(Duration::from_secs(rec.expiry_secs.max(1)));
+    s.expiry_was_zero = false;
+    s.will = rec.will.as_ref().map(|(m, _)| m.clone());
+    s.will_delay = Duration::from_secs(rec.will.as_ref().map_or(0, |(_, d)| u64::from(*d)));
+    s.limit_anonymous_persistence();
+    let policy = shared.auth.policy();
+    s.outbox.set_reader(Reader {
+        client_id: s.client_id.clone(),
+        user: s.user.clone(),
+        reads_everything: policy.reads_everything(s.who()),
+        policy_gen: policy.generation(),
+        holds_publishers: shared.cfg.may_push_back(s.user.as_deref()),
+    });
+    s.kept = true;
+    s.outbox.set_durable(shared.store.clone());
+    s.outflow.keep_journal(true);
+    for sub in &rec.subs {
+        if crate::topic::is_system_filter(&sub.filter) {
+            if s.sys_subs.insert(sub.filter.clone()) {
+                shared.stats.subscriptions.fetch_add(1, Relaxed);
+            }
+            continue;
+        }
+        let entry = Sub {
+            outbox: s.outbox.clone(),
+            qos: sub.qos,
+            no_local: sub.no_local,
+            retain_as_published: sub.retain_as_published,
+            id: sub.id,
+        };
+        match shared
+            .router
+            .subscribe(&sub.filter, entry, s.user.as_deref())
+        {
+            Ok(()) => {
+                let g = Granted {
+                    qos: rumqttd::protocol::qos(sub.qos).unwrap_or(QoS::AtMostOnce),
+                    no_local: sub.no_local,
+                    retain_as_published: sub.retain_as_published,
+                    id: sub.id,
+                };
+                if s.subs.insert(sub.filter.clone(), g).is_none() {
+                    shared.stats.subscriptions.fetch_add(1, Relaxed);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(client_id = %crate::stats::short(&s.client_id), filter = %crate::stats::short(&sub.filter), error = %e, "stored subscription not restored");
+            }
+        }
+    }
+    s.outbox.set_subscriptions(s.subs.len());
+    let (mut inflight, mut waiting) = (Vec::new(), Vec::new());
+    for (seq, q) in &si.queue {
+        let Some(msg) = image.message(*seq) else {
+            continue;
+        };
+        let d = Delivery {
+            msg: msg.clone(),
+            qos: q.qos,
+            retain: q.retain,
+            sub_ids: match q.sub_ids.as_slice() {
+                [] => SubIds::One(0),
+                [one] => SubIds::One(*one),
+                many => SubIds::Many(Arc::from(many)),
+            },
+        };
+        if q.pkid != 0 {
+            inflight.push((d, q.pkid, q.released));
+        } else {
+            waiting.push(d);
+        }
+    }
+    let queued = (inflight.len() + waiting.len()) as u64;
+    s.outflow.restore_in_flight(inflight);
+    s.outbox.restore(waiting);
+    for pkid in &si.inbound {
+        s.awaiting_rel.insert(*pkid);
+    }
+    let departed = rec.departed_ms.unwrap_or(now);
+    let away = Duration::from_millis(now.saturating_sub(departed));
+    let expiry_left = s.expiry.unwrap_or_default().saturating_sub(away);
+    let will_in = match rec.departed_ms {
+        // Cut off by the broker's death: as a connection lost now.
+        None => s.will.is_some().then_some(s.will_delay),
+        Some(_) if rec.will_armed && s.will.is_some() => Some(s.will_delay.saturating_sub(away)),
+        Some(_) => None,
+    };
+    s.save(Some(departed), will_in.is_some());
+    let (id, gen, user) = (s.client_id.clone(), s.gen, s.user.clone());
+    shared.sessions.restore(id, gen, user, move |mailbox| {
+        run_restored(s, expiry_left, will_in, departed, mailbox)
+    });
+    queued
+}
