@@ -149,9 +149,22 @@ fn refused_qos2_from_a_v3_client_completes_without_being_routed() {
 /// a PUBREC went through, both directions (`paho_qos2_cut.py` says how).
 #[test]
 fn paho_qos2_exactly_once_across_cuts_mid_handshake() {
+    paho_cuts(&[]);
+}
+
+/// The same with the persistent store syncing before every acknowledgement
+/// (issue #19): PUBRECs wait for the store, in order, and exactly once holds.
+#[test]
+fn paho_qos2_exactly_once_across_cuts_with_fsync_always() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store").to_string_lossy().into_owned();
+    paho_cuts(&["--persistence", &store, "--fsync", "always"]);
+}
+
+fn paho_cuts(extra: &[&str]) {
     let python = require_paho();
     let dir = tempfile::tempdir().unwrap();
-    let b = BrokerProc::with_users(dir.path(), &[("bridge", "secret")], &[]);
+    let b = BrokerProc::with_users(dir.path(), &[("bridge", "secret")], extra);
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/paho_qos2_cut.py");
     run_checks(
         std::process::Command::new(&python).arg(&script).args([
