@@ -130,6 +130,23 @@ impl Session {
                     }
                     next = mailbox.recv() => {
                         if let Some(next) = next {
+                            // What the old connection sent before the new
+                            // one came counts first: a DISCONNECT that ends
+                            // the session (expiry 0) must not be resumed.
+                            if want_read {
+                                use futures_util::FutureExt;
+                                if let Some(Ok(n)) = reader.read_buf(&mut inbuf).now_or_never() {
+                                    let end = if n > 0 {
+                                        self.take_input(&mut inbuf, &mut wbuf, wpos, &mut writer, peer).await
+                                    } else {
+                                        None
+                                    };
+                                    if let Some(End::Closed { will: false }) = end {
+                                        // A normal DISCONNECT: no will.
+                                        self.will = None;
+                                    }
+                                }
+                            }
                             tracing::info!(client_id = %crate::stats::short(&self.client_id), old = %peer, new = %next.peer, "session taken over");
                             let bye = self.disconnect_packet(DisconnectReasonCode::SessionTakenOver);
                             Box::pin(last_write(&mut writer, &[], &bye)).await;
