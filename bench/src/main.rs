@@ -120,6 +120,10 @@ struct Target {
     /// Label printed with the results.
     #[arg(long, default_value = "broker", global = true)]
     label: String,
+    /// Subscribers keep persistent sessions (clean session 0), which a
+    /// broker with persistence writes to disk.
+    #[arg(long, global = true)]
+    persistent: bool,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -273,6 +277,7 @@ fn options(t: &Target, id: &str) -> MqttOptions {
         MqttOptions::new(id, &t.host, t.port)
     };
     o.set_keep_alive(Duration::from_secs(60));
+    o.set_clean_session(!t.persistent);
     o.set_max_packet_size(1 << 20, 1 << 20);
     o.set_inflight(1000);
     o
