@@ -288,6 +288,23 @@ fn a_torn_tail_loses_only_the_torn_record() {
     );
 }
 
+/// Starts the broker on `store` expecting it to refuse; returns its stderr.
+fn refused(store: &Path) -> String {
+    let out = std::process::Command::new(bin("firehose-broker"))
+        .args([
+            "--mqtt",
+            "127.0.0.1:0",
+            "--ws",
+            "127.0.0.1:0",
+            "--persistence",
+        ])
+        .arg(store)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the broker started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// A store from a newer broker is refused with an error that says what to
 /// do; a second broker on the same directory is refused too.
 #[test]
@@ -295,38 +312,14 @@ fn a_newer_store_or_a_second_broker_is_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let b = start(dir.path(), &[]);
     let store = dir.path().join("store");
-    let out = std::process::Command::new(bin("firehose-broker"))
-        .args([
-            "--mqtt",
-            "127.0.0.1:0",
-            "--ws",
-            "127.0.0.1:0",
-            "--persistence",
-        ])
-        .arg(&store)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let err = refused(&store);
     assert!(err.contains("in use by another broker"), "{err}");
     b.signal("TERM");
     drop(b);
     let mut bytes = std::fs::read(store.join("store.log")).unwrap();
     bytes[8] = 99;
     std::fs::write(store.join("store.log"), bytes).unwrap();
-    let out = std::process::Command::new(bin("firehose-broker"))
-        .args([
-            "--mqtt",
-            "127.0.0.1:0",
-            "--ws",
-            "127.0.0.1:0",
-            "--persistence",
-        ])
-        .arg(&store)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let err = refused(&store);
     assert!(
         err.contains("newer firehose-broker") && err.contains("format 99"),
         "{err}"
