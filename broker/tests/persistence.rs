@@ -325,3 +325,120 @@ fn a_newer_store_or_a_second_broker_is_refused_clearly() {
         "{err}"
     );
 }
+
+/// QoS 2 across `kill -9`: a publisher and a reader with persistent
+/// sessions, the broker killed while a window of QoS 2 publishes is on
+/// its way. After the restart the publisher completes what it started as
+/// MQTT says (PUBREL for what got a PUBREC, the PUBLISH again with DUP for
+/// the rest), and the reader gets every message exactly once: the broker
+/// kept the packet ids it had received and what it had queued.
+#[test]
+fn qos2_exactly_once_across_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start(dir.path(), &["--max-queued-messages", "20000"]);
+    let (mut reader, _) = persistent(&b, "q2-reader");
+    reader.send(&subscribe(4, 1, "q2/#", 2));
+    assert_eq!(reader.expect("SUBACK").0, 0x90);
+    reader.send(&[0xe0, 0]);
+    drop(reader);
+    let pub_connect = || connect(4, "q2-pub", 60, false, Some(BRIDGE));
+    let mut p = Raw::open(b.mqtt());
+    p.send(&pub_connect());
+    assert_eq!(p.expect("CONNACK").0, 0x20);
+    let (total, window, kill_at) = (1_000u16, 50u16, 500u16);
+    // Packet id i + 1 carries message i; what the broker answered.
+    let mut recd = BTreeSet::new();
+    let mut done = BTreeSet::new();
+    let mut start_at = 0u16;
+    'run: while start_at < total {
+        let end = (start_at + window).min(total);
+        for i in start_at..end {
+            p.send(&publish(4, b"q2/m", i.to_string().as_bytes(), 2, i + 1));
+        }
+        if start_at >= kill_at {
+            b.signal("KILL");
+        }
+        for _ in start_at..end {
+            let Some((0x50, body)) = p.read() else {
+                break 'run;
+            };
+            recd.insert(u16::from_be_bytes([body[0], body[1]]) - 1);
+        }
+        for i in start_at..end {
+            if !p.try_send(&[0x62, 2, (i + 1).to_be_bytes()[0], (i + 1).to_be_bytes()[1]]) {
+                break 'run;
+            }
+        }
+        for _ in start_at..end {
+            let Some((0x70, body)) = p.read() else {
+                break 'run;
+            };
+            done.insert(u16::from_be_bytes([body[0], body[1]]) - 1);
+        }
+        start_at = end;
+    }
+    assert!(start_at < total, "the kill came before the end");
+    drop(p);
+    drop(b);
+
+    let b = start(dir.path(), &["--max-queued-messages", "20000"]);
+    let mut p = Raw::open(b.mqtt());
+    p.send(&pub_connect());
+    let (t, body) = p.expect("CONNACK");
+    assert_eq!(
+        (t, body[0] & 1),
+        (0x20, 1),
+        "the publisher's session survived"
+    );
+    // Finish the interrupted window, then send the rest.
+    for i in start_at..total {
+        let id = (i + 1).to_be_bytes();
+        if done.contains(&i) {
+            continue;
+        }
+        if recd.contains(&i) {
+            p.send(&[0x62, 2, id[0], id[1]]);
+        } else {
+            let mut m = publish(4, b"q2/m", i.to_string().as_bytes(), 2, i + 1);
+            if i < start_at + window {
+                m[0] |= 0x08; // DUP: sent before the crash
+            }
+            p.send(&m);
+            let (t, _) = p.expect("PUBREC");
+            assert_eq!(t, 0x50);
+            p.send(&[0x62, 2, id[0], id[1]]);
+        }
+        assert_eq!(p.expect("PUBCOMP").0, 0x70);
+    }
+    p.send(&publish(4, b"q2/m", b"end", 2, 2000));
+    assert_eq!(p.expect("PUBREC").0, 0x50);
+    p.send(&[0x62, 2, 0x07, 0xd0]);
+    assert_eq!(p.expect("PUBCOMP").0, 0x70);
+
+    let (mut r, present) = persistent(&b, "q2-reader");
+    assert!(present);
+    let mut got: std::collections::BTreeMap<String, u32> = Default::default();
+    loop {
+        let (t, body) = r.expect("a PUBLISH or PUBREL");
+        match t >> 4 {
+            3 => {
+                let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
+                let id = publish_pkid(&body);
+                let payload = String::from_utf8_lossy(&body[2 + tl + 2..]).into_owned();
+                r.send(&[0x50, 2, id[0], id[1]]);
+                if payload == "end" {
+                    break;
+                }
+                *got.entry(payload).or_default() += 1;
+            }
+            6 => r.send(&[0x70, 2, body[0], body[1]]),
+            _ => {}
+        }
+    }
+    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    let missing: Vec<u16> = (0..total)
+        .filter(|i| !got.contains_key(&i.to_string()))
+        .collect();
+    assert!(missing.is_empty(), "never delivered: {missing:?}");
+}
