@@ -68,37 +68,47 @@ impl Shared {
         self.stats.publish_received.fetch_add(1, Relaxed);
         let policy = self.auth.policy();
         let mut pressure = Vec::new();
-        self.publish(&msg, &policy, &mut pressure);
+        self.publish(&msg, &policy, &mut pressure, None);
     }
 
     /// The one way a message enters the broker: the router fans it out
     /// (see [`Router::publish`]), then the store learns which persistent
-    /// sessions hold it. Returns the store's ticket when something was
-    /// written: a PUBACK for `msg` must wait until it is durable
-    /// ([`Store::durable`]).
+    /// sessions hold it. `with` is a record that must reach the disk in the
+    /// same write as the message's (a QoS 2 packet id the publisher's
+    /// session now holds: if the id were on disk without the message, the
+    /// publisher's re-sent PUBLISH would be taken for a duplicate after a
+    /// crash and the message lost). Returns the store's ticket when
+    /// something was written: a PUBACK for `msg` must wait until it is
+    /// durable ([`Store::durable`]).
     pub(crate) fn publish(
         &self,
         msg: &Arc<crate::message::Message>,
         policy: &crate::auth::Policy,
         pressure: &mut Vec<Arc<crate::outbox::Outbox>>,
+        with: Option<Record>,
     ) -> Option<u64> {
         let f = self.router.publish(msg, policy, pressure);
         let store = self.store.as_ref()?;
-        if f.more {
-            return Some(store.submit(Record::Queued {
+        let rec = if f.more {
+            Record::Queued {
                 seq: msg.seq(),
                 targets: f.targets,
-            }));
-        }
-        if !f.targets.is_empty() {
-            return Some(store.submit(Record::Msg {
+            }
+        } else if !f.targets.is_empty() {
+            Record::Msg {
                 msg: msg.clone(),
                 retained: false,
                 targets: f.targets,
                 more: false,
-            }));
-        }
-        f.logged
+            }
+        } else {
+            return match with {
+                Some(w) => Some(store.submit(w)),
+                None => f.logged,
+            };
+        };
+        // One submit: the writer takes both in one batch, one write.
+        Some(store.submit_all(std::iter::once(rec).chain(with)))
     }
 
     /// Sockets open from `ip`, this one included.

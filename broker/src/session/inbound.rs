@@ -256,9 +256,6 @@ impl Session {
         }
         // A QoS 2 publish re-sent before our PUBREC arrived was routed once.
         let first = qos < 2 || self.awaiting_rel.insert(pkid);
-        if qos == 2 && first {
-            self.write_inbound(pkid, true);
-        }
         let mut ticket = None;
         if first {
             let msg = Message::new(
@@ -269,7 +266,13 @@ impl Session {
                 props,
                 self.gen,
             );
-            ticket = self.shared.publish(&msg, policy, &mut self.pressure);
+            // The id goes to the store with the message, in one write.
+            let held = if qos == 2 {
+                self.inbound_record(pkid, true)
+            } else {
+                None
+            };
+            ticket = self.shared.publish(&msg, policy, &mut self.pressure, held);
         }
         match qos {
             1 => self.ack(

@@ -469,15 +469,20 @@ impl Session {
         store.submit_all(recs);
     }
 
-    /// Records a QoS 2 packet id received (`held`) or released, for a
-    /// session the store keeps.
+    /// The record of a QoS 2 packet id received (`held`) or released, for
+    /// a session the store keeps.
+    fn inbound_record(&self, pkid: u16, held: bool) -> Option<Record> {
+        (self.kept && self.shared.store.is_some()).then_some(Record::Inbound {
+            key: self.gen,
+            pkid,
+            held,
+        })
+    }
+
+    /// Writes [`Session::inbound_record`] on its own (a release).
     fn write_inbound(&self, pkid: u16, held: bool) {
-        if let (true, Some(store)) = (self.kept, &self.shared.store) {
-            store.submit(Record::Inbound {
-                key: self.gen,
-                pkid,
-                held,
-            });
+        if let (Some(r), Some(store)) = (self.inbound_record(pkid, held), &self.shared.store) {
+            store.submit(r);
         }
     }
 
@@ -595,6 +600,15 @@ impl Session {
         let mut will_pending = will_in.is_some();
         let mut shutdown = self.shared.shutdown.clone();
         self.shared.budget.park(&self.outbox);
+        if expiry.is_zero() {
+            // Already past (a session restored after its client was away
+            // longer): it ends before any reconnect can resume it.
+            self.shared.stats.count(Reason::SessionExpired);
+            if will_pending {
+                self.publish_will();
+            }
+            return None;
+        }
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return None,
@@ -628,7 +642,7 @@ impl Session {
         tracing::info!(client_id = %crate::stats::short(&self.client_id), topic = %crate::stats::short(topic), "publishing will");
         let policy = self.shared.auth.policy();
         // Nobody reads from a closed session: no pushback here.
-        self.shared.publish(&will, &policy, &mut Vec::new());
+        self.shared.publish(&will, &policy, &mut Vec::new(), None);
     }
 
     /// Ends the session: router entries, queues and gauges given back;
