@@ -419,4 +419,90 @@ mod tests {
         assert_eq!(p.image.retained().count(), 1);
         assert_eq!(p.store.next_seq(), 2, "numbers go on from the stored ones");
     }
+
+    /// The writer rewrites the file once it is large and mostly history;
+    /// what was live is all there after a restart.
+    #[test]
+    fn a_log_of_mostly_history_is_compacted_and_reads_back_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        let store = Store::open(dir.path(), Fsync::Never, stats.clone())
+            .unwrap()
+            .start()
+            .unwrap();
+        let session = |key| {
+            Record::Session(Box::new(SessionRec {
+                key,
+                client_id: "ingester".into(),
+                user: Some("history".into()),
+                level: 5,
+                expiry_secs: 3600,
+                subs: vec![],
+                will: None,
+                departed_ms: None,
+                will_armed: false,
+            }))
+        };
+        store.submit(session(1));
+        let big = bytes::Bytes::from(vec![b'x'; 64 << 10]);
+        let target = || {
+            vec![Target {
+                key: 1,
+                qos: 1,
+                retain: false,
+                sub_ids: vec![],
+            }]
+        };
+        // 80 MiB of messages, each acknowledged but the last.
+        let n = 1280;
+        let mut last = 0;
+        for i in 0..n {
+            let m = crate::message::Message::new(
+                bytes::Bytes::from_static(b"t"),
+                big.clone(),
+                1,
+                false,
+                None,
+                0,
+            );
+            let seq = store.next_seq();
+            m.seq.store(seq, Relaxed);
+            store.submit(Record::Msg {
+                msg: m,
+                retained: false,
+                targets: target(),
+                more: false,
+            });
+            if i + 1 < n {
+                store.submit(Record::Acked {
+                    key: 1,
+                    seqs: vec![seq],
+                });
+            }
+            last = seq;
+        }
+        let t = store.submit(Record::Released { key: 1, pkid: 0 });
+        let mut rx = store.durable();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async { rx.wait_for(|d| *d >= t).await.map(|_| ()) })
+            .unwrap();
+        store.close();
+        assert!(stats.store.compactions.load(Relaxed) >= 1, "compacted");
+        let len = std::fs::metadata(dir.path().join("store.log"))
+            .unwrap()
+            .len();
+        assert!(len < 32 << 20, "the file holds little history: {len} bytes");
+        let p = Store::open(dir.path(), Fsync::Never, stats).unwrap();
+        assert!(p.opened.cut.is_none());
+        let s: Vec<_> = p.image.sessions().collect();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].queue.keys().copied().collect::<Vec<_>>(), vec![last]);
+        assert_eq!(
+            p.image.message(last).map(|m| m.payload.len()),
+            Some(64 << 10)
+        );
+    }
 }
