@@ -256,7 +256,8 @@ fn sample_config_has_every_key_and_only_known_ones() {
         "[tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"a\"\n\
          [auth]\npassword_file = \"p\"\nacl_file = \"a\"\n\
          [limits]\nreserved_connections = 5\n\
-         [upstream]\nurl = \"mqtt://core\"\nca = \"c\"\npassword_file = \"p\"\n",
+         [upstream]\nurl = \"mqtt://core\"\nca = \"c\"\npassword_file = \"p\"\n\
+         [persistence]\ndir = \"d\"\n",
     )
     .unwrap();
     let out = run(bin().args(["--config", full.to_str().unwrap(), "--print-config"]));
