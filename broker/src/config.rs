@@ -243,7 +243,7 @@ impl Default for Limits {
 
 /// What survives a restart (`[persistence]`, `--persistence`, `--fsync`).
 /// See `docs/persistence.md`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Persistence {
     /// Directory of the store (created 0700 if missing; one broker at a
@@ -254,6 +254,21 @@ pub struct Persistence {
     /// depends on it), a period such as "100ms" (the default: PUBACK after
     /// the write; a power loss loses at most the period), or "never".
     pub fsync: crate::store::Fsync,
+    /// Bytes of each offline persistent session's queue kept in memory;
+    /// what arrives beyond them is on disk only, read back when the client
+    /// returns (the queue is still bounded by `max_queued_messages` and
+    /// `max_queued_bytes`; `max_queued_bytes_total` counts memory only).
+    pub queue_memory: usize,
+}
+
+impl Default for Persistence {
+    fn default() -> Self {
+        Persistence {
+            dir: None,
+            fsync: crate::store::Fsync::default(),
+            queue_memory: 64 * 1024,
+        }
+    }
 }
 
 /// The effective broker configuration.

@@ -11,6 +11,15 @@
 //! ([`Outbox::full`]); a QoS 0 message for an offline persistent session is
 //! not queued (`offline_qos0`).
 //!
+//! With `--persistence`, a persistent session's queue lives on disk as
+//! well. While its client is away, only [`Store::queue_memory`] bytes of
+//! it stay in memory; what arrives beyond them (and, at the global
+//! budget, what it held) is kept as a [`Paged`] stub — the message's
+//! number and how to deliver it, a few dozen bytes — and read back from
+//! the store in batches when the client returns, in order. Many offline
+//! readers cost disk, not memory; the queue is still bounded by
+//! `max_queued_messages` and `max_queued_bytes`.
+//!
 //! It also carries the publisher pushback, for the few readers allowed it:
 //! a delivery into a queue that is three quarters full, for a reader whose
 //! user the operator listed in `pushback_users` and that is keeping up (its
@@ -32,7 +41,14 @@ use tokio::time::Instant;
 use crate::auth::{Policy, Who};
 use crate::message::Message;
 use crate::stats::{Reason, Stats};
-use crate::store::{Record, Store};
+use crate::store::{Loaded, Record, Store};
+
+/// A resumed queue reads its stubs back when fewer than this many
+/// deliveries wait in memory...
+const PAGE_LOW: usize = 256;
+/// ...this many at a time, or this many bytes.
+const PAGE_BATCH: usize = 512;
+const PAGE_BATCH_BYTES: usize = 1 << 20;
 
 /// A reader with work queued that wrote nothing and acknowledged nothing
 /// for this long is slow: publishers stop waiting for it.
@@ -93,15 +109,73 @@ pub struct Reader {
     pub holds_publishers: bool,
 }
 
+/// A delivery whose message is on disk only (see the module documentation).
+#[derive(Debug, Clone)]
+pub(crate) struct Paged {
+    pub seq: u64,
+    pub weight: u32,
+    pub qos: u8,
+    pub retain: bool,
+    pub sub_ids: SubIds,
+}
+
+impl Paged {
+    fn of(d: &Delivery) -> Paged {
+        Paged {
+            seq: d.msg.seq(),
+            weight: d.msg.weight() as u32,
+            qos: d.qos,
+            retain: d.retain,
+            sub_ids: d.sub_ids.clone(),
+        }
+    }
+
+    fn delivery(self, msg: Arc<Message>) -> Delivery {
+        Delivery {
+            msg,
+            qos: self.qos,
+            retain: self.retain,
+            sub_ids: self.sub_ids,
+        }
+    }
+}
+
+/// The store keeps this delivery, so it may be paged out of memory.
+fn pageable(d: &Delivery) -> bool {
+    d.qos > 0 && d.msg.seq() != 0
+}
+
 #[derive(Debug, Default)]
 struct State {
+    /// In memory, oldest first; then `loading`, then `paged`.
     items: VecDeque<Delivery>,
+    /// Bytes of `items`: what the global budget counts.
     bytes: usize,
+    /// On disk only, after `items` and `loading`.
+    paged: VecDeque<Paged>,
+    /// Being read back from the store (see [`Outbox::loaded`]).
+    loading: Vec<Paged>,
+    /// Bytes of `paged` and `loading`.
+    paged_bytes: usize,
+    /// Tells a read-back that comes after [`Outbox::clear`] that it is void.
+    load_gen: u64,
     online: bool,
     reader: Reader,
     /// The persistent store keeps this queue: what the budget evicts is
-    /// written off there.
+    /// written off there, and what is paged out is read back from it.
     store: Option<Store>,
+}
+
+impl State {
+    /// Deliveries waiting, wherever they are.
+    fn count(&self) -> usize {
+        self.items.len() + self.loading.len() + self.paged.len()
+    }
+
+    /// Their bytes, wherever they are.
+    fn total_bytes(&self) -> usize {
+        self.bytes + self.paged_bytes
+    }
 }
 
 /// The broker-wide budget for queued bytes (`max_queued_bytes_total`).
@@ -109,9 +183,11 @@ struct State {
 /// Offline persistent sessions can each hold up to `max_queued_bytes`; with
 /// many of them that adds up. Payloads are shared between queues, but the
 /// budget counts each queue's view (topic + payload per queued message), so
-/// it bounds what readers may be owed. Over it, the oldest messages of the
-/// largest *offline* queue go first, each counted (`queued_bytes_total`),
-/// until the total is back under nine tenths of the budget.
+/// it bounds what readers may be owed in memory. Over it, the largest
+/// *offline* queue gives first: one the store keeps pages what it holds out
+/// to disk (nothing lost); any other loses its oldest messages, each
+/// counted (`queued_bytes_total`), until the total is back under nine
+/// tenths of the budget.
 #[derive(Debug)]
 pub struct Budget {
     max: usize,
@@ -172,12 +248,24 @@ impl Budget {
             let Some(largest) = offline.iter().max_by_key(|o| o.bytes()) else {
                 return;
             };
-            if !largest.drop_oldest() {
-                return;
+            match largest.shed() {
+                Shed::Paged => {}
+                Shed::Dropped => self.stats.count(Reason::QueuedBytesTotal),
+                Shed::Nothing => return,
             }
-            self.stats.count(Reason::QueuedBytesTotal);
         }
     }
+}
+
+/// How a queue made room for the global budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shed {
+    /// Moved what it held to disk only.
+    Paged,
+    /// Dropped its oldest message.
+    Dropped,
+    /// Had nothing to give.
+    Nothing,
 }
 
 /// What a fan-out changed in the shared counters, settled once at its end.
@@ -267,11 +355,14 @@ impl Outbox {
         self.lock().bytes
     }
 
-    /// Drops the oldest queued message (for the global budget). False when empty.
-    fn drop_oldest(&self) -> bool {
+    /// Makes room for the global budget (see [`Budget`]).
+    fn shed(&self) -> Shed {
         let mut s = self.lock();
+        if self.page_out(&mut s, 0) > 0 {
+            return Shed::Paged;
+        }
         let Some(old) = s.items.pop_front() else {
-            return false;
+            return Shed::Nothing;
         };
         let w = old.msg.weight();
         s.bytes -= w;
@@ -288,7 +379,112 @@ impl Outbox {
             });
         }
         self.budget.sub(w);
-        true
+        Shed::Dropped
+    }
+
+    /// Moves deliveries from the back of the memory part to the front of
+    /// the disk part until at most `keep` bytes stay in memory (a queue the
+    /// store keeps, while no read-back is under way: that would put them
+    /// out of order). Returns the bytes freed, taken off the budget.
+    fn page_out(&self, s: &mut State, keep: usize) -> usize {
+        if s.store.is_none() || !s.loading.is_empty() {
+            return 0;
+        }
+        let (mut freed, mut n) = (0, 0i64);
+        while s.bytes > keep {
+            match s.items.back() {
+                Some(d) if pageable(d) => {}
+                _ => break,
+            }
+            let Some(d) = s.items.pop_back() else { break };
+            let w = d.msg.weight();
+            s.bytes -= w;
+            s.paged_bytes += w;
+            s.paged.push_front(Paged::of(&d));
+            freed += w;
+            n += 1;
+        }
+        if n > 0 {
+            self.stats.store.paged.fetch_add(n, Relaxed);
+            self.budget.sub(freed);
+        }
+        freed
+    }
+
+    /// Reads the next stubs back, if the memory part runs low and no
+    /// read-back is under way (the client is connected).
+    fn page_in(self: &Arc<Self>, s: &mut State) {
+        if !s.online || !s.loading.is_empty() || s.paged.is_empty() || s.items.len() >= PAGE_LOW {
+            return;
+        }
+        let Some(store) = s.store.clone() else { return };
+        let mut bytes = 0;
+        while let Some(p) = s.paged.front() {
+            if s.loading.len() >= PAGE_BATCH
+                || (bytes > 0 && bytes + p.weight as usize > PAGE_BATCH_BYTES)
+            {
+                break;
+            }
+            bytes += p.weight as usize;
+            let Some(p) = s.paged.pop_front() else { break };
+            s.loading.push(p);
+        }
+        s.load_gen += 1;
+        let gen = s.load_gen;
+        let seqs = s.loading.iter().map(|p| p.seq).collect();
+        let me = Arc::downgrade(self);
+        store.load(seqs, move |msgs| {
+            if let Some(o) = me.upgrade() {
+                o.loaded(gen, msgs);
+            }
+        });
+    }
+
+    /// The store read stubs back (on its thread): they join the memory
+    /// part, in order, and the session is woken. A message the store could
+    /// not give back (counted there) is written off. If the client left
+    /// again meanwhile, they stay on disk.
+    fn loaded(&self, gen: u64, msgs: Loaded) {
+        let mut s = self.lock();
+        if s.load_gen != gen || s.loading.is_empty() {
+            return;
+        }
+        let stubs = std::mem::take(&mut s.loading);
+        if !s.online {
+            for p in stubs.into_iter().rev() {
+                s.paged.push_front(p);
+            }
+            let keep = s.store.as_ref().map_or(0, |st| st.queue_memory());
+            self.page_out(&mut s, keep);
+            return;
+        }
+        let (mut added, mut lost) = (0, Vec::new());
+        let n = stubs.len() as i64;
+        for (p, m) in stubs
+            .into_iter()
+            .zip(msgs.into_iter().chain(std::iter::repeat(None)))
+        {
+            s.paged_bytes -= p.weight as usize;
+            match m {
+                Some(msg) => {
+                    added += msg.weight();
+                    s.items.push_back(p.delivery(msg));
+                }
+                None => lost.push(p.seq),
+            }
+        }
+        s.bytes += added;
+        let store = s.store.clone();
+        drop(s);
+        self.stats.store.paged.fetch_sub(n, Relaxed);
+        if let (Some(store), false) = (store, lost.is_empty()) {
+            store.submit(Record::Acked {
+                key: self.key,
+                seqs: lost,
+            });
+        }
+        self.budget.settle(added as i64);
+        self.ready.notify_one();
     }
 
     /// Lets the persistent store keep this queue (`Some`), or not.
@@ -303,10 +499,10 @@ impl Outbox {
         self.durable.load(Relaxed)
     }
 
-    /// Puts deliveries read back from the store at the end of the queue
-    /// (at start, before any client), outside the limits: they were
-    /// within them when queued.
-    pub(crate) fn restore(&self, ds: impl IntoIterator<Item = Delivery>) {
+    /// Puts deliveries read back from the store at the end of the queue,
+    /// then those left on disk (at start, before any client), outside the
+    /// limits: they were within them when queued.
+    pub(crate) fn restore(&self, ds: impl IntoIterator<Item = Delivery>, paged: Vec<Paged>) {
         let mut s = self.lock();
         let mut added = 0;
         for d in ds {
@@ -314,6 +510,12 @@ impl Outbox {
             s.items.push_back(d);
         }
         s.bytes += added;
+        self.stats
+            .store
+            .paged
+            .fetch_add(paged.len() as i64, Relaxed);
+        s.paged_bytes += paged.iter().map(|p| p.weight as usize).sum::<usize>();
+        s.paged.extend(paged);
         drop(s);
         self.budget.settle(added as i64);
     }
@@ -332,9 +534,16 @@ impl Outbox {
         self.lock().reader = reader;
     }
 
-    /// Marks the client connected or gone. Offline queues keep QoS >= 1 only.
+    /// Marks the client connected or gone. Offline queues keep QoS >= 1
+    /// only, and (kept by the store) at most its `queue_memory` in memory.
     pub fn set_online(&self, online: bool) {
-        self.lock().online = online;
+        let mut s = self.lock();
+        s.online = online;
+        if !online {
+            let keep = s.store.as_ref().map_or(0, |st| st.queue_memory());
+            self.page_out(&mut s, keep);
+        }
+        drop(s);
         self.wake_publishers();
     }
 
@@ -366,11 +575,11 @@ impl Outbox {
     }
 
     fn high(&self, s: &State) -> bool {
-        s.items.len() * 4 >= self.max_messages * 3 || s.bytes * 4 >= self.max_bytes * 3
+        s.count() * 4 >= self.max_messages * 3 || s.total_bytes() * 4 >= self.max_bytes * 3
     }
 
     fn low(&self, s: &State) -> bool {
-        s.items.len() * 2 <= self.max_messages && s.bytes * 2 <= self.max_bytes
+        s.count() * 2 <= self.max_messages && s.total_bytes() * 2 <= self.max_bytes
     }
 
     /// Queues one delivery, applying the drop policy. `policy` is the ACL
@@ -417,17 +626,34 @@ impl Outbox {
             return Pushed::Dropped;
         }
         let w = d.msg.weight();
-        if !s.items.is_empty()
-            && (s.items.len() >= self.max_messages || s.bytes + w > self.max_bytes)
-        {
+        let n = s.count();
+        if n > 0 && (n >= self.max_messages || s.total_bytes() + w > self.max_bytes) {
             // Full: the new one is not queued (what is queued goes first).
             self.full.store(true, Relaxed);
             tally.full += 1;
             return Pushed::Dropped;
         }
+        if let Some(store) = s.store.as_ref().filter(|_| pageable(&d)) {
+            let behind = !s.paged.is_empty() || !s.loading.is_empty();
+            if behind || (!s.online && s.bytes + w > store.queue_memory()) {
+                // On disk only, behind what already is (order).
+                s.paged_bytes += w;
+                s.paged.push_back(Paged::of(&d));
+                if n + 1 >= self.max_messages || s.total_bytes() >= self.max_bytes {
+                    self.full.store(true, Relaxed);
+                }
+                let wake = s.online && s.loading.is_empty();
+                drop(s);
+                self.stats.store.paged.fetch_add(1, Relaxed);
+                if wake {
+                    self.ready.notify_one();
+                }
+                return Pushed::Queued;
+            }
+        }
         s.bytes += w;
         s.items.push_back(d);
-        if s.items.len() >= self.max_messages || s.bytes >= self.max_bytes {
+        if s.count() >= self.max_messages || s.total_bytes() >= self.max_bytes {
             self.full.store(true, Relaxed);
         }
         let first = s.items.len() == 1;
@@ -459,9 +685,11 @@ impl Outbox {
     }
 
     /// Moves up to `max` deliveries into `into`, stopping early (without
-    /// taking it) at a QoS >= 1 delivery when `qos_room` is zero; each QoS
-    /// >= 1 delivery taken uses one unit of `qos_room`.
-    pub fn take(&self, into: &mut VecDeque<Delivery>, max: usize, mut qos_room: usize) {
+    /// taking it) at a QoS 1 or 2 delivery when `qos_room` is zero; each
+    /// QoS 1 or 2 delivery taken uses one unit of `qos_room`. Starts reading the
+    /// next paged-out deliveries back when few are left in memory (the
+    /// session is woken when they are in).
+    pub fn take(self: &Arc<Self>, into: &mut VecDeque<Delivery>, max: usize, mut qos_room: usize) {
         let mut taken = 0;
         let mut s = self.lock();
         for _ in 0..max {
@@ -483,6 +711,7 @@ impl Outbox {
         if taken > 0 {
             self.full.store(false, Relaxed);
         }
+        self.page_in(&mut s);
         let low = self.low(&s);
         drop(s);
         self.budget.sub(taken);
@@ -491,9 +720,9 @@ impl Outbox {
         }
     }
 
-    /// Deliveries waiting.
+    /// Deliveries waiting (in memory or on disk).
     pub fn len(&self) -> usize {
-        self.lock().items.len()
+        self.lock().count()
     }
 
     /// True when nothing waits.
@@ -504,11 +733,17 @@ impl Outbox {
     /// Drops everything queued (the session ended); returns how many.
     pub fn clear(&self) -> usize {
         let mut s = self.lock();
-        let n = s.items.len();
+        let n = s.count();
+        let on_disk = (s.paged.len() + s.loading.len()) as i64;
         s.items = VecDeque::new();
+        s.paged = VecDeque::new();
+        s.loading = Vec::new();
+        s.paged_bytes = 0;
+        s.load_gen += 1;
         let bytes = std::mem::take(&mut s.bytes);
         self.full.store(false, Relaxed);
         drop(s);
+        self.stats.store.paged.fetch_sub(on_disk, Relaxed);
         self.budget.sub(bytes);
         self.budget.unpark(self.key);
         self.wake_publishers();
@@ -554,6 +789,8 @@ impl Drop for Outbox {
     fn drop(&mut self) {
         let s = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
         let bytes = std::mem::take(&mut s.bytes);
+        let on_disk = (s.paged.len() + s.loading.len()) as i64;
+        self.stats.store.paged.fetch_sub(on_disk, Relaxed);
         self.budget.sub(bytes);
         self.budget.unpark(self.key);
     }
@@ -580,9 +817,9 @@ mod tests {
         }
     }
 
-    fn outbox(max: usize) -> Outbox {
+    fn outbox(max: usize) -> Arc<Outbox> {
         let budget = Budget::new(usize::MAX / 2, Arc::new(Stats::default()));
-        let o = Outbox::new(1, max, 1 << 20, budget);
+        let o = Arc::new(Outbox::new(1, max, 1 << 20, budget));
         o.set_reader(Reader {
             reads_everything: true,
             holds_publishers: true,
@@ -615,7 +852,7 @@ mod tests {
 
     #[test]
     fn a_dropped_queue_gives_its_bytes_back_and_leaves_the_offline_list() {
-        let o = Arc::new(outbox(10));
+        let o = outbox(10);
         let stats = o.stats.clone();
         let budget = o.budget.clone();
         let p = policy();
@@ -742,6 +979,94 @@ mod tests {
             0,
             "every byte accounted for"
         );
+    }
+
+    /// An offline queue the store keeps holds `queue_memory` bytes in
+    /// memory and stubs for the rest; back online, the stubs are read back
+    /// in order, in batches, and every byte is accounted for.
+    #[test]
+    fn an_offline_queue_kept_by_the_store_costs_disk_not_memory() {
+        use crate::store::{Fsync, SessionRec, Target};
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        // Each message weighs 10 bytes ("t" + 9): three stay in memory.
+        let store = Store::open(dir.path(), Fsync::Never, 30, stats.clone())
+            .unwrap()
+            .start()
+            .unwrap();
+        store.submit(Record::Session(Box::new(SessionRec {
+            key: 1,
+            client_id: "away".into(),
+            user: None,
+            level: 4,
+            expiry_secs: 3600,
+            subs: vec![],
+            will: None,
+            departed_ms: None,
+            will_armed: false,
+        })));
+        let budget = Budget::new(usize::MAX / 2, stats.clone());
+        let o = Arc::new(Outbox::new(1, 10_000, 1 << 20, budget));
+        o.set_reader(Reader {
+            reads_everything: true,
+            ..Default::default()
+        });
+        o.set_durable(Some(store.clone()));
+        let p = policy();
+        let n = 1000u64;
+        let mut sent = Vec::new();
+        for _ in 0..n {
+            let dl = d(1);
+            let seq = store.next_seq();
+            dl.msg.seq.store(seq, Relaxed);
+            assert_eq!(o.push(dl.clone(), &p), Pushed::Queued);
+            // As the router does: the record after the fan-out.
+            store.submit(Record::Msg {
+                msg: dl.msg,
+                retained: false,
+                targets: vec![Target {
+                    key: 1,
+                    qos: 1,
+                    retain: false,
+                    sub_ids: vec![],
+                }],
+                more: false,
+            });
+            sent.push(seq);
+        }
+        assert_eq!(o.len(), n as usize);
+        assert_eq!(
+            stats.queued_bytes.load(Relaxed),
+            30,
+            "memory: three messages"
+        );
+        assert_eq!(stats.store.paged.load(Relaxed), n as i64 - 3);
+        o.set_online(true);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut got = VecDeque::new();
+        for _ in 0..100 {
+            let ready = o.ready();
+            o.take(&mut got, usize::MAX, usize::MAX);
+            if got.len() == n as usize {
+                break;
+            }
+            rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), ready).await })
+                .expect("the store reads the next batch back");
+        }
+        let seqs: Vec<u64> = got.iter().map(|d| d.msg.seq()).collect();
+        assert_eq!(seqs, sent, "every message, in order");
+        assert!(got.iter().all(|d| &d.msg.payload[..] == b"123456789"));
+        assert_eq!(stats.store.paged.load(Relaxed), 0);
+        assert_eq!(
+            stats.queued_bytes.load(Relaxed),
+            0,
+            "every byte accounted for"
+        );
+        assert_eq!(stats.dropped(Reason::StoreDamage), 0);
+        store.close();
     }
 
     #[test]

@@ -207,7 +207,12 @@ impl Broker {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let stats = Arc::new(Stats::default());
         let opened = match &cfg.persistence.dir {
-            Some(dir) => Some(Store::open(dir, cfg.persistence.fsync, stats.clone())?),
+            Some(dir) => Some(Store::open(
+                dir,
+                cfg.persistence.fsync,
+                cfg.persistence.queue_memory,
+                stats.clone(),
+            )?),
             None => None,
         };
         let (sys_tx, _) = watch::channel(Arc::new(Vec::new()));
@@ -247,7 +252,7 @@ impl Broker {
             store: opened.as_ref().map(|p| p.store.clone()),
         });
         if let Some(p) = opened {
-            crate::session::restore::all(&shared, &p.image, &p.opened);
+            crate::session::restore::all(&shared, &p);
             p.start()?;
         }
         let mut tasks = JoinSet::new();

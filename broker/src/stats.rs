@@ -265,6 +265,9 @@ pub struct StoreStats {
     pub messages: AtomicI64,
     pub queued: AtomicI64,
     pub file_bytes: AtomicI64,
+    /// Queue entries whose message is on disk only (offline queues past
+    /// their `queue_memory`).
+    pub paged: AtomicI64,
 }
 
 /// Version string reported in `$SYS/broker/version` and on `/healthz`.
@@ -356,6 +359,10 @@ impl Stats {
             (
                 "$SYS/broker/store/bytes".to_owned(),
                 self.store.file_bytes.load(Relaxed).to_string(),
+            ),
+            (
+                "$SYS/broker/store/paged".to_owned(),
+                self.store.paged.load(Relaxed).to_string(),
             ),
         ];
         for r in Reason::ALL {
@@ -450,7 +457,7 @@ impl Stats {
         metric(
             "queued_bytes",
             "gauge",
-            "Bytes queued for all sessions (each queue counted; payloads are shared).",
+            "Bytes queued in memory for all sessions (each queue counted; payloads are shared; what offline persistent sessions keep on disk only is in store_paged).",
             self.queued_bytes.load(Relaxed).to_string(),
         );
         metric(
@@ -538,6 +545,12 @@ impl Stats {
                 "gauge",
                 "Size of the persistent store's file.",
                 st.file_bytes.load(Relaxed),
+            ),
+            (
+                "store_paged",
+                "gauge",
+                "Queued deliveries whose message is on disk only (offline sessions past queue_memory).",
+                st.paged.load(Relaxed),
             ),
         ] {
             metric(name, kind, help, v.to_string());

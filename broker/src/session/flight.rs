@@ -334,7 +334,11 @@ impl Outflow {
     /// A QoS >= 1 delivery is only taken while `room` allows. The flag
     /// says whether the store keeps it (a QoS >= 1 delivery from the
     /// outbox of a session that keeps a journal).
-    fn next_delivery(&mut self, outbox: &Outbox, room: usize) -> Option<(Delivery, bool)> {
+    fn next_delivery(
+        &mut self,
+        outbox: &std::sync::Arc<Outbox>,
+        room: usize,
+    ) -> Option<(Delivery, bool)> {
         let fits = |d: &Delivery| d.qos == 0 || room > 0;
         if let Some(retained) = &mut self.retained {
             match retained.queue.front() {
@@ -361,7 +365,13 @@ impl Outflow {
     /// the in-flight window is full; `all` ignores both (the last delivery
     /// before shutdown). Expired and oversize deliveries are dropped here
     /// (MQTT-3.3.2-5, MQTT-3.1.2-25), as if acknowledged.
-    pub fn fill(&mut self, outbox: &Outbox, out: &mut BytesMut, chunk: usize, all: bool) -> Filled {
+    pub fn fill(
+        &mut self,
+        outbox: &std::sync::Arc<Outbox>,
+        out: &mut BytesMut,
+        chunk: usize,
+        all: bool,
+    ) -> Filled {
         // Even the last delivery before shutdown keeps at most 65,535 in
         // flight: there are no more packet ids.
         let window = if all {
@@ -544,9 +554,9 @@ mod tests {
     use rumqttd::protocol::{Packet, Protocol};
     use std::sync::Arc;
 
-    fn outbox() -> Outbox {
+    fn outbox() -> Arc<Outbox> {
         let budget = Budget::new(usize::MAX / 2, Arc::new(Stats::default()));
-        let o = Outbox::new(1, 1000, 1 << 24, budget);
+        let o = Arc::new(Outbox::new(1, 1000, 1 << 24, budget));
         o.set_reader(Reader {
             reads_everything: true,
             ..Default::default()
@@ -864,7 +874,7 @@ mod tests {
     #[test]
     fn the_shutdown_drain_stops_at_65535_in_flight_and_is_linear() {
         let budget = Budget::new(usize::MAX / 2, Arc::new(Stats::default()));
-        let o = Outbox::new(1, 100_000, 1 << 30, budget);
+        let o = Arc::new(Outbox::new(1, 100_000, 1 << 30, budget));
         o.set_reader(Reader {
             reads_everything: true,
             ..Default::default()

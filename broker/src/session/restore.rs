@@ -5,7 +5,9 @@
 //! persistent session gets its task again, parked as its client left it:
 //! its subscriptions in the router with their options, its queue in order,
 //! what was in flight with its packet ids (re-sent with DUP on resume, or
-//! as PUBREL once released), the QoS 2 ids it had received, its will. Its
+//! as PUBREL once released), the QoS 2 ids it had received, its will. Of
+//! its queue, the first `queue_memory` bytes are read back now; the rest
+//! stays on disk until its client returns (see `outbox.rs`). Its
 //! expiry counts from the client's departure, its will's delay too; a
 //! session whose client was connected when the broker died counts from
 //! now, and its will (the connection ended without DISCONNECT) is due after
@@ -20,17 +22,21 @@ use rumqttd::protocol::QoS;
 
 use super::{run_restored, Granted, Session};
 use crate::codec::Version;
-use crate::outbox::{Delivery, Reader, SubIds};
+use crate::outbox::{Delivery, Paged, Reader, SubIds};
 use crate::router::Sub;
 use crate::server::Shared;
-use crate::store::{unix_ms, Image, Opened, Record, SessionImage};
+use crate::store::{unix_ms, Pending, Record, SessionImage};
 
-/// Restores everything in `image` (see the module documentation).
-pub(crate) fn all(shared: &Arc<Shared>, image: &Image, opened: &Opened) {
+/// Restores everything the store read (see the module documentation).
+pub(crate) fn all(shared: &Arc<Shared>, store: &Pending) {
+    let (image, opened) = (&store.image, &store.opened);
     let start = Instant::now();
     let mut retained = 0u64;
-    for m in image.retained().filter(|m| !m.expired()) {
-        shared.router.restore_retained(m);
+    for (seq, _) in image.retained() {
+        let Some(m) = store.message(seq).filter(|m| !m.expired()) else {
+            continue;
+        };
+        shared.router.restore_retained(&m);
         retained += 1;
     }
     shared.sessions.number_from(image.max_key + 1);
@@ -52,9 +58,11 @@ pub(crate) fn all(shared: &Arc<Shared>, image: &Image, opened: &Opened) {
         }
     }
     let now = unix_ms();
-    let (mut sessions, mut queued) = (0u64, 0u64);
+    let (mut sessions, mut queued, mut paged) = (0u64, 0u64, 0u64);
     for s in newest.into_values() {
-        queued += one(shared, s, image, now);
+        let (q, p) = one(shared, s, store, now);
+        queued += q;
+        paged += p;
         sessions += 1;
     }
     let (msgs, _, bytes) = image.size();
@@ -67,6 +75,7 @@ pub(crate) fn all(shared: &Arc<Shared>, image: &Image, opened: &Opened) {
         retained,
         sessions,
         queued,
+        on_disk_only = paged,
         messages = msgs,
         message_bytes = bytes,
         cut_bytes = opened.cut.map_or(0, |(_, n)| n),
@@ -74,8 +83,9 @@ pub(crate) fn all(shared: &Arc<Shared>, image: &Image, opened: &Opened) {
     );
 }
 
-/// Restores one session and spawns its task; returns its queue's length.
-fn one(shared: &Arc<Shared>, si: &SessionImage, image: &Image, now: u64) -> u64 {
+/// Restores one session and spawns its task; returns its queue's length
+/// and how much of it stays on disk only.
+fn one(shared: &Arc<Shared>, si: &SessionImage, store: &Pending, now: u64) -> (u64, u64) {
     let rec = &si.rec;
     let version = match rec.level {
         3 => Version::V31,
@@ -135,30 +145,49 @@ fn one(shared: &Arc<Shared>, si: &SessionImage, image: &Image, now: u64) -> u64 
         }
     }
     s.outbox.set_subscriptions(s.subs.len());
-    let (mut inflight, mut waiting) = (Vec::new(), Vec::new());
+    let (mut inflight, mut waiting, mut paged) = (Vec::new(), Vec::new(), Vec::new());
+    let (memory, mut in_memory) = (shared.store.as_ref().map_or(0, |st| st.queue_memory()), 0);
     for (seq, q) in &si.queue {
-        let Some(msg) = image.message(*seq) else {
+        let Some((_, weight)) = store.image.stored(*seq) else {
+            continue;
+        };
+        let sub_ids = match q.sub_ids.as_slice() {
+            [] => SubIds::One(0),
+            [one] => SubIds::One(*one),
+            many => SubIds::Many(Arc::from(many)),
+        };
+        // In flight, and the head of the queue, are read now; the rest
+        // stays on disk, in order behind them.
+        if q.pkid == 0 && (!paged.is_empty() || in_memory + weight > memory) {
+            paged.push(Paged {
+                seq: *seq,
+                weight: weight as u32,
+                qos: q.qos,
+                retain: q.retain,
+                sub_ids,
+            });
+            continue;
+        }
+        let Some(msg) = store.message(*seq) else {
             continue;
         };
         let d = Delivery {
-            msg: msg.clone(),
+            msg,
             qos: q.qos,
             retain: q.retain,
-            sub_ids: match q.sub_ids.as_slice() {
-                [] => SubIds::One(0),
-                [one] => SubIds::One(*one),
-                many => SubIds::Many(Arc::from(many)),
-            },
+            sub_ids,
         };
         if q.pkid != 0 {
             inflight.push((d, q.pkid, q.released));
         } else {
+            in_memory += weight;
             waiting.push(d);
         }
     }
-    let queued = (inflight.len() + waiting.len()) as u64;
+    let on_disk = paged.len() as u64;
+    let queued = (inflight.len() + waiting.len()) as u64 + on_disk;
     s.outflow.restore_in_flight(inflight);
-    s.outbox.restore(waiting);
+    s.outbox.restore(waiting, paged);
     for pkid in &si.inbound {
         s.awaiting_rel.insert(*pkid);
     }
@@ -176,5 +205,5 @@ fn one(shared: &Arc<Shared>, si: &SessionImage, image: &Image, now: u64) -> u64 
     shared.sessions.restore(id, gen, user, move |mailbox| {
         run_restored(s, expiry_left, will_in, departed, mailbox)
     });
-    queued
+    (queued, on_disk)
 }

@@ -6,7 +6,10 @@
 //! then what is restored) and in the writer as it appends (so a compaction
 //! can write the image instead of the history). A message is held once,
 //! with a count of the queues and the retained slot that hold it; it goes
-//! when the count falls to zero. Pure: no I/O, no clock.
+//! when the count falls to zero. The image keeps where a message's record
+//! sits in the file ([`Loc`]), not its bytes: what the store remembers
+//! costs disk, and a few dozen bytes of memory a message. Pure: no I/O,
+//! no clock.
 //!
 //! Records come from many tasks through one queue, so a session's
 //! acknowledgement of a message can be written just before the publisher's
@@ -21,6 +24,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::log::Loc;
 use super::record::{Record, SessionRec, Target};
 use crate::message::Message;
 
@@ -48,11 +52,25 @@ pub(crate) struct SessionImage {
     by_pkid: HashMap<u16, u64>,
 }
 
-/// A stored message and how many holders it has.
+/// A stored message: where its record is, its weight (topic and
+/// payload bytes), and how many holders it has.
 #[derive(Debug)]
 struct Stored {
-    msg: Arc<Message>,
+    loc: Loc,
+    weight: u32,
     refs: u32,
+}
+
+/// One piece of a [`Image::snapshot`]: a record as it is, or a message to
+/// copy from where it is now, with its holders.
+#[derive(Debug)]
+pub(crate) enum Snap {
+    Rec(Record),
+    Msg {
+        loc: Loc,
+        retained: bool,
+        targets: Vec<Target>,
+    },
 }
 
 /// News of a delivery that came before its message (see the module
@@ -84,15 +102,16 @@ pub(crate) struct Image {
 }
 
 impl Image {
-    /// Applies one record. See the module documentation.
-    pub(crate) fn apply(&mut self, r: Record) {
+    /// Applies one record, which sits at `loc` in the file. See the module
+    /// documentation.
+    pub(crate) fn apply(&mut self, r: Record, loc: Loc) {
         match r {
             Record::Msg {
                 msg,
                 retained,
                 targets,
                 more,
-            } => self.add_message(msg, retained, targets, more),
+            } => self.add_message(&msg, loc, retained, targets, more),
             Record::Queued { seq, targets } => {
                 if !self.msgs.contains_key(&seq) {
                     return;
@@ -216,7 +235,14 @@ impl Image {
         })
     }
 
-    fn add_message(&mut self, msg: Arc<Message>, retained: bool, targets: Vec<Target>, more: bool) {
+    fn add_message(
+        &mut self,
+        msg: &Arc<Message>,
+        loc: Loc,
+        retained: bool,
+        targets: Vec<Target>,
+        more: bool,
+    ) {
         let seq = msg.seq();
         self.max_seq = self.max_seq.max(seq);
         let mut refs = self.queue_for(seq, targets) + u32::from(more);
@@ -227,8 +253,9 @@ impl Image {
             }
         }
         if refs > 0 {
-            self.live_bytes += msg.weight() as u64;
-            self.msgs.insert(seq, Stored { msg, refs });
+            let weight = msg.weight() as u32;
+            self.live_bytes += u64::from(weight);
+            self.msgs.insert(seq, Stored { loc, weight, refs });
         }
     }
 
@@ -274,18 +301,42 @@ impl Image {
 
     fn drop_message(&mut self, seq: u64) {
         if let Some(st) = self.msgs.remove(&seq) {
-            self.live_bytes -= st.msg.weight() as u64;
+            self.live_bytes -= u64::from(st.weight);
         }
     }
 
-    /// The stored message `seq`.
-    pub(crate) fn message(&self, seq: u64) -> Option<&Arc<Message>> {
-        self.msgs.get(&seq).map(|s| &s.msg)
+    /// Where the stored message `seq` is, and its weight.
+    pub(crate) fn stored(&self, seq: u64) -> Option<(Loc, usize)> {
+        self.msgs.get(&seq).map(|s| (s.loc, s.weight as usize))
     }
 
-    /// Retained messages, one per topic.
-    pub(crate) fn retained(&self) -> impl Iterator<Item = &Arc<Message>> + '_ {
-        self.retained.values().filter_map(|seq| self.message(*seq))
+    /// The stored message `seq` moved (a compaction wrote it elsewhere).
+    pub(crate) fn relocate(&mut self, seq: u64, loc: Loc) {
+        if let Some(s) = self.msgs.get_mut(&seq) {
+            s.loc = loc;
+        }
+    }
+
+    /// Forgets every message but `seqs` (those a compaction could copy:
+    /// the others could not be read back, and are lost).
+    pub(crate) fn keep_only(&mut self, seqs: impl IntoIterator<Item = u64>) {
+        let keep: std::collections::HashSet<u64> = seqs.into_iter().collect();
+        let gone: Vec<u64> = self
+            .msgs
+            .keys()
+            .filter(|s| !keep.contains(s))
+            .copied()
+            .collect();
+        for seq in gone {
+            self.drop_message(seq);
+        }
+    }
+
+    /// Retained messages, one per topic: their numbers and places.
+    pub(crate) fn retained(&self) -> impl Iterator<Item = (u64, Loc)> + '_ {
+        self.retained
+            .values()
+            .filter_map(|seq| self.msgs.get(seq).map(|s| (*seq, s.loc)))
     }
 
     pub(crate) fn sessions(&self) -> impl Iterator<Item = &SessionImage> + '_ {
@@ -306,10 +357,11 @@ impl Image {
     }
 
     /// The records that rebuild this image from nothing (a compaction):
-    /// sessions, then messages in order with their holders, then what was
-    /// written and released. News still waiting for its message is kept
-    /// in memory for one more round; older news is dropped.
-    pub(crate) fn snapshot(&mut self) -> Vec<Record> {
+    /// sessions, then messages in order with their holders (to be copied
+    /// from the file), then what was written and released. News still
+    /// waiting for its message is kept in memory for one more round; older
+    /// news is dropped.
+    pub(crate) fn snapshot(&mut self) -> Vec<Snap> {
         let epoch = self.epoch;
         self.early.retain(|_, e| e.epoch == epoch);
         self.epoch += 1;
@@ -319,7 +371,7 @@ impl Image {
         let mut holders: HashMap<u64, Vec<Target>> = HashMap::new();
         for k in &keys {
             let s = &self.sessions[k];
-            out.push(Record::Session(s.rec.clone()));
+            out.push(Snap::Rec(Record::Session(s.rec.clone())));
             for (seq, q) in &s.queue {
                 holders.entry(*seq).or_default().push(Target {
                     key: *k,
@@ -333,11 +385,10 @@ impl Image {
         let mut seqs: Vec<u64> = self.msgs.keys().copied().collect();
         seqs.sort_unstable();
         for seq in seqs {
-            out.push(Record::Msg {
-                msg: self.msgs[&seq].msg.clone(),
+            out.push(Snap::Msg {
+                loc: self.msgs[&seq].loc,
                 retained: retained.contains(&seq),
                 targets: holders.remove(&seq).unwrap_or_default(),
-                more: false,
             });
         }
         for k in &keys {
@@ -349,20 +400,20 @@ impl Image {
                 .map(|(seq, q)| (*seq, q.pkid))
                 .collect();
             if !sent.is_empty() {
-                out.push(Record::Sent { key: *k, sent });
+                out.push(Snap::Rec(Record::Sent { key: *k, sent }));
             }
             for q in s.queue.values().filter(|q| q.released) {
-                out.push(Record::Released {
+                out.push(Snap::Rec(Record::Released {
                     key: *k,
                     pkid: q.pkid,
-                });
+                }));
             }
             for pkid in &s.inbound {
-                out.push(Record::Inbound {
+                out.push(Snap::Rec(Record::Inbound {
                     key: *k,
                     pkid: *pkid,
                     held: true,
-                });
+                }));
             }
         }
         out
@@ -373,6 +424,20 @@ impl Image {
 mod tests {
     use super::*;
     use crate::store::record::tests::msg;
+
+    impl Image {
+        /// Applies `r`, a message as if at the offset of its number.
+        fn put(&mut self, r: Record) {
+            let loc = match &r {
+                Record::Msg { msg, .. } => Loc {
+                    at: msg.seq(),
+                    len: 1,
+                },
+                _ => Loc::default(),
+            };
+            self.apply(r, loc);
+        }
+    }
 
     fn session(key: u64) -> Record {
         Record::Session(Box::new(SessionRec {
@@ -410,9 +475,9 @@ mod tests {
     #[test]
     fn a_message_lives_while_a_queue_or_the_retained_slot_holds_it() {
         let mut img = Image::default();
-        img.apply(session(1));
-        img.apply(session(2));
-        img.apply(Record::Msg {
+        img.put(session(1));
+        img.put(session(2));
+        img.put(Record::Msg {
             msg: msg("a", 10, None),
             retained: true,
             targets: to(&[1, 2, 3]),
@@ -420,22 +485,22 @@ mod tests {
         });
         assert_eq!(img.size().0, 1, "unknown session 3 ignored");
         assert_eq!(img.size().1, 2);
-        img.apply(Record::Acked {
+        img.put(Record::Acked {
             key: 1,
             seqs: vec![10],
         });
-        img.apply(Record::SessionEnd { key: 2 });
+        img.put(Record::SessionEnd { key: 2 });
         assert_eq!(img.retained().count(), 1, "still retained");
         // A new retained message on the topic replaces it: the old goes.
-        img.apply(Record::Msg {
+        img.put(Record::Msg {
             msg: msg("a", 11, None),
             retained: true,
             targets: vec![],
             more: false,
         });
-        assert!(img.message(10).is_none());
-        assert_eq!(img.retained().next().unwrap().seq(), 11);
-        img.apply(Record::Unretain {
+        assert!(img.stored(10).is_none());
+        assert_eq!(img.retained().next().unwrap().0, 11);
+        img.put(Record::Unretain {
             topic: Bytes::from_static(b"a"),
         });
         assert_eq!(img.size(), (0, 0, 0));
@@ -445,76 +510,76 @@ mod tests {
     #[test]
     fn a_retained_message_replaced_before_its_queues_are_known_is_kept_for_them() {
         let mut img = Image::default();
-        img.apply(session(1));
-        img.apply(Record::Msg {
+        img.put(session(1));
+        img.put(Record::Msg {
             msg: msg("s", 1, None),
             retained: true,
             targets: vec![],
             more: true,
         });
-        img.apply(Record::Msg {
+        img.put(Record::Msg {
             msg: msg("s", 2, None),
             retained: true,
             targets: vec![],
             more: false,
         });
-        img.apply(Record::Queued {
+        img.put(Record::Queued {
             seq: 1,
             targets: to(&[1]),
         });
         assert_eq!(queued(&img, 1), vec![(1, 0, false)]);
-        assert_eq!(img.retained().next().unwrap().seq(), 2);
-        img.apply(Record::Acked {
+        assert_eq!(img.retained().next().unwrap().0, 2);
+        img.put(Record::Acked {
             key: 1,
             seqs: vec![1],
         });
-        assert!(img.message(1).is_none());
+        assert!(img.stored(1).is_none());
         // With no queue at all, the placeholder goes with the Queued record.
-        img.apply(Record::Msg {
+        img.put(Record::Msg {
             msg: msg("t", 3, None),
             retained: false,
             targets: vec![],
             more: true,
         });
-        img.apply(Record::Queued {
+        img.put(Record::Queued {
             seq: 3,
             targets: vec![],
         });
-        assert!(img.message(3).is_none());
+        assert!(img.stored(3).is_none());
     }
 
     #[test]
     fn packet_ids_and_qos2_state_follow_the_deliveries() {
         let mut img = Image::default();
-        img.apply(session(1));
+        img.put(session(1));
         for seq in [5, 6, 7] {
-            img.apply(Record::Msg {
+            img.put(Record::Msg {
                 msg: msg("t", seq, None),
                 retained: false,
                 targets: to(&[1]),
                 more: false,
             });
         }
-        img.apply(Record::Sent {
+        img.put(Record::Sent {
             key: 1,
             sent: vec![(5, 1), (6, 2)],
         });
-        img.apply(Record::Released { key: 1, pkid: 2 });
-        img.apply(Record::Acked {
+        img.put(Record::Released { key: 1, pkid: 2 });
+        img.put(Record::Acked {
             key: 1,
             seqs: vec![5],
         });
-        img.apply(Record::Inbound {
+        img.put(Record::Inbound {
             key: 1,
             pkid: 9,
             held: true,
         });
-        img.apply(Record::Inbound {
+        img.put(Record::Inbound {
             key: 1,
             pkid: 8,
             held: true,
         });
-        img.apply(Record::Inbound {
+        img.put(Record::Inbound {
             key: 1,
             pkid: 8,
             held: false,
@@ -525,28 +590,28 @@ mod tests {
             vec![9]
         );
         // Packet id 1 is free again: reused by message 7.
-        img.apply(Record::Sent {
+        img.put(Record::Sent {
             key: 1,
             sent: vec![(7, 1)],
         });
-        img.apply(Record::Released { key: 1, pkid: 1 });
+        img.put(Record::Released { key: 1, pkid: 1 });
         assert_eq!(queued(&img, 1), vec![(6, 2, true), (7, 1, true)]);
     }
 
     #[test]
     fn news_that_comes_before_its_message_waits_for_it() {
         let mut img = Image::default();
-        img.apply(session(1));
-        img.apply(session(2));
-        img.apply(Record::Sent {
+        img.put(session(1));
+        img.put(session(2));
+        img.put(Record::Sent {
             key: 1,
             sent: vec![(20, 4)],
         });
-        img.apply(Record::Acked {
+        img.put(Record::Acked {
             key: 2,
             seqs: vec![20],
         });
-        img.apply(Record::Msg {
+        img.put(Record::Msg {
             msg: msg("t", 20, None),
             retained: false,
             targets: to(&[1, 2]),
@@ -556,7 +621,7 @@ mod tests {
         assert!(img.sessions[&2].queue.is_empty(), "acked before it came");
         assert!(img.early.is_empty());
         // News for a message that never comes is gone after two compactions.
-        img.apply(Record::Acked {
+        img.put(Record::Acked {
             key: 2,
             seqs: vec![99],
         });
@@ -569,37 +634,50 @@ mod tests {
     #[test]
     fn a_snapshot_rebuilds_the_same_image() {
         let mut img = Image::default();
-        img.apply(session(1));
-        img.apply(session(2));
-        img.apply(Record::Msg {
+        img.put(session(1));
+        img.put(session(2));
+        img.put(Record::Msg {
             msg: msg("r", 1, None),
             retained: true,
             targets: vec![],
             more: true,
         });
-        img.apply(Record::Queued {
+        img.put(Record::Queued {
             seq: 1,
             targets: to(&[2]),
         });
-        img.apply(Record::Msg {
+        img.put(Record::Msg {
             msg: msg("q", 2, None),
             retained: false,
             targets: to(&[1, 2]),
             more: false,
         });
-        img.apply(Record::Sent {
+        img.put(Record::Sent {
             key: 2,
             sent: vec![(1, 3), (2, 4)],
         });
-        img.apply(Record::Released { key: 2, pkid: 3 });
-        img.apply(Record::Inbound {
+        img.put(Record::Released { key: 2, pkid: 3 });
+        img.put(Record::Inbound {
             key: 1,
             pkid: 77,
             held: true,
         });
         let mut again = Image::default();
-        for r in img.snapshot() {
-            again.apply(r);
+        for part in img.snapshot() {
+            match part {
+                Snap::Rec(r) => again.put(r),
+                // The message's number, as the test's `put` placed it.
+                Snap::Msg {
+                    loc,
+                    retained,
+                    targets,
+                } => again.put(Record::Msg {
+                    msg: msg("x", loc.at, None),
+                    retained,
+                    targets,
+                    more: false,
+                }),
+            }
         }
         for key in [1, 2] {
             assert_eq!(queued(&again, key), queued(&img, key));
@@ -607,6 +685,6 @@ mod tests {
             assert_eq!(again.sessions[&key].rec, img.sessions[&key].rec);
         }
         assert_eq!(again.size(), img.size());
-        assert_eq!(again.retained().next().unwrap().seq(), 1);
+        assert_eq!(again.retained().next().unwrap().0, 1);
     }
 }

@@ -61,8 +61,18 @@ pub(crate) struct Scan {
     pub damage: Option<(Damage, u64)>,
 }
 
-/// Appends one framed record (length, checksum, body) to `out`.
-pub(crate) fn frame(r: &Record, clock: Clock, out: &mut Vec<u8>) {
+/// Where one framed record sits in the file: the offset of its length
+/// field and its whole framed size. The image keeps this instead of a
+/// message's bytes ([`read_at`] reads it back).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Loc {
+    pub at: u64,
+    pub len: u32,
+}
+
+/// Appends one framed record (length, checksum, body) to `out`; returns
+/// its framed size.
+pub(crate) fn frame(r: &Record, clock: Clock, out: &mut Vec<u8>) -> u32 {
     let at = out.len();
     out.extend_from_slice(&[0; 8]);
     record::encode(r, clock, out);
@@ -71,6 +81,49 @@ pub(crate) fn frame(r: &Record, clock: Clock, out: &mut Vec<u8>) {
     let crc = crc32fast::hash(body);
     out[at..at + 4].copy_from_slice(&len.to_le_bytes());
     out[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+    (out.len() - at) as u32
+}
+
+/// Reads the record framed at `loc` in `file` (the file being appended:
+/// a message paged out of memory, read back for its reader or for a
+/// compaction), checking its length and checksum.
+pub(crate) fn read_at(file: &File, loc: Loc, clock: Clock) -> Result<Record, ReadAtError> {
+    use std::os::unix::fs::FileExt;
+    let len = loc.len as usize;
+    if !(8..=MAX_RECORD + 8).contains(&len) {
+        return Err(ReadAtError::Damaged);
+    }
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, loc.at)
+        .map_err(ReadAtError::Io)?;
+    let body_len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    let body = &buf[8..];
+    if body_len != body.len() || crc32fast::hash(body) != crc {
+        return Err(ReadAtError::Damaged);
+    }
+    record::decode(body, clock).map_err(|_| ReadAtError::Damaged)
+}
+
+/// Reads the message record framed at `loc` (see [`read_at`]).
+pub(crate) fn read_message(
+    file: &File,
+    loc: Loc,
+    clock: Clock,
+) -> Result<std::sync::Arc<crate::message::Message>, ReadAtError> {
+    match read_at(file, loc, clock)? {
+        Record::Msg { msg, .. } => Ok(msg),
+        _ => Err(ReadAtError::Damaged),
+    }
+}
+
+/// Why [`read_at`] found no record.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadAtError {
+    #[error("cannot read the store")]
+    Io(#[source] std::io::Error),
+    #[error("the record there is damaged (its length or checksum do not match)")]
+    Damaged,
 }
 
 fn header() -> [u8; HEADER_LEN as usize] {
@@ -80,11 +133,12 @@ fn header() -> [u8; HEADER_LEN as usize] {
     h
 }
 
-/// Reads `path` (which must exist), handing each good record to `each`.
+/// Reads `path` (which must exist), handing each good record to `each`
+/// with where it sits.
 pub(crate) fn read(
     path: &Path,
     clock: Clock,
-    mut each: impl FnMut(Record),
+    mut each: impl FnMut(Record, Loc),
 ) -> Result<Scan, StoreError> {
     let read_err = |source| StoreError::Read {
         path: path.to_owned(),
@@ -142,8 +196,12 @@ pub(crate) fn read(
         if crc32fast::hash(&body) != crc {
             return Ok(scan.stop(Damage::Checksum));
         }
+        let loc = Loc {
+            at: scan.good_len,
+            len: 8 + len as u32,
+        };
         match record::decode(&body, clock) {
-            Ok(rec) => each(rec),
+            Ok(rec) => each(rec, loc),
             Err(_) => return Ok(scan.stop(Damage::Unreadable)),
         }
         scan.good_len += 8 + len as u64;
@@ -204,13 +262,16 @@ pub(crate) fn open_append(path: &Path, good_len: Option<u64>) -> Result<File, St
     Ok(f)
 }
 
-/// Writes a whole new file at `path` holding `records`, durably, and
-/// returns it open for appending, with its length. The old file stays
-/// whole until the rename.
+/// Writes a whole new file at `path` holding `records` (read one at a
+/// time: a compaction reads its messages back from the old file as it
+/// goes), durably, telling `placed` where each lands, and returns it open
+/// for appending, with its length. The old file stays whole until the
+/// rename.
 pub(crate) fn rewrite(
     path: &Path,
-    records: &[Record],
+    records: impl IntoIterator<Item = Record>,
     clock: Clock,
+    mut placed: impl FnMut(&Record, Loc),
 ) -> Result<(File, u64), StoreError> {
     let tmp = path.with_extension("compacting");
     let err = |p: &Path| {
@@ -225,7 +286,8 @@ pub(crate) fn rewrite(
         let mut buf = Vec::new();
         for r in records {
             buf.clear();
-            frame(r, clock, &mut buf);
+            let n = frame(&r, clock, &mut buf);
+            placed(&r, Loc { at: len, len: n });
             len += buf.len() as u64;
             w.write_all(&buf).map_err(err(&tmp))?;
         }
@@ -282,7 +344,7 @@ mod tests {
 
     fn count(path: &Path) -> (Scan, usize) {
         let mut n = 0;
-        let s = read(path, Clock::now(), |_| n += 1).unwrap();
+        let s = read(path, Clock::now(), |_, _| n += 1).unwrap();
         (s, n)
     }
 
@@ -322,12 +384,12 @@ mod tests {
         let mut h = header();
         h[8..12].copy_from_slice(&(FORMAT + 1).to_le_bytes());
         std::fs::write(&path, h).unwrap();
-        let e = read(&path, Clock::now(), |_| {}).unwrap_err();
+        let e = read(&path, Clock::now(), |_, _| {}).unwrap_err();
         assert!(matches!(e, StoreError::Newer { found, .. } if found == FORMAT + 1));
         assert!(e.to_string().contains("newer"), "{e}");
         std::fs::write(&path, b"retained messages, but not ours").unwrap();
         assert!(matches!(
-            read(&path, Clock::now(), |_| {}),
+            read(&path, Clock::now(), |_, _| {}),
             Err(StoreError::NotAStore { .. })
         ));
         // Cut inside the header: nothing to keep, started again.
@@ -340,7 +402,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.log");
         write(&path, &records());
-        let (mut f, len) = rewrite(&path, &[Record::SessionEnd { key: 1 }], Clock::now()).unwrap();
+        let mut at = Vec::new();
+        let (mut f, len) = rewrite(
+            &path,
+            [Record::SessionEnd { key: 1 }],
+            Clock::now(),
+            |_, l| at.push(l),
+        )
+        .unwrap();
+        assert_eq!(
+            at,
+            [Loc {
+                at: HEADER_LEN,
+                len: (len - HEADER_LEN) as u32
+            }]
+        );
+        let file = File::open(&path).unwrap();
+        assert!(matches!(
+            read_at(&file, at[0], Clock::now()),
+            Ok(Record::SessionEnd { key: 1 })
+        ));
+        let shifted = Loc {
+            at: at[0].at + 1,
+            ..at[0]
+        };
+        assert!(matches!(
+            read_at(&file, shifted, Clock::now()),
+            Err(ReadAtError::Damaged | ReadAtError::Io(_))
+        ));
         assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
         let mut framed = Vec::new();
         frame(&Record::SessionEnd { key: 2 }, Clock::now(), &mut framed);

@@ -11,8 +11,10 @@
 //! The broker's side is three calls: [`Store::submit`] a record (a lock and
 //! a push: no I/O on the caller's task), [`Store::durable`] to wait until a
 //! ticket is on disk before a PUBACK that promises it, [`Store::next_seq`]
-//! to number a message before its fan-out. Clean sessions and QoS 0 never
-//! come here: a reader that keeps nothing costs nothing.
+//! to number a message before its fan-out, and [`Store::load`] to read
+//! back what an offline queue keeps on disk only (past its
+//! [`Store::queue_memory`]). Clean sessions and QoS 0 never come here: a
+//! reader that keeps nothing costs nothing.
 
 mod image;
 mod log;
@@ -27,7 +29,9 @@ use std::time::{Duration, Instant};
 
 pub(crate) use image::{Image, SessionImage};
 pub(crate) use record::{unix_ms, Record, SessionRec, SubRec, Target};
+pub(crate) use writer::Loaded;
 
+use crate::message::Message;
 use crate::stats::{Reason, Stats};
 
 /// When the log reaches the disk (`--fsync`).
@@ -145,6 +149,7 @@ pub(crate) struct Opened {
 pub(crate) struct Store {
     shared: Arc<writer::Shared>,
     seq: Arc<AtomicU64>,
+    queue_memory: usize,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
@@ -172,7 +177,13 @@ pub(crate) struct Pending {
 impl Store {
     /// Opens (creating it if need be) the store in `dir`, locks it, reads
     /// it (cutting a damaged tail, counted), and returns it with its image.
-    pub(crate) fn open(dir: &Path, fsync: Fsync, stats: Arc<Stats>) -> Result<Pending, StoreError> {
+    /// `queue_memory`: see [`Store::queue_memory`].
+    pub(crate) fn open(
+        dir: &Path,
+        fsync: Fsync,
+        queue_memory: usize,
+        stats: Arc<Stats>,
+    ) -> Result<Pending, StoreError> {
         let start = Instant::now();
         create_dir(dir)?;
         let lock = lock(dir)?;
@@ -181,7 +192,10 @@ impl Store {
         let (scan, bytes) = if path.exists() {
             let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
             let clock = record::Clock::now();
-            (Some(log::read(&path, clock, |r| image.apply(r))?), bytes)
+            (
+                Some(log::read(&path, clock, |r, loc| image.apply(r, loc))?),
+                bytes,
+            )
         } else {
             (None, 0)
         };
@@ -210,6 +224,7 @@ impl Store {
                 stats,
             }),
             seq: Arc::new(AtomicU64::new(image.max_seq + 1)),
+            queue_memory,
             thread: Arc::new(Mutex::new(None)),
         };
         let opened = Opened {
@@ -265,6 +280,25 @@ impl Store {
         t
     }
 
+    /// Bytes of an offline persistent session's queue kept in memory
+    /// (`[persistence] queue_memory`); what arrives beyond them is on disk
+    /// only, read back ([`Store::load`]) when its client returns.
+    pub(crate) fn queue_memory(&self) -> usize {
+        self.queue_memory
+    }
+
+    /// Reads messages `seqs` back from the file (after every record
+    /// submitted before this call is written); `reply` gets them in order,
+    /// on the writer's thread, so it must be quick (a lock and a push).
+    pub(crate) fn load(&self, seqs: Vec<u64>, reply: impl FnOnce(Loaded) + Send + 'static) {
+        self.shared.lock().loads.push(writer::Load {
+            seqs,
+            reply: Box::new(reply),
+            since: Instant::now(),
+        });
+        self.shared.wake.notify_one();
+    }
+
     /// The highest ticket on disk (written; synced under `always`).
     pub(crate) fn durable(&self) -> tokio::sync::watch::Receiver<u64> {
         self.shared.durable.subscribe()
@@ -292,6 +326,18 @@ impl Store {
 }
 
 impl Pending {
+    /// The stored message `seq`, read back from the file (at start, to
+    /// restore retained messages and the heads of queues).
+    pub(crate) fn message(&self, seq: u64) -> Option<Arc<Message>> {
+        let (loc, _) = self.image.stored(seq)?;
+        read_counted(
+            &self.file,
+            loc,
+            record::Clock::now(),
+            &self.store.shared.stats,
+        )
+    }
+
     /// Starts the writer thread with the image (after the broker restored
     /// from it); records submitted meanwhile are written first.
     pub(crate) fn start(self) -> Result<Store, StoreError> {
@@ -301,6 +347,7 @@ impl Pending {
             file: self.file,
             len: self.len,
             image: self.image,
+            deferred: Vec::new(),
         };
         let lock = self._lock;
         let handle = std::thread::Builder::new()
@@ -316,6 +363,26 @@ impl Pending {
             })?;
         *self.store.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         Ok(self.store)
+    }
+}
+
+/// Reads the message at `loc` back. A record that cannot be read is
+/// counted (`store_damage`) and logged, and the message is lost for its
+/// queues: the others go on.
+fn read_counted(
+    file: &File,
+    loc: log::Loc,
+    clock: record::Clock,
+    stats: &Stats,
+) -> Option<Arc<Message>> {
+    match log::read_message(file, loc, clock) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            stats.count(Reason::StoreDamage);
+            let cause = std::error::Error::source(&e).map(|c| c.to_string());
+            tracing::error!(offset = loc.at, error = %e, cause, "a stored message cannot be read back; it is lost for the queues that held it");
+            None
+        }
     }
 }
 
@@ -391,10 +458,10 @@ mod tests {
     fn what_is_submitted_is_on_disk_at_the_ticket_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let stats = Arc::new(Stats::default());
-        let p = Store::open(dir.path(), Fsync::Always, stats.clone()).unwrap();
+        let p = Store::open(dir.path(), Fsync::Always, 0, stats.clone()).unwrap();
         assert!(p.opened.cut.is_none());
         let store = p.start().unwrap();
-        let other = Store::open(dir.path(), Fsync::Always, stats.clone());
+        let other = Store::open(dir.path(), Fsync::Always, 0, stats.clone());
         assert!(matches!(other, Err(StoreError::Locked { .. })), "locked");
         let m = record::tests::msg("a/b", store.next_seq(), None);
         store.submit(Record::Msg {
@@ -414,10 +481,44 @@ mod tests {
             .unwrap();
         assert!(stats.store.syncs.load(Relaxed) >= 1);
         store.close();
-        let p = Store::open(dir.path(), Fsync::Always, stats).unwrap();
+        let p = Store::open(dir.path(), Fsync::Always, 0, stats).unwrap();
         assert_eq!(p.opened.records, 4);
         assert_eq!(p.image.retained().count(), 1);
         assert_eq!(p.store.next_seq(), 2, "numbers go on from the stored ones");
+    }
+
+    /// A load may come before the record of its message (the publisher
+    /// writes it after its fan-out): it waits for it. One for a message
+    /// that never comes is answered empty, counted, after a bound.
+    #[test]
+    fn a_load_waits_for_its_message_and_gives_up_on_one_that_never_comes() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        let store = Store::open(dir.path(), Fsync::Never, 0, stats.clone())
+            .unwrap()
+            .start()
+            .unwrap();
+        let seq = store.next_seq();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx2 = tx.clone();
+        store.load(vec![seq], move |m| tx.send(m).unwrap());
+        store.load(vec![seq + 100], move |m| tx2.send(m).unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+        let m = record::tests::msg("late/topic", seq, None);
+        store.submit(Record::Msg {
+            msg: m,
+            retained: true,
+            targets: vec![],
+            more: false,
+        });
+        let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].as_ref().map(|m| m.seq()), Some(seq));
+        assert_eq!(&first[0].as_ref().unwrap().topic[..], b"late/topic");
+        let never = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(never[0].is_none());
+        assert_eq!(stats.dropped(Reason::StoreDamage), 1);
+        store.close();
     }
 
     /// The writer rewrites the file once it is large and mostly history;
@@ -426,7 +527,7 @@ mod tests {
     fn a_log_of_mostly_history_is_compacted_and_reads_back_live() {
         let dir = tempfile::tempdir().unwrap();
         let stats = Arc::new(Stats::default());
-        let store = Store::open(dir.path(), Fsync::Never, stats.clone())
+        let store = Store::open(dir.path(), Fsync::Never, 0, stats.clone())
             .unwrap()
             .start()
             .unwrap();
@@ -495,14 +596,11 @@ mod tests {
             .unwrap()
             .len();
         assert!(len < 32 << 20, "the file holds little history: {len} bytes");
-        let p = Store::open(dir.path(), Fsync::Never, stats).unwrap();
+        let p = Store::open(dir.path(), Fsync::Never, 0, stats).unwrap();
         assert!(p.opened.cut.is_none());
         let s: Vec<_> = p.image.sessions().collect();
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].queue.keys().copied().collect::<Vec<_>>(), vec![last]);
-        assert_eq!(
-            p.image.message(last).map(|m| m.payload.len()),
-            Some(64 << 10)
-        );
+        assert_eq!(p.message(last).map(|m| m.payload.len()), Some(64 << 10));
     }
 }

@@ -8,7 +8,9 @@
 //! once, frames it, writes it with one `write`, syncs per the policy
 //! ([`Fsync`]), moves the watermark, and applies the records to its
 //! [`Image`], from which it rewrites the file when the history has grown
-//! to twice what is live ([`log::rewrite`]). A write that fails is retried
+//! to twice what is live ([`log::rewrite`], copying each live message from
+//! where it is). It also reads messages back for queues that keep them on
+//! disk only ([`Load`]), after the batch that wrote them. A write that fails is retried
 //! every second from the same offset (the file is cut back first): the
 //! watermark stands still meanwhile, so nothing is acknowledged that is not
 //! on disk.
@@ -20,10 +22,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::image::Image;
-use super::log;
+use super::image::{Image, Snap};
+use super::log::{self, Loc};
 use super::record::{Clock, Record};
 use super::Fsync;
+use crate::message::Message;
 use crate::stats::Stats;
 
 /// The file is rewritten only once it is at least this large, and twice
@@ -31,11 +34,30 @@ use crate::stats::Stats;
 const COMPACT_MIN: u64 = 64 << 20;
 /// Retries of a failing write while the broker is stopping.
 const RETRIES_AT_STOP: u32 = 5;
+/// A load that names a message not yet in the image (its record is still
+/// on its way from the publisher, a few microseconds behind the fan-out
+/// that paged it) is tried again after each batch, this often when idle,
+/// for at most [`LOAD_WAIT`].
+const LOAD_RETRY: Duration = Duration::from_millis(5);
+const LOAD_WAIT: Duration = Duration::from_secs(2);
+
+/// Messages read back from the store, in the order asked; `None`: not
+/// there (damaged, or never written).
+pub(crate) type Loaded = Vec<Option<Arc<Message>>>;
+
+/// A queue's request for messages it keeps on disk only.
+pub(crate) struct Load {
+    pub seqs: Vec<u64>,
+    /// Called on the writer's thread with the messages.
+    pub reply: Box<dyn FnOnce(Loaded) + Send>,
+    pub since: Instant,
+}
 
 /// Records submitted and not yet taken by the thread.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Queue {
     pub recs: Vec<Record>,
+    pub loads: Vec<Load>,
     /// Ticket of the next record submitted (the first is 1).
     pub next_ticket: u64,
     pub closing: bool,
@@ -64,6 +86,8 @@ pub(crate) struct Writer {
     pub file: File,
     pub len: u64,
     pub image: Image,
+    /// Loads waiting for their messages' records.
+    pub deferred: Vec<Load>,
 }
 
 impl Writer {
@@ -73,12 +97,13 @@ impl Writer {
         let mut dirty = false;
         let mut last_sync = Instant::now();
         loop {
-            let (recs, high, closing) = self.next_batch(dirty, last_sync);
+            let (recs, loads, high, closing) = self.next_batch(dirty, last_sync);
             let clock = Clock::now();
             let n = recs.len() as u64;
             for r in recs {
-                log::frame(&r, clock, &mut buf);
-                self.image.apply(r);
+                let at = self.len + buf.len() as u64;
+                let len = log::frame(&r, clock, &mut buf);
+                self.image.apply(r, Loc { at, len });
             }
             if !buf.is_empty() {
                 self.write(&buf, closing);
@@ -106,6 +131,7 @@ impl Writer {
             st.queued.store(queued as i64, Relaxed);
             st.file_bytes.store(self.len as i64, Relaxed);
             self.shared.durable.send_replace(high);
+            self.serve(loads, clock, closing);
             if closing {
                 return;
             }
@@ -115,32 +141,80 @@ impl Writer {
         }
     }
 
-    /// Waits for records (or for the period's sync to come due), then takes
-    /// them all: the records, the highest ticket among them, and whether
-    /// the store is closing (then this batch is the last).
-    fn next_batch(&self, dirty: bool, last_sync: Instant) -> (Vec<Record>, u64, bool) {
+    /// Waits for records or loads (or for the period's sync to come due,
+    /// or a deferred load's retry), then takes them all: the records, the
+    /// loads, the highest ticket among the records, and whether the store
+    /// is closing (then this batch is the last).
+    fn next_batch(&self, dirty: bool, last_sync: Instant) -> (Vec<Record>, Vec<Load>, u64, bool) {
         let mut q = self.shared.lock();
-        while q.recs.is_empty() && !q.closing {
-            match self.shared.fsync {
-                Fsync::Every(p) if dirty => {
-                    let left = p.saturating_sub(last_sync.elapsed());
-                    if left.is_zero() {
+        while q.recs.is_empty() && q.loads.is_empty() && !q.closing {
+            let sync_left = match self.shared.fsync {
+                Fsync::Every(p) if dirty => Some(p.saturating_sub(last_sync.elapsed())),
+                _ => None,
+            };
+            let retry = (!self.deferred.is_empty()).then_some(LOAD_RETRY);
+            let left = match (sync_left, retry) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            match left {
+                Some(l) if l.is_zero() => break,
+                Some(l) => {
+                    let (g, timed_out) = match self.shared.wake.wait_timeout(q, l) {
+                        Ok((g, t)) => (g, t.timed_out()),
+                        Err(e) => (e.into_inner().0, true),
+                    };
+                    q = g;
+                    if timed_out {
                         break;
                     }
-                    q = self
-                        .shared
-                        .wake
-                        .wait_timeout(q, left)
-                        .map(|(g, _)| g)
-                        .unwrap_or_else(|e| e.into_inner().0);
                 }
-                _ => {
+                None => {
                     q = self.shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
                 }
             }
         }
         let recs = std::mem::take(&mut q.recs);
-        (recs, q.next_ticket.saturating_sub(1), q.closing)
+        let loads = std::mem::take(&mut q.loads);
+        (recs, loads, q.next_ticket.saturating_sub(1), q.closing)
+    }
+
+    /// Answers the loads whose messages are all in the image (or that
+    /// waited long enough, or all of them at the last batch); keeps the
+    /// others for the next round.
+    fn serve(&mut self, new: Vec<Load>, clock: Clock, last: bool) {
+        if new.is_empty() && self.deferred.is_empty() {
+            return;
+        }
+        let mut loads = std::mem::take(&mut self.deferred);
+        loads.extend(new);
+        for load in loads {
+            let ready = last
+                || load.since.elapsed() >= LOAD_WAIT
+                || load.seqs.iter().all(|s| self.image.stored(*s).is_some());
+            if !ready {
+                self.deferred.push(load);
+                continue;
+            }
+            let stats = &self.shared.stats;
+            let msgs = load
+                .seqs
+                .iter()
+                .map(|seq| match self.image.stored(*seq) {
+                    Some((loc, _)) => super::read_counted(&self.file, loc, clock, stats),
+                    None => {
+                        // A queue held a message the store never got: lost.
+                        stats.count(crate::stats::Reason::StoreDamage);
+                        tracing::error!(
+                            seq,
+                            "a queued message is not in the store; it is lost for its queue"
+                        );
+                        None
+                    }
+                })
+                .collect();
+            (load.reply)(msgs);
+        }
     }
 
     /// Appends `buf`; on failure cuts the file back and tries again every
@@ -194,17 +268,55 @@ impl Writer {
         }
     }
 
-    /// Rewrites the file from the image. On failure the old file goes on.
+    /// Rewrites the file from the image, each live message copied from
+    /// where it is. On failure the old file goes on.
     fn compact(&mut self) {
         let start = Instant::now();
         let before = self.len;
-        let recs = self.image.snapshot();
-        match log::rewrite(&self.path, &recs, Clock::now()) {
+        let parts = self.image.snapshot();
+        let records = parts.len();
+        let clock = Clock::now();
+        let (old, stats) = (&self.file, &self.shared.stats);
+        let mut lost = Vec::new();
+        let recs = parts.into_iter().filter_map(|p| match p {
+            Snap::Rec(r) => Some(r),
+            Snap::Msg {
+                loc,
+                retained,
+                targets,
+            } => match super::read_counted(old, loc, clock, stats) {
+                Some(msg) => Some(Record::Msg {
+                    msg,
+                    retained,
+                    targets,
+                    more: false,
+                }),
+                None => {
+                    lost.push(loc);
+                    None
+                }
+            },
+        });
+        let mut moved = Vec::new();
+        let written = log::rewrite(&self.path, recs, clock, |r, loc| {
+            if let Record::Msg { msg, .. } = r {
+                moved.push((msg.seq(), loc));
+            }
+        });
+        match written {
             Ok((file, len)) => {
                 self.file = file;
                 self.len = len;
+                // What could not be read back is gone (counted): the
+                // image forgets it, so nothing points into the old file.
+                if !lost.is_empty() {
+                    self.image.keep_only(moved.iter().map(|(seq, _)| *seq));
+                }
+                for (seq, loc) in moved {
+                    self.image.relocate(seq, loc);
+                }
                 self.shared.stats.store.compactions.fetch_add(1, Relaxed);
-                tracing::info!(path = %self.path.display(), before, after = len, records = recs.len(), ms = start.elapsed().as_millis() as u64, "store compacted");
+                tracing::info!(path = %self.path.display(), before, after = len, records, lost = lost.len(), ms = start.elapsed().as_millis() as u64, "store compacted");
             }
             Err(e) => {
                 self.shared.stats.store.write_errors.fetch_add(1, Relaxed);
