@@ -135,6 +135,77 @@ fn kill_9_loses_no_acknowledged_event_for_an_offline_reader() {
     assert_eq!(b.dropped("queue_full"), 0);
 }
 
+/// Issue #19 point 4: beyond `queue_memory` (64 KiB by default), what is
+/// queued for an offline persistent reader is on disk only. Twenty offline
+/// readers are owed 300 real nova notifications each (over 12 MB in all);
+/// the broker holds at most 64 KiB of each in memory, and every reader
+/// gets all of them, in order, on its return: half before a `kill -9`,
+/// half after it (restored from disk, still paged).
+#[test]
+fn offline_queues_cost_disk_not_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start(dir.path(), &[]);
+    let ids: Vec<String> = (0..20).map(|i| format!("ingester-{i}")).collect();
+    for id in &ids {
+        let (mut r, present) = persistent(&b, id);
+        assert!(!present);
+        r.send(&subscribe(4, 1, "nova/#", 1));
+        assert_eq!(r.expect("SUBACK").0, 0x90);
+        r.send(&[0xe0, 0]);
+    }
+    b.wait_metric_at_most("firehose_broker_clients_connected", 0);
+    let lines = fixture_lines("nova/versioned.jsonl");
+    let topic = "nova/prod/instance/3f6c";
+    let mut p = Publisher::new(b.mqtt(), BRIDGE);
+    let mut sent = Vec::new();
+    for i in 0..300 {
+        let payload = format!("{i:03} {}", lines[i % lines.len()]);
+        p.publish(topic, payload.as_bytes(), false);
+        sent.push(payload.into_bytes());
+    }
+    p.publish(topic, b"end", false);
+    let owed: u64 = sent.iter().map(|s| (s.len() + topic.len()) as u64).sum();
+    let memory = 64 * 1024 + 4096;
+    let readers = ids.len() as u64;
+    let held = b.metric("firehose_broker_queued_bytes");
+    assert!(
+        held <= readers * memory,
+        "{held} bytes in memory for {readers} offline queues of {owed} bytes each"
+    );
+    assert!(
+        owed > 10 * memory,
+        "the test owes each reader far more than its memory share"
+    );
+    let paged = b.metric("firehose_broker_store_paged");
+    assert!(paged >= readers * 250, "{paged} deliveries on disk only");
+
+    let check = |b: &BrokerProc, id: &str| {
+        let (mut r, present) = persistent(b, id);
+        assert!(present, "{id}: the session is there");
+        let got = read_until(&mut r, b"end");
+        assert_eq!(got.len(), sent.len(), "{id}: every event");
+        assert!(got == sent, "{id}: every event, in order, byte for byte");
+        r.send(&[0xe0, 0]);
+    };
+    for id in &ids[..10] {
+        check(&b, id);
+    }
+    b.wait_metric_at_most("firehose_broker_clients_connected", 1);
+    b.signal("KILL");
+    drop(p);
+    drop(b);
+
+    let b = start(dir.path(), &[]);
+    b.wait_log("persistent store restored");
+    let held = b.metric("firehose_broker_queued_bytes");
+    assert!(held <= readers * memory, "restored: {held} bytes in memory");
+    for id in &ids[10..] {
+        check(&b, id);
+    }
+    assert_eq!(b.dropped("store_damage"), 0);
+    assert_eq!(b.dropped("queue_full"), 0);
+}
+
 /// Retained state (a bridge's status, nova's service states) and a
 /// delayed will survive `kill -9`; the will fires after the restart.
 #[test]
