@@ -16,6 +16,8 @@
 //! [`Store::queue_memory`]). Clean sessions and QoS 0 never come here: a
 //! reader that keeps nothing costs nothing.
 
+#[cfg(test)]
+mod compare;
 mod image;
 mod log;
 mod record;
