@@ -1,0 +1,177 @@
+//! What one MQTT message becomes in the store: the normalized event (the
+//! SDK's [`Event`]), its key, and the fields indexed for the questions the
+//! API answers (an instance's life, a request, a change, a bug, a
+//! playbook). Pure: no I/O, unit-tested on the fixtures.
+
+use firehose::envelope::stable_id;
+use firehose::reader::{Body, Event};
+use serde_json::Value;
+
+/// One event as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// The event id (the SDK's normalized id, the same in raw and
+    /// CloudEvents mode); for a message that is not an event, an id derived
+    /// from its topic and bytes.
+    pub id: String,
+    pub topic: String,
+    pub source: Option<String>,
+    /// `nova.instance.create.end`, `gerrit.comment-added`, ... or `mqtt`.
+    pub kind: String,
+    /// The event's own time (RFC 3339), when it says.
+    pub time: Option<String>,
+    /// The event's own time, Unix milliseconds (for `from`/`to` and
+    /// timings).
+    pub time_ms: Option<i64>,
+    pub subject: Option<String>,
+    pub retained: bool,
+    /// When the firehose received it, Unix milliseconds.
+    pub received_ms: i64,
+    /// The payload exactly as it arrived.
+    pub payload: Vec<u8>,
+    /// False for a payload that is not a firehose event (not JSON, an
+    /// unknown family, unreadable for its topic): stored, and counted.
+    pub readable: bool,
+    pub fields: Indexed,
+}
+
+/// The indexed fields; each is empty when the event does not carry it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Indexed {
+    /// nova: `nova/<deployment>/...`.
+    pub deployment: Option<String>,
+    /// nova: the instance uuid.
+    pub instance: Option<String>,
+    /// nova: the request id (`req-...`).
+    pub request: Option<String>,
+    /// gerrit and launchpad: the project.
+    pub project: Option<String>,
+    /// gerrit: the change number.
+    pub change: Option<String>,
+    /// launchpad: the bug number.
+    pub bug: Option<String>,
+    /// ansible: the playbook (play) uuid.
+    pub playbook: Option<String>,
+}
+
+/// The MQTT families the firehose publishes; a message on any other topic
+/// is not an event.
+fn family_known(kind: &str) -> bool {
+    kind != "mqtt"
+}
+
+/// Turns one delivered message into what is stored.
+pub fn row(ev: &Event, received_ms: i64) -> Row {
+    let readable = family_known(&ev.kind) && !matches!(ev.body, Body::Other { .. });
+    let id = match &ev.id {
+        Some(id) if !id.is_empty() => id.clone(),
+        _ => {
+            let mut key = ev.topic.as_bytes().to_vec();
+            key.push(0);
+            key.extend_from_slice(&ev.payload);
+            stable_id("mqtt", &key)
+        }
+    };
+    let time_ms = ev
+        .time_parsed()
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64);
+    Row {
+        id,
+        topic: ev.topic.clone(),
+        source: ev.source.clone(),
+        kind: ev.kind.clone(),
+        time: ev.time.clone(),
+        time_ms,
+        subject: ev.subject.clone(),
+        retained: ev.retained,
+        received_ms,
+        payload: ev.payload.to_vec(),
+        readable,
+        fields: indexed(ev),
+    }
+}
+
+fn s(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The indexed fields of one event, from its typed body.
+pub fn indexed(ev: &Event) -> Indexed {
+    let mut f = Indexed::default();
+    match &ev.body {
+        Body::Nova(n) => {
+            f.deployment = ev.topic.split('/').nth(1).map(str::to_owned);
+            f.instance = n.instance_uuid();
+            let v = n.value();
+            f.request = s(v.get("_context_request_id"))
+                .or_else(|| s(n.object_data().and_then(|d| d.get("request_id"))))
+                .or_else(|| s(n.payload().get("request_id")));
+        }
+        Body::NovaService(_) => {
+            f.deployment = ev.topic.split('/').nth(1).map(str::to_owned);
+        }
+        Body::Gerrit(g) => {
+            let p = g.project();
+            f.project = (!p.is_empty()).then_some(p);
+            f.change = g.change_number();
+        }
+        Body::Launchpad(l) => {
+            f.project = l.get("project").map(str::to_owned);
+            f.bug = l.get("bug-number").map(str::to_owned);
+        }
+        Body::Ansible(a) => {
+            f.playbook = s(a.value.get("playbook_id"))
+                .or_else(|| ev.topic.split('/').nth(2).map(str::to_owned));
+        }
+        Body::Status(_) | Body::Other { .. } => {}
+    }
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use firehose::reader::decode;
+
+    #[test]
+    fn a_nova_notification_is_indexed_by_deployment_instance_and_request() {
+        let payload = br#"{"event_type":"compute.instance.create.end","message_id":"m-1","timestamp":"2026-11-30 10:00:00.123456","_context_request_id":"req-42","publisher_id":"compute.host1","payload":{"instance_id":"inst-9","state":"active"}}"#;
+        let ev = decode("nova/prod/compute/instance/create/end", payload, false);
+        let r = row(&ev, 5);
+        assert!(r.readable);
+        assert_eq!(r.id, "m-1");
+        assert_eq!(r.fields.deployment.as_deref(), Some("prod"));
+        assert_eq!(r.fields.instance.as_deref(), Some("inst-9"));
+        assert_eq!(r.fields.request.as_deref(), Some("req-42"));
+        assert!(r.time_ms.is_some(), "nova's timestamp is read");
+        assert_eq!(r.payload, payload);
+    }
+
+    #[test]
+    fn a_gerrit_event_is_indexed_by_project_and_change() {
+        let ev = decode(
+            "gerrit/openstack/nova/comment-added",
+            br#"{"type":"comment-added","change":{"project":"openstack/nova","number":12},"eventCreatedOn":1700000000}"#,
+            false,
+        );
+        let f = row(&ev, 1).fields;
+        assert_eq!(f.project.as_deref(), Some("openstack/nova"));
+        assert_eq!(f.change.as_deref(), Some("12"));
+    }
+
+    #[test]
+    fn what_is_not_an_event_is_kept_with_an_id_of_its_bytes() {
+        let a = row(&decode("random/topic", b"not json", false), 1);
+        let b = row(&decode("random/topic", b"not json", false), 2);
+        let c = row(&decode("random/topic", b"other bytes", false), 3);
+        assert!(!a.readable);
+        assert_eq!(a.id, b.id, "the same message twice is one");
+        assert_ne!(a.id, c.id);
+        let broken = row(&decode("gerrit/p/comment-added", b"{broken", false), 1);
+        assert!(!broken.readable, "unreadable for its topic");
+    }
+}

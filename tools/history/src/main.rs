@@ -1,0 +1,168 @@
+//! `firehose-history`: the thin binary over the library (flags, logging,
+//! signals).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use firehose_history::api::{self, Api};
+use firehose_history::config::File;
+use firehose_history::ingest;
+use firehose_history::stats::Stats;
+use firehose_history::store::Store;
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "firehose-history",
+    version,
+    about = "Keeps every Firehose event in SQLite or PostgreSQL and answers questions about the past over HTTP",
+    long_about = "Keeps every Firehose event and answers questions about the past.\n\n\
+        It subscribes to the broker with a persistent session at QoS 1 and acknowledges each \
+        event only once it is committed, so a restart (of firehose-history or of the broker) \
+        loses nothing; events are keyed by their id, so a redundant bridge's copy or a \
+        redelivery is counted, not stored twice. A slow database never slows the bus: the \
+        broker keeps what is not acknowledged yet in this session's own queue.\n\n\
+        The API (read-only, anonymous, JSON; docs/history.md): GET /v1/events?topic=&type=&subject=&since=&until=&from=&to=&q=&limit=&after=, \
+        GET /v1/events/<id>, GET /metrics.\n\n\
+        Settings come from --config (TOML: [broker] [store] [http]), then FIREHOSE_HISTORY_* \
+        variables, then flags.",
+    after_help = "Examples:\n  firehose-broker --demo &\n  firehose-history --broker mqtt://127.0.0.1\n  curl 'http://127.0.0.1:8090/v1/events?type=nova.instance.*&since=2h'\n  firehose-history --config /etc/firehose/history.toml --check-config"
+)]
+struct Cli {
+    /// The configuration file (TOML); flags and variables override it.
+    #[arg(long, env = "FIREHOSE_HISTORY_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The broker: mqtt://, mqtts://, ws://, wss:// (user and password may be in it).
+    #[arg(long, env = "FIREHOSE_HISTORY_BROKER", value_name = "URL")]
+    broker: Option<String>,
+    /// The store: sqlite:PATH (default: history.db in $STATE_DIRECTORY,
+    /// $XDG_STATE_HOME/firehose or ~/.local/state/firehose) or
+    /// postgres://USER@HOST/DB.
+    #[arg(long, env = "FIREHOSE_HISTORY_DB", value_name = "URL")]
+    db: Option<String>,
+    /// Where the API listens (default 127.0.0.1:8090), or `none`.
+    #[arg(long, env = "FIREHOSE_HISTORY_HTTP", value_name = "ADDR")]
+    http: Option<String>,
+    /// A topic filter to store (repeat for several; default #). $SYS is never stored.
+    #[arg(long = "filter", value_name = "FILTER")]
+    filters: Vec<String>,
+    /// A $share group: several ingesters into one PostgreSQL split the events, each stored once.
+    #[arg(long, value_name = "GROUP")]
+    share: Option<String>,
+    /// The persistent session's client id (default firehose-history).
+    #[arg(long, value_name = "ID")]
+    session: Option<String>,
+    /// A file holding the broker password (first line; mode 0600 or 0640).
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// Check the settings (and open the database, creating or migrating its
+    /// schema) and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = firehose::logging::init("info") {
+        eprintln!("firehose-history: {e}");
+        return ExitCode::from(2);
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("firehose-history: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!(
+                "firehose-history: {}",
+                firehose::report::error_chain(e.as_ref())
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn merged(cli: &Cli) -> anyhow::Result<File> {
+    let mut f = match &cli.config {
+        Some(p) => File::read(p)?,
+        None => File::default(),
+    };
+    if let Some(b) = &cli.broker {
+        f.broker.url = Some(b.clone());
+    }
+    if let Some(d) = &cli.db {
+        f.store.db = Some(d.clone());
+    }
+    if let Some(h) = &cli.http {
+        f.http.listen = Some(h.clone());
+    }
+    if !cli.filters.is_empty() {
+        f.broker.filters = Some(cli.filters.clone());
+    }
+    if let Some(s) = &cli.share {
+        f.broker.share = Some(s.clone());
+    }
+    if let Some(s) = &cli.session {
+        f.broker.session = Some(s.clone());
+    }
+    if let Some(p) = &cli.password_file {
+        f.broker.password_file = Some(p.clone());
+    }
+    Ok(f)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = merged(&cli)?.settings()?;
+    let store = Store::open(&settings.db)
+        .await
+        .with_context(|| format!("--db {}", firehose::url::redact(&settings.db)))?;
+    let events = store.count().await?;
+    if cli.check_config {
+        println!(
+            "firehose-history: settings are good; {} holds {events} events",
+            firehose::url::redact(&settings.db)
+        );
+        return Ok(());
+    }
+    tracing::info!(db = %firehose::url::redact(&settings.db), events, "store open");
+    let stats = Arc::new(Stats::default());
+    if let Some(addr) = settings.http {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on --http {addr}"))?;
+        let addr = listener.local_addr().unwrap_or(addr);
+        tracing::info!(%addr, "api listening");
+        let app = api::router(Api {
+            store: store.clone(),
+            stats: stats.clone(),
+        });
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "the api stopped");
+            }
+        });
+    }
+    let mut term = signal(SignalKind::terminate()).context("signals")?;
+    let mut int = signal(SignalKind::interrupt()).context("signals")?;
+    let stop = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("stopping: committing what has arrived");
+    };
+    ingest::run(settings.ingest, store, stats.clone(), stop).await?;
+    tracing::info!(
+        stored = stats.stored.load(std::sync::atomic::Ordering::Relaxed),
+        duplicates = stats.duplicates.load(std::sync::atomic::Ordering::Relaxed),
+        "stopped"
+    );
+    Ok(())
+}
