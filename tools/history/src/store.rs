@@ -209,14 +209,28 @@ impl Store {
         self.dialect
     }
 
+    /// Creates or migrates the schema in one transaction; on PostgreSQL
+    /// under an advisory lock, so ingesters that start together do not
+    /// race (SQLite's write lock does the same there).
     async fn migrate(&self) -> Result<(), StoreError> {
         let sql = |what| move |source| StoreError::Sql { what, source };
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(sql("starting the migration"))?;
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(7311847) AS locked")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(sql("locking the schema"))?;
+        }
         sqlx::query("CREATE TABLE IF NOT EXISTS history_schema (version BIGINT NOT NULL)")
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(sql("creating history_schema"))?;
         let found: Option<i64> = sqlx::query("SELECT MAX(version) AS v FROM history_schema")
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
             .await
             .and_then(|r| r.try_get::<Option<i64>, _>("v"))
             .map_err(sql("reading the schema version"))?;
@@ -262,11 +276,6 @@ impl Store {
             "CREATE INDEX IF NOT EXISTS events_playbook ON events (playbook) WHERE playbook IS NOT NULL".into(),
             format!("INSERT INTO history_schema (version) VALUES ({SCHEMA})"),
         ];
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(sql("starting the migration"))?;
         for stmt in ddl {
             sqlx::query(AssertSqlSafe(stmt))
                 .execute(&mut *tx)

@@ -53,11 +53,16 @@ struct History {
 }
 
 fn start_history(broker: &BrokerProc, db: &str) -> History {
+    start_history_with(broker, db, &[])
+}
+
+fn start_history_with(broker: &BrokerProc, db: &str, extra: &[&str]) -> History {
     let url = format!("mqtt://127.0.0.1:{}", broker.port());
     let proc_ = Proc::spawn(
         "firehose-history",
         Command::new(bin("firehose-history"))
             .args(["--broker", &url, "--db", db, "--http", "127.0.0.1:0"])
+            .args(extra)
             .env("FIREHOSE_LOG", "info"),
     );
     let http = poll(
@@ -123,10 +128,79 @@ fn percent(s: &str) -> String {
 }
 
 #[test]
-fn every_event_is_stored_once_across_a_kill_and_a_redundant_copy() {
+fn on_sqlite_every_event_is_stored_once_across_a_kill_and_a_redundant_copy() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let broker = BrokerProc::with_users(dir.path(), &[BRIDGE], &[]);
     let db = format!("sqlite:{}", dir.path().join("history.db").display());
+    stored_once_across_a_kill_and_a_redundant_copy(dir.path(), &db);
+}
+
+#[test]
+fn on_postgresql_every_event_is_stored_once_across_a_kill_and_a_redundant_copy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pg = Postgres::start(dir.path());
+    let db = pg.database("history");
+    stored_once_across_a_kill_and_a_redundant_copy(dir.path(), &db);
+}
+
+/// Two ingesters in one `$share` group into one PostgreSQL: the broker
+/// splits the events between them, each is stored once.
+#[test]
+fn two_ingesters_sharing_one_postgresql_store_every_event_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pg = Postgres::start(dir.path());
+    let db = pg.database("fleet");
+    let broker = BrokerProc::with_users(dir.path(), &[BRIDGE], &[]);
+    let a = start_history_with(
+        &broker,
+        &db,
+        &["--share", "history", "--session", "history-a"],
+    );
+    let b = start_history_with(
+        &broker,
+        &db,
+        &["--share", "history", "--session", "history-b"],
+    );
+    let events = fixtures();
+    let ids = distinct_ids(&events);
+    let mut publisher = Publisher::new(broker.mqtt(), BRIDGE);
+    for (t, p, r) in &events {
+        publisher.publish(t, p, *r);
+    }
+    let seen = |h: &History| metric(h, "stored_total") + metric(h, "duplicates_total");
+    wait_until(
+        WAIT,
+        || seen(&a) + seen(&b) >= events.len() as u64,
+        || {
+            format!(
+                "{} deliveries between the two ({} + {})",
+                events.len(),
+                seen(&a),
+                seen(&b)
+            )
+        },
+    );
+    assert_eq!(
+        metric(&a, "stored_total") + metric(&b, "stored_total"),
+        ids.len() as u64,
+        "each event stored by one of them"
+    );
+    assert!(
+        seen(&a) > 0 && seen(&b) > 0,
+        "the group split the events: {} / {}",
+        seen(&a),
+        seen(&b)
+    );
+    let got: Vec<String> = all_pages(&a, "", 1000)
+        .iter()
+        .map(|e| e["id"].as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(got.len(), ids.len(), "nothing twice");
+    assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), ids);
+}
+
+fn stored_once_across_a_kill_and_a_redundant_copy(dir: &Path, db: &str) {
+    let broker = BrokerProc::with_users(dir, &[BRIDGE], &[]);
+    let db = db.to_owned();
     let events = fixtures();
     let ids = distinct_ids(&events);
     // The demo repeats retained states and status messages: 476 messages,
