@@ -1,6 +1,7 @@
 //! The read-only, anonymous HTTP API on `--http` (documented in
 //! `docs/history.md`): `GET /v1/events`, `GET /v1/events/{id}`,
-//! `/metrics`. Bad parameters get a 400 with the reason; a page is at most
+//! `GET /v1/subjects/{subject}`, `GET /v1/timings`, `GET /v1/stream`
+//! (Server-Sent Events), `/metrics`. Bad parameters get a 400 with the reason; a page is at most
 //! [`MAX_LIMIT`](crate::query::MAX_LIMIT) events and one query's scan is
 //! bounded, so no request can hold the database for long.
 
@@ -17,9 +18,9 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::ingest::now_ms;
-use crate::query::{event_json, Query};
+use crate::query::{event_json, rfc3339_ms, Query, Received};
 use crate::stats::Stats;
-use crate::store::{Bind, Store, SELECT_COLUMNS};
+use crate::store::{Bind, Store, Stored, SELECT_COLUMNS};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -41,6 +42,9 @@ pub fn router(api: Api) -> Router {
     Router::new()
         .route("/v1/events", get(events))
         .route("/v1/events/{id}", get(event))
+        .route("/v1/subjects/{subject}", get(subject))
+        .route("/v1/timings", get(timings))
+        .route("/v1/stream", get(stream))
         .route("/metrics", get(metrics))
         .with_state(api)
 }
@@ -83,34 +87,69 @@ async fn events(
     }
 }
 
+/// What one scan found: the matches (at most `want`), the last cursor
+/// read, and whether the store has nothing after it.
+pub(crate) struct Scan {
+    pub found: Vec<Stored>,
+    pub scanned_to: Option<i64>,
+    pub end: bool,
+}
+
+/// Reads rows of `q` after `after` until `want` match, the store ends, or
+/// the scan bound is reached.
+pub(crate) async fn scan(
+    store: &Store,
+    q: &Query,
+    mut after: Option<i64>,
+    want: usize,
+) -> Result<Scan, crate::store::StoreError> {
+    let exact = q.topic.as_deref().is_none_or(|t| !t.contains(['+', '#']));
+    let rows = if exact { want } else { SCAN_ROWS.max(want) };
+    let mut found = Vec::new();
+    for _ in 0..SCAN_ROUNDS {
+        let (text, binds) = q.sql(store.dialect(), after, rows);
+        let got = store.select(text, binds).await?;
+        let mut end = got.len() < rows;
+        for s in got {
+            if found.len() >= want {
+                end = false;
+                break;
+            }
+            after = Some(s.cursor);
+            if q.wants(&s) {
+                found.push(s);
+            }
+        }
+        if found.len() >= want || end {
+            return Ok(Scan {
+                found,
+                scanned_to: after,
+                end,
+            });
+        }
+    }
+    Ok(Scan {
+        found,
+        scanned_to: after,
+        end: false,
+    })
+}
+
 /// One page of `q`, and the cursor to go on from (`None` at the end).
 pub async fn page(
     store: &Store,
     q: &Query,
 ) -> Result<(Vec<Value>, Option<String>), crate::store::StoreError> {
-    let exact = q.topic.as_deref().is_none_or(|t| !t.contains(['+', '#']));
-    let want = q.limit + 1;
-    let rows = if exact { want } else { SCAN_ROWS.max(want) };
-    let mut found = Vec::new();
-    let mut after = q.after;
-    for _ in 0..SCAN_ROUNDS {
-        let (text, binds) = q.sql(store.dialect(), after, rows);
-        let got = store.select(text, binds).await?;
-        let end = got.len() < rows;
-        after = got.last().map(|s| s.cursor).or(after);
-        found.extend(got.into_iter().filter(|s| q.wants(s)));
-        if found.len() >= want || end {
-            let next = (found.len() > q.limit).then(|| found[q.limit - 1].cursor.to_string());
-            found.truncate(q.limit);
-            return Ok((found.iter().map(event_json).collect(), next));
-        }
+    let s = scan(store, q, q.after, q.limit + 1).await?;
+    if s.found.len() > q.limit {
+        let next = s.found[q.limit - 1].cursor.to_string();
+        let evs = s.found[..q.limit].iter().map(event_json).collect();
+        return Ok((evs, Some(next)));
     }
-    // Scanned as much as one request may: what matched so far, and where
-    // to go on.
-    Ok((
-        found.iter().map(event_json).collect(),
-        after.map(|c| c.to_string()),
-    ))
+    let next = (!s.end)
+        .then(|| s.scanned_to.map(|c| c.to_string()))
+        .flatten();
+    Ok((s.found.iter().map(event_json).collect(), next))
 }
 
 async fn event(State(api): State<Api>, Path(id): Path<String>) -> Response {
@@ -132,5 +171,224 @@ async fn metrics(State(api): State<Api>) -> Response {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         api.stats.render(),
     )
+        .into_response()
+}
+
+/// At most this many events of one subject (gerrit's events-log serves
+/// 5,000 per request).
+pub const SUBJECT_EVENTS: usize = 5000;
+
+fn only(params: &HashMap<String, String>, known: &[&str]) -> Result<(), String> {
+    match params.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(format!(
+            "unknown parameter {k:?}; known: {}",
+            known.join(", ")
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Every event of one instance, request, change, bug or playbook (or
+/// CloudEvents subject), in the order of the events' own time, each with
+/// the gap since the one before.
+async fn subject(
+    State(api): State<Api>,
+    Path(subject): Path<String>,
+    QueryString(params): QueryString<HashMap<String, String>>,
+) -> Response {
+    if let Err(reason) = only(&params, &["project"]) {
+        return error(&api, StatusCode::BAD_REQUEST, reason);
+    }
+    let mut text = format!(
+        "SELECT {SELECT_COLUMNS} FROM events WHERE (subject = $1 OR instance = $1 OR request = $1 \
+         OR change_number = $1 OR bug = $1 OR playbook = $1)"
+    );
+    let mut binds = vec![Bind::Text(subject.clone())];
+    if let Some(p) = params.get("project").filter(|p| !p.is_empty()) {
+        text.push_str(" AND project = $2");
+        binds.push(Bind::Text(p.clone()));
+    }
+    binds.push(Bind::Int(SUBJECT_EVENTS as i64 + 1));
+    text.push_str(&format!(
+        " ORDER BY COALESCE(event_time_ms, received_ms), seq LIMIT ${}",
+        binds.len()
+    ));
+    let rows = match api.store.select(text, binds).await {
+        Ok(r) => r,
+        Err(e) => return unavailable(&api, &e),
+    };
+    let truncated = rows.len() > SUBJECT_EVENTS;
+    let at = |s: &Stored| s.row.time_ms.unwrap_or(s.row.received_ms);
+    let mut prev: Option<i64> = None;
+    let events: Vec<Value> = rows
+        .iter()
+        .take(SUBJECT_EVENTS)
+        .map(|s| {
+            let mut v = event_json(s);
+            let t = at(s);
+            v["gap_ms"] = prev.map_or(Value::Null, |p| json!(t - p));
+            prev = Some(t);
+            v
+        })
+        .collect();
+    if events.is_empty() {
+        return error(
+            &api,
+            StatusCode::NOT_FOUND,
+            format!("no events about {subject:?}"),
+        );
+    }
+    let first = rows.first().map(at).unwrap_or_default();
+    let last = rows[..rows.len().min(SUBJECT_EVENTS)]
+        .last()
+        .map(at)
+        .unwrap_or_default();
+    api.stats.requests.fetch_add(1, Relaxed);
+    Json(json!({
+        "subject": subject,
+        "first": rfc3339_ms(first),
+        "last": rfc3339_ms(last),
+        "span_ms": last - first,
+        "truncated": truncated,
+        "events": events,
+    }))
+    .into_response()
+}
+
+/// At most this many start/end events per timings request.
+pub const TIMING_EVENTS: usize = 200_000;
+
+/// StackTach's timings over the events received in `since..until`.
+async fn timings(
+    State(api): State<Api>,
+    QueryString(params): QueryString<HashMap<String, String>>,
+) -> Response {
+    let q = match only(&params, &["type", "since", "until"])
+        .and_then(|_| Query::parse(&params, now_ms()))
+    {
+        Ok(q) => q,
+        Err(reason) => return error(&api, StatusCode::BAD_REQUEST, reason),
+    };
+    let (mut w, mut binds) = q.conditions(api.store.dialect(), None);
+    w.push(
+        "(kind LIKE 'nova.%.start' OR kind LIKE 'nova.%.end' OR kind IN \
+         ('ansible.play.start', 'ansible.playbook.finish', 'gerrit.patchset-created', 'gerrit.change-merged'))"
+            .into(),
+    );
+    binds.push(Bind::Int(TIMING_EVENTS as i64 + 1));
+    let text = format!(
+        "SELECT kind, COALESCE(instance, playbook, change_number, subject) AS key, project, event_time_ms \
+         FROM events WHERE {} ORDER BY seq LIMIT ${}",
+        w.join(" AND "),
+        binds.len()
+    );
+    let work = async {
+        let marks = api.store.marks(text, binds).await?;
+        let truncated = marks.len() > TIMING_EVENTS;
+        let n = marks.len().min(TIMING_EVENTS);
+        Ok::<_, crate::store::StoreError>((crate::timings::timings(&marks[..n]), n, truncated))
+    };
+    match tokio::time::timeout(QUERY_TIME, work).await {
+        Ok(Ok((t, n, truncated))) => {
+            api.stats.requests.fetch_add(1, Relaxed);
+            Json(json!({ "timings": t, "events": n, "truncated": truncated })).into_response()
+        }
+        Ok(Err(e)) => unavailable(&api, &e),
+        Err(_) => error(
+            &api,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the timings took too long: narrow them (type=nova.instance.create.*, since=1d)".into(),
+        ),
+    }
+}
+
+/// Events per read of the stream.
+const STREAM_BATCH: usize = 500;
+/// How long the stream waits for a commit before it looks again anyway.
+const STREAM_IDLE: Duration = Duration::from_secs(1);
+
+/// Server-Sent Events: every stored event of the query from `since` (or
+/// the `Last-Event-ID` cursor a reconnecting client sends) on, then each
+/// new one as it is committed; `id:` is the cursor, so a resume has no gap
+/// and no duplicate. Without either, it starts at the newest event.
+async fn stream(
+    State(api): State<Api>,
+    headers: axum::http::HeaderMap,
+    QueryString(params): QueryString<HashMap<String, String>>,
+) -> Response {
+    let parsed = only(
+        &params,
+        &[
+            "topic",
+            "type",
+            "subject",
+            "since",
+            "q",
+            "deployment",
+            "instance",
+            "request",
+            "project",
+            "change",
+            "bug",
+            "playbook",
+        ],
+    )
+    .and_then(|_| Query::parse(&params, now_ms()));
+    let mut q = match parsed {
+        Ok(q) => q,
+        Err(reason) => return error(&api, StatusCode::BAD_REQUEST, reason),
+    };
+    let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let mut after = match resume.map(str::parse::<i64>) {
+        Some(Ok(c)) => Some(c),
+        Some(Err(_)) => {
+            return error(
+                &api,
+                StatusCode::BAD_REQUEST,
+                "Last-Event-ID is not a cursor of this stream".into(),
+            )
+        }
+        None => None,
+    };
+    if after.is_some() {
+        q.since = None;
+    } else if let Some(Received::Cursor(c)) = q.since {
+        q.since = None;
+        after = Some(c);
+    } else if q.since.is_none() {
+        after = match api.store.last_cursor().await {
+            Ok(c) => Some(c),
+            Err(e) => return unavailable(&api, &e),
+        };
+    }
+    api.stats.requests.fetch_add(1, Relaxed);
+    let state = (api, q, after, std::collections::VecDeque::<Stored>::new());
+    let events = futures_util::stream::unfold(state, |(api, q, mut after, mut buf)| async move {
+        loop {
+            if let Some(s) = buf.pop_front() {
+                let ev = axum::response::sse::Event::default()
+                    .id(s.cursor.to_string())
+                    .data(event_json(&s).to_string());
+                return Some((Ok::<_, std::convert::Infallible>(ev), (api, q, after, buf)));
+            }
+            // Registered before the read: a commit during it still wakes us.
+            let committed = api.stats.committed.notified();
+            match scan(&api.store, &q, after, STREAM_BATCH).await {
+                Ok(s) => {
+                    after = s.scanned_to.or(after);
+                    buf.extend(s.found);
+                    if !buf.is_empty() || !s.end {
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %firehose::report::error_chain(&e), "the stream cannot read the store; retrying")
+                }
+            }
+            let _ = tokio::time::timeout(STREAM_IDLE, committed).await;
+        }
+    });
+    axum::response::sse::Sse::new(events)
+        .keep_alive(axum::response::sse::KeepAlive::default())
         .into_response()
 }

@@ -195,6 +195,7 @@ async fn write(
             .not_events
             .fetch_add(rows.iter().filter(|r| !r.readable).count() as u64, Relaxed);
         stats.batches.fetch_add(1, Relaxed);
+        stats.committed.notify_waiters();
         stats
             .lag_ms
             .store(start.elapsed().as_millis() as i64, Relaxed);

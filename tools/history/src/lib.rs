@@ -9,7 +9,9 @@
 //!   change, bug, playbook).
 //! - [`store`]: one schema and one query layer over SQLite and PostgreSQL.
 //! - [`query`]: the API's parameters, read strictly, into SQL.
-//! - [`api`]: the read-only HTTP API; [`stats`]: its counters.
+//! - [`api`]: the read-only HTTP API (pages, one subject's life, the
+//!   stream); [`timings`]: StackTach's `.start`/`.end` figures; [`stats`]:
+//!   the counters.
 //! - [`config`]: the file, environment and flags.
 
 pub mod api;
@@ -19,3 +21,4 @@ pub mod ingest;
 pub mod query;
 pub mod stats;
 pub mod store;
+pub mod timings;

@@ -152,15 +152,14 @@ impl Query {
         })
     }
 
-    /// The statement for up to `rows` candidate rows after cursor `after`
-    /// (the topic filter's wildcards are checked again on the rows:
-    /// [`Query::wants`]).
-    pub(crate) fn sql(
+    /// The `WHERE` terms of this query (the topic filter only as far as SQL
+    /// can check it: see [`Query::wants`]), with their values, numbered
+    /// from `$1`.
+    pub(crate) fn conditions(
         &self,
         dialect: Dialect,
         after: Option<i64>,
-        rows: usize,
-    ) -> (String, Vec<Bind>) {
+    ) -> (Vec<String>, Vec<Bind>) {
         let mut w = Vec::new();
         let mut binds = Vec::new();
         let mut bind = |b: Bind| {
@@ -215,7 +214,21 @@ impl Query {
         if let Some(c) = after {
             w.push(format!("seq > ${}", bind(Bind::Int(c))));
         }
-        let n = bind(Bind::Int(rows as i64));
+        (w, binds)
+    }
+
+    /// The statement for up to `rows` candidate rows after cursor `after`
+    /// (the topic filter's wildcards are checked again on the rows:
+    /// [`Query::wants`]).
+    pub(crate) fn sql(
+        &self,
+        dialect: Dialect,
+        after: Option<i64>,
+        rows: usize,
+    ) -> (String, Vec<Bind>) {
+        let (w, mut binds) = self.conditions(dialect, after);
+        binds.push(Bind::Int(rows as i64));
+        let n = binds.len();
         let mut text = format!("SELECT {SELECT_COLUMNS} FROM events");
         if !w.is_empty() {
             text.push_str(" WHERE ");

@@ -29,6 +29,8 @@ pub struct Stats {
     /// API requests answered, and refused as malformed.
     pub requests: AtomicU64,
     pub bad_requests: AtomicU64,
+    /// Woken after each committed batch: the streams read on.
+    pub committed: tokio::sync::Notify,
 }
 
 impl Stats {

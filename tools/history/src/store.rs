@@ -292,6 +292,16 @@ impl Store {
     pub async fn insert(&self, rows: &[Row]) -> Result<Inserted, StoreError> {
         let sql = |what| move |source| StoreError::Sql { what, source };
         let mut tx = self.pool.begin().await.map_err(sql("starting a batch"))?;
+        if self.dialect == Dialect::Postgres {
+            // Ingesters sharing one database commit one at a time, so the
+            // cursor order is the commit order: a reader that has seen
+            // cursor N never later finds a smaller one appear (no gap for
+            // `after=` pages and the stream). Readers are not blocked.
+            sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE")
+                .execute(&mut *tx)
+                .await
+                .map_err(sql("locking events for a batch"))?;
+        }
         let mut stored = 0;
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             let mut text = format!("INSERT INTO events ({}) VALUES ", COLUMNS.join(", "));
@@ -376,6 +386,49 @@ impl Store {
             })
     }
 
+    /// The events' marks for [`crate::timings`] (`text` selects `kind`,
+    /// `key`, `project`, `event_time_ms`).
+    pub(crate) async fn marks(
+        &self,
+        text: String,
+        binds: Vec<Bind>,
+    ) -> Result<Vec<crate::timings::Mark>, StoreError> {
+        let rows = bound(sqlx::query(AssertSqlSafe(text)), binds)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|source| StoreError::Sql {
+                what: "a timings query",
+                source,
+            })?;
+        rows.iter()
+            .map(|r| {
+                Ok(crate::timings::Mark {
+                    kind: r.try_get("kind")?,
+                    key: r.try_get("key")?,
+                    project: r.try_get("project")?,
+                    time_ms: r.try_get("event_time_ms")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(|source| StoreError::Sql {
+                what: "reading a row",
+                source,
+            })
+    }
+
+    /// The newest cursor (0 when empty).
+    pub async fn last_cursor(&self) -> Result<i64, StoreError> {
+        sqlx::query("SELECT MAX(seq) AS n FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|r| r.try_get::<Option<i64>, _>("n"))
+            .map(|n| n.unwrap_or(0))
+            .map_err(|source| StoreError::Sql {
+                what: "reading the newest cursor",
+                source,
+            })
+    }
+
     /// How many events are stored.
     pub async fn count(&self) -> Result<i64, StoreError> {
         sqlx::query("SELECT COUNT(*) AS n FROM events")
@@ -387,6 +440,18 @@ impl Store {
                 source,
             })
     }
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+fn bound(mut q: AnyQuery<'_>, binds: Vec<Bind>) -> AnyQuery<'_> {
+    for b in binds {
+        q = match b {
+            Bind::Text(s) => q.bind(s),
+            Bind::Int(i) => q.bind(i),
+        };
+    }
+    q
 }
 
 /// A value bound to a query.

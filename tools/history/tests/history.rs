@@ -372,3 +372,145 @@ fn stored_once_across_a_kill_and_a_redundant_copy(dir: &Path, db: &str) {
     assert!(v["error"].as_str().unwrap().contains("limit"), "{v}");
     assert!(metric(&h, "bad_requests_total") >= 1);
 }
+
+/// Reads `n` events of a Server-Sent Events stream (HTTP/1.1, chunked),
+/// sending `Last-Event-ID` when given: (cursor, event).
+fn sse(addr: SocketAddr, path: &str, last_id: Option<&str>, n: usize) -> Vec<(i64, Value)> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    let resume = last_id.map_or(String::new(), |id| format!("Last-Event-ID: {id}\r\n"));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n{resume}\r\n"
+    )
+    .expect("send");
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).expect("headers");
+        assert!(!line.is_empty(), "stream closed in its headers");
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut text = String::new();
+    let mut out = Vec::new();
+    let (mut id, mut data) = (None, None);
+    while out.len() < n {
+        line.clear();
+        r.read_line(&mut line).expect("chunk size");
+        let size = usize::from_str_radix(line.trim(), 16).expect("chunk size");
+        let mut chunk = vec![0; size + 2];
+        r.read_exact(&mut chunk).expect("chunk");
+        text.push_str(std::str::from_utf8(&chunk[..size]).expect("utf-8"));
+        while let Some(i) = text.find('\n') {
+            let l: String = text.drain(..=i).collect();
+            let l = l.trim_end_matches('\n');
+            if let Some(v) = l.strip_prefix("id:") {
+                id = Some(v.trim().parse::<i64>().expect("cursor id"));
+            } else if let Some(v) = l.strip_prefix("data:") {
+                data = Some(serde_json::from_str::<Value>(v.trim()).expect("event json"));
+            } else if l.is_empty() {
+                if let (Some(i), Some(d)) = (id.take(), data.take()) {
+                    out.push((i, d));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One subject's life, the timings, and the stream resumed with
+/// `Last-Event-ID` across a disconnect during which events kept coming.
+#[test]
+fn a_subject_the_timings_and_a_resumed_stream() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = BrokerProc::with_users(dir.path(), &[BRIDGE], &[]);
+    let db = format!("sqlite:{}", dir.path().join("history.db").display());
+    let h = start_history(&broker, &db);
+    let events = fixtures();
+    let ids = distinct_ids(&events);
+    let mut publisher = Publisher::new(broker.mqtt(), BRIDGE);
+    let half = events.len() / 2;
+    for (t, p, r) in &events[..half] {
+        publisher.publish(t, p, *r);
+    }
+    // The stream from the start: a first part, then a disconnect.
+    let first = sse(h.http, "/v1/stream?since=0", None, 40);
+    let last = first.last().expect("events").0.to_string();
+    for (t, p, r) in &events[half..] {
+        publisher.publish(t, p, *r);
+    }
+    wait_until(
+        WAIT,
+        || metric(&h, "stored_total") >= ids.len() as u64,
+        || format!("{} stored; logs:\n{}", ids.len(), h.proc_.logs()),
+    );
+    let all = all_pages(&h, "", 1000);
+    let rest = sse(h.http, "/v1/stream", Some(&last), all.len() - first.len());
+    let streamed: Vec<i64> = first.iter().chain(&rest).map(|(c, _)| *c).collect();
+    let paged: Vec<i64> = all
+        .iter()
+        .map(|e| e["cursor"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(
+        streamed, paged,
+        "the stream resumed with no gap and no duplicate"
+    );
+    for (c, e) in first.iter().chain(&rest) {
+        assert_eq!(e["cursor"].as_str(), Some(c.to_string().as_str()));
+    }
+    let (status, v) = get_json(&h, "/v1/stream?limit=3");
+    assert_eq!(status, 400, "{v}");
+
+    // One instance's life: every event about it, in its own time order,
+    // with the gaps.
+    let mut per_instance: std::collections::BTreeMap<String, usize> = Default::default();
+    for e in &all {
+        if let Some(s) = e["subject"].as_str().filter(|_| {
+            e["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("nova.instance"))
+        }) {
+            *per_instance.entry(s.to_owned()).or_default() += 1;
+        }
+    }
+    let (uuid, n) = per_instance
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .expect("a nova instance");
+    assert!(*n >= 2, "an instance with several events");
+    let (status, life) = get_json(&h, &format!("/v1/subjects/{uuid}"));
+    assert_eq!(status, 200, "{life}");
+    let evs = life["events"].as_array().expect("events");
+    assert!(
+        evs.len() >= *n,
+        "{} events about {uuid}, {n} with it as subject",
+        evs.len()
+    );
+    assert!(evs[0]["gap_ms"].is_null());
+    assert!(
+        evs[1..]
+            .iter()
+            .all(|e| e["gap_ms"].as_i64().is_some_and(|g| g >= 0)),
+        "in time order, with gaps"
+    );
+    assert_eq!(get_json(&h, "/v1/subjects/no-such-thing").0, 404);
+
+    // Timings: at least one nova operation paired, figures in order.
+    let (status, t) = get_json(&h, "/v1/timings?type=nova.*");
+    assert_eq!(status, 200, "{t}");
+    let ops = t["timings"].as_array().expect("timings");
+    assert!(!ops.is_empty(), "the fixtures hold .start/.end pairs: {t}");
+    for op in ops {
+        let f = |k: &str| op[k].as_i64().expect(k);
+        assert!(f("count") >= 1);
+        assert!(
+            f("min_ms") <= f("p50_ms") && f("p50_ms") <= f("p95_ms") && f("p95_ms") <= f("max_ms"),
+            "{op}"
+        );
+    }
+    assert_eq!(get_json(&h, "/v1/timings?topic=x").0, 400);
+}
