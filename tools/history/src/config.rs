@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::ingest::IngestConfig;
+use crate::retention::{parse_size, Retention};
 
 /// Why the settings cannot be used; each says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +66,12 @@ pub struct BrokerFile {
 pub struct StoreFile {
     /// `sqlite:PATH` or `postgres://USER@HOST/DB`.
     pub db: Option<String>,
+    /// Events received longer ago are purged (`30d`; default: kept).
+    pub keep: Option<String>,
+    /// Past this size the oldest events are purged (`20GiB`; default: no cap).
+    pub max_bytes: Option<String>,
+    /// How often retention runs (default `60s`).
+    pub purge_every: Option<String>,
 }
 
 /// `[http]`.
@@ -81,6 +88,7 @@ pub struct Settings {
     pub ingest: IngestConfig,
     pub db: String,
     pub http: Option<SocketAddr>,
+    pub retention: Retention,
 }
 
 /// The default API address.
@@ -166,7 +174,41 @@ impl File {
                 ))
             })?),
         };
-        Ok(Settings { ingest, db, http })
+        let duration = |key: &str, v: &Option<String>| {
+            v.as_deref()
+                .map(|d| {
+                    humantime::parse_duration(d).map_err(|_| {
+                        ConfigError::Invalid(format!(
+                            "{key} {d:?}: give a duration like 30d, 12h, 60s"
+                        ))
+                    })
+                })
+                .transpose()
+        };
+        let retention = Retention {
+            keep: duration("--keep", &self.store.keep)?,
+            max_bytes: self
+                .store
+                .max_bytes
+                .as_deref()
+                .map(|v| {
+                    parse_size(v).map_err(|e| ConfigError::Invalid(format!("--max-bytes {e}")))
+                })
+                .transpose()?,
+            every: duration("[store] purge_every", &self.store.purge_every)?
+                .unwrap_or(std::time::Duration::from_secs(60)),
+        };
+        if retention.every.is_zero() {
+            return Err(ConfigError::Invalid(
+                "[store] purge_every must be more than 0".into(),
+            ));
+        }
+        Ok(Settings {
+            ingest,
+            db,
+            http,
+            retention,
+        })
     }
 }
 
@@ -233,6 +275,11 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         f.http.listen = None;
+        f.store.keep = Some("a month".into());
+        assert!(f.settings().unwrap_err().to_string().contains("30d"));
+        f.store.keep = Some("30d".into());
+        f.store.max_bytes = Some("20 GiB".into());
+        assert_eq!(f.settings().unwrap().retention.max_bytes, Some(20 << 30));
         f.broker.password_file = Some(p);
         assert!(f.settings().unwrap_err().to_string().contains("chmod 0600"));
     }

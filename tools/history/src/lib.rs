@@ -12,6 +12,7 @@
 //! - [`api`]: the read-only HTTP API (pages, one subject's life, the
 //!   stream); [`timings`]: StackTach's `.start`/`.end` figures; [`stats`]:
 //!   the counters.
+//! - [`retention`]: `--keep` and `--max-bytes`, purged in the background.
 //! - [`config`]: the file, environment and flags.
 
 pub mod api;
@@ -19,6 +20,7 @@ pub mod config;
 pub mod fields;
 pub mod ingest;
 pub mod query;
+pub mod retention;
 pub mod stats;
 pub mod store;
 pub mod timings;

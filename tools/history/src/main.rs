@@ -55,6 +55,15 @@ struct Cli {
     /// The persistent session's client id (default firehose-history).
     #[arg(long, value_name = "ID")]
     session: Option<String>,
+    /// Purge events received longer ago than this (30d, 12h; default: keep all).
+    #[arg(long, env = "FIREHOSE_HISTORY_KEEP", value_name = "DURATION")]
+    keep: Option<String>,
+    /// Past this size, purge the oldest events (20GiB, 512MiB).
+    #[arg(long, env = "FIREHOSE_HISTORY_MAX_BYTES", value_name = "SIZE")]
+    max_bytes: Option<String>,
+    /// How often retention runs (default 60s).
+    #[arg(long, value_name = "DURATION")]
+    purge_every: Option<String>,
     /// A file holding the broker password (first line; mode 0600 or 0640).
     #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
@@ -112,6 +121,15 @@ fn merged(cli: &Cli) -> anyhow::Result<File> {
     if let Some(s) = &cli.session {
         f.broker.session = Some(s.clone());
     }
+    if let Some(k) = &cli.keep {
+        f.store.keep = Some(k.clone());
+    }
+    if let Some(m) = &cli.max_bytes {
+        f.store.max_bytes = Some(m.clone());
+    }
+    if let Some(p) = &cli.purge_every {
+        f.store.purge_every = Some(p.clone());
+    }
     if let Some(p) = &cli.password_file {
         f.broker.password_file = Some(p.clone());
     }
@@ -149,6 +167,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         });
     }
+    tokio::spawn(firehose_history::retention::run(
+        store.clone(),
+        stats.clone(),
+        settings.retention,
+    ));
     let mut term = signal(SignalKind::terminate()).context("signals")?;
     let mut int = signal(SignalKind::interrupt()).context("signals")?;
     let stop = async move {

@@ -29,6 +29,11 @@ pub struct Stats {
     /// API requests answered, and refused as malformed.
     pub requests: AtomicU64,
     pub bad_requests: AtomicU64,
+    /// Events purged by age, and by the size cap.
+    pub purged_age: AtomicU64,
+    pub purged_size: AtomicU64,
+    /// The store's size at the last retention round, bytes.
+    pub store_bytes: AtomicU64,
     /// Woken after each committed batch: the streams read on.
     pub committed: tokio::sync::Notify,
 }
@@ -87,6 +92,12 @@ impl Stats {
             format!("{:.3}", self.last_received_ms.load(Relaxed) as f64 / 1000.0),
         );
         c(
+            "store_bytes",
+            "The store's size at the last retention round (SQLite: pages in use; PostgreSQL: an estimate).",
+            "gauge",
+            l(&self.store_bytes),
+        );
+        c(
             "requests_total",
             "API requests answered.",
             "counter",
@@ -98,6 +109,18 @@ impl Stats {
             "counter",
             l(&self.bad_requests),
         );
+        let _ = writeln!(
+            out,
+            "# HELP firehose_history_purged_total Events purged by retention, by reason."
+        );
+        let _ = writeln!(out, "# TYPE firehose_history_purged_total counter");
+        for (reason, n) in [("age", &self.purged_age), ("size", &self.purged_size)] {
+            let _ = writeln!(
+                out,
+                "firehose_history_purged_total{{reason=\"{reason}\"}} {}",
+                l(n)
+            );
+        }
         out
     }
 }

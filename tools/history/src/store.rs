@@ -429,6 +429,65 @@ impl Store {
             })
     }
 
+    /// Deletes up to `chunk` events received before `ms`; how many went.
+    pub async fn purge_received_before(&self, ms: i64, chunk: i64) -> Result<u64, StoreError> {
+        sqlx::query(
+            "DELETE FROM events WHERE seq IN \
+             (SELECT seq FROM events WHERE received_ms < $1 ORDER BY seq LIMIT $2)",
+        )
+        .bind(ms)
+        .bind(chunk)
+        .execute(&self.pool)
+        .await
+        .map(|r| r.rows_affected())
+        .map_err(|source| StoreError::Sql {
+            what: "purging old events",
+            source,
+        })
+    }
+
+    /// Deletes the `n` oldest events; how many went.
+    pub async fn purge_oldest(&self, n: i64) -> Result<u64, StoreError> {
+        sqlx::query(
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT $1)",
+        )
+        .bind(n)
+        .execute(&self.pool)
+        .await
+        .map(|r| r.rows_affected())
+        .map_err(|source| StoreError::Sql {
+            what: "purging the oldest events",
+            source,
+        })
+    }
+
+    /// The bytes the events use: SQLite's pages in use (free pages are
+    /// reused, not counted); PostgreSQL's table with its indexes and TOAST,
+    /// scaled by its live share of tuples (dead ones are reused after
+    /// autovacuum): an estimate.
+    pub async fn used_bytes(&self) -> Result<u64, StoreError> {
+        let text = match self.dialect {
+            Dialect::Sqlite => {
+                "SELECT (p.page_count - f.freelist_count) * s.page_size AS used \
+                 FROM pragma_page_count() AS p, pragma_freelist_count() AS f, pragma_page_size() AS s"
+            }
+            Dialect::Postgres => {
+                "SELECT (pg_total_relation_size('events') * \
+                 (COALESCE(t.n_live_tup, 0) + 1) / (COALESCE(t.n_live_tup, 0) + COALESCE(t.n_dead_tup, 0) + 1))::BIGINT AS used \
+                 FROM (SELECT 1) AS one LEFT JOIN pg_stat_user_tables t ON t.relname = 'events'"
+            }
+        };
+        sqlx::query(text)
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|r| r.try_get::<i64, _>("used"))
+            .map(|n| n.max(0) as u64)
+            .map_err(|source| StoreError::Sql {
+                what: "measuring the store",
+                source,
+            })
+    }
+
     /// How many events are stored.
     pub async fn count(&self) -> Result<i64, StoreError> {
         sqlx::query("SELECT COUNT(*) AS n FROM events")
