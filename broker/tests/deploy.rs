@@ -8,13 +8,14 @@ use std::process::Command;
 
 use firehose_testkit::*;
 
-const UNITS: [(&str, &str); 6] = [
+const UNITS: [(&str, &str); 7] = [
     ("firehose-broker.service", "firehose-broker"),
     ("firehose-gerrit.service", "firehose-gerrit"),
     ("firehose-nova.service", "firehose-nova"),
     ("firehose-launchpad.service", "firehose-launchpad"),
     ("firehose-ansible.service", "firehose-ansible"),
     ("firehose-notify.service", "firehose-notify"),
+    ("firehose-history.service", "firehose-history"),
 ];
 
 #[test]
