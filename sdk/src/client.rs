@@ -168,6 +168,12 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// A stream fed by another part of the SDK (catching up from history).
+    #[cfg_attr(not(feature = "history"), allow(dead_code))]
+    pub(crate) fn from_channel(rx: mpsc::Receiver<Event>) -> Subscription {
+        Subscription { rx }
+    }
+
     /// The next event, or `None` once the client is gone.
     pub async fn next(&mut self) -> Option<Event> {
         self.rx.recv().await

@@ -19,6 +19,8 @@
 //! - [`Client`] ([`client`]): the reconnecting subscriber; [`Filter`]
 //!   ([`filter`]) builds what to subscribe to; [`liveness`] answers "is it
 //!   up?" from the retained status topics.
+//! - `history` (feature `history`): catching up from firehose-history,
+//!   then live, with no gap and no duplicate.
 //! - `logging` (feature `logging`): the log setup of every Firehose
 //!   program (`FIREHOSE_LOG`).
 //! - [`PayloadMode`]: CloudEvents, or byte-for-byte what the original
@@ -32,6 +34,8 @@ pub mod client;
 pub mod envelope;
 pub mod filter;
 pub mod gerrit;
+#[cfg(feature = "history")]
+pub mod history;
 pub mod launchpad;
 pub mod liveness;
 #[cfg(feature = "logging")]

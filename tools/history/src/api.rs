@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::ingest::now_ms;
-use crate::query::{event_json, rfc3339_ms, Query, Received};
+use crate::query::{event_json, event_json_with, rfc3339_ms, Query, Received};
 use crate::stats::Stats;
 use crate::store::{Bind, Store, Stored, SELECT_COLUMNS};
 
@@ -143,13 +143,22 @@ pub async fn page(
     let s = scan(store, q, q.after, q.limit + 1).await?;
     if s.found.len() > q.limit {
         let next = s.found[q.limit - 1].cursor.to_string();
-        let evs = s.found[..q.limit].iter().map(event_json).collect();
+        let evs = s.found[..q.limit]
+            .iter()
+            .map(|e| event_json_with(e, q.payload))
+            .collect();
         return Ok((evs, Some(next)));
     }
     let next = (!s.end)
         .then(|| s.scanned_to.map(|c| c.to_string()))
         .flatten();
-    Ok((s.found.iter().map(event_json).collect(), next))
+    Ok((
+        s.found
+            .iter()
+            .map(|e| event_json_with(e, q.payload))
+            .collect(),
+        next,
+    ))
 }
 
 async fn event(State(api): State<Api>, Path(id): Path<String>) -> Response {
@@ -331,6 +340,7 @@ async fn stream(
             "change",
             "bug",
             "playbook",
+            "payload",
         ],
     )
     .and_then(|_| Query::parse(&params, now_ms()));
@@ -368,7 +378,7 @@ async fn stream(
             if let Some(s) = buf.pop_front() {
                 let ev = axum::response::sse::Event::default()
                     .id(s.cursor.to_string())
-                    .data(event_json(&s).to_string());
+                    .data(event_json_with(&s, q.payload).to_string());
                 return Some((Ok::<_, std::convert::Infallible>(ev), (api, q, after, buf)));
             }
             // Registered before the read: a commit during it still wakes us.

@@ -48,6 +48,9 @@ pub struct Query {
     pub after: Option<i64>,
     /// Indexed fields that must be equal: (column, value).
     pub fields: Vec<(&'static str, String)>,
+    /// `payload=true`: each event also carries its exact payload (as
+    /// text), so a reader can decode it as if it came from the broker.
+    pub payload: bool,
 }
 
 /// The indexed fields a query may ask for: (parameter, column).
@@ -79,6 +82,7 @@ const KNOWN: &[&str] = &[
     "change",
     "bug",
     "playbook",
+    "payload",
 ];
 
 /// Parses an RFC 3339 time, or a duration back from `now_ms`.
@@ -149,6 +153,11 @@ impl Query {
                 .iter()
                 .filter_map(|(p, col)| get(p).map(|v| (*col, v)))
                 .collect(),
+            payload: match get("payload").as_deref() {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(v) => return Err(format!("payload={v:?}: give true or false")),
+            },
         })
     }
 
@@ -293,6 +302,24 @@ pub fn rfc3339_ms(ms: i64) -> String {
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())
         .unwrap_or_default()
+}
+
+/// A stored event in the shape `firehose-sub --json` prints, plus
+/// `received` and `cursor` (and, when asked, `payload`).
+pub fn event_json_with(s: &Stored, payload: bool) -> Value {
+    let mut v = event_json(s);
+    if payload {
+        v["payload"] = match std::str::from_utf8(&s.row.payload) {
+            Ok(t) => json!(t),
+            // Firehose payloads are JSON or text; bytes that are not UTF-8
+            // are shown lossily, and said so.
+            Err(_) => {
+                v["payload_lossy"] = json!(true);
+                json!(String::from_utf8_lossy(&s.row.payload))
+            }
+        };
+    }
+    v
 }
 
 /// A stored event in the shape `firehose-sub --json` prints, plus

@@ -96,6 +96,14 @@ struct Cli {
     /// so an event's text cannot drive your terminal.
     #[arg(long)]
     raw: bool,
+    /// First print what firehose-history stored since then (an RFC 3339
+    /// time, a duration back like 2h, or a cursor), then go on live: no
+    /// gap, no duplicate. Needs --history.
+    #[arg(long, value_name = "WHEN", requires = "history")]
+    since: Option<String>,
+    /// firehose-history's API, for --since (e.g. http://127.0.0.1:8090).
+    #[arg(long, value_name = "URL", env = "FIREHOSE_HISTORY_URL")]
+    history: Option<String>,
     /// Print the normalized event, one JSON object per line.
     #[arg(long)]
     json: bool,
@@ -204,12 +212,17 @@ fn run(cli: Cli) -> Result<u8, String> {
         drop(state);
         let mut subs = Vec::new();
         for t in &topics {
-            subs.push(
-                client
+            subs.push(match (&cli.since, &cli.history) {
+                (Some(since), Some(history)) => {
+                    firehose::history::subscribe_since(&client, t, history, since)
+                        .await
+                        .map_err(|e| format!("--since: {}", firehose::report::error_chain(&e)))?
+                }
+                _ => client
                     .subscribe(Filter::topic(t))
                     .await
                     .map_err(|e| e.to_string())?,
-            );
+            });
         }
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
         for mut s in subs {
