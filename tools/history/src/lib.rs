@@ -13,9 +13,11 @@
 //!   stream); [`timings`]: StackTach's `.start`/`.end` figures; [`stats`]:
 //!   the counters.
 //! - [`retention`]: `--keep` and `--max-bytes`, purged in the background.
+//! - [`ask`]: `firehose-history query ...`, the API's answers as tables.
 //! - [`config`]: the file, environment and flags.
 
 pub mod api;
+pub mod ask;
 pub mod config;
 pub mod fields;
 pub mod ingest;

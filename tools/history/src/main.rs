@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use firehose_history::api::{self, Api};
 use firehose_history::config::File;
 use firehose_history::ingest;
@@ -29,7 +29,7 @@ use tokio::signal::unix::{signal, SignalKind};
         GET /v1/events/<id>, GET /metrics.\n\n\
         Settings come from --config (TOML: [broker] [store] [http]), then FIREHOSE_HISTORY_* \
         variables, then flags.",
-    after_help = "Examples:\n  firehose-broker --demo &\n  firehose-history --broker mqtt://127.0.0.1\n  curl 'http://127.0.0.1:8090/v1/events?type=nova.instance.*&since=2h'\n  firehose-history --config /etc/firehose/history.toml --check-config"
+    after_help = "Examples:\n  firehose-broker --demo &\n  firehose-history --broker mqtt://127.0.0.1\n  firehose-history query events --type 'nova.instance.*' --since 2h\n  firehose-history query subject <instance uuid>\n  firehose-history query timings --type 'nova.*'\n  curl 'http://127.0.0.1:8090/v1/events?type=nova.instance.*&since=2h'\n  firehose-history --config /etc/firehose/history.toml --check-config"
 )]
 struct Cli {
     /// The configuration file (TOML); flags and variables override it.
@@ -71,6 +71,128 @@ struct Cli {
     /// schema) and exit.
     #[arg(long)]
     check_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Ask a running firehose-history (Stacky's questions): a table, or --json.
+    Query {
+        /// Its API (its --http).
+        #[arg(
+            long,
+            env = "FIREHOSE_HISTORY_URL",
+            default_value = "http://127.0.0.1:8090",
+            value_name = "URL"
+        )]
+        url: String,
+        /// The API's JSON instead of a table (events: one per line).
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        what: What,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum What {
+    /// Events, oldest first: by topic filter, type, subject, time, text,
+    /// indexed field.
+    Events {
+        /// An MQTT topic filter (gerrit/+/patchset-created, nova/#).
+        #[arg(long)]
+        topic: Option<String>,
+        /// A type, or a prefix ending in * (nova.instance.*).
+        #[arg(long = "type", value_name = "TYPE")]
+        kind: Option<String>,
+        #[arg(long)]
+        subject: Option<String>,
+        /// Received since: an RFC 3339 time, a duration back (2h) or a cursor.
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Received until (same forms).
+        #[arg(long, value_name = "WHEN")]
+        until: Option<String>,
+        /// The event's own time from / to (RFC 3339 or a duration back).
+        #[arg(long, value_name = "WHEN")]
+        from: Option<String>,
+        #[arg(long, value_name = "WHEN")]
+        to: Option<String>,
+        /// Text the payload contains.
+        #[arg(long)]
+        text: Option<String>,
+        /// An indexed field: deployment, instance, request, project, change,
+        /// bug or playbook (repeatable), e.g. --field instance=UUID.
+        #[arg(long = "field", value_name = "NAME=VALUE")]
+        fields: Vec<String>,
+        /// At most this many events.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// One event, whole.
+    Show { id: String },
+    /// Every event of one instance, request, change, bug or playbook, in
+    /// its own time order, with the gaps.
+    Subject { subject: String },
+    /// StackTach's timings: count, min, p50, p95, max, mean per operation.
+    Timings {
+        /// A type prefix (nova.instance.*).
+        #[arg(long = "type", value_name = "TYPE")]
+        kind: Option<String>,
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        #[arg(long, value_name = "WHEN")]
+        until: Option<String>,
+    },
+}
+
+/// The question a `query` subcommand asks.
+fn question(what: What) -> anyhow::Result<firehose_history::ask::Question> {
+    use firehose_history::ask::Question;
+    let pairs = |list: Vec<(&str, Option<String>)>| -> Vec<(String, String)> {
+        list.into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v)))
+            .collect()
+    };
+    Ok(match what {
+        What::Events {
+            topic,
+            kind,
+            subject,
+            since,
+            until,
+            from,
+            to,
+            text,
+            fields,
+            limit,
+        } => {
+            let mut params = pairs(vec![
+                ("topic", topic),
+                ("type", kind),
+                ("subject", subject),
+                ("since", since),
+                ("until", until),
+                ("from", from),
+                ("to", to),
+                ("q", text),
+            ]);
+            for f in fields {
+                let (k, v) = f.split_once('=').ok_or_else(|| {
+                    anyhow::anyhow!("--field {f:?}: give NAME=VALUE, e.g. --field instance=UUID")
+                })?;
+                params.push((k.to_owned(), v.to_owned()));
+            }
+            params.push(("limit".into(), limit.clamp(1, 1000).to_string()));
+            Question::Events { params, max: limit }
+        }
+        What::Show { id } => Question::Show { id },
+        What::Subject { subject } => Question::Subject { subject },
+        What::Timings { kind, since, until } => Question::Timings {
+            params: pairs(vec![("type", kind), ("since", since), ("until", until)]),
+        },
+    })
 }
 
 fn main() -> ExitCode {
@@ -136,7 +258,12 @@ fn merged(cli: &Cli) -> anyhow::Result<File> {
     Ok(f)
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(mut cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::Query { url, json, what }) = cli.command.take() {
+        let text = firehose_history::ask::ask(&url, &question(what)?, json).await?;
+        print!("{text}");
+        return Ok(());
+    }
     let settings = merged(&cli)?.settings()?;
     let store = Store::open(&settings.db)
         .await

@@ -705,3 +705,73 @@ fn fixtures_cached() -> &'static [(String, Vec<u8>, bool)] {
     static F: std::sync::OnceLock<Vec<(String, Vec<u8>, bool)>> = std::sync::OnceLock::new();
     F.get_or_init(fixtures)
 }
+
+/// `firehose-history query events|show|subject|timings`: Stacky's
+/// questions from a shell, as tables or JSON; errors name the fix.
+#[test]
+fn query_answers_from_a_shell() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = BrokerProc::with_users(dir.path(), &[BRIDGE], &[]);
+    let db = format!("sqlite:{}", dir.path().join("history.db").display());
+    let h = start_history(&broker, &db);
+    let events = fixtures_cached();
+    let ids = distinct_ids(events);
+    let mut publisher = Publisher::new(broker.mqtt(), BRIDGE);
+    for (t, p, r) in events {
+        publisher.publish(t, p, *r);
+    }
+    wait_until(
+        WAIT,
+        || metric(&h, "stored_total") >= ids.len() as u64,
+        || "every event stored".into(),
+    );
+    let url = format!("http://{}", h.http);
+    let query = |args: &[&str]| {
+        let out = run(Command::new(bin("firehose-history"))
+            .args(["query", "--url", &url])
+            .args(args));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, table, err) = query(&["events", "--type", "gerrit.*", "--limit", "1000"]);
+    assert!(ok, "{err}");
+    let gerrit = all_pages(&h, "&type=gerrit.*", 1000);
+    assert!(table.starts_with("RECEIVED"), "{table}");
+    assert!(
+        table.ends_with(&format!("{} events\n", gerrit.len())),
+        "{table}"
+    );
+    assert_eq!(
+        table.lines().count(),
+        gerrit.len() + 2,
+        "a header, a row each, a count"
+    );
+    let (ok, json, _) = query(&["--json", "events", "--type", "gerrit.*", "--limit", "5"]);
+    assert!(ok);
+    assert_eq!(
+        json.lines().count(),
+        5,
+        "--limit across pages; one JSON per line"
+    );
+    let id = gerrit[0]["id"].as_str().unwrap();
+    let (ok, shown, _) = query(&["show", id]);
+    assert!(ok && shown.contains(id), "{shown}");
+    let (ok, t, err) = query(&["timings", "--type", "nova.*"]);
+    assert!(
+        ok && t.starts_with("OPERATION") && t.contains("operations from"),
+        "{t}{err}"
+    );
+    let change = gerrit[0]["subject"].as_str().unwrap();
+    let (ok, life, err) = query(&["subject", change]);
+    assert!(
+        ok && life.starts_with("TIME") && life.contains(&format!("{change}: ")),
+        "{life}{err}"
+    );
+    let (ok, _, err) = query(&["events", "--field", "instance"]);
+    assert!(!ok && err.contains("NAME=VALUE"), "{err}");
+    let (ok, _, err) = query(&["events", "--since", "yesterday"]);
+    assert!(!ok && err.contains("RFC 3339"), "{err}");
+}
