@@ -441,6 +441,16 @@ fn lock(dir: &Path) -> Result<File, StoreError> {
 mod tests {
     use super::*;
 
+    /// A started store in `dir` (`--fsync never`) and its counters.
+    fn started(dir: &Path) -> (Store, Arc<Stats>) {
+        let stats = Arc::new(Stats::default());
+        let store = Store::open(dir, Fsync::Never, 0, stats.clone())
+            .unwrap()
+            .start()
+            .unwrap();
+        (store, stats)
+    }
+
     #[test]
     fn fsync_policies_parse_and_say_what_is_wrong() {
         assert_eq!("always".parse(), Ok(Fsync::Always));
@@ -495,11 +505,7 @@ mod tests {
     #[test]
     fn a_load_waits_for_its_message_and_gives_up_on_one_that_never_comes() {
         let dir = tempfile::tempdir().unwrap();
-        let stats = Arc::new(Stats::default());
-        let store = Store::open(dir.path(), Fsync::Never, 0, stats.clone())
-            .unwrap()
-            .start()
-            .unwrap();
+        let (store, stats) = started(dir.path());
         let seq = store.next_seq();
         let (tx, rx) = std::sync::mpsc::channel();
         let tx2 = tx.clone();
@@ -528,11 +534,7 @@ mod tests {
     #[test]
     fn a_log_of_mostly_history_is_compacted_and_reads_back_live() {
         let dir = tempfile::tempdir().unwrap();
-        let stats = Arc::new(Stats::default());
-        let store = Store::open(dir.path(), Fsync::Never, 0, stats.clone())
-            .unwrap()
-            .start()
-            .unwrap();
+        let (store, stats) = started(dir.path());
         let session = |key| {
             Record::Session(Box::new(SessionRec {
                 key,

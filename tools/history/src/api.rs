@@ -325,25 +325,14 @@ async fn stream(
     headers: axum::http::HeaderMap,
     QueryString(params): QueryString<HashMap<String, String>>,
 ) -> Response {
-    let parsed = only(
-        &params,
-        &[
-            "topic",
-            "type",
-            "subject",
-            "since",
-            "q",
-            "deployment",
-            "instance",
-            "request",
-            "project",
-            "change",
-            "bug",
-            "playbook",
-            "payload",
-        ],
-    )
-    .and_then(|_| Query::parse(&params, now_ms()));
+    // What a page takes, but for its bounds: a stream has no end and no
+    // page size.
+    let known: Vec<&str> = crate::query::KNOWN
+        .iter()
+        .copied()
+        .filter(|k| !["until", "from", "to", "limit", "after"].contains(k))
+        .collect();
+    let parsed = only(&params, &known).and_then(|_| Query::parse(&params, now_ms()));
     let mut q = match parsed {
         Ok(q) => q,
         Err(reason) => return error(&api, StatusCode::BAD_REQUEST, reason),

@@ -64,7 +64,7 @@ pub const FIELDS: &[(&str, &str)] = &[
     ("playbook", "playbook"),
 ];
 
-const KNOWN: &[&str] = &[
+pub(crate) const KNOWN: &[&str] = &[
     "topic",
     "type",
     "subject",

@@ -418,15 +418,21 @@ impl Store {
 
     /// The newest cursor (0 when empty).
     pub async fn last_cursor(&self) -> Result<i64, StoreError> {
-        sqlx::query("SELECT MAX(seq) AS n FROM events")
+        self.scalar(
+            "SELECT MAX(seq) AS n FROM events",
+            "reading the newest cursor",
+        )
+        .await
+    }
+
+    /// One number a query returns (column `n`; NULL is 0).
+    async fn scalar(&self, text: &'static str, what: &'static str) -> Result<i64, StoreError> {
+        sqlx::query(text)
             .fetch_one(&self.pool)
             .await
             .and_then(|r| r.try_get::<Option<i64>, _>("n"))
             .map(|n| n.unwrap_or(0))
-            .map_err(|source| StoreError::Sql {
-                what: "reading the newest cursor",
-                source,
-            })
+            .map_err(|source| StoreError::Sql { what, source })
     }
 
     /// Deletes up to `chunk` events received before `ms`; how many went.
@@ -468,36 +474,24 @@ impl Store {
     pub async fn used_bytes(&self) -> Result<u64, StoreError> {
         let text = match self.dialect {
             Dialect::Sqlite => {
-                "SELECT (p.page_count - f.freelist_count) * s.page_size AS used \
+                "SELECT (p.page_count - f.freelist_count) * s.page_size AS n \
                  FROM pragma_page_count() AS p, pragma_freelist_count() AS f, pragma_page_size() AS s"
             }
             Dialect::Postgres => {
                 "SELECT (pg_total_relation_size('events') * \
-                 (COALESCE(t.n_live_tup, 0) + 1) / (COALESCE(t.n_live_tup, 0) + COALESCE(t.n_dead_tup, 0) + 1))::BIGINT AS used \
+                 (COALESCE(t.n_live_tup, 0) + 1) / (COALESCE(t.n_live_tup, 0) + COALESCE(t.n_dead_tup, 0) + 1))::BIGINT AS n \
                  FROM (SELECT 1) AS one LEFT JOIN pg_stat_user_tables t ON t.relname = 'events'"
             }
         };
-        sqlx::query(text)
-            .fetch_one(&self.pool)
+        self.scalar(text, "measuring the store")
             .await
-            .and_then(|r| r.try_get::<i64, _>("used"))
             .map(|n| n.max(0) as u64)
-            .map_err(|source| StoreError::Sql {
-                what: "measuring the store",
-                source,
-            })
     }
 
     /// How many events are stored.
     pub async fn count(&self) -> Result<i64, StoreError> {
-        sqlx::query("SELECT COUNT(*) AS n FROM events")
-            .fetch_one(&self.pool)
+        self.scalar("SELECT COUNT(*) AS n FROM events", "counting events")
             .await
-            .and_then(|r| r.try_get::<i64, _>("n"))
-            .map_err(|source| StoreError::Sql {
-                what: "counting events",
-                source,
-            })
     }
 }
 
