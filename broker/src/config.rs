@@ -292,6 +292,9 @@ pub struct Config {
     /// and CPU per message on a small machine (no cross-thread wake-ups);
     /// more carry more fan-out on a large one (BENCHMARKS.md).
     pub threads: usize,
+    /// Where readers find firehose-history's page (`http(s)://host:port`):
+    /// the live page links each event's subject to its timeline there.
+    pub history_url: Option<String>,
 }
 
 impl Default for Config {
@@ -306,6 +309,7 @@ impl Default for Config {
             demo: false,
             upstream: Upstream::default(),
             persistence: Persistence::default(),
+            history_url: None,
         }
     }
 }
@@ -363,6 +367,16 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "max_inflight_messages must be at least 1".into(),
             ));
+        }
+        if let Some(u) = &self.history_url {
+            let rest = u
+                .strip_prefix("http://")
+                .or_else(|| u.strip_prefix("https://"));
+            if rest.is_none_or(|r| r.is_empty() || r.contains(['"', '<', '>', ' '])) {
+                return Err(ConfigError::Invalid(format!(
+                    "history_url {u:?} is not an http:// or https:// address (firehose-history's --http, e.g. http://127.0.0.1:8090)"
+                )));
+            }
         }
         if self.sys_interval_secs == 0 {
             return Err(ConfigError::Invalid(
@@ -587,6 +601,10 @@ pub struct RunArgs {
     /// `mosquitto_sub -t '#' -v` and the live page show traffic at once.
     #[arg(long)]
     pub demo: bool,
+    /// firehose-history's page (http://HOST:PORT): the live page links each
+    /// event's instance, change, bug or playbook to its timeline there.
+    #[arg(long, value_name = "URL")]
+    pub history_url: Option<String>,
     /// Keep retained messages, persistent sessions and what is queued for
     /// them in DIR, so they survive a restart and a crash (created 0700;
     /// systemd: StateDirectory=). Off by default.
@@ -723,6 +741,9 @@ impl RunArgs {
         if self.demo {
             c.demo = true;
         }
+        if let Some(u) = &self.history_url {
+            c.history_url = Some(u.clone());
+        }
         if let Some(u) = &self.upstream {
             c.upstream.url = Some(u.clone());
         }
@@ -815,6 +836,32 @@ mod tests {
         let text = a.to_config().unwrap().to_toml();
         assert!(!text.contains("s3cr"), "{text}");
         assert!(text.contains("mqtt://edge:***@core.example:1883"), "{text}");
+    }
+
+    #[test]
+    fn history_url_is_an_http_address() {
+        for bad in [
+            "javascript:alert(1)",
+            "http://",
+            "http://h\"><script>",
+            "h:8090",
+        ] {
+            let a = RunArgs {
+                history_url: Some(bad.into()),
+                ..Default::default()
+            };
+            let e = a.to_config().and_then(|c| c.validate().map(|_| c));
+            assert!(
+                e.as_ref()
+                    .is_err_and(|e| e.to_string().contains("e.g. http://127.0.0.1:8090")),
+                "{bad}: {e:?}"
+            );
+        }
+        let ok = RunArgs {
+            history_url: Some("https://history.example.org".into()),
+            ..Default::default()
+        };
+        assert!(ok.to_config().and_then(|c| c.validate()).is_ok());
     }
 
     #[test]

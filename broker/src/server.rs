@@ -356,6 +356,29 @@ const LIVE: &str = include_str!("live.html");
 /// The broker's own statistics, refreshed from `/stats.json`.
 const STATUS_PAGE: &str = include_str!("page.html");
 
+/// The live page, told where firehose-history's page is (its
+/// `<meta name="firehose-history">`), if anywhere.
+fn live_page(history_url: Option<&str>) -> String {
+    match history_url {
+        // The config refused quotes and angle brackets; & is the one
+        // character left to escape in an attribute.
+        Some(url) => LIVE.replacen(
+            HISTORY_META,
+            &HISTORY_META.replace(
+                "content=\"\"",
+                &format!(
+                    "content=\"{}\"",
+                    url.trim_end_matches('/').replace('&', "&amp;")
+                ),
+            ),
+            1,
+        ),
+        None => LIVE.to_owned(),
+    }
+}
+
+const HISTORY_META: &str = r#"<meta name="firehose-history" content="">"#;
+
 impl HttpHandler for Http {
     fn get(&self, path: &str) -> Option<(u16, &'static str, String)> {
         let path = path.split('?').next().unwrap_or("");
@@ -384,7 +407,11 @@ impl HttpHandler for Http {
                     serde_json::Value::Object(m).to_string(),
                 ))
             }
-            "/" | "/index.html" => Some((200, "text/html; charset=utf-8", LIVE.to_owned())),
+            "/" | "/index.html" => Some((
+                200,
+                "text/html; charset=utf-8",
+                live_page(self.shared.cfg.history_url.as_deref()),
+            )),
             "/status" => Some((200, "text/html; charset=utf-8", STATUS_PAGE.to_owned())),
             _ => None,
         }
@@ -567,7 +594,20 @@ fn release_free_memory() {}
 
 #[cfg(test)]
 mod tests {
-    use super::Trim;
+    use super::{live_page, Trim, HISTORY_META, LIVE};
+
+    #[test]
+    fn the_live_page_learns_where_the_history_is() {
+        assert_eq!(LIVE.matches(HISTORY_META).count(), 1);
+        assert_eq!(live_page(None), LIVE);
+        let page = live_page(Some("https://h.example/history/?a=1&b=2"));
+        assert!(
+            page.contains(
+                r#"<meta name="firehose-history" content="https://h.example/history/?a=1&amp;b=2">"#
+            ),
+            "{page}"
+        );
+    }
 
     #[test]
     fn trims_after_a_wave_of_disconnects_or_a_drained_burst() {

@@ -253,7 +253,8 @@ fn sample_config_has_every_key_and_only_known_ones() {
     let full = dir.path().join("full.toml");
     std::fs::write(
         &full,
-        "[tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"a\"\n\
+        "history_url = \"http://h:1\"\n\
+         [tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"a\"\n\
          [auth]\npassword_file = \"p\"\nacl_file = \"a\"\n\
          [limits]\nreserved_connections = 5\n\
          [upstream]\nurl = \"mqtt://core\"\nca = \"c\"\npassword_file = \"p\"\n\

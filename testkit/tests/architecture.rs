@@ -22,6 +22,7 @@ const ROOTS: &[&str] = &[
     "tools/notify/src/",
     "tools/sub/src/",
     "tools/expr/src/",
+    "tools/history/src/",
     "testkit/src/",
     "bench/src/",
 ];

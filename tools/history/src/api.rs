@@ -1,7 +1,7 @@
 //! The read-only, anonymous HTTP API on `--http` (documented in
 //! `docs/history.md`): `GET /v1/events`, `GET /v1/events/{id}`,
 //! `GET /v1/subjects/{subject}`, `GET /v1/timings`, `GET /v1/stream`
-//! (Server-Sent Events), `/metrics`. Bad parameters get a 400 with the reason; a page is at most
+//! (Server-Sent Events), `/metrics`, and the page at `/`. Bad parameters get a 400 with the reason; a page is at most
 //! [`MAX_LIMIT`](crate::query::MAX_LIMIT) events and one query's scan is
 //! bounded, so no request can hold the database for long.
 
@@ -40,6 +40,7 @@ const QUERY_TIME: Duration = Duration::from_secs(10);
 /// The routes.
 pub fn router(api: Api) -> Router {
     Router::new()
+        .route("/", get(page_html))
         .route("/v1/events", get(events))
         .route("/v1/events/{id}", get(event))
         .route("/v1/subjects/{subject}", get(subject))
@@ -47,6 +48,26 @@ pub fn router(api: Api) -> Router {
         .route("/v1/stream", get(stream))
         .route("/metrics", get(metrics))
         .with_state(api)
+}
+
+/// The page at `/`: search, one subject's timeline, the timings table,
+/// over this same API (no outside scripts).
+const PAGE: &str = include_str!("page.html");
+
+async fn page_html() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // The page runs only its own inline script and talks only to
+            // this API.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'; frame-ancestors 'none'",
+            ),
+        ],
+        PAGE,
+    )
+        .into_response()
 }
 
 fn error(api: &Api, status: StatusCode, reason: String) -> Response {

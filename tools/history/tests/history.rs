@@ -9,123 +9,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 
+mod common;
+
+use common::*;
 use firehose_testkit::*;
 use serde_json::Value;
-
-const BRIDGE: (&str, &str) = ("bridge", "bridge-secret");
-
-/// The demo's events: what the four bridges publish for the fixtures
-/// (raw mode), as (topic, payload, retain).
-fn fixtures() -> Vec<(String, Vec<u8>, bool)> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/demo/events.jsonl");
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).expect("fixture line");
-            let payload = match &v["payload"] {
-                Value::String(s) => s.as_bytes().to_vec(),
-                other => serde_json::to_vec(other).expect("payload"),
-            };
-            (
-                v["topic"].as_str().expect("topic").to_owned(),
-                payload,
-                v["retain"].as_bool().unwrap_or(false),
-            )
-        })
-        .collect()
-}
-
-/// The ids the store must hold: one per distinct event.
-fn distinct_ids(events: &[(String, Vec<u8>, bool)]) -> BTreeSet<String> {
-    events
-        .iter()
-        .map(|(t, p, r)| {
-            let ev = firehose::reader::decode(t, p, *r);
-            firehose_history::fields::row(&ev, 0).id
-        })
-        .collect()
-}
-
-struct History {
-    proc_: Proc,
-    http: SocketAddr,
-}
-
-fn start_history(broker: &BrokerProc, db: &str) -> History {
-    start_history_with(broker, db, &[])
-}
-
-fn start_history_with(broker: &BrokerProc, db: &str, extra: &[&str]) -> History {
-    let url = format!("mqtt://127.0.0.1:{}", broker.port());
-    let proc_ = Proc::spawn(
-        "firehose-history",
-        Command::new(bin("firehose-history"))
-            .args(["--broker", &url, "--db", db, "--http", "127.0.0.1:0"])
-            .args(extra)
-            .env("FIREHOSE_LOG", "info"),
-    );
-    let http = poll(
-        WAIT,
-        || {
-            let logs = proc_.logs();
-            if logs.contains("firehose-history:") {
-                panic!("firehose-history failed:\n{logs}");
-            }
-            logs.lines()
-                .find(|l| l.contains("api listening"))
-                .and_then(|l| l.split("addr=").nth(1))
-                .and_then(|a| a.split_whitespace().next())
-                .and_then(|a| a.parse().ok())
-        },
-        || format!("firehose-history's api; logs:\n{}", proc_.logs()),
-    );
-    proc_.wait_log("connected");
-    History { proc_, http }
-}
-
-fn metric(h: &History, name: &str) -> u64 {
-    metric_at(h.http, &format!("firehose_history_{name}"))
-        .unwrap_or_else(|body| panic!("no {name} in /metrics:\n{body}"))
-}
-
-fn get_json(h: &History, path: &str) -> (u16, Value) {
-    let (status, body) = http_get(h.http, path);
-    let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"));
-    (status, v)
-}
-
-/// Every event through `GET /v1/events` pages of `limit`.
-fn all_pages(h: &History, query: &str, limit: usize) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    for _ in 0..10_000 {
-        let mut path = format!("/v1/events?limit={limit}{query}");
-        if let Some(a) = &after {
-            path.push_str(&format!("&after={a}"));
-        }
-        let (status, v) = get_json(h, &path);
-        assert_eq!(status, 200, "GET {path}: {v}");
-        out.extend(v["events"].as_array().expect("events").iter().cloned());
-        match v["next"].as_str() {
-            Some(n) => after = Some(n.to_owned()),
-            None => return out,
-        }
-    }
-    panic!("paging did not end");
-}
-
-fn percent(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b == b'-' || b == b'.' {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
 
 #[test]
 fn on_sqlite_every_event_is_stored_once_across_a_kill_and_a_redundant_copy() {
@@ -420,6 +308,75 @@ fn sse(addr: SocketAddr, path: &str, last_id: Option<&str>, n: usize) -> Vec<(i6
         }
     }
     out
+}
+
+/// The broker killed (-9) and started again on its `--persistence` store
+/// while events wait for history in its session (history frozen with
+/// SIGSTOP, so some are in flight on the dead connection and the rest
+/// queued): after the restart history has every event, each once.
+#[test]
+fn a_broker_restart_loses_nothing_and_stores_nothing_twice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let passwd = passwd_file(dir.path(), &[BRIDGE]);
+    let store = dir.path().join("store").to_string_lossy().into_owned();
+    // History's queue has room for everything it may be behind by.
+    let flags = ["--persistence", &store, "--max-queued-messages", "10000"];
+    let broker = BrokerProc::on_port(0, &passwd, &flags);
+    let port = broker.mqtt().port();
+    let db = format!("sqlite:{}", dir.path().join("history.db").display());
+    let h = start_history(&broker, &db);
+    let events = fixtures();
+    let ids = distinct_ids(&events);
+    let (a, b) = (events.len() / 3, 2 * events.len() / 3);
+    let mut publisher = Publisher::new(broker.mqtt(), BRIDGE);
+    for (t, p, r) in &events[..a] {
+        publisher.publish(t, p, *r);
+    }
+    let first = distinct_ids(&events[..a]).len() as u64;
+    wait_until(
+        WAIT,
+        || metric(&h, "stored_total") >= first,
+        || format!("{first} stored; logs:\n{}", h.proc_.logs()),
+    );
+    h.proc_.signal("STOP");
+    for (t, p, r) in &events[a..b] {
+        publisher.publish(t, p, *r);
+    }
+    drop(publisher);
+    broker.signal("KILL");
+    drop(broker);
+    let broker = BrokerProc::on_port(port, &passwd, &flags);
+    broker.wait_log("persistent store restored");
+    h.proc_.signal("CONT");
+    let mut publisher = Publisher::new(broker.mqtt(), BRIDGE);
+    for (t, p, r) in &events[b..] {
+        publisher.publish(t, p, *r);
+    }
+    wait_until(
+        WAIT,
+        || metric(&h, "stored_total") >= ids.len() as u64,
+        || {
+            format!(
+                "{} of {} stored; history:\n{}\nbroker:\n{}",
+                metric(&h, "stored_total"),
+                ids.len(),
+                h.proc_.logs(),
+                broker.logs()
+            )
+        },
+    );
+    let all = all_pages(&h, "", 1000);
+    let got: Vec<String> = all
+        .iter()
+        .map(|e| e["id"].as_str().expect("id").to_owned())
+        .collect();
+    let distinct: BTreeSet<String> = got.iter().cloned().collect();
+    assert_eq!(got.len(), distinct.len(), "no event stored twice");
+    assert_eq!(distinct, ids, "every event stored");
+    assert!(
+        metric(&h, "disconnects_total") >= 1,
+        "history lost the killed broker and came back"
+    );
 }
 
 /// One subject's life, the timings, and the stream resumed with

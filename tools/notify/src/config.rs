@@ -56,6 +56,12 @@ pub struct BrokerConfig {
     /// an upgrade) is delivered when it returns.
     #[serde(default)]
     pub session: bool,
+    /// On start, replay what firehose-history stored since then (`2h`, an
+    /// RFC 3339 time, or a cursor) through the rules before going live: no
+    /// gap, no duplicate. Needs `history`.
+    pub since: Option<String>,
+    /// firehose-history's API (`http://HOST:PORT`), for `since`.
+    pub history: Option<String>,
 }
 
 /// Settings every target shares.
@@ -307,6 +313,12 @@ impl Config {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         broker_url(&self.broker.url)
             .map_err(|e| ConfigError::Invalid(format!("[broker] url: {e}")))?;
+        if self.broker.since.is_some() && self.broker.history.is_none() {
+            return bad(
+                "[broker] since needs history = \"http://HOST:PORT\" (firehose-history's --http) to replay from"
+                    .into(),
+            );
+        }
         let mut names = HashSet::new();
         for t in &self.targets {
             if !names.insert(t.name.as_str()) {

@@ -23,6 +23,8 @@ pub enum ServiceError {
     Config(#[from] ConfigError),
     #[error("broker: {0}")]
     Client(#[from] firehose::client::ClientError),
+    #[error("replaying [broker] since")]
+    History(#[from] firehose::history::HistoryError),
     #[error("cannot listen for metrics on {addr}: {source}")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -138,15 +140,26 @@ async fn connect(cfg: &Config) -> Result<firehose::Client, ServiceError> {
     Ok(builder.connect().await?)
 }
 
+/// Where a start replays from: firehose-history's URL and `since`.
+struct Replay<'a> {
+    history: &'a str,
+    since: &'a str,
+}
+
 /// One event stream per topic filter, merged; each message comes with the
-/// index of the filter it arrived on.
+/// index of the filter it arrived on. With `replay`, each stream begins
+/// with what the history stored since then.
 async fn subscribe(
     client: &firehose::Client,
     topics: &[String],
+    replay: Option<Replay<'_>>,
 ) -> Result<BoxStream<'static, (usize, firehose::reader::Event)>, ServiceError> {
     let mut streams = Vec::new();
     for (i, t) in topics.iter().enumerate() {
-        let sub = client.subscribe(firehose::Filter::topic(t)).await?;
+        let sub = match &replay {
+            Some(r) => firehose::history::subscribe_since(client, t, r.history, r.since).await?,
+            None => client.subscribe(firehose::Filter::topic(t)).await?,
+        };
         streams.push(sub.map(move |ev| (i, ev)).boxed());
     }
     Ok(stream::select_all(streams).boxed())
@@ -170,7 +183,14 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), ServiceError> {
     let mut loaded = Loaded::new(cfg, &stats)?;
     let client = connect(&loaded.cfg).await?;
     let mut topics = loaded.engine.topics();
-    let mut events = subscribe(&client, &topics).await?;
+    let replay = match (&loaded.cfg.broker.history, &loaded.cfg.broker.since) {
+        (Some(history), Some(since)) => Some(Replay { history, since }),
+        _ => None,
+    };
+    if let Some(r) = &replay {
+        tracing::info!(history = %firehose::url::redact(r.history), since = r.since, "replaying from the history, then live");
+    }
+    let mut events = subscribe(&client, &topics, replay).await?;
     tracing::info!(
         broker = %firehose::url::redact(&loaded.cfg.broker.url),
         rules = loaded.cfg.rules.len(),
@@ -209,7 +229,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), ServiceError> {
                         let old = std::mem::replace(&mut loaded, new);
                         let wanted = loaded.engine.topics();
                         if wanted != topics {
-                            match subscribe(&client, &wanted).await {
+                            match subscribe(&client, &wanted, None).await {
                                 Ok(s) => {
                                     events = s;
                                     topics = wanted;

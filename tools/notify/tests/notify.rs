@@ -681,6 +681,8 @@ fn the_deploy_sample_is_complete_and_checks() {
         "broker.ca",
         "broker.client_id",
         "broker.session",
+        "broker.since",
+        "broker.history",
         "target.name",
         "target.type",
         "target.queue",
@@ -822,4 +824,81 @@ s.serve_forever()
     Publisher::new(b.mqtt(), PUBLISHER).publish("test/tls", b"{}", false);
     n.wait_metric("firehose_notify_target_sent_total{target=\"tls\"}", 1);
     assert_eq!(std::fs::read_to_string(&got).unwrap(), "test/tls\n");
+}
+
+/// `[broker] since` replays what firehose-history stored before notify
+/// started through the rules, then goes on live: each event once.
+#[test]
+fn since_replays_the_history_then_goes_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path());
+    let http: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let history = Proc::spawn(
+        "firehose-history",
+        Command::new(bin("firehose-history"))
+            .args(["--broker", &format!("mqtt://{}", b.mqtt())])
+            .arg("--db")
+            .arg(format!(
+                "sqlite:{}",
+                dir.path().join("history.db").display()
+            ))
+            .args(["--http", &http.to_string()])
+            .env("FIREHOSE_LOG", "info"),
+    );
+    history.wait_log("connected");
+    let mut p = Publisher::new(b.mqtt(), PUBLISHER);
+    for i in 0..5 {
+        p.publish(
+            &format!("test/{i}"),
+            format!("{{\"n\":{i}}}").as_bytes(),
+            false,
+        );
+    }
+    wait_until(
+        WAIT,
+        || metric_at(http, "firehose_history_stored_total").unwrap_or(0) >= 5,
+        || format!("5 stored: {}", history.logs()),
+    );
+    let out = dir.path().join("out.log");
+    let config = format!(
+        "[broker]\nurl = \"mqtt://{}\"\nsince = \"1h\"\nhistory = \"http://{http}\"\n\n[[target]]\nname = \"file\"\ntype = \"file\"\npath = \"{}\"\nline = \"{{{{ topic }}}}\"\n\n[[rule]]\ntopics = [\"test/#\"]\ntargets = [\"file\"]\n",
+        b.mqtt(),
+        out.display()
+    );
+    let lines = || std::fs::read_to_string(&out).unwrap_or_default();
+    let n = Notify::start(&b, dir.path(), "notify", &config, &[]);
+    n.proc.wait_log("replaying from the history");
+    for i in 5..8 {
+        p.publish(
+            &format!("test/{i}"),
+            format!("{{\"n\":{i}}}").as_bytes(),
+            false,
+        );
+    }
+    wait_until(
+        WAIT,
+        || lines().lines().count() >= 8,
+        || format!("{}\n{}", lines(), n.proc.logs()),
+    );
+    // A last one, so a late duplicate of any before it would show.
+    p.publish("test/end", b"{}", false);
+    wait_until(WAIT, || lines().contains("test/end"), lines);
+    let mut got: Vec<String> = lines().lines().map(str::to_owned).collect();
+    got.sort();
+    let mut want: Vec<String> = (0..8).map(|i| format!("test/{i}")).collect();
+    want.push("test/end".into());
+    assert_eq!(got, want, "each event notified once, the stored ones first");
+
+    // since without history names the fix.
+    let bad = private_file(
+        &dir.path().join("bad.toml"),
+        &config.replace(&format!("history = \"http://{http}\"\n"), ""),
+    );
+    let (ok, text) = outcome(
+        Command::new(bin("firehose-notify"))
+            .arg("--config")
+            .arg(&bad)
+            .arg("--check-config"),
+    );
+    assert!(!ok && text.contains("since needs history"), "{text}");
 }
