@@ -208,6 +208,49 @@ pub struct Limits {
     /// the longest session expiry an anonymous v5 client gets (mosquitto's
     /// `persistent_client_expiration`).
     pub persistent_client_expiration_secs: u64,
+    /// Logged-in users whose sessions get other in-flight and queue limits
+    /// than everyone's (`[limits.users.<name>]`): a history ingester that
+    /// acknowledges after each commit needs a wide window and a deep queue,
+    /// which anonymous readers must not get.
+    pub users: std::collections::BTreeMap<String, UserLimits>,
+}
+
+/// One user's own limits; what is not set is the `[limits]` value.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UserLimits {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_inflight_messages: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_queued_messages: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_queued_bytes: Option<usize>,
+}
+
+/// The limits one session lives under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    pub max_inflight_messages: u16,
+    pub max_queued_messages: usize,
+    pub max_queued_bytes: usize,
+}
+
+impl Limits {
+    /// The limits of a session of `user` (anonymous: `None`).
+    pub fn for_user(&self, user: Option<&str>) -> SessionLimits {
+        let own = user.and_then(|u| self.users.get(u));
+        SessionLimits {
+            max_inflight_messages: own
+                .and_then(|o| o.max_inflight_messages)
+                .unwrap_or(self.max_inflight_messages),
+            max_queued_messages: own
+                .and_then(|o| o.max_queued_messages)
+                .unwrap_or(self.max_queued_messages),
+            max_queued_bytes: own
+                .and_then(|o| o.max_queued_bytes)
+                .unwrap_or(self.max_queued_bytes),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -237,6 +280,7 @@ impl Default for Limits {
             max_retained_messages: 100_000,
             max_retained_bytes: 256 * 1024 * 1024,
             persistent_client_expiration_secs: 86_400,
+            users: Default::default(),
         }
     }
 }
@@ -367,6 +411,13 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "max_inflight_messages must be at least 1".into(),
             ));
+        }
+        for (user, l) in &self.limits.users {
+            if l.max_inflight_messages == Some(0) {
+                return Err(ConfigError::Invalid(format!(
+                    "[limits.users.{user}] max_inflight_messages must be at least 1"
+                )));
+            }
         }
         if let Some(u) = &self.history_url {
             let rest = u

@@ -247,3 +247,44 @@ fn every_retained_match_is_delivered() {
         );
     }
 }
+
+/// `[limits.users.<name>]`: a logged-in user's sessions get their own
+/// in-flight window and queue (a history ingester's), while an anonymous
+/// reader keeps everyone's: each reader that reads nothing gets exactly
+/// its window plus its queue, the rest counted as dropped.
+#[test]
+fn a_users_own_limits_apply_to_its_sessions_only() {
+    const HIST: (&str, &str) = ("history", "h1story");
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("broker.toml");
+    std::fs::write(
+        &cfg,
+        "[limits]\nmax_queued_messages = 200\n\
+         [limits.users.history]\nmax_inflight_messages = 50\nmax_queued_messages = 500\n",
+    )
+    .unwrap();
+    let b = BrokerProc::with_users(d.path(), &[PUB, HIST], &["--config", cfg.to_str().unwrap()]);
+    let reader = |id: &str, login: Option<(&str, &str)>| {
+        let (mut r, ack) = Raw::connect(b.mqtt(), 4, id, login);
+        assert_eq!(ack, vec![0, 0], "{id} connected");
+        r.send(&subscribe(4, 1, "load/#", 1));
+        assert_eq!(r.read().expect("SUBACK").0, 0x90);
+        r
+    };
+    let mut anon = reader("anonymous-reader", None);
+    let mut hist = reader("history-reader", Some(HIST));
+    const N: usize = 2_000;
+    let mut p = Publisher::new(b.mqtt(), PUB);
+    for i in 0..N {
+        p.publish("load/x", i.to_string().as_bytes(), false);
+    }
+    let got_anon = anon.drain_publishes(Duration::from_secs(2));
+    let got_hist = hist.drain_publishes(Duration::from_secs(2));
+    assert_eq!(got_anon, 20 + 200, "everyone's window and queue");
+    assert_eq!(got_hist, 50 + 500, "the history user's own");
+    assert_eq!(
+        b.dropped("queue_full") as usize,
+        (N - 220) + (N - 550),
+        "the rest counted"
+    );
+}

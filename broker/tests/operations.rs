@@ -257,6 +257,7 @@ fn sample_config_has_every_key_and_only_known_ones() {
          [tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"a\"\n\
          [auth]\npassword_file = \"p\"\nacl_file = \"a\"\n\
          [limits]\nreserved_connections = 5\n\
+         [limits.users.history]\nmax_inflight_messages = 1000\nmax_queued_messages = 9\nmax_queued_bytes = 9\n\
          [upstream]\nurl = \"mqtt://core\"\nca = \"c\"\npassword_file = \"p\"\n\
          [persistence]\ndir = \"d\"\n",
     )

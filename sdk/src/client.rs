@@ -198,6 +198,13 @@ impl ClientBuilder {
         self
     }
 
+    /// The password alone, for the user named in the URL
+    /// (`mqtt://history@host` with a password file).
+    pub fn password(mut self, password: &str) -> Self {
+        self.password = Some(password.to_owned());
+        self
+    }
+
     /// A CA file (PEM) for `mqtts://`/`wss://`; default: the system's roots.
     pub fn ca(mut self, path: impl Into<PathBuf>) -> Self {
         self.ca = Some(path.into());

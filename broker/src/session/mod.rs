@@ -172,6 +172,7 @@ pub(crate) async fn run(first: Box<Pending>, mailbox: Arc<Mailbox>, gen: u64, sh
         gen,
         first.info.client_id.clone(),
         first.info.version,
+        first.user.as_deref(),
         shared,
     );
     s.serve(first, false, mailbox).await;
@@ -196,9 +197,18 @@ async fn run_restored(
 
 impl Session {
     /// A session with nothing in it yet, counted.
-    fn new(gen: u64, client_id: String, version: Version, shared: Arc<Shared>) -> Session {
+    /// A session belongs to one user for its whole life (another user's
+    /// CONNECT with its id starts a fresh one), so its queue limits are
+    /// that user's from the start.
+    fn new(
+        gen: u64,
+        client_id: String,
+        version: Version,
+        user: Option<&str>,
+        shared: Arc<Shared>,
+    ) -> Session {
         shared.stats.sessions.fetch_add(1, Relaxed);
-        let limits = &shared.cfg.limits;
+        let limits = shared.cfg.limits.for_user(user);
         let outbox = Arc::new(Outbox::new(
             gen,
             limits.max_queued_messages,
@@ -491,7 +501,12 @@ impl Session {
     /// Packet Size and Topic Alias Maximum (MQTT 5 CONNECT properties).
     fn flight_limits(&self, p: &Pending) -> flight::Limits {
         let props = p.info.properties.as_ref();
-        let ours = self.shared.cfg.limits.max_inflight_messages;
+        let ours = self
+            .shared
+            .cfg
+            .limits
+            .for_user(self.user.as_deref())
+            .max_inflight_messages;
         let theirs = props.and_then(|p| p.receive_maximum).filter(|r| *r > 0);
         flight::Limits {
             v5: self.version == Version::V5,

@@ -92,7 +92,13 @@ fn one(shared: &Arc<Shared>, si: &SessionImage, store: &Pending, now: u64) -> (u
         5 => Version::V5,
         _ => Version::V311,
     };
-    let mut s = Session::new(rec.key, rec.client_id.clone(), version, shared.clone());
+    let mut s = Session::new(
+        rec.key,
+        rec.client_id.clone(),
+        version,
+        rec.user.as_deref(),
+        shared.clone(),
+    );
     s.user = rec.user.clone();
     s.expiry = Some(Duration::from_secs(rec.expiry_secs.max(1)));
     s.expiry_was_zero = false;

@@ -89,8 +89,11 @@ pub async fn run(
     let mut b = firehose::Client::builder(&cfg.broker)
         .session(&cfg.session)
         .qos(1);
-    if let Some(u) = &cfg.username {
-        b = b.credentials(u, cfg.password.as_deref().unwrap_or_default());
+    match (&cfg.username, &cfg.password) {
+        (Some(u), p) => b = b.credentials(u, p.as_deref().unwrap_or_default()),
+        // The user is the URL's (mqtt://history@host), the password a file's.
+        (None, Some(p)) => b = b.password(p),
+        (None, None) => {}
     }
     if let Some(ca) = &cfg.ca {
         b = b.ca(ca.clone());
@@ -114,6 +117,7 @@ pub async fn run(
         match ev {
             Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
                 backoff.reset();
+                stats.connected.store(1, Relaxed);
                 tracing::info!(broker = %shown, session = %cfg.session, resumed = ack.session_present, "connected");
                 for f in &subs {
                     if client.subscribe(f.clone(), QoS::AtLeastOnce).await.is_err() {
@@ -140,6 +144,7 @@ pub async fn run(
             Ok(_) => {}
             Err(e) => {
                 stats.disconnects.fetch_add(1, Relaxed);
+                stats.connected.store(0, Relaxed);
                 let delay = backoff.next_delay();
                 tracing::warn!(broker = %shown, error = %e, retry_in = ?delay, "connection to the broker lost");
                 tokio::time::sleep(delay).await;

@@ -21,6 +21,8 @@ pub struct Stats {
     pub store_errors: AtomicU64,
     /// Connections to the broker lost.
     pub disconnects: AtomicU64,
+    /// 1 while connected to the broker.
+    pub connected: AtomicU64,
     /// The received time of the last stored event, Unix ms.
     pub last_received_ms: AtomicI64,
     /// How long the last batch waited between its first event's arrival and
@@ -78,6 +80,12 @@ impl Stats {
             "Connections to the broker lost.",
             "counter",
             l(&self.disconnects),
+        );
+        c(
+            "broker_connected",
+            "1 while connected to the broker (subscribed with its persistent session).",
+            "gauge",
+            l(&self.connected),
         );
         c(
             "lag_milliseconds",

@@ -104,3 +104,26 @@ fn what_cannot_work_is_refused_naming_the_fix() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
+
+/// The user in the URL and the password in a file (`mqtt://history@host`
+/// with `--password-file`), as an operator writes it, logs in: against a
+/// broker that refuses anonymous clients, it connects.
+#[test]
+fn a_url_user_with_a_password_file_logs_in() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = BrokerProc::with_users(dir.path(), &[("history", "h1st")], &["--no-anonymous"]);
+    let pass = private_file(&dir.path().join("history.pass"), "h1st\n");
+    let h = Proc::spawn(
+        "firehose-history",
+        Command::new(bin("firehose-history"))
+            .args(["--broker", &format!("mqtt://history@{}", b.mqtt())])
+            .arg("--password-file")
+            .arg(&pass)
+            .arg("--db")
+            .arg(format!("sqlite:{}", dir.path().join("h.db").display()))
+            .args(["--http", "127.0.0.1:0"])
+            .env("FIREHOSE_LOG", "info"),
+    );
+    h.wait_log("connected");
+    assert!(!h.logs().contains("BadUserNamePassword"), "{}", h.logs());
+}

@@ -121,9 +121,12 @@ fn now_rfc3339() -> String {
 async fn connect(cfg: &Config) -> Result<firehose::Client, ServiceError> {
     let b = &cfg.broker;
     let mut builder = firehose::Client::builder(&b.url);
-    if let Some(user) = &b.username {
-        let pass = crate::config::password(&b.password, &b.password_file)?.unwrap_or_default();
-        builder = builder.credentials(user, &pass);
+    let pass = crate::config::password(&b.password, &b.password_file)?;
+    match (&b.username, pass) {
+        (Some(user), pass) => builder = builder.credentials(user, &pass.unwrap_or_default()),
+        // The user is the URL's (mqtt://notify@host), the password a file's.
+        (None, Some(pass)) => builder = builder.password(&pass),
+        (None, None) => {}
     }
     if let Some(ca) = &b.ca {
         builder = builder.ca(ca);
