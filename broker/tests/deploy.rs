@@ -90,18 +90,9 @@ fn prometheus_rules_check_and_their_tests_pass() {
     }
     // And every firehose-history metric, from a running one.
     let state = tempfile::tempdir().unwrap();
-    let http: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let history = Proc::spawn(
-        "firehose-history",
-        Command::new(bin("firehose-history"))
-            .args(["--broker", &format!("mqtt://{}", b.mqtt())])
-            .arg("--db")
-            .arg(format!("sqlite:{}", state.path().join("h.db").display()))
-            .args(["--http", &http.to_string()])
-            .env("FIREHOSE_LOG", "info"),
-    );
-    history.wait_log("connected");
-    let (_, metrics) = http_get(http, "/metrics");
+    let db = format!("sqlite:{}", state.path().join("h.db").display());
+    let history = HistoryProc::start(&format!("mqtt://{}", b.mqtt()), &db, "127.0.0.1:0", &[]);
+    let (_, metrics) = http_get(history.http, "/metrics");
     let names: Vec<&str> = rules
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .filter(|w| w.starts_with("firehose_history_"))

@@ -7,6 +7,7 @@
 pub mod broker;
 pub mod certs;
 pub mod dovecot;
+pub mod history;
 pub mod mosquitto;
 pub mod postgres;
 pub mod process;
@@ -20,6 +21,7 @@ pub mod subscriber;
 pub use broker::*;
 pub use certs::*;
 pub use dovecot::*;
+pub use history::*;
 pub use mosquitto::*;
 pub use postgres::*;
 pub use process::*;

@@ -113,17 +113,14 @@ fn a_url_user_with_a_password_file_logs_in() {
     let dir = tempfile::tempdir().expect("tempdir");
     let b = BrokerProc::with_users(dir.path(), &[("history", "h1st")], &["--no-anonymous"]);
     let pass = private_file(&dir.path().join("history.pass"), "h1st\n");
-    let h = Proc::spawn(
-        "firehose-history",
-        Command::new(bin("firehose-history"))
-            .args(["--broker", &format!("mqtt://history@{}", b.mqtt())])
-            .arg("--password-file")
-            .arg(&pass)
-            .arg("--db")
-            .arg(format!("sqlite:{}", dir.path().join("h.db").display()))
-            .args(["--http", "127.0.0.1:0"])
-            .env("FIREHOSE_LOG", "info"),
+    let pass = pass.display().to_string();
+    let db = format!("sqlite:{}", dir.path().join("h.db").display());
+    let h = HistoryProc::start(
+        &format!("mqtt://history@{}", b.mqtt()),
+        &db,
+        "127.0.0.1:0",
+        &["--password-file", &pass],
     );
-    h.wait_log("connected");
-    assert!(!h.logs().contains("BadUserNamePassword"), "{}", h.logs());
+    let logs = h.proc_.logs();
+    assert!(!logs.contains("BadUserNamePassword"), "{logs}");
 }

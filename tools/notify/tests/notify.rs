@@ -832,32 +832,24 @@ s.serve_forever()
 fn since_replays_the_history_then_goes_live() {
     let dir = tempfile::tempdir().unwrap();
     let b = broker(dir.path());
-    let http: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let history = Proc::spawn(
-        "firehose-history",
-        Command::new(bin("firehose-history"))
-            .args(["--broker", &format!("mqtt://{}", b.mqtt())])
-            .arg("--db")
-            .arg(format!(
-                "sqlite:{}",
-                dir.path().join("history.db").display()
-            ))
-            .args(["--http", &http.to_string()])
-            .env("FIREHOSE_LOG", "info"),
-    );
-    history.wait_log("connected");
+    let db = format!("sqlite:{}", dir.path().join("history.db").display());
+    let history = HistoryProc::start(&format!("mqtt://{}", b.mqtt()), &db, "127.0.0.1:0", &[]);
+    let http = history.http;
+    let publish = |p: &mut Publisher, range: std::ops::Range<i32>| {
+        for i in range {
+            p.publish(
+                &format!("test/{i}"),
+                format!("{{\"n\":{i}}}").as_bytes(),
+                false,
+            );
+        }
+    };
     let mut p = Publisher::new(b.mqtt(), PUBLISHER);
-    for i in 0..5 {
-        p.publish(
-            &format!("test/{i}"),
-            format!("{{\"n\":{i}}}").as_bytes(),
-            false,
-        );
-    }
+    publish(&mut p, 0..5);
     wait_until(
         WAIT,
         || metric_at(http, "firehose_history_stored_total").unwrap_or(0) >= 5,
-        || format!("5 stored: {}", history.logs()),
+        || format!("5 stored: {}", history.proc_.logs()),
     );
     let out = dir.path().join("out.log");
     let config = format!(
@@ -868,13 +860,7 @@ fn since_replays_the_history_then_goes_live() {
     let lines = || std::fs::read_to_string(&out).unwrap_or_default();
     let n = Notify::start(&b, dir.path(), "notify", &config, &[]);
     n.proc.wait_log("replaying from the history");
-    for i in 5..8 {
-        p.publish(
-            &format!("test/{i}"),
-            format!("{{\"n\":{i}}}").as_bytes(),
-            false,
-        );
-    }
+    publish(&mut p, 5..8);
     wait_until(
         WAIT,
         || lines().lines().count() >= 8,

@@ -3,9 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own part
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 
 use firehose_testkit::*;
 use serde_json::Value;
@@ -45,10 +43,7 @@ pub fn distinct_ids(events: &[(String, Vec<u8>, bool)]) -> BTreeSet<String> {
         .collect()
 }
 
-pub struct History {
-    pub proc_: Proc,
-    pub http: SocketAddr,
-}
+pub type History = HistoryProc;
 
 pub fn start_history(broker: &BrokerProc, db: &str) -> History {
     start_history_with(broker, db, &[])
@@ -60,31 +55,12 @@ pub fn start_history_with(broker: &BrokerProc, db: &str, extra: &[&str]) -> Hist
 
 /// firehose-history with its API on `http`.
 pub fn start_history_on(broker: &BrokerProc, db: &str, http: &str, extra: &[&str]) -> History {
-    let url = format!("mqtt://127.0.0.1:{}", broker.port());
-    let proc_ = Proc::spawn(
-        "firehose-history",
-        Command::new(bin("firehose-history"))
-            .args(["--broker", &url, "--db", db, "--http", http])
-            .args(extra)
-            .env("FIREHOSE_LOG", "info"),
-    );
-    let http = poll(
-        WAIT,
-        || {
-            let logs = proc_.logs();
-            if logs.contains("firehose-history:") {
-                panic!("firehose-history failed:\n{logs}");
-            }
-            logs.lines()
-                .find(|l| l.contains("api listening"))
-                .and_then(|l| l.split("addr=").nth(1))
-                .and_then(|a| a.split_whitespace().next())
-                .and_then(|a| a.parse().ok())
-        },
-        || format!("firehose-history's api; logs:\n{}", proc_.logs()),
-    );
-    proc_.wait_log("connected");
-    History { proc_, http }
+    HistoryProc::start(
+        &format!("mqtt://127.0.0.1:{}", broker.port()),
+        db,
+        http,
+        extra,
+    )
 }
 
 pub fn metric(h: &History, name: &str) -> u64 {
