@@ -239,6 +239,50 @@ impl From<&str> for Filter {
     }
 }
 
+/// A topic filter MQTT would refuse (the broker answers such a SUBSCRIBE
+/// with a failure, or closes the connection).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{filter:?} is not an MQTT topic filter: {reason}")]
+pub struct FilterError {
+    /// The filter as given.
+    pub filter: String,
+    /// What rule it breaks.
+    pub reason: &'static str,
+}
+
+/// Checks `filter` as MQTT does (MQTT-4.7.1): not empty, `+` and `#`
+/// alone in their level, `#` only last; a `$share/GROUP/` prefix names a
+/// group and a filter. Readers check before they connect, so a typo gets
+/// its own error instead of a closed connection.
+pub fn check(filter: &str) -> Result<(), FilterError> {
+    let err = |reason| {
+        Err(FilterError {
+            filter: filter.to_owned(),
+            reason,
+        })
+    };
+    let inner = match filter.strip_prefix("$share/") {
+        Some(rest) => match rest.split_once('/') {
+            Some((group, f)) if !group.is_empty() && !group.contains(['+', '#']) => f,
+            _ => return err("a shared subscription is $share/GROUP/FILTER"),
+        },
+        None => filter,
+    };
+    if inner.is_empty() {
+        return err("it is empty");
+    }
+    let levels: Vec<&str> = inner.split('/').collect();
+    for (i, l) in levels.iter().enumerate() {
+        if l.contains('#') && (*l != "#" || i + 1 != levels.len()) {
+            return err("`#` stands alone in the last level (a/#)");
+        }
+        if l.contains('+') && *l != "+" {
+            return err("`+` stands alone in its level (a/+/b)");
+        }
+    }
+    Ok(())
+}
+
 /// MQTT topic matching: `+` one level, `#` the rest; topics starting with
 /// `$` only match filters that name it.
 pub fn topic_matches(filter: &str, topic: &str) -> bool {
@@ -265,6 +309,24 @@ pub fn topic_matches(filter: &str, topic: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filters_mqtt_refuses_are_errors_that_say_why() {
+        for ok in ["#", "a/#", "+", "a/+/b", "$SYS/#", "$share/g/a/#", "a//b"] {
+            assert_eq!(check(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("a/#/b", "`#`"),
+            ("a/b#", "`#`"),
+            ("gerrit/+x", "`+`"),
+            ("", "empty"),
+            ("$share/g", "$share/GROUP/FILTER"),
+            ("$share//a", "$share/GROUP/FILTER"),
+        ] {
+            let e = check(bad).expect_err(bad);
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn matching() {

@@ -121,7 +121,7 @@ impl Query {
         let get = |k: &str| params.get(k).filter(|v| !v.is_empty()).cloned();
         let topic = get("topic");
         if let Some(t) = &topic {
-            check_filter(t)?;
+            firehose::filter::check(t).map_err(|e| format!("topic={e}"))?;
         }
         let limit = match get("limit") {
             None => DEFAULT_LIMIT,
@@ -254,22 +254,6 @@ impl Query {
             .as_deref()
             .is_none_or(|f| firehose::filter::topic_matches(f, &s.row.topic))
     }
-}
-
-/// A topic filter as MQTT allows it: `#` only last, wildcards alone in
-/// their level.
-fn check_filter(f: &str) -> Result<(), String> {
-    let levels: Vec<&str> = f.split('/').collect();
-    for (i, l) in levels.iter().enumerate() {
-        let bad = (l.contains('#') && (*l != "#" || i + 1 != levels.len()))
-            || (l.contains('+') && *l != "+");
-        if bad {
-            return Err(format!(
-                "topic={f:?} is not an MQTT topic filter: `+` and `#` stand alone in a level, `#` only last"
-            ));
-        }
-    }
-    Ok(())
 }
 
 enum Prefix {

@@ -389,6 +389,11 @@ impl Config {
             if r.topics.is_empty() {
                 return bad(format!("{name}: `topics` is empty"));
             }
+            for t in &r.topics {
+                if let Err(e) = firehose::filter::check(t) {
+                    return bad(format!("{name}: topics: {e}"));
+                }
+            }
             if r.targets.is_empty() {
                 return bad(format!("{name}: `targets` is empty"));
             }

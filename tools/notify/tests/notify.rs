@@ -614,6 +614,22 @@ fn check_config_and_clear_errors() {
         err.contains("mode 660") && err.contains("chmod 0640"),
         "{err}"
     );
+    // A topic filter MQTT refuses fails the check, named, not the run.
+    let typo = private_file(
+        &dir.path().join("typo.toml"),
+        &readme_minimal().replace("topics = [\"gerrit/#\"]", "topics = [\"gerrit/#/x\"]"),
+    );
+    let (ok, err) = outcome(
+        Command::new(bin("firehose-notify"))
+            .arg("--check-config")
+            .arg("--config")
+            .arg(&typo),
+    );
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("\"gerrit/#/x\" is not an MQTT topic filter"),
+        "{err}"
+    );
     // No config at all.
     let (ok, err) =
         outcome(Command::new(bin("firehose-notify")).env_remove("FIREHOSE_NOTIFY_CONFIG"));

@@ -171,6 +171,9 @@ fn run(cli: Cli) -> Result<u8, String> {
     if topics.is_empty() {
         return Err("no topic: give at least one -t FILTER (e.g. -t '#')".into());
     }
+    for t in &topics {
+        firehose::filter::check(t).map_err(|e| format!("-t {e}"))?;
+    }
     if cli.persistent && cli.id.is_none() {
         return Err("-c (a persistent session) needs -i ID".into());
     }

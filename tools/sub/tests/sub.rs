@@ -182,6 +182,28 @@ fn timeout_exit_code_and_connection_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--where"));
     let out = run(Command::new(bin("firehose-sub")).args(["-h", "127.0.0.1"]));
     assert!(String::from_utf8_lossy(&out.stderr).contains("-t FILTER"));
+    // A filter MQTT refuses is named with the rule it breaks, before any
+    // connection (mosquitto_sub names it too).
+    for (filter, rule) in [
+        ("a/#/b", "`#` stands alone"),
+        ("gerrit/+x", "`+` stands alone"),
+    ] {
+        let out = run(Command::new(bin("firehose-sub")).args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            filter,
+        ]));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(filter) && err.contains(rule), "{err}");
+        assert!(
+            !err.contains("cannot connect"),
+            "checked before connecting: {err}"
+        );
+    }
 }
 
 #[test]
