@@ -261,6 +261,15 @@ impl Broker {
         for (kind, listener) in listeners {
             let addr = listener.local_addr().map_err(StartError::Bind)?;
             tracing::info!(listener = kind.as_str(), %addr, "listening");
+            let page = match kind {
+                Kind::Ws => Some("http"),
+                Kind::Wss => Some("https"),
+                _ => None,
+            };
+            if let Some(scheme) = page {
+                // Where a newcomer looks first: the stream in a browser.
+                tracing::info!(url = %format!("{scheme}://{addr}/"), "live page");
+            }
             addrs.push((kind, addr));
             tasks.spawn(accept_loop(kind, listener, tls.clone(), shared.clone()));
         }

@@ -3,7 +3,8 @@
 //! the broker, connects back over MQTT over websockets, shows an event
 //! published during the test with its summary, expands it, narrows the
 //! list with the filter, shows a bridge up then down in the status panel,
-//! stops updating while paused, and fits a phone screen; over ws and over
+//! stops updating while paused, says when the broker refuses a filter,
+//! and fits a phone screen; over ws and over
 //! wss with a test certificate. Screenshots go to `target/page-*.png`.
 
 use std::path::{Path, PathBuf};
@@ -61,6 +62,7 @@ fn drive(page_url: &str, mqtt_url: &str, ca: Option<&Path>, shot: &str) {
         "bridge up",
         "bridge down",
         "paused",
+        "refused filter",
         "phone width",
     ] {
         assert!(out.iter().any(|l| l == step), "{step} in {out:?}");
@@ -79,6 +81,8 @@ fn live_page_over_ws() {
     let dir = tempfile::tempdir().unwrap();
     let b = BrokerProc::with_users(dir.path(), &[BRIDGE], &[]);
     let ws = b.ws.expect("ws listener");
+    // The startup log says where the page is.
+    b.wait_log(&format!("live page url=http://{ws}/"));
     drive(
         &format!("http://{ws}/"),
         &format!("mqtt://{}", b.mqtt()),

@@ -454,6 +454,18 @@ impl Dedup {
 /// Polls the connection until the client is dropped: reconnects with
 /// backoff, subscribes again when the broker kept no session, and routes
 /// each message to the subscriptions that want it.
+/// Why a connection failed, said so a reader can act on it.
+fn reason(e: &rumqttc::ConnectionError, url: &str) -> String {
+    match e {
+        // An HTTP answer ("HTTP/1.1 400 ...") read as MQTT: its first
+        // byte, 'H', is a PUBACK's packet type.
+        rumqttc::ConnectionError::NotConnAck(_) if url.starts_with("mqtt") => format!(
+            "{e}: this port does not speak MQTT over TCP (a websocket or HTTP port?); try ws://HOST:PORT/mqtt"
+        ),
+        _ => e.to_string(),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn drive(
     mut eventloop: rumqttc::EventLoop,
@@ -518,7 +530,7 @@ async fn drive(
                 return;
             }
             Err(e) => {
-                state.send_replace(ConnectionState::Down(e.to_string()));
+                state.send_replace(ConnectionState::Down(reason(&e, &url)));
                 let delay = backoff.next_delay();
                 tracing::debug!(%url, error = %e, retry_in = ?delay, "connection lost; reconnecting");
                 tokio::time::sleep(delay).await;

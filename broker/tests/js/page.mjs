@@ -95,6 +95,18 @@ try {
   if (await page.$('#events li:has-text("uuid-paused")')) throw new Error("an event shown while paused");
   console.log("paused");
 
+  // A filter the broker refuses is said, not waited on.
+  await page.fill("#filter", "a/#/b");
+  await page.press("#filter", "Enter");
+  await page.waitForFunction(() => document.body.dataset.refused === "a/#/b", null, T);
+  const refusal = await page.textContent("#refused");
+  if (!refusal.includes("refused the filter a/#/b") || !(await page.isVisible("#refused"))) throw new Error(`refusal: ${refusal}`);
+  await page.fill("#filter", "nova/#");
+  await page.press("#filter", "Enter");
+  await subscribed(["nova/#"]);
+  if (await page.isVisible("#refused")) throw new Error("the refusal outlived its filter");
+  console.log("refused filter");
+
   // Phone width: the page still fits.
   await page.setViewportSize({ width: 380, height: 800 });
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth + 1);

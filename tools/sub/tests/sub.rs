@@ -182,6 +182,13 @@ fn timeout_exit_code_and_connection_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--where"));
     let out = run(Command::new(bin("firehose-sub")).args(["-h", "127.0.0.1"]));
     assert!(String::from_utf8_lossy(&out.stderr).contains("-t FILTER"));
+    // mqtt:// to the broker's websocket port: the error says so.
+    let ws = b.ws.expect("ws listener").port().to_string();
+    let out =
+        run(Command::new(bin("firehose-sub")).args(["-h", "127.0.0.1", "-p", &ws, "-t", "#"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("try ws://HOST:PORT/mqtt"), "{err}");
     // A filter MQTT refuses is named with the rule it breaks, before any
     // connection (mosquitto_sub names it too).
     for (filter, rule) in [
