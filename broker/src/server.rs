@@ -357,6 +357,8 @@ impl Broker {
 
 struct Http {
     shared: Arc<Shared>,
+    /// The live page as served (rendered once: it depends on the config only).
+    live: String,
 }
 
 /// The live page: the stream itself over MQTT over websockets, with a
@@ -416,11 +418,7 @@ impl HttpHandler for Http {
                     serde_json::Value::Object(m).to_string(),
                 ))
             }
-            "/" | "/index.html" => Some((
-                200,
-                "text/html; charset=utf-8",
-                live_page(self.shared.cfg.history_url.as_deref()),
-            )),
+            "/" | "/index.html" => Some((200, "text/html; charset=utf-8", self.live.clone())),
             "/status" => Some((200, "text/html; charset=utf-8", STATUS_PAGE.to_owned())),
             _ => None,
         }
@@ -434,6 +432,7 @@ async fn accept_loop(
     shared: Arc<Shared>,
 ) {
     let http: Arc<dyn HttpHandler> = Arc::new(Http {
+        live: live_page(shared.cfg.history_url.as_deref()),
         shared: shared.clone(),
     });
     loop {

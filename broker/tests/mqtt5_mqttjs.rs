@@ -4,20 +4,13 @@
 //! QoS 2, topic aliases both ways, Maximum Packet Size (`js/v5.mjs` says
 //! what each check is).
 
-use std::path::Path;
 use std::process::Command;
 
 use firehose_testkit::*;
 
 #[test]
 fn mqtt_js_v5_semantics() {
-    require("node", "nodejs");
-    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
-    assert!(
-        js.join("node_modules/mqtt").is_dir(),
-        "MQTT.js is not installed: run `npm ci --prefix {}` (./scripts/test does)",
-        js.display()
-    );
+    let js = js_drivers();
     let dir = tempfile::tempdir().unwrap();
     let b = BrokerProc::with_users(dir.path(), &[("bridge", "secret")], &[]);
     run_checks(

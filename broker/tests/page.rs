@@ -7,7 +7,7 @@
 //! and fits a phone screen; over ws and over
 //! wss with a test certificate. Screenshots go to `target/page-*.png`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -15,19 +15,8 @@ use firehose_testkit::*;
 
 const BRIDGE: (&str, &str) = ("bridge", "secret");
 
-fn js() -> PathBuf {
-    require("node", "nodejs");
-    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
-    assert!(
-        js.join("node_modules/playwright-core").is_dir() && js.join("node_modules/mqtt").is_dir(),
-        "playwright-core and MQTT.js are not installed: run `npm ci --prefix {}` (./scripts/test does)",
-        js.display()
-    );
-    js
-}
-
 fn drive(page_url: &str, mqtt_url: &str, ca: Option<&Path>, shot: &str) {
-    let js = js();
+    let js = js_drivers();
     let chromium = require("chromium", "chromium");
     let shot = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../target")

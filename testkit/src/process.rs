@@ -355,3 +355,17 @@ pub fn private_file(path: &Path, contents: &str) -> PathBuf {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 0600");
     path.to_owned()
 }
+
+/// The JS drivers' folder (`broker/tests/js`: MQTT.js and playwright-core
+/// from its one `npm ci`), with node present; fails with the command that
+/// installs what is missing.
+pub fn js_drivers() -> PathBuf {
+    require("node", "nodejs");
+    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("../broker/tests/js");
+    assert!(
+        js.join("node_modules/playwright-core").is_dir() && js.join("node_modules/mqtt").is_dir(),
+        "playwright-core and MQTT.js are not installed: run `npm ci --prefix {}` (./scripts/test does)",
+        js.display()
+    );
+    js
+}

@@ -17,16 +17,10 @@ use firehose_testkit::*;
 
 #[test]
 fn the_page_searches_shows_a_timeline_and_timings_and_the_live_page_links_to_it() {
-    require("node", "nodejs");
+    // The browser tests' one npm install (./scripts/test runs it).
+    let modules = js_drivers().join("node_modules");
     let chromium = require("chromium", "chromium");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    // The browser tests' one npm install (./scripts/test runs it).
-    let modules = root.join("broker/tests/js/node_modules");
-    assert!(
-        modules.join("playwright-core").is_dir() && modules.join("mqtt").is_dir(),
-        "playwright-core and MQTT.js are not installed: run `npm ci --prefix {}` (./scripts/test does)",
-        root.join("broker/tests/js").display()
-    );
     let dir = tempfile::tempdir().expect("tempdir");
     let http = format!("127.0.0.1:{}", free_port());
     let history_url = format!("http://{http}");
