@@ -31,7 +31,9 @@ pub struct Api {
 
 /// Candidate rows read per round when the topic filter has wildcards
 /// that SQL cannot check, and rounds per request at most (a page may then
-/// come back short, with `next` to go on).
+/// come back short, with `next` to go on). A text search reads on until
+/// its page is full or the store ends, within [`QUERY_TIME`], as a SQL
+/// scan of the payloads did before they were compressed.
 const SCAN_ROWS: usize = 2000;
 const SCAN_ROUNDS: usize = 10;
 /// How long one request may take.
@@ -124,7 +126,7 @@ pub(crate) async fn scan(
     mut after: Option<i64>,
     want: usize,
 ) -> Result<Scan, crate::store::StoreError> {
-    let exact = q.topic.as_deref().is_none_or(|t| !t.contains(['+', '#']));
+    let exact = q.exact();
     // With wildcards, a round reads twice what is still wanted, then four
     // times more each round up to SCAN_ROWS: a filter that matches often
     // is answered from the first small read (reading 2,000 rows of 1 KB
@@ -135,8 +137,13 @@ pub(crate) async fn scan(
         (want * 2).min(SCAN_ROWS)
     };
     let mut found = Vec::new();
-    for _ in 0..SCAN_ROUNDS {
-        let (text, binds) = q.sql(store.dialect(), after, rows);
+    let rounds = if q.text.is_some() {
+        usize::MAX
+    } else {
+        SCAN_ROUNDS
+    };
+    for _ in 0..rounds {
+        let (text, binds) = q.sql(after, rows);
         let got = store.select(text, binds).await?;
         let mut end = got.len() < rows;
         for s in got {
@@ -310,7 +317,7 @@ async fn timings(
         Ok(q) => q,
         Err(reason) => return error(&api, StatusCode::BAD_REQUEST, reason),
     };
-    let (mut w, mut binds) = q.conditions(api.store.dialect(), None);
+    let (mut w, mut binds) = q.conditions(None);
     w.push(
         "(kind LIKE 'nova.%.start' OR kind LIKE 'nova.%.end' OR kind IN \
          ('ansible.play.start', 'ansible.playbook.finish', 'gerrit.patchset-created', 'gerrit.change-merged'))"

@@ -54,6 +54,65 @@ pub struct Indexed {
     pub playbook: Option<String>,
 }
 
+/// The indexed columns that often repeat the event's subject (a nova
+/// event's subject is its instance, a gerrit event's its change...), with
+/// the bit that says so in the `same` column. Such a value is stored once,
+/// as the subject: half the bytes of an event's keys, and one index less
+/// to probe for "every event of X".
+pub(crate) const SAME: &[(&str, i64)] = &[
+    ("instance", 1),
+    ("request", 2),
+    ("change_number", 4),
+    ("bug", 8),
+    ("playbook", 16),
+];
+
+/// The bit of `column` in [`SAME`], if it has one.
+pub(crate) fn same_bit(column: &str) -> Option<i64> {
+    SAME.iter().find(|(c, _)| *c == column).map(|(_, b)| *b)
+}
+
+impl Indexed {
+    fn slot(&mut self, column: &str) -> Option<&mut Option<String>> {
+        match column {
+            "instance" => Some(&mut self.instance),
+            "request" => Some(&mut self.request),
+            "change_number" => Some(&mut self.change),
+            "bug" => Some(&mut self.bug),
+            "playbook" => Some(&mut self.playbook),
+            _ => None,
+        }
+    }
+
+    /// What is stored: the fields equal to `subject` left out, and the
+    /// bits that say which ([`SAME`]).
+    pub(crate) fn fold(&self, subject: Option<&str>) -> (Indexed, i64) {
+        let mut out = self.clone();
+        let mut same = 0;
+        for (column, bit) in SAME {
+            if let Some(slot) = out.slot(column) {
+                if slot.is_some() && slot.as_deref() == subject {
+                    *slot = None;
+                    same |= bit;
+                }
+            }
+        }
+        (out, same)
+    }
+
+    /// The fields as they were before [`Indexed::fold`].
+    pub(crate) fn unfold(mut self, subject: Option<&str>, same: i64) -> Indexed {
+        for (column, bit) in SAME {
+            if same & bit != 0 {
+                if let Some(slot) = self.slot(column) {
+                    *slot = subject.map(str::to_owned);
+                }
+            }
+        }
+        self
+    }
+}
+
 /// The MQTT families the firehose publishes; a message on any other topic
 /// is not an event.
 fn family_known(kind: &str) -> bool {
@@ -161,6 +220,24 @@ mod tests {
         let f = row(&ev, 1).fields;
         assert_eq!(f.project.as_deref(), Some("openstack/nova"));
         assert_eq!(f.change.as_deref(), Some("12"));
+    }
+
+    #[test]
+    fn a_field_equal_to_the_subject_is_kept_once_and_comes_back() {
+        let f = Indexed {
+            deployment: Some("prod".into()),
+            instance: Some("inst-9".into()),
+            request: Some("req-1".into()),
+            ..Indexed::default()
+        };
+        let (kept, same) = f.fold(Some("inst-9"));
+        assert_eq!(same, 1);
+        assert_eq!(kept.instance, None);
+        assert_eq!(kept.request.as_deref(), Some("req-1"), "not the subject");
+        assert_eq!(kept.clone().unfold(Some("inst-9"), same), f);
+        assert_eq!(f.fold(None), (f.clone(), 0), "no subject: all kept");
+        assert_eq!(same_bit("change_number"), Some(4));
+        assert_eq!(same_bit("project"), None);
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! - [`fields`]: one message as stored: the SDK's normalized event, its key
 //!   and the indexed fields (deployment, instance, request, project,
 //!   change, bug, playbook).
-//! - [`store`]: one schema and one query layer over SQLite and PostgreSQL.
+//! - [`store`]: one schema and one query layer over SQLite and PostgreSQL;
+//!   [`codec`]: payloads kept compressed, read back byte for byte.
 //! - [`query`]: the API's parameters, read strictly, into SQL.
 //! - [`api`]: the read-only HTTP API (pages, one subject's life, the
 //!   stream); [`timings`]: StackTach's `.start`/`.end` figures; [`stats`]:
@@ -18,6 +19,7 @@
 
 pub mod api;
 pub mod ask;
+pub mod codec;
 pub mod config;
 pub mod fields;
 pub mod ingest;

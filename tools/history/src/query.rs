@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::store::{Bind, Dialect, Stored, SELECT_COLUMNS};
+use crate::fields::same_bit;
+use crate::store::{Bind, Stored, SELECT_COLUMNS};
 
 /// At most this many events per page.
 pub const MAX_LIMIT: usize = 1000;
@@ -41,7 +42,8 @@ pub struct Query {
     /// The event's own time, Unix ms.
     pub from_ms: Option<i64>,
     pub to_ms: Option<i64>,
-    /// Text the payload contains.
+    /// Text the payload contains (checked on the rows, as payloads are
+    /// stored compressed: see [`Query::wants`]).
     pub text: Option<String>,
     pub limit: usize,
     /// The page after this cursor (`next` of the previous page).
@@ -162,13 +164,9 @@ impl Query {
     }
 
     /// The `WHERE` terms of this query (the topic filter only as far as SQL
-    /// can check it: see [`Query::wants`]), with their values, numbered
-    /// from `$1`.
-    pub(crate) fn conditions(
-        &self,
-        dialect: Dialect,
-        after: Option<i64>,
-    ) -> (Vec<String>, Vec<Bind>) {
+    /// can check it, the text not at all: see [`Query::wants`]), with their
+    /// values, numbered from `$1`.
+    pub(crate) fn conditions(&self, after: Option<i64>) -> (Vec<String>, Vec<Bind>) {
         let mut w = Vec::new();
         let mut binds = Vec::new();
         let mut bind = |b: Bind| {
@@ -198,7 +196,12 @@ impl Query {
             w.push(format!("subject = ${}", bind(Bind::Text(s.clone()))));
         }
         for (col, v) in &self.fields {
-            w.push(format!("{col} = ${}", bind(Bind::Text(v.clone()))));
+            let n = bind(Bind::Text(v.clone()));
+            // A value equal to the subject is stored as the subject.
+            w.push(match same_bit(col) {
+                Some(bit) => format!("({col} = ${n} OR (subject = ${n} AND (same & {bit}) <> 0))"),
+                None => format!("{col} = ${n}"),
+            });
         }
         match self.since {
             Some(Received::Cursor(c)) => w.push(format!("seq > ${}", bind(Bind::Int(c)))),
@@ -216,10 +219,6 @@ impl Query {
         if let Some(ms) = self.to_ms {
             w.push(format!("event_time_ms < ${}", bind(Bind::Int(ms))));
         }
-        if let Some(q) = &self.text {
-            let n = bind(Bind::Text(q.clone()));
-            w.push(dialect.payload_contains(n));
-        }
         if let Some(c) = after {
             w.push(format!("seq > ${}", bind(Bind::Int(c))));
         }
@@ -229,13 +228,8 @@ impl Query {
     /// The statement for up to `rows` candidate rows after cursor `after`
     /// (the topic filter's wildcards are checked again on the rows:
     /// [`Query::wants`]).
-    pub(crate) fn sql(
-        &self,
-        dialect: Dialect,
-        after: Option<i64>,
-        rows: usize,
-    ) -> (String, Vec<Bind>) {
-        let (w, mut binds) = self.conditions(dialect, after);
+    pub(crate) fn sql(&self, after: Option<i64>, rows: usize) -> (String, Vec<Bind>) {
+        let (w, mut binds) = self.conditions(after);
         binds.push(Bind::Int(rows as i64));
         let n = binds.len();
         let mut text = format!("SELECT {SELECT_COLUMNS} FROM events");
@@ -248,11 +242,25 @@ impl Query {
     }
 
     /// Whether a candidate row matches what SQL could not check (the
-    /// topic filter's `+` and `#` levels).
+    /// topic filter's `+` and `#` levels, the text in the payload).
     pub(crate) fn wants(&self, s: &Stored) -> bool {
         self.topic
             .as_deref()
             .is_none_or(|f| firehose::filter::topic_matches(f, &s.row.topic))
+            && self
+                .text
+                .as_deref()
+                .is_none_or(|t| memchr::memmem::find(&s.row.payload, t.as_bytes()).is_some())
+    }
+
+    /// Whether every row SQL returns is a match ([`Query::wants`] has
+    /// nothing to check), so a page needs only as many rows as it shows.
+    pub(crate) fn exact(&self) -> bool {
+        self.text.is_none()
+            && self
+                .topic
+                .as_deref()
+                .is_none_or(|t| !t.contains(['+', '#']))
     }
 }
 
@@ -367,30 +375,36 @@ mod tests {
             ("q", "50%_off"),
         ])
         .unwrap();
-        let (text, binds) = query.sql(Dialect::Postgres, Some(7), 11);
+        let (text, binds) = query.sql(Some(7), 11);
         assert!(text.contains("topic LIKE $1"), "{text}");
         assert!(text.contains("kind LIKE $2"), "{text}");
-        assert!(text.contains("position(convert_to($3"), "{text}");
-        assert!(text.ends_with("seq > $4 ORDER BY seq LIMIT $5"), "{text}");
+        assert!(
+            !text.contains("WHERE payload") && !text.contains("50%"),
+            "text is checked on the rows: {text}"
+        );
+        assert!(text.ends_with("seq > $3 ORDER BY seq LIMIT $4"), "{text}");
         assert_eq!(
             binds,
             vec![
                 Bind::Text("nova/%".into()),
                 Bind::Text("nova.instance.%".into()),
-                Bind::Text("50%_off".into()),
                 Bind::Int(7),
                 Bind::Int(11)
             ]
         );
-        let exact = q(&[("topic", "a_b/c")])
+        assert!(!query.exact());
+        let instance = q(&[("instance", "i-1"), ("project", "p")])
             .unwrap()
-            .sql(Dialect::Sqlite, None, 1)
+            .sql(None, 1)
             .0;
+        assert!(
+            instance.contains("(instance = $1 OR (subject = $1 AND (same & 1) <> 0))"),
+            "{instance}"
+        );
+        assert!(instance.contains("project = $2"), "{instance}");
+        let exact = q(&[("topic", "a_b/c")]).unwrap().sql(None, 1).0;
         assert!(exact.contains("topic = $1"), "{exact}");
-        let all = q(&[("topic", "#")])
-            .unwrap()
-            .sql(Dialect::Sqlite, None, 1)
-            .0;
+        let all = q(&[("topic", "#")]).unwrap().sql(None, 1).0;
         assert!(!all.contains("WHERE"), "{all}");
         assert_eq!(like_escape("a_b%c\\"), "a\\_b\\%c\\\\");
     }

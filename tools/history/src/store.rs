@@ -15,6 +15,7 @@ use std::time::Duration;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Row as _};
 
+use crate::codec::{CodecError, Packer, Unpacker};
 use crate::fields::{Indexed, Row};
 
 /// Why the store cannot be used or answer; each says what to fix.
@@ -38,6 +39,12 @@ pub enum StoreError {
         "the database holds schema version {found}, newer than this firehose-history ({known}): run the newer firehose-history"
     )]
     Newer { found: i64, known: i64 },
+    #[error("cannot read the payload of the event at cursor {cursor}")]
+    Payload {
+        cursor: i64,
+        #[source]
+        source: CodecError,
+    },
     #[error("the database refused {what}")]
     Sql {
         what: &'static str,
@@ -48,18 +55,30 @@ pub enum StoreError {
 
 /// The schema version this build writes; [`Store::open`] migrates older
 /// ones and refuses newer ones.
-pub const SCHEMA: i64 = 2;
+pub const SCHEMA: i64 = 3;
 
 /// What takes a store from the version before to each version, in order.
-const MIGRATIONS: &[(i64, &[&str])] = &[(
-    // One subject's life asks for a change number without its project:
-    // the index leads with the number (the project narrows it after).
-    2,
-    &[
-        "DROP INDEX IF EXISTS events_change",
-        "CREATE INDEX IF NOT EXISTS events_change ON events (change_number, project) WHERE change_number IS NOT NULL",
-    ],
-)];
+const MIGRATIONS: &[(i64, &[&str])] = &[
+    (
+        // One subject's life asks for a change number without its project:
+        // the index leads with the number (the project narrows it after).
+        2,
+        &[
+            "DROP INDEX IF EXISTS events_change",
+            "CREATE INDEX IF NOT EXISTS events_change ON events (change_number, project) WHERE change_number IS NOT NULL",
+        ],
+    ),
+    (
+        // Payloads compressed (`codec`, crate::codec) and the keys that
+        // repeat the subject stored once (`same`, crate::fields::SAME):
+        // rows written before read as they are (codec 0, same 0).
+        3,
+        &[
+            "ALTER TABLE events ADD COLUMN codec BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE events ADD COLUMN same BIGINT NOT NULL DEFAULT 0",
+        ],
+    ),
+];
 
 /// The SQL dialect behind the `Any` pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,14 +112,6 @@ impl Dialect {
             Dialect::Postgres => "BYTEA",
         }
     }
-
-    /// A condition: the payload holds the text bound at `$n`.
-    pub(crate) fn payload_contains(self, n: usize) -> String {
-        match self {
-            Dialect::Sqlite => format!("instr(payload, CAST(${n} AS BLOB)) > 0"),
-            Dialect::Postgres => format!("position(convert_to(${n}, 'UTF8') in payload) > 0"),
-        }
-    }
 }
 
 /// The columns of `events`, in the order [`Store::insert`] binds them.
@@ -123,6 +134,8 @@ const COLUMNS: &[&str] = &[
     "change_number",
     "bug",
     "playbook",
+    "codec",
+    "same",
 ];
 
 /// What one batch did.
@@ -148,7 +161,7 @@ pub struct Store {
     dialect: Dialect,
 }
 
-/// Rows per `INSERT` statement (18 parameters each). PostgreSQL: 50, one
+/// Rows per `INSERT` statement (20 parameters each). PostgreSQL: 50, one
 /// round trip for many rows. SQLite: 16, measured with perf: binding by
 /// number looks each parameter's name up in a list, quadratic in a long
 /// statement (28% of the ingester's CPU at 50 rows), while each statement
@@ -338,6 +351,7 @@ impl Store {
                 .map_err(sql("locking events for a batch"))?;
         }
         let mut stored = 0;
+        let mut packer = Packer::new();
         for chunk in rows.chunks(rows_per_statement(self.dialect)) {
             let mut text = format!("INSERT INTO events ({}) VALUES ", COLUMNS.join(", "));
             let mut n = 0;
@@ -358,7 +372,8 @@ impl Store {
             text.push_str(" ON CONFLICT (id) DO NOTHING");
             let mut q = sqlx::query(AssertSqlSafe(text));
             for r in chunk {
-                let f = &r.fields;
+                let (f, same) = r.fields.fold(r.subject.as_deref());
+                let (codec, payload) = packer.pack(&r.payload);
                 q = q
                     .bind(r.id.clone())
                     .bind(r.topic.clone())
@@ -369,15 +384,17 @@ impl Store {
                     .bind(r.subject.clone())
                     .bind(i64::from(r.retained))
                     .bind(r.received_ms)
-                    .bind(r.payload.clone())
+                    .bind(payload)
                     .bind(i64::from(r.readable))
-                    .bind(f.deployment.clone())
-                    .bind(f.instance.clone())
-                    .bind(f.request.clone())
-                    .bind(f.project.clone())
-                    .bind(f.change.clone())
-                    .bind(f.bug.clone())
-                    .bind(f.playbook.clone());
+                    .bind(f.deployment)
+                    .bind(f.instance)
+                    .bind(f.request)
+                    .bind(f.project)
+                    .bind(f.change)
+                    .bind(f.bug)
+                    .bind(f.playbook)
+                    .bind(codec)
+                    .bind(same);
             }
             stored += q
                 .execute(&mut *tx)
@@ -412,13 +429,8 @@ impl Store {
                 what: "a query",
                 source,
             })?;
-        rows.iter()
-            .map(stored)
-            .collect::<Result<_, _>>()
-            .map_err(|source| StoreError::Sql {
-                what: "reading a row",
-                source,
-            })
+        let mut unpacker = Unpacker::new();
+        rows.iter().map(|r| stored(r, &mut unpacker)).collect()
     }
 
     /// The events' marks for [`crate::timings`] (`text` selects `kind`,
@@ -550,11 +562,29 @@ pub(crate) enum Bind {
 }
 
 /// The columns a `SELECT` must return for [`Store::select`].
-pub(crate) const SELECT_COLUMNS: &str = "seq, id, topic, source, kind, event_time, event_time_ms, subject, retained, received_ms, payload, readable, deployment, instance, request, project, change_number, bug, playbook";
+pub(crate) const SELECT_COLUMNS: &str = "seq, id, topic, source, kind, event_time, event_time_ms, subject, retained, received_ms, payload, readable, deployment, instance, request, project, change_number, bug, playbook, codec, same";
 
-fn stored(r: &AnyRow) -> Result<Stored, sqlx::Error> {
+fn stored(r: &AnyRow, unpacker: &mut Unpacker) -> Result<Stored, StoreError> {
+    let sql = |source| StoreError::Sql {
+        what: "reading a row",
+        source,
+    };
+    let cursor: i64 = r.try_get("seq").map_err(sql)?;
+    let codec: i64 = r.try_get("codec").map_err(sql)?;
+    let same: i64 = r.try_get("same").map_err(sql)?;
+    let mut s = read_row(r, cursor).map_err(sql)?;
+    s.row.payload = unpacker
+        .unpack(codec, std::mem::take(&mut s.row.payload))
+        .map_err(|source| StoreError::Payload { cursor, source })?;
+    s.row.fields = std::mem::take(&mut s.row.fields).unfold(s.row.subject.as_deref(), same);
+    Ok(s)
+}
+
+/// A row's columns as stored (the payload still packed, the fields still
+/// folded).
+fn read_row(r: &AnyRow, cursor: i64) -> Result<Stored, sqlx::Error> {
     Ok(Stored {
-        cursor: r.try_get("seq")?,
+        cursor,
         row: Row {
             id: r.try_get("id")?,
             topic: r.try_get("topic")?,
