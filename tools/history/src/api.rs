@@ -143,18 +143,31 @@ pub(crate) async fn scan(
         SCAN_ROUNDS
     };
     for _ in 0..rounds {
-        let (text, binds) = q.sql(after, rows);
-        let got = store.select(text, binds).await?;
-        let mut end = got.len() < rows;
-        for s in got {
-            if found.len() >= want {
-                end = false;
-                break;
+        let mut end;
+        if exact {
+            let (text, binds) = q.sql(after, rows);
+            let got = store.select(text, binds).await?;
+            end = got.len() < rows;
+            after = got.last().map(|s| s.cursor).or(after);
+            found.extend(got);
+        } else {
+            // Check the candidates on their topic and payload, then read
+            // the whole rows of those that match.
+            let (text, binds) = q.candidates_sql(after, rows);
+            let got = store.candidates(text, binds).await?;
+            end = got.len() < rows;
+            let mut hits = Vec::new();
+            for c in got {
+                if found.len() + hits.len() >= want {
+                    end = false;
+                    break;
+                }
+                after = Some(c.cursor);
+                if q.wants(&c.topic, &c.payload) {
+                    hits.push(c.cursor);
+                }
             }
-            after = Some(s.cursor);
-            if q.wants(&s) {
-                found.push(s);
-            }
+            found.extend(store.at_cursors(&hits).await?);
         }
         if found.len() >= want || end {
             return Ok(Scan {

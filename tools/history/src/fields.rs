@@ -186,6 +186,18 @@ pub fn indexed(ev: &Event) -> Indexed {
             f.playbook = s(a.value.get("playbook_id"))
                 .or_else(|| ev.topic.split('/').nth(2).map(str::to_owned));
         }
+        Body::Subunit(_) => {
+            // gearman-subunit/<host>/<project...>/<change>
+            let levels: Vec<&str> = ev.topic.split('/').collect();
+            let at = levels
+                .iter()
+                .position(|l| *l == firehose::subunit::FAMILY)
+                .unwrap_or(0);
+            if levels.len() >= at + 4 {
+                f.project = Some(levels[at + 2..levels.len() - 1].join("/"));
+                f.change = levels.last().map(|c| (*c).to_owned());
+            }
+        }
         Body::Status(_) | Body::Other { .. } => {}
     }
     f
@@ -220,6 +232,20 @@ mod tests {
         let f = row(&ev, 1).fields;
         assert_eq!(f.project.as_deref(), Some("openstack/nova"));
         assert_eq!(f.change.as_deref(), Some("12"));
+    }
+
+    #[test]
+    fn a_test_run_is_indexed_by_project_and_change() {
+        let ev = decode(
+            "gearman-subunit/worker-1/openstack/nova/123456",
+            br#"{"status": "success", "build_uuid": "5f0c", "source_url": "https://logs/x"}"#,
+            false,
+        );
+        let r = row(&ev, 1);
+        assert!(r.readable);
+        assert_eq!(r.kind, "subunit.run.success");
+        assert_eq!(r.fields.project.as_deref(), Some("openstack/nova"));
+        assert_eq!(r.fields.change.as_deref(), Some("123456"));
     }
 
     #[test]
