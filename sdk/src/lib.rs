@@ -45,6 +45,7 @@ pub mod reader;
 pub mod report;
 pub mod secret;
 pub mod status;
+pub mod subunit;
 pub mod tls;
 pub mod topic;
 pub mod url;

@@ -38,6 +38,7 @@ use crate::gerrit::GerritEvent;
 use crate::launchpad::LaunchpadEvent;
 use crate::nova::{Notification, ServiceState};
 use crate::status::Status;
+use crate::subunit::{PublishedRun, FAMILY};
 
 /// One event, normalized: what `firehose-sub --json` prints and what
 /// `--where` and `--format` see (serialized as `topic`, `id`, `source`,
@@ -154,6 +155,8 @@ pub enum Body {
     Launchpad(LaunchpadEvent),
     /// An ansible playbook event.
     Ansible(PublishedAnsible),
+    /// A processed test-result stream (`firehose-subunit`).
+    Subunit(PublishedRun),
     /// A bridge's retained liveness message.
     Status(Box<Status>),
     /// Not a firehose event, or one that could not be read (`reason`).
@@ -273,6 +276,7 @@ pub fn decode_bytes(topic: &str, payload: Bytes, retained: bool) -> Event {
         Some("nova") => raw_nova(&mut ev),
         Some("launchpad") => raw_launchpad(&mut ev),
         Some("ansible") => raw_ansible(&mut ev, rest),
+        Some(FAMILY) => raw_subunit(&mut ev, rest),
         Some("firehose") if rest.get(1) == Some(&"status") => raw_status(&mut ev),
         _ => {}
     }
@@ -287,9 +291,12 @@ fn is_gerrit_topic(topic: &str) -> bool {
 /// Where the firehose levels start: `--base-topic` puts levels before the
 /// bridge's own, so the first level that names a source.
 fn starts_with_source(topic: &str) -> Option<usize> {
-    topic
-        .split('/')
-        .position(|l| matches!(l, "gerrit" | "nova" | "launchpad" | "ansible" | "firehose"))
+    topic.split('/').position(|l| {
+        matches!(
+            l,
+            "gerrit" | "nova" | "launchpad" | "ansible" | "firehose" | FAMILY
+        )
+    })
 }
 
 /// A gerrit event from `data`'s text.
@@ -321,6 +328,10 @@ fn typed_cloudevent(ev: &Event) -> Body {
             None => other("launchpad data is not an object".into()),
         },
         "ansible" => Body::Ansible(PublishedAnsible::new(ev.data().clone())),
+        "subunit" => match PublishedRun::from_value(ev.data()) {
+            Some(r) => Body::Subunit(r),
+            None => other("subunit data without a status".into()),
+        },
         _ => Body::Other { reason: None },
     }
 }
@@ -405,6 +416,29 @@ fn raw_ansible(ev: &mut Event, levels: &[&str]) {
         .map(str::to_owned);
     ev.body = Body::Ansible(PublishedAnsible::new(data.clone()));
     ev.data.value = OnceLock::from(data);
+}
+
+fn raw_subunit(ev: &mut Event, levels: &[&str]) {
+    // gearman-subunit/<host>/<project...>/<change>
+    if levels.len() < 4 {
+        ev.body = other("not a gearman-subunit/<host>/<project>/<change> topic".into());
+        return;
+    }
+    match PublishedRun::from_value(ev.data()) {
+        Some(r) => {
+            ev.kind = format!("subunit.run.{}", r.status.as_str());
+            // The id the bridge gives in CloudEvents mode: of the topic
+            // (from its first firehose level) and the raw payload.
+            let topic = levels.join("/");
+            ev.id = Some(stable_id(
+                "subunit",
+                &[topic.as_bytes(), b"\0", &ev.payload].concat(),
+            ));
+            ev.subject = levels.last().map(|c| (*c).to_owned());
+            ev.body = Body::Subunit(r);
+        }
+        None => ev.body = other("gearman-subunit payload without a status".into()),
+    }
 }
 
 fn raw_status(ev: &mut Event) {

@@ -18,6 +18,7 @@ const ROOTS: &[&str] = &[
     "bridges/launchpad/src/",
     "bridges/ansible/",
     "bridges/ansible/src/",
+    "bridges/subunit/src/",
     "sdk/src/",
     "tools/notify/src/",
     "tools/sub/src/",

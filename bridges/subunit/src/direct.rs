@@ -1,0 +1,270 @@
+//! The direct sources: a finished stream (`--file PATH`, `-` for stdin)
+//! and a wrapped test run (`run -- stestr run`), each published as one
+//! run message. A stream that is not subunit v2 is dead-lettered and its
+//! run published as `failed` with the reason, as the original worker
+//! reported a stream it could not store.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use firehose::subunit::{RunStatus, SubunitRun};
+use firehose_bridge::{ResultExt, Source, SourceContext, SourceError};
+use serde_json::{json, Map, Value};
+
+use crate::summary::{summarize, Summary};
+use crate::v2::Status;
+
+/// What a run message says about the build, besides the stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Build {
+    /// The topic's levels before the project.
+    pub base: String,
+    pub project: String,
+    pub change: String,
+    pub build_uuid: String,
+    pub source_url: String,
+    /// The build's other fields (CloudEvents `data.build`).
+    pub fields: Map<String, Value>,
+}
+
+/// How a stream becomes a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Each kept traceback or reason, at most (its tail).
+    pub detail_bytes: usize,
+    /// Failed tests listed in the summary, at most.
+    pub max_failures: usize,
+}
+
+/// The summary as CloudEvents `data` carries it.
+pub fn summary_json(s: &Summary, shape: Shape) -> Map<String, Value> {
+    let failures: Vec<Value> = s
+        .tests
+        .iter()
+        .filter(|t| matches!(t.status, Status::Fail | Status::UxSuccess))
+        .take(shape.max_failures)
+        .map(|t| {
+            json!({
+                "id": t.id,
+                "status": t.status.name(),
+                "duration_s": t.duration_s,
+                "details": t.details,
+                "truncated": t.truncated,
+            })
+        })
+        .collect();
+    let mut m = Map::new();
+    m.insert("counts".into(), json!(s.counts));
+    m.insert("tests".into(), json!(s.total()));
+    m.insert("failed_tests".into(), json!(s.failed()));
+    m.insert("duration_s".into(), json!(s.duration_s()));
+    m.insert("failures".into(), Value::Array(failures));
+    m
+}
+
+/// The message for one stream: `success` with its summary, or `failed`
+/// with why (the caller dead-letters the stream).
+pub fn run_message(
+    build: &Build,
+    stream: &[u8],
+    shape: Shape,
+) -> (SubunitRun, Option<crate::v2::ParseError>) {
+    let mut run = SubunitRun {
+        base: build.base.clone(),
+        project: build.project.clone(),
+        change: build.change.clone(),
+        status: RunStatus::Success,
+        build_uuid: if build.build_uuid.is_empty() {
+            // The same stream published twice is the same build.
+            firehose::envelope::stable_id("subunit-stream", stream)
+        } else {
+            build.build_uuid.clone()
+        },
+        source_url: build.source_url.clone(),
+        fields: build.fields.clone(),
+        summary: None,
+    };
+    match summarize(stream, shape.detail_bytes) {
+        Ok(s) => {
+            run.summary = Some(summary_json(&s, shape));
+            (run, None)
+        }
+        Err(e) => {
+            run.status = RunStatus::Failed;
+            let mut m = Map::new();
+            m.insert("error".into(), json!(e.to_string()));
+            run.summary = Some(m);
+            (run, Some(e))
+        }
+    }
+}
+
+/// Publishes one stream's message; dead-letters a bad stream.
+async fn publish(
+    ctx: &SourceContext,
+    build: &Build,
+    stream: &[u8],
+    shape: Shape,
+    source: &str,
+) -> Result<(), SourceError> {
+    let (run, bad) = run_message(build, stream, shape);
+    if let Some(e) = bad {
+        ctx.malformed_whole("subunit", &e.to_string(), stream);
+    }
+    tracing::info!(
+        topic = %ctx.topic(&firehose::Publishable::topic(&run)),
+        status = run.status.as_str(),
+        bytes = stream.len(),
+        "publishing a run"
+    );
+    ctx.publish(&run, source, None).await
+}
+
+/// Reads at most `max` bytes; more is an error that names the flag.
+fn read_capped(mut r: impl Read, max: usize, what: &str) -> Result<Vec<u8>, SourceError> {
+    let mut buf = Vec::new();
+    r.by_ref()
+        .take(max as u64 + 1)
+        .read_to_end(&mut buf)
+        .fatal(format!("reading {what}"))?;
+    if buf.len() > max {
+        return Err(SourceError::Fatal {
+            context: what.to_owned(),
+            source: format!("larger than --max-stream-bytes {max}").into(),
+        });
+    }
+    Ok(buf)
+}
+
+/// `--file PATH|-`: one finished stream.
+pub struct File {
+    /// `None`: standard input.
+    pub path: Option<PathBuf>,
+    pub build: Build,
+    pub shape: Shape,
+    pub max_bytes: usize,
+}
+
+impl Source for File {
+    fn name(&self) -> String {
+        self.path
+            .as_ref()
+            .map_or("stdin".into(), |p| p.display().to_string())
+    }
+
+    async fn run(&mut self, ctx: &SourceContext) -> Result<(), SourceError> {
+        let (stream, source) = match &self.path {
+            Some(p) => (
+                read_capped(
+                    std::fs::File::open(p).fatal(format!("--file {}", p.display()))?,
+                    self.max_bytes,
+                    &format!("--file {}", p.display()),
+                )?,
+                format!("file://{}", p.display()),
+            ),
+            None => (
+                read_capped(std::io::stdin().lock(), self.max_bytes, "standard input")?,
+                "file:///dev/stdin".to_owned(),
+            ),
+        };
+        ctx.connected();
+        publish(ctx, &self.build, &stream, self.shape, &source).await
+    }
+}
+
+/// `run -- COMMAND`: runs a test command, publishes its results, and
+/// keeps its exit code for the bridge's own.
+///
+/// The stream is the command's standard output when that is subunit v2
+/// (`stestr run --subunit`, `python -m subunit.run`); otherwise the output
+/// is passed through, and for `stestr` the stream is what `stestr last
+/// --subunit` gives afterwards, in the same directory.
+pub struct Run {
+    pub command: Vec<String>,
+    pub build: Build,
+    pub shape: Shape,
+    pub max_bytes: usize,
+    /// The command's exit code, once it exited (128 + signal if killed).
+    pub exit: Arc<Mutex<Option<i32>>>,
+}
+
+impl Source for Run {
+    fn name(&self) -> String {
+        self.command.first().cloned().unwrap_or_default()
+    }
+
+    async fn run(&mut self, ctx: &SourceContext) -> Result<(), SourceError> {
+        use std::os::unix::process::ExitStatusExt;
+        if self
+            .exit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            return Ok(());
+        }
+        let (program, args) = self
+            .command
+            .split_first()
+            .ok_or_else(|| SourceError::Fatal {
+                context: "run".into(),
+                source: "no command: firehose-subunit run [flags] -- stestr run".into(),
+            })?;
+        ctx.connected();
+        tracing::info!(command = %self.command.join(" "), "running");
+        let out = tokio::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::inherit())
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .await
+            .fatal(format!("running {program}"))?;
+        let code = out
+            .status
+            .code()
+            .or_else(|| out.status.signal().map(|s| 128 + s))
+            .unwrap_or(1);
+        *self.exit.lock().unwrap_or_else(|e| e.into_inner()) = Some(code);
+        tracing::info!(command = %program, exit_code = code, "command finished");
+        let stream = if out.stdout.first() == Some(&0xB3) {
+            out.stdout
+        } else {
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&out.stdout);
+            let is_stestr = std::path::Path::new(program)
+                .file_name()
+                .is_some_and(|n| n == "stestr");
+            if !is_stestr {
+                return Err(SourceError::Fatal {
+                    context: format!("run {program}"),
+                    source: "its output is not a subunit v2 stream: have it write one to standard output (stestr run --subunit, python -m subunit.run)".into(),
+                });
+            }
+            let last = tokio::process::Command::new(program)
+                .args(["last", "--subunit"])
+                .output()
+                .await
+                .fatal(format!("running {program} last --subunit"))?;
+            last.stdout
+        };
+        if stream.len() > self.max_bytes {
+            return Err(SourceError::Fatal {
+                context: format!("run {program}"),
+                source: format!(
+                    "its stream is larger than --max-stream-bytes {}",
+                    self.max_bytes
+                )
+                .into(),
+            });
+        }
+        publish(
+            ctx,
+            &self.build,
+            &stream,
+            self.shape,
+            &format!("exec:{program}"),
+        )
+        .await
+    }
+}
