@@ -8,7 +8,7 @@ use std::process::Command;
 
 use firehose_testkit::*;
 
-const UNITS: [(&str, &str); 7] = [
+const UNITS: [(&str, &str); 8] = [
     ("firehose-broker.service", "firehose-broker"),
     ("firehose-gerrit.service", "firehose-gerrit"),
     ("firehose-nova.service", "firehose-nova"),
@@ -16,6 +16,7 @@ const UNITS: [(&str, &str); 7] = [
     ("firehose-ansible.service", "firehose-ansible"),
     ("firehose-notify.service", "firehose-notify"),
     ("firehose-history.service", "firehose-history"),
+    ("firehose-subunit.service", "firehose-subunit"),
 ];
 
 #[test]

@@ -123,16 +123,7 @@ fn main() -> ExitCode {
                 })
             });
             let code = *exit.lock().unwrap_or_else(|e| e.into_inner());
-            match (r, code) {
-                // The playbook's own exit code, delivered or not (the
-                // runtime logged what it could not deliver).
-                (Err(e), Some(code)) => {
-                    eprintln!("firehose-ansible: {e}");
-                    ExitCode::from(code.clamp(0, 255) as u8)
-                }
-                (Ok(()), Some(code)) => ExitCode::from(code.clamp(0, 255) as u8),
-                (r, None) => firehose_bridge::cli::exit("firehose-ansible", r),
-            }
+            firehose_bridge::cli::exit_as_command("firehose-ansible", r, code)
         }
     }
 }

@@ -201,11 +201,7 @@ impl Source for Run {
         if drained.is_err() {
             tracing::warn!("a plugin connection was still open {DRAIN:?} after the command exited; not waiting for it");
         }
-        use std::os::unix::process::ExitStatusExt;
-        let code = status
-            .code()
-            .or_else(|| status.signal().map(|s| 128 + s))
-            .unwrap_or(1);
+        let code = firehose_bridge::cli::command_code(status);
         tracing::info!(command = %program, exit_code = code, "command finished; delivering its events");
         *self.exit.lock().unwrap_or_else(|e| e.into_inner()) = Some(code);
         drained.unwrap_or(Ok(()))

@@ -145,3 +145,31 @@ pub fn exit<E: std::fmt::Display>(program: &str, result: Result<(), E>) -> ExitC
         }
     }
 }
+
+/// The code a wrapped command's status stands for, as a shell gives it
+/// (128 + the signal when it was killed).
+pub fn command_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1)
+}
+
+/// The exit of a bridge that wrapped a command (`run -- COMMAND`): the
+/// command's own code once it ran, delivered or not (the runtime logged
+/// what it could not deliver, and an error is printed); else the bridge's.
+pub fn exit_as_command<E: std::fmt::Display>(
+    program: &str,
+    result: Result<(), E>,
+    command: Option<i32>,
+) -> ExitCode {
+    match (result, command) {
+        (Err(e), Some(code)) => {
+            eprintln!("{program}: {e:#}");
+            ExitCode::from(code.clamp(0, 255) as u8)
+        }
+        (Ok(()), Some(code)) => ExitCode::from(code.clamp(0, 255) as u8),
+        (r, None) => exit(program, r),
+    }
+}

@@ -37,6 +37,9 @@ pub struct SubunitArgs {
     /// The largest stream read [default: 256 MiB].
     #[arg(long, value_name = "BYTES")]
     pub max_stream_bytes: Option<usize>,
+    /// How long fetching one job's stream may take, in seconds [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    pub fetch_timeout: Option<u64>,
 }
 
 /// The `[source]` table.
@@ -50,6 +53,9 @@ pub struct SubunitConfig {
     pub traceback_bytes: usize,
     pub max_failures: usize,
     pub max_stream_bytes: usize,
+    /// `worker`: the Gearman servers, `HOST:PORT` (`--gearman`).
+    pub gearman: Vec<String>,
+    pub fetch_timeout_secs: u64,
 }
 
 impl Default for SubunitConfig {
@@ -62,6 +68,8 @@ impl Default for SubunitConfig {
             traceback_bytes: 4096,
             max_failures: 100,
             max_stream_bytes: 256 * 1024 * 1024,
+            gearman: Vec::new(),
+            fetch_timeout_secs: 60,
         }
     }
 }
@@ -93,7 +101,22 @@ impl SubunitConfig {
         if let Some(n) = a.max_stream_bytes {
             self.max_stream_bytes = n;
         }
+        if let Some(n) = a.fetch_timeout {
+            self.fetch_timeout_secs = n;
+        }
         Ok(())
+    }
+
+    /// The topic's levels before the project: `--topic-root`, else the
+    /// original's `gearman-subunit/<hostname>`.
+    pub fn topic_root(&self) -> String {
+        self.topic_root.clone().unwrap_or_else(|| {
+            format!(
+                "{}/{}",
+                firehose::subunit::FAMILY,
+                firehose::topic::level(&firehose_bridge::config::hostname())
+            )
+        })
     }
 
     /// How streams become messages.
@@ -122,13 +145,7 @@ impl SubunitConfig {
                 ));
             }
         }
-        let base = self.topic_root.clone().unwrap_or_else(|| {
-            format!(
-                "{}/{}",
-                firehose::subunit::FAMILY,
-                firehose::topic::level(&firehose_bridge::config::hostname())
-            )
-        });
+        let base = self.topic_root();
         Ok(Build {
             base,
             project,

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use firehose::subunit::{RunStatus, SubunitRun};
-use firehose_bridge::{ResultExt, Source, SourceContext, SourceError};
+use firehose_bridge::{Batch, ResultExt, Source, SourceContext, SourceError};
 use serde_json::{json, Map, Value};
 
 use crate::summary::{summarize, Summary};
@@ -29,7 +29,7 @@ pub struct Build {
 }
 
 /// How a stream becomes a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Shape {
     /// Each kept traceback or reason, at most (its tail).
     pub detail_bytes: usize,
@@ -100,25 +100,55 @@ pub fn run_message(
     }
 }
 
-/// Publishes one stream's message; dead-letters a bad stream.
-async fn publish(
+/// Publishes one stream's message; dead-letters a bad stream and says
+/// why it was bad.
+pub(crate) async fn publish(
     ctx: &SourceContext,
     build: &Build,
     stream: &[u8],
     shape: Shape,
     source: &str,
-) -> Result<(), SourceError> {
+    batch: Option<&Batch>,
+) -> Result<Option<String>, SourceError> {
     let (run, bad) = run_message(build, stream, shape);
-    if let Some(e) = bad {
-        ctx.malformed_whole("subunit", &e.to_string(), stream);
+    let bad = bad.map(|e| e.to_string());
+    if let Some(e) = &bad {
+        ctx.malformed_whole("subunit", e, stream);
     }
+    send(ctx, &run, stream.len(), source, batch).await?;
+    Ok(bad)
+}
+
+/// Publishes a run whose stream could not be had, as `failed`.
+pub(crate) async fn publish_failed(
+    ctx: &SourceContext,
+    build: &Build,
+    reason: &str,
+    source: &str,
+    batch: Option<&Batch>,
+) -> Result<(), SourceError> {
+    let (mut run, _) = run_message(build, b"", Shape::default());
+    run.status = RunStatus::Failed;
+    let mut m = Map::new();
+    m.insert("error".into(), json!(reason));
+    run.summary = Some(m);
+    send(ctx, &run, 0, source, batch).await
+}
+
+async fn send(
+    ctx: &SourceContext,
+    run: &SubunitRun,
+    bytes: usize,
+    source: &str,
+    batch: Option<&Batch>,
+) -> Result<(), SourceError> {
     tracing::info!(
-        topic = %ctx.topic(&firehose::Publishable::topic(&run)),
+        topic = %ctx.topic(&firehose::Publishable::topic(run)),
         status = run.status.as_str(),
-        bytes = stream.len(),
+        bytes,
         "publishing a run"
     );
-    ctx.publish(&run, source, None).await
+    ctx.publish(run, source, batch).await
 }
 
 /// Reads at most `max` bytes; more is an error that names the flag.
@@ -169,7 +199,9 @@ impl Source for File {
             ),
         };
         ctx.connected();
-        publish(ctx, &self.build, &stream, self.shape, &source).await
+        publish(ctx, &self.build, &stream, self.shape, &source, None)
+            .await
+            .map(drop)
     }
 }
 
@@ -195,7 +227,6 @@ impl Source for Run {
     }
 
     async fn run(&mut self, ctx: &SourceContext) -> Result<(), SourceError> {
-        use std::os::unix::process::ExitStatusExt;
         if self
             .exit
             .lock()
@@ -220,11 +251,7 @@ impl Source for Run {
             .output()
             .await
             .fatal(format!("running {program}"))?;
-        let code = out
-            .status
-            .code()
-            .or_else(|| out.status.signal().map(|s| 128 + s))
-            .unwrap_or(1);
+        let code = firehose_bridge::cli::command_code(out.status);
         *self.exit.lock().unwrap_or_else(|e| e.into_inner()) = Some(code);
         tracing::info!(command = %program, exit_code = code, "command finished");
         let stream = if out.stdout.first() == Some(&0xB3) {
@@ -264,7 +291,9 @@ impl Source for Run {
             &stream,
             self.shape,
             &format!("exec:{program}"),
+            None,
         )
         .await
+        .map(drop)
     }
 }

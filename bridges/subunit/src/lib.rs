@@ -9,10 +9,15 @@
 //!   CloudEvents payloads.
 //! - [`direct`]: the sources: a finished stream (`--file`) and a wrapped
 //!   test command (`run -- stestr run`).
+//! - [`worker`]: the Gearman worker (`push-subunit`, the original's
+//!   jobs), completing a job only after the broker's PUBACK; [`fetch`]:
+//!   its streams over HTTP.
 //! - [`config`]: the bridge's own flags and `[source]` table.
 
 pub mod config;
 pub mod direct;
+pub mod fetch;
 pub mod gearman;
 pub mod summary;
 pub mod v2;
+pub mod worker;

@@ -3,12 +3,15 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use firehose_bridge::cli::{CommonArgs, Info, Plan};
 use firehose_bridge::BoxedSource;
 use firehose_subunit::config::{SubunitArgs, SubunitConfig};
 use firehose_subunit::direct::{File, Run};
+use firehose_subunit::fetch::Fetcher;
+use firehose_subunit::worker::Worker;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -49,6 +52,18 @@ enum Cmd {
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
+    /// The original worker: take `push-subunit` jobs from Gearman, fetch
+    /// each job's stream (source_url.gz, then source_url), publish its run
+    /// and complete the job once the broker has it, until stopped.
+    Worker {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        subunit: SubunitArgs,
+        /// A Gearman server, HOST:PORT (repeatable; default port 4730).
+        #[arg(long, value_name = "HOST:PORT")]
+        gearman: Vec<String>,
+    },
 }
 
 const INFO: Info = Info {
@@ -63,12 +78,19 @@ fn main() -> ExitCode {
         eprintln!("firehose-subunit: {e}");
         return ExitCode::from(2);
     }
-    let Cmd::Run {
-        common,
-        subunit,
-        file,
-        command,
-    } = cli.cmd;
+    let (common, subunit, file, command) = match cli.cmd {
+        Cmd::Worker {
+            common,
+            subunit,
+            gearman,
+        } => return worker(common, subunit, gearman),
+        Cmd::Run {
+            common,
+            subunit,
+            file,
+            command,
+        } => (common, subunit, file, command),
+    };
     let exit = Arc::new(Mutex::new(None));
     let exit2 = exit.clone();
     let r = firehose_bridge::cli::run(INFO, common, |mut cfg: SubunitConfig, _| {
@@ -112,12 +134,47 @@ fn main() -> ExitCode {
         })
     });
     let code = *exit.lock().unwrap_or_else(|e| e.into_inner());
-    match (r, code) {
-        (Err(e), Some(code)) => {
-            eprintln!("firehose-subunit: {e}");
-            ExitCode::from(code.clamp(0, 255) as u8)
+    firehose_bridge::cli::exit_as_command("firehose-subunit", r, code)
+}
+
+/// `worker`: one source per Gearman server.
+fn worker(common: CommonArgs, subunit: SubunitArgs, gearman: Vec<String>) -> ExitCode {
+    let r = firehose_bridge::cli::run(INFO, common, |mut cfg: SubunitConfig, _| {
+        cfg.apply(&subunit)?;
+        if !gearman.is_empty() {
+            cfg.gearman = gearman;
         }
-        (Ok(()), Some(code)) => ExitCode::from(code.clamp(0, 255) as u8),
-        (r, None) => firehose_bridge::cli::exit("firehose-subunit", r),
-    }
+        if cfg.gearman.is_empty() {
+            return Err("worker needs --gearman HOST:PORT (or gearman in [source])".to_owned());
+        }
+        let fetcher = Fetcher::new(
+            Duration::from_secs(cfg.fetch_timeout_secs),
+            cfg.max_stream_bytes,
+        )
+        .map_err(|e| firehose::report::error_chain(&e))?;
+        let fetcher = Arc::new(fetcher);
+        let host = firehose_bridge::config::hostname();
+        let servers: Vec<String> = cfg
+            .gearman
+            .iter()
+            .map(|s| match s.rsplit_once(':') {
+                Some((_, port)) if port.parse::<u16>().is_ok() => s.clone(),
+                _ => format!("{s}:4730"),
+            })
+            .collect();
+        Ok::<_, String>(Plan {
+            describe: format!("gearman {}", servers.join(", ")),
+            sources: servers
+                .into_iter()
+                .map(|server| Worker {
+                    server,
+                    topic_root: cfg.topic_root(),
+                    shape: cfg.shape(),
+                    fetcher: fetcher.clone(),
+                    client_id: format!("{host}-pusher"),
+                })
+                .collect(),
+        })
+    });
+    firehose_bridge::cli::exit("firehose-subunit", r)
 }

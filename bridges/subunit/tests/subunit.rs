@@ -300,3 +300,205 @@ fn the_sample_config_checks_and_shows_every_key() {
     known.insert("source.fields".into());
     assert_sample_complete("deploy/subunit.toml", &text, &known);
 }
+
+/// A private gearmand on a free loopback port.
+fn gearmand(dir: &Path) -> (Proc, u16) {
+    let bin = require("/usr/sbin/gearmand", "gearman-job-server");
+    let port = free_port();
+    let p = Proc::spawn(
+        "gearmand",
+        Command::new(bin)
+            .args(["--listen", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--log-file", "none", "--verbose", "ERROR"])
+            .current_dir(dir),
+    );
+    wait_until(
+        WAIT,
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        || format!("gearmand on {port}: {}", p.logs()),
+    );
+    (p, port)
+}
+
+/// Python's http.server over `dir` on a free loopback port.
+fn http_server(dir: &Path) -> (Proc, u16) {
+    let port = free_port();
+    let p = Proc::spawn(
+        "http.server",
+        Command::new(venv().join("python"))
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .current_dir(dir),
+    );
+    wait_until(
+        WAIT,
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        || format!("http.server on {port}: {}", p.logs()),
+    );
+    (p, port)
+}
+
+/// Submits `push-subunit` jobs with gear (OpenStack's Gearman library, as
+/// the original's log processor used) and waits for each: one JSON line
+/// per job, `{"complete", "failure", "exception"}`.
+fn submit(port: u16, jobs: &[Value]) -> Vec<Value> {
+    let script = r#"
+import gear, json, sys, time
+port, jobs = int(sys.argv[1]), json.loads(sys.argv[2])
+c = gear.Client("firehose-test")
+c.addServer("127.0.0.1", port)
+c.waitForServer()
+for args in jobs:
+    job = gear.Job(b"push-subunit", json.dumps(args).encode())
+    c.submitJob(job)
+    end = time.time() + 60
+    while not job.complete and time.time() < end:
+        time.sleep(0.05)
+    exc = job.exception
+    print(json.dumps({"complete": job.complete, "failure": job.failure,
+                      "exception": exc.decode() if isinstance(exc, bytes) else exc}), flush=True)
+c.shutdown()
+"#;
+    let out = run(Command::new(venv().join("python"))
+        .args(["-c", script, &port.to_string()])
+        .arg(serde_json::to_string(jobs).unwrap()));
+    assert!(
+        out.status.success(),
+        "gear client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a job's result"))
+        .collect()
+}
+
+fn job(url: &str, status: &str, change: u32) -> Value {
+    serde_json::json!({
+        "source_url": url,
+        "retry": false,
+        "event": {"fields": {
+            "build_status": status, "build_uuid": format!("uuid-{change}"),
+            "build_change": change, "project": "openstack/nova",
+            "build_queue": "gate", "log_url": "http://logs.example.org/x/"
+        }}
+    })
+}
+
+#[test]
+fn the_gearman_worker_does_the_originals_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let tests = dir.path().join("suite");
+    suite(&tests);
+    let (_, stream) = stestr_stream(&tests);
+    let (total, _, failed, _) = subunit_stats(&stream);
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    // One stream only as .gz (fetched first), one only plain, one v1.
+    let gz = Command::new("gzip")
+        .arg("-c")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("gzip");
+    {
+        use std::io::Write;
+        let mut gz = gz;
+        gz.stdin.take().unwrap().write_all(&stream).unwrap();
+        let out = gz.wait_with_output().unwrap();
+        std::fs::write(www.join("zipped.subunit.gz"), out.stdout).unwrap();
+    }
+    std::fs::write(www.join("plain.subunit"), &stream).unwrap();
+    std::fs::write(www.join("v1.subunit"), "test: a\nsuccess: a\n").unwrap();
+    let (_http, http) = http_server(&www);
+    let (_g, gport) = gearmand(dir.path());
+    let b = BrokerProc::with_users(dir.path(), &[BRIDGE], &[]);
+    let sub = Sub::spawn(
+        &b,
+        &["-t", "gearman-subunit/#", "-v", "-C", "4", "-W", "60"],
+    );
+    let pw = bridge_password_file(dir.path(), BRIDGE.1);
+    let worker = Proc::spawn(
+        "firehose-subunit worker",
+        Command::new(bin("firehose-subunit"))
+            .arg("worker")
+            .args(["--broker", &format!("mqtt://{}@{}", BRIDGE.0, b.mqtt())])
+            .arg("--password-file")
+            .arg(&pw)
+            .arg("--dead-letter")
+            .arg(dir.path().join("dl.jsonl"))
+            .args(["--topic-root", "gearman-subunit/worker-1"])
+            .args(["--gearman", &format!("127.0.0.1:{gport}")]),
+    );
+    worker.wait_log("registered with gearmand");
+    let url = |f: &str| format!("http://127.0.0.1:{http}/{f}");
+    let results = submit(
+        gport,
+        &[
+            job(&url("zipped.subunit"), "SUCCESS", 1),
+            job(&url("plain.subunit"), "FAILURE", 2),
+            job(&url("plain.subunit"), "ABORTED", 3),
+            job(&url("v1.subunit"), "SUCCESS", 4),
+            job(&url("missing.subunit"), "SUCCESS", 5),
+        ],
+    );
+    let ok = |r: &Value| r["complete"] == true && r["failure"] == false;
+    assert!(
+        ok(&results[0]) && ok(&results[1]),
+        "{results:?}\n{}",
+        worker.logs()
+    );
+    assert!(
+        ok(&results[2]),
+        "an aborted build is completed: {results:?}"
+    );
+    assert!(
+        results[3]["failure"] == true && results[4]["failure"] == true,
+        "a bad stream and a missing one fail their jobs: {results:?}"
+    );
+
+    let (_, text, _) = sub.output();
+    let got: Vec<(String, Value)> = text
+        .lines()
+        .map(|l| {
+            let (t, p) = l.split_once(' ').expect("topic payload");
+            (t.to_owned(), serde_json::from_str(p).expect("JSON"))
+        })
+        .collect();
+    let topics: Vec<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        topics,
+        [
+            "gearman-subunit/worker-1/openstack/nova/1",
+            "gearman-subunit/worker-1/openstack/nova/2",
+            "gearman-subunit/worker-1/openstack/nova/4",
+            "gearman-subunit/worker-1/openstack/nova/5",
+        ],
+        "no message for the aborted build"
+    );
+    for (_, ce) in &got[..2] {
+        assert_eq!(ce["type"], "subunit.run.success", "{ce}");
+        assert_eq!(ce["data"]["tests"].as_u64(), Some(total), "{ce}");
+        assert_eq!(ce["data"]["counts"]["fail"].as_u64(), Some(failed), "{ce}");
+        assert_eq!(ce["data"]["build"]["build_queue"], "gate", "{ce}");
+    }
+    assert_eq!(got[0].1["data"]["build_uuid"], "uuid-1");
+    assert_eq!(got[2].1["type"], "subunit.run.failed");
+    assert!(got[2].1["data"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("subunit v1"));
+    assert_eq!(got[3].1["type"], "subunit.run.failed");
+    assert!(
+        got[3].1["data"]["error"].as_str().unwrap().contains("404"),
+        "{}",
+        got[3].1
+    );
+    let dl = std::fs::read_to_string(dir.path().join("dl.jsonl")).expect("dead letters");
+    assert!(dl.contains("subunit v1"), "{dl}");
+}
