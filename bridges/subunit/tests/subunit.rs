@@ -5,7 +5,9 @@
 //! equal python-subunit's own `subunit-stats` on the same stream; the raw
 //! payload is the original worker's; `run -- stestr run` exits with
 //! stestr's code; a stream that is not v2 is dead-lettered and published
-//! as failed.
+//! as failed; as a Gearman worker (Debian's gearmand, OpenStack's gear as
+//! the client) it does the original's jobs, and a job whose message the
+//! broker never took is done again by the next worker, not lost.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -347,6 +349,25 @@ fn http_server(dir: &Path) -> (Proc, u16) {
 /// the original's log processor used) and waits for each: one JSON line
 /// per job, `{"complete", "failure", "exception"}`.
 fn submit(port: u16, jobs: &[Value]) -> Vec<Value> {
+    let out = run(&mut gear_client(port, jobs));
+    assert!(
+        out.status.success(),
+        "gear client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    results(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn results(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("a job's result"))
+        .collect()
+}
+
+/// The gear client of [`submit`], to run in the background.
+fn gear_client(port: u16, jobs: &[Value]) -> Command {
     let script = r#"
 import gear, json, sys, time
 port, jobs = int(sys.argv[1]), json.loads(sys.argv[2])
@@ -356,7 +377,7 @@ c.waitForServer()
 for args in jobs:
     job = gear.Job(b"push-subunit", json.dumps(args).encode())
     c.submitJob(job)
-    end = time.time() + 60
+    end = time.time() + 120
     while not job.complete and time.time() < end:
         time.sleep(0.05)
     exc = job.exception
@@ -364,18 +385,10 @@ for args in jobs:
                       "exception": exc.decode() if isinstance(exc, bytes) else exc}), flush=True)
 c.shutdown()
 "#;
-    let out = run(Command::new(venv().join("python"))
-        .args(["-c", script, &port.to_string()])
-        .arg(serde_json::to_string(jobs).unwrap()));
-    assert!(
-        out.status.success(),
-        "gear client: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a job's result"))
-        .collect()
+    let mut c = Command::new(venv().join("python"));
+    c.args(["-c", script, &port.to_string()])
+        .arg(serde_json::to_string(jobs).unwrap());
+    c
 }
 
 fn job(url: &str, status: &str, change: u32) -> Value {
@@ -501,4 +514,80 @@ fn the_gearman_worker_does_the_originals_jobs() {
     );
     let dl = std::fs::read_to_string(dir.path().join("dl.jsonl")).expect("dead letters");
     assert!(dl.contains("subunit v1"), "{dl}");
+}
+
+fn worker(dir: &Path, broker: &str, gearman: u16) -> Proc {
+    let pw = bridge_password_file(dir, BRIDGE.1);
+    Proc::spawn(
+        "firehose-subunit worker",
+        Command::new(bin("firehose-subunit"))
+            .arg("worker")
+            .args(["--broker", &format!("mqtt://{}@{broker}", BRIDGE.0)])
+            .arg("--password-file")
+            .arg(&pw)
+            .arg("--dead-letter")
+            .arg(dir.join("dl.jsonl"))
+            .args(["--topic-root", "gearman-subunit/worker-1"])
+            .args(["--gearman", &format!("127.0.0.1:{gearman}")]),
+    )
+}
+
+#[test]
+fn a_job_whose_message_the_broker_never_took_is_done_again_not_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let tests = dir.path().join("suite");
+    suite(&tests);
+    let (_, stream) = stestr_stream(&tests);
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("run.subunit"), &stream).unwrap();
+    let (_http, http) = http_server(&www);
+    let (_g, gport) = gearmand(dir.path());
+    // The broker is down: the first worker takes the job, publishes into
+    // its spool and waits for a PUBACK that cannot come.
+    let port = free_port();
+    let broker = format!("127.0.0.1:{port}");
+    let first = worker(dir.path(), &broker, gport);
+    first.wait_log("registered with gearmand");
+    let client = Proc::spawn(
+        "gear client",
+        &mut gear_client(
+            gport,
+            &[job(
+                &format!("http://127.0.0.1:{http}/run.subunit"),
+                "SUCCESS",
+                7,
+            )],
+        ),
+    );
+    first.wait_log("publishing a run");
+    assert!(
+        results(&client.stdout_lines().join("\n")).is_empty(),
+        "no answer while the message is undelivered: {}",
+        client.logs()
+    );
+    // It dies with the job unanswered; gearmand gives the job to the next
+    // worker, which finds the broker up.
+    first.signal("KILL");
+    drop(first);
+    let passwd = passwd_file(dir.path(), &[BRIDGE]);
+    let b = BrokerProc::on_port(port, &passwd, &[]);
+    let sub = Sub::spawn(
+        &b,
+        &["-t", "gearman-subunit/#", "-v", "-C", "1", "-W", "60"],
+    );
+    let second = worker(dir.path(), &broker, gport);
+    let (_, text, _) = sub.output();
+    assert!(
+        text.starts_with("gearman-subunit/worker-1/openstack/nova/7 "),
+        "the job was done again: {text}\n{}",
+        second.logs()
+    );
+    wait_until(
+        WAIT * 3,
+        || !results(&client.stdout_lines().join("\n")).is_empty(),
+        || format!("the job's answer: {}", client.logs()),
+    );
+    let r = &results(&client.stdout_lines().join("\n"))[0];
+    assert!(r["complete"] == true && r["failure"] == false, "{r}");
 }
