@@ -247,11 +247,7 @@ fn browser_example_shows_a_live_event() {
             ])
             .arg(&browser_dir),
     );
-    wait_until(
-        WAIT,
-        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
-        || "the static server".into(),
-    );
+    _http.wait_listening(port);
     let ws = b.ws.expect("ws listener");
     let page = format!("http://127.0.0.1:{port}/index.html?url=ws://{ws}/mqtt&topic=gerrit/%23");
     let shot = dir.path().join("browser.png");

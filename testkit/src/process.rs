@@ -186,6 +186,16 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Waits until this server accepts TCP connections on
+    /// `127.0.0.1:port`, showing its logs if it never does.
+    pub fn wait_listening(&self, port: u16) {
+        wait_until(
+            WAIT,
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            || format!("{} to listen on {port}: {}", self.name, self.logs()),
+        );
+    }
+
     /// Spawns `cmd` (stdin null, stdout and stderr captured).
     pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
         let mut child = cmd

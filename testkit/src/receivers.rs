@@ -166,11 +166,7 @@ impl SmtpServer {
         }
         cmd.args(["-c", "aiosmtpd.handlers.Mailbox"]).arg(&maildir);
         let proc = Proc::spawn("aiosmtpd", &mut cmd);
-        wait_until(
-            WAIT,
-            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
-            || format!("aiosmtpd to listen on {port}: {}", proc.logs()),
-        );
+        proc.wait_listening(port);
         SmtpServer {
             port,
             maildir,

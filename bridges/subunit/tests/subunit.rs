@@ -314,11 +314,7 @@ fn gearmand(dir: &Path) -> (Proc, u16) {
             .args(["--log-file", "none", "--verbose", "ERROR"])
             .current_dir(dir),
     );
-    wait_until(
-        WAIT,
-        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
-        || format!("gearmand on {port}: {}", p.logs()),
-    );
+    p.wait_listening(port);
     (p, port)
 }
 
@@ -337,11 +333,7 @@ fn http_server(dir: &Path) -> (Proc, u16) {
             ])
             .current_dir(dir),
     );
-    wait_until(
-        WAIT,
-        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
-        || format!("http.server on {port}: {}", p.logs()),
-    );
+    p.wait_listening(port);
     (p, port)
 }
 

@@ -826,11 +826,7 @@ s.serve_forever()
         key = dir.path().join("server.key").display().to_string(),
     );
     let https = Proc::spawn("https", Command::new("python3").arg("-c").arg(&server));
-    wait_until(
-        WAIT,
-        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
-        || https.logs(),
-    );
+    https.wait_listening(port);
     let config = format!(
         "[broker]\nurl = \"mqtt://{}\"\n\n[[target]]\nname = \"tls\"\ntype = \"webhook\"\nurl = \"https://localhost:{port}/hook\"\nca = \"{}\"\nbody = \"{{{{ topic }}}}\"\n\n[[rule]]\ntopics = [\"test/#\"]\ntargets = [\"tls\"]\n",
         b.mqtt(),
