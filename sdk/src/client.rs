@@ -35,7 +35,7 @@ use rumqttc::{
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::filter::Filter;
-use crate::reader::{decode_bytes, Event};
+use crate::reader::{Decoder, Event};
 
 /// Errors from connecting or subscribing; each says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +75,7 @@ pub struct ClientBuilder {
     dedup: usize,
     keep_alive: Duration,
     queue: usize,
+    decoder: Decoder,
 }
 
 /// A connected (or connecting) subscriber.
@@ -89,6 +90,7 @@ struct Inner {
     state: watch::Receiver<ConnectionState>,
     qos: QoS,
     queue: usize,
+    decoder: Decoder,
     /// Set by [`Client::disconnect`]: the connection is not re-opened.
     closing: Arc<AtomicBool>,
     /// Dropped with the last [`Client`]: stops the connection task at once
@@ -251,6 +253,13 @@ impl ClientBuilder {
         self
     }
 
+    /// How messages are read: where Zuul's reports are
+    /// ([`Decoder::zuul_root`]).
+    pub fn decoder(mut self, decoder: Decoder) -> Self {
+        self.decoder = decoder;
+        self
+    }
+
     /// The rumqttc options this builder connects with (URL, transport,
     /// TLS, credentials, session): for a program that also publishes, on
     /// its own rumqttc client.
@@ -328,6 +337,7 @@ impl ClientBuilder {
             state: state_rx,
             qos,
             queue: self.queue,
+            decoder: self.decoder.clone(),
             closing: closing.clone(),
             _stop: stop_tx,
         });
@@ -343,6 +353,7 @@ impl ClientBuilder {
             Dedup::new(self.dedup),
             qos,
             shown,
+            self.decoder,
         ));
         Ok(Client { inner })
     }
@@ -362,12 +373,19 @@ impl Client {
             dedup: 0,
             keep_alive: Duration::from_secs(30),
             queue: 1024,
+            decoder: Decoder::DEFAULT,
         }
     }
 
     /// Connects to `url` with the defaults (clean session, no dedup).
     pub async fn connect(url: &str) -> Result<Client, ClientError> {
         Client::builder(url).connect().await
+    }
+
+    /// How this client reads messages (for events it gets elsewhere, such
+    /// as a history page, read the same way).
+    pub fn decoder(&self) -> &Decoder {
+        &self.inner.decoder
     }
 
     /// Subscribes to `filter`; events arrive on the returned stream.
@@ -476,6 +494,7 @@ async fn drive(
     mut dedup: Dedup,
     qos: QoS,
     url: String,
+    decoder: Decoder,
 ) {
     let mut backoff = crate::backoff::Backoff::default();
     loop {
@@ -507,7 +526,7 @@ async fn drive(
                 }
             }
             Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
-                let ev = decode_bytes(&p.topic, p.payload, p.retain);
+                let ev = decoder.decode_bytes(&p.topic, p.payload, p.retain);
                 if dedup.repeat(ev.id.as_deref()) {
                     continue;
                 }

@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 
 use crate::client::{ClientError, Subscription};
 use crate::filter::Filter;
-use crate::reader::{decode_bytes, Event};
+use crate::reader::{Decoder, Event};
 use crate::Client;
 
 /// How many of the last history events are remembered to drop their live
@@ -77,10 +77,16 @@ struct Pages {
     /// The cursor of the last event read.
     last: Option<String>,
     done: bool,
+    decoder: Decoder,
 }
 
 impl Pages {
-    fn new(history: &str, topic: &str, since: &str) -> Result<Pages, HistoryError> {
+    fn new(
+        history: &str,
+        topic: &str,
+        since: &str,
+        decoder: Decoder,
+    ) -> Result<Pages, HistoryError> {
         let base = history.trim_end_matches('/').to_owned();
         let mut b = reqwest::Client::builder().timeout(Duration::from_secs(30));
         if base.starts_with("https://") {
@@ -100,6 +106,7 @@ impl Pages {
             after: None,
             last: None,
             done: false,
+            decoder,
         })
     }
 
@@ -146,7 +153,10 @@ impl Pages {
         if let Some(c) = events.last().and_then(|e| e["cursor"].as_str()) {
             self.last = Some(c.to_owned());
         }
-        Ok(events.iter().filter_map(event_of).collect())
+        Ok(events
+            .iter()
+            .filter_map(|e| event_of(&self.decoder, e))
+            .collect())
     }
 
     /// After the end: look again for what was stored since.
@@ -159,11 +169,11 @@ impl Pages {
 }
 
 /// A history event, decoded from its payload as a live one would be.
-fn event_of(v: &Value) -> Option<Event> {
+fn event_of(decoder: &Decoder, v: &Value) -> Option<Event> {
     let topic = v["topic"].as_str()?;
     let payload = v["payload"].as_str()?;
     let retained = v["retained"].as_bool().unwrap_or(false);
-    Some(decode_bytes(
+    Some(decoder.decode_bytes(
         topic,
         bytes::Bytes::copy_from_slice(payload.as_bytes()),
         retained,
@@ -214,7 +224,7 @@ pub async fn subscribe_since(
     history: &str,
     since: &str,
 ) -> Result<Subscription, HistoryError> {
-    let mut pages = Pages::new(history, topic, since)?;
+    let mut pages = Pages::new(history, topic, since, client.decoder().clone())?;
     let mut live = client.subscribe(Filter::topic(topic)).await?;
     // The first page before anything is returned: a wrong URL or a bad
     // `since` is the caller's error, not a silent live-only stream.

@@ -14,6 +14,8 @@
 //! - [`launchpad`]: Launchpad notifications with lpmqtt's fields.
 //! - [`ansible`]: playbook events as the callback plugin sends them and as
 //!   they are published.
+//! - [`subunit`]: test-result runs (and their tests) as `firehose-subunit`
+//!   publishes them; [`zuul`]: the reports Zuul's MQTT reporter publishes.
 //! - [`reader`]: one MQTT message as a subscriber sees it: a normalized
 //!   [`reader::Event`] whatever the payload mode, and the typed event.
 //! - [`Client`] ([`client`]): the reconnecting subscriber; [`Filter`]
@@ -49,6 +51,7 @@ pub mod subunit;
 pub mod tls;
 pub mod topic;
 pub mod url;
+pub mod zuul;
 
 pub use client::Client;
 pub use envelope::CloudEvent;

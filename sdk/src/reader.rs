@@ -7,8 +7,10 @@
 //! bridges name it in CloudEvents mode (`gerrit.comment-added`,
 //! `nova.compute.instance.create.end`, `launchpad.bug`, `ansible.task.ok`),
 //! `data` is the payload, and the id is the one the bridge would have given
-//! (so deduplication works across modes). Nothing here fails: a payload
-//! that cannot be read is [`Body::Other`] with the reason.
+//! (so deduplication works across modes). Zuul's own reports are read
+//! by their topic root (`zuul/` unless a [`Decoder`] says otherwise).
+//! Nothing here fails: a payload that cannot be read is [`Body::Other`]
+//! with the reason.
 //!
 //! ```
 //! let ev = firehose::reader::decode(
@@ -38,7 +40,8 @@ use crate::gerrit::GerritEvent;
 use crate::launchpad::LaunchpadEvent;
 use crate::nova::{Notification, ServiceState};
 use crate::status::Status;
-use crate::subunit::{PublishedRun, FAMILY};
+use crate::subunit::{PublishedRun, PublishedTest, FAMILY};
+use crate::zuul::ZuulReport;
 
 /// One event, normalized: what `firehose-sub --json` prints and what
 /// `--where` and `--format` see (serialized as `topic`, `id`, `source`,
@@ -157,6 +160,10 @@ pub enum Body {
     Ansible(PublishedAnsible),
     /// A processed test-result stream (`firehose-subunit`).
     Subunit(PublishedRun),
+    /// One finished test of a run (`firehose-subunit --per-test`).
+    SubunitTest(PublishedTest),
+    /// A Zuul pipeline item's report (Zuul's MQTT reporter).
+    Zuul(Box<ZuulReport>),
     /// A bridge's retained liveness message.
     Status(Box<Status>),
     /// Not a firehose event, or one that could not be read (`reason`).
@@ -194,14 +201,86 @@ fn offset(outer: &[u8], inner: &str) -> Range<usize> {
     start..start + inner.len()
 }
 
-/// Reads one message (copies the payload; [`decode_bytes`] does not).
-pub fn decode(topic: &str, payload: &[u8], retained: bool) -> Event {
-    decode_bytes(topic, Bytes::copy_from_slice(payload), retained)
+/// How messages are read, where that depends on the deployment: the topic
+/// root Zuul's reporter publishes under (`zuul` unless configured, as
+/// `zuul_root` in a reader's config or `--zuul-root`).
+///
+/// ```
+/// use firehose::reader::{Body, Decoder};
+/// let d = Decoder::new().zuul_root("ci/zuul");
+/// let ev = d.decode("ci/zuul/openstack/check/openstack/nova/12", br#"{"action": "start"}"#, false);
+/// assert_eq!(ev.kind, "zuul.buildset.start");
+/// assert!(matches!(ev.body, Body::Zuul(_)));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoder {
+    zuul_root: Cow<'static, str>,
 }
 
-/// Reads one message. The common fields are read in one pass over the
-/// payload; the typed event is built from its text.
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::DEFAULT
+    }
+}
+
+impl Decoder {
+    /// The defaults ([`crate::zuul::ROOT`]).
+    pub const DEFAULT: Decoder = Decoder {
+        zuul_root: Cow::Borrowed(crate::zuul::ROOT),
+    };
+
+    /// The defaults.
+    pub fn new() -> Decoder {
+        Decoder::DEFAULT
+    }
+
+    /// Zuul's reports are the messages under these topic levels
+    /// (`zuul`, `ci/zuul`; slashes at either end are ignored).
+    pub fn zuul_root(mut self, root: &str) -> Decoder {
+        self.zuul_root = Cow::Owned(root.trim_matches('/').to_owned());
+        self
+    }
+
+    /// The Zuul root.
+    pub fn zuul_root_levels(&self) -> &str {
+        &self.zuul_root
+    }
+
+    /// The levels after the Zuul root, when `topic` is under it.
+    fn under_zuul<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        let rest = topic.strip_prefix(&*self.zuul_root)?;
+        match rest.strip_prefix('/') {
+            Some(r) => Some(r),
+            None if rest.is_empty() => Some(rest),
+            None => None,
+        }
+    }
+
+    /// Reads one message (copies the payload; [`Decoder::decode_bytes`]
+    /// does not).
+    pub fn decode(&self, topic: &str, payload: &[u8], retained: bool) -> Event {
+        self.decode_bytes(topic, Bytes::copy_from_slice(payload), retained)
+    }
+
+    /// Reads one message. The common fields are read in one pass over the
+    /// payload; the typed event is built from its text.
+    pub fn decode_bytes(&self, topic: &str, payload: Bytes, retained: bool) -> Event {
+        decode_with(self, topic, payload, retained)
+    }
+}
+
+/// Reads one message with the default [`Decoder`] (copies the payload;
+/// [`decode_bytes`] does not).
+pub fn decode(topic: &str, payload: &[u8], retained: bool) -> Event {
+    Decoder::DEFAULT.decode(topic, payload, retained)
+}
+
+/// Reads one message with the default [`Decoder`].
 pub fn decode_bytes(topic: &str, payload: Bytes, retained: bool) -> Event {
+    Decoder::DEFAULT.decode_bytes(topic, payload, retained)
+}
+
+fn decode_with(decoder: &Decoder, topic: &str, payload: Bytes, retained: bool) -> Event {
     let mut ev = Event {
         topic: topic.to_owned(),
         id: None,
@@ -236,6 +315,12 @@ pub fn decode_bytes(topic: &str, payload: Bytes, retained: bool) -> Event {
                 return ev;
             }
         }
+    }
+    // Zuul publishes itself, under its root: its project levels may name
+    // a source (`openstack/nova`), so this comes before the families.
+    if let Some(rest) = decoder.under_zuul(topic) {
+        raw_zuul(&mut ev, rest);
+        return ev;
     }
     // A raw gerrit event: reading its head checks the whole text is JSON.
     if let Some(text) = std::str::from_utf8(p).ok().map(str::trim) {
@@ -328,6 +413,16 @@ fn typed_cloudevent(ev: &Event) -> Body {
             None => other("launchpad data is not an object".into()),
         },
         "ansible" => Body::Ansible(PublishedAnsible::new(ev.data().clone())),
+        "zuul" => match ZuulReport::from_slice(ev.data_text().unwrap_or("").as_bytes()) {
+            Ok(z) => Body::Zuul(Box::new(z)),
+            Err(e) => other(format!("zuul data: {}", crate::report::error_chain(&e))),
+        },
+        "subunit" if ev.kind.starts_with("subunit.test.") => {
+            match PublishedTest::from_value(ev.data()) {
+                Some(t) => Body::SubunitTest(t),
+                None => other("subunit test data without a test_id or status".into()),
+            }
+        }
         "subunit" => match PublishedRun::from_value(ev.data()) {
             Some(r) => Body::Subunit(r),
             None => other("subunit data without a status".into()),
@@ -438,6 +533,30 @@ fn raw_subunit(ev: &mut Event, levels: &[&str]) {
             ev.body = Body::Subunit(r);
         }
         None => ev.body = other("gearman-subunit payload without a status".into()),
+    }
+}
+
+fn raw_zuul(ev: &mut Event, levels: &str) {
+    match ZuulReport::from_slice(&ev.payload) {
+        Ok(z) => {
+            if let Ok(whole) = serde_json::from_slice::<&RawValue>(&ev.payload) {
+                ev.data.span = Span::Json(offset(&ev.payload, whole.get()));
+            }
+            ev.kind = z.event_type();
+            // Of the levels under the root (the same whatever the root)
+            // and the report as Zuul sent it.
+            ev.id = Some(stable_id(
+                "zuul",
+                &[levels.as_bytes(), b"\0", &ev.payload].concat(),
+            ));
+            ev.subject = z.subject();
+            ev.time = z
+                .time()
+                .and_then(|t| OffsetDateTime::from_unix_timestamp_nanos((t * 1e9) as i128).ok())
+                .map(rfc3339);
+            ev.body = Body::Zuul(Box::new(z));
+        }
+        Err(e) => ev.body = other(format!("zuul payload: {}", crate::report::error_chain(&e))),
     }
 }
 

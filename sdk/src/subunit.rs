@@ -8,6 +8,8 @@
 //! | raw payload | `{"status": "success" \| "failed", "build_uuid": ..., "source_url": ...}` (Python's `json.dumps` spacing) |
 //! | CloudEvents type | `subunit.run.success`, `subunit.run.failed` |
 //! | CloudEvents data | the raw fields, the build's fields, `counts` by subunit status name, `tests`, `duration_s`, `failures` |
+//! | per-test topic | `<run topic>/tests/<subunit status>` (CloudEvents only, when the bridge runs with `--per-test`) |
+//! | per-test type | `subunit.test.fail`, `subunit.test.success`, ... with `test_id`, `duration_s`, `details` |
 //!
 //! `failed` means the stream could not be stored (fetched, read) in the
 //! original; a run whose tests failed is still `success` there, and its
@@ -147,6 +149,119 @@ impl Publishable for SubunitRun {
     }
 }
 
+/// One finished test of a run: published beside its run when the bridge
+/// is asked for per-test events (`--per-test failures|all`), so a reader
+/// can follow one test across builds without unpacking run summaries. The
+/// original published no such message: it exists in CloudEvents mode only
+/// (its raw form is its `data`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubunitTest {
+    /// The run's topic levels before the project.
+    pub base: String,
+    /// The run's project.
+    pub project: String,
+    /// The run's change.
+    pub change: String,
+    /// The run's build uuid.
+    pub build_uuid: String,
+    /// The run message's id ([`SubunitRun::id`]).
+    pub run_id: String,
+    /// Its place among the run's finished tests (a test id may finish
+    /// more than once, on several workers).
+    pub index: usize,
+    /// The test id (`nova.tests.unit.test_x.TestX.test_y`).
+    pub test_id: String,
+    /// Subunit's status name: `success`, `fail`, `skip`, `xfail`,
+    /// `uxsuccess`.
+    pub status: String,
+    /// From its start to its result, when both carry a time.
+    pub duration_s: Option<f64>,
+    /// When it finished, seconds since the Unix epoch, when the stream says.
+    pub finished: Option<f64>,
+    /// The attachments that explain the result (`traceback`, `reason`),
+    /// each cut to the bridge's `--traceback-bytes` (its tail).
+    pub details: Map<String, Value>,
+    /// Whether an attachment was cut.
+    pub truncated: bool,
+}
+
+impl SubunitTest {
+    fn data(&self) -> Value {
+        json!({
+            "test_id": self.test_id,
+            "status": self.status,
+            "duration_s": self.duration_s,
+            "details": self.details,
+            "truncated": self.truncated,
+            "build_uuid": self.build_uuid,
+            "project": self.project,
+            "build_change": self.change,
+            "run_id": self.run_id,
+        })
+    }
+}
+
+impl Publishable for SubunitTest {
+    fn topic(&self) -> String {
+        format!(
+            "{}/{}/{}/tests/{}",
+            self.base, self.project, self.change, self.status
+        )
+    }
+
+    fn raw(&self) -> Vec<u8> {
+        self.data().to_string().into_bytes()
+    }
+
+    fn cloudevent(&self, source: &str, received: OffsetDateTime) -> CloudEvent {
+        let id = stable_id(
+            "subunit-test",
+            format!("{}\0{}\0{}", self.run_id, self.index, self.test_id).as_bytes(),
+        );
+        let time = self
+            .finished
+            .and_then(|t| OffsetDateTime::from_unix_timestamp_nanos((t * 1e9) as i128).ok())
+            .unwrap_or(received);
+        let data =
+            serde_json::value::to_raw_value(&self.data()).expect("a JSON value always serializes");
+        CloudEvent::new(
+            id,
+            source,
+            format!("subunit.test.{}", self.status),
+            time,
+            Some(self.change.clone()),
+            data,
+        )
+    }
+}
+
+/// A published test as a reader gets it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublishedTest {
+    /// The test id.
+    pub test_id: String,
+    /// Subunit's status name.
+    pub status: String,
+    /// The whole `data`: `duration_s`, `details`, the run's fields.
+    pub value: Value,
+}
+
+impl PublishedTest {
+    /// Reads `data`; `None` when it is not a test.
+    pub fn from_value(v: &Value) -> Option<PublishedTest> {
+        Some(PublishedTest {
+            test_id: v.get("test_id")?.as_str()?.to_owned(),
+            status: v.get("status")?.as_str()?.to_owned(),
+            value: v.clone(),
+        })
+    }
+
+    /// Its traceback, when it kept one.
+    pub fn traceback(&self) -> Option<&str> {
+        self.value.get("details")?.get("traceback")?.as_str()
+    }
+}
+
 /// A published run as a reader gets it, from either payload mode.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PublishedRun {
@@ -250,5 +365,53 @@ mod tests {
         }
         let broken = decode("gearman-subunit/w/openstack/nova/1", b"{\"x\": 1}", false);
         assert!(matches!(broken.body, Body::Other { reason: Some(_) }));
+    }
+
+    #[test]
+    fn a_test_event_reads_back_typed_with_its_traceback() {
+        use crate::reader::{decode, Body};
+        let r = run();
+        let t = SubunitTest {
+            base: r.base.clone(),
+            project: r.project.clone(),
+            change: r.change.clone(),
+            build_uuid: r.build_uuid.clone(),
+            run_id: r.id(),
+            index: 3,
+            test_id: "nova.tests.unit.test_x.TestX.test_y".into(),
+            status: "fail".into(),
+            duration_s: Some(0.25),
+            finished: Some(1_700_000_000.5),
+            details: json!({"traceback": "AssertionError: 1 != 2"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            truncated: false,
+        };
+        assert_eq!(
+            t.topic(),
+            "gearman-subunit/worker-1/openstack/nova/123456/tests/fail"
+        );
+        let ce = t.cloudevent("gearman://127.0.0.1:4730", OffsetDateTime::UNIX_EPOCH);
+        let ev = decode(&t.topic(), &ce.to_json(), false);
+        assert_eq!(ev.kind, "subunit.test.fail");
+        assert_eq!(ev.subject.as_deref(), Some("123456"));
+        assert_eq!(ev.time.as_deref(), Some("2023-11-14T22:13:20.5Z"));
+        match &ev.body {
+            Body::SubunitTest(p) => {
+                assert_eq!(p.test_id, "nova.tests.unit.test_x.TestX.test_y");
+                assert_eq!(p.traceback(), Some("AssertionError: 1 != 2"));
+            }
+            other => panic!("not a test: {other:?}"),
+        }
+        let again = SubunitTest {
+            index: 4,
+            ..t.clone()
+        };
+        assert_ne!(
+            again.cloudevent("x", OffsetDateTime::UNIX_EPOCH).id,
+            ce.id,
+            "a test that ran twice is two events"
+        );
     }
 }

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::direct::{Build, Shape};
+use crate::direct::{Build, PerTest, Shape};
 
 /// Flags for the subunit sources.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -34,6 +34,10 @@ pub struct SubunitArgs {
     /// Failed tests listed in a run message, at most [default: 100].
     #[arg(long, value_name = "N")]
     pub max_failures: Option<usize>,
+    /// Which tests also get a message of their own, on <run topic>/tests/<status>
+    /// (subunit.test.fail, ...; CloudEvents payload only) [default: none].
+    #[arg(long, value_name = "failures|all|none")]
+    pub per_test: Option<PerTest>,
     /// The largest stream read [default: 256 MiB].
     #[arg(long, value_name = "BYTES")]
     pub max_stream_bytes: Option<usize>,
@@ -52,6 +56,7 @@ pub struct SubunitConfig {
     pub fields: Map<String, Value>,
     pub traceback_bytes: usize,
     pub max_failures: usize,
+    pub per_test: PerTest,
     pub max_stream_bytes: usize,
     /// `worker`: the Gearman servers, `HOST:PORT` (`--gearman`).
     pub gearman: Vec<String>,
@@ -67,6 +72,7 @@ impl Default for SubunitConfig {
             fields: Map::new(),
             traceback_bytes: 4096,
             max_failures: 100,
+            per_test: PerTest::None,
             max_stream_bytes: 256 * 1024 * 1024,
             gearman: Vec::new(),
             fetch_timeout_secs: 60,
@@ -98,6 +104,9 @@ impl SubunitConfig {
         if let Some(n) = a.max_failures {
             self.max_failures = n;
         }
+        if let Some(p) = a.per_test {
+            self.per_test = p;
+        }
         if let Some(n) = a.max_stream_bytes {
             self.max_stream_bytes = n;
         }
@@ -124,7 +133,20 @@ impl SubunitConfig {
         Shape {
             detail_bytes: self.traceback_bytes,
             max_failures: self.max_failures,
+            per_test: self.per_test,
         }
+    }
+
+    /// Refuses what the payload mode cannot carry: per-test messages have
+    /// no raw form (the original sent one message per run).
+    pub fn check(&self, payload: firehose::PayloadMode) -> Result<(), String> {
+        if self.per_test != PerTest::None && payload == firehose::PayloadMode::Raw {
+            return Err(
+                "--per-test needs --payload cloudevents: the original's raw payload has one message per run (use --per-test none)"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     /// The build a direct run reports; `project` and `change` are needed

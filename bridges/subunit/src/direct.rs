@@ -8,7 +8,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use firehose::subunit::{RunStatus, SubunitRun};
+use firehose::subunit::{RunStatus, SubunitRun, SubunitTest};
 use firehose_bridge::{Batch, ResultExt, Source, SourceContext, SourceError};
 use serde_json::{json, Map, Value};
 
@@ -28,13 +28,59 @@ pub struct Build {
     pub fields: Map<String, Value>,
 }
 
-/// How a stream becomes a message.
+/// Which finished tests get a message of their own, beside the run's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PerTest {
+    /// None: the run message only (the original's one message per run).
+    #[default]
+    None,
+    /// `fail` and `uxsuccess`: what made the run fail.
+    Failures,
+    /// Every finished test.
+    All,
+}
+
+impl std::str::FromStr for PerTest {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(PerTest::None),
+            "failures" => Ok(PerTest::Failures),
+            "all" => Ok(PerTest::All),
+            other => Err(format!("--per-test {other:?}: use failures, all or none")),
+        }
+    }
+}
+
+impl PerTest {
+    fn wants(self, s: Status) -> bool {
+        match self {
+            PerTest::None => false,
+            PerTest::Failures => matches!(s, Status::Fail | Status::UxSuccess),
+            PerTest::All => true,
+        }
+    }
+}
+
+/// How a stream becomes messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Shape {
     /// Each kept traceback or reason, at most (its tail).
     pub detail_bytes: usize,
     /// Failed tests listed in the summary, at most.
     pub max_failures: usize,
+    /// Which tests get a message of their own.
+    pub per_test: PerTest,
+}
+
+/// What one stream is published as: its tests' messages (when asked
+/// for), then its run's, and why the stream was bad, if it was.
+#[derive(Debug)]
+pub struct Messages {
+    pub run: SubunitRun,
+    pub tests: Vec<SubunitTest>,
+    pub bad: Option<crate::v2::ParseError>,
 }
 
 /// The summary as CloudEvents `data` carries it.
@@ -63,13 +109,10 @@ pub fn summary_json(s: &Summary, shape: Shape) -> Map<String, Value> {
     m
 }
 
-/// The message for one stream: `success` with its summary, or `failed`
-/// with why (the caller dead-letters the stream).
-pub fn run_message(
-    build: &Build,
-    stream: &[u8],
-    shape: Shape,
-) -> (SubunitRun, Option<crate::v2::ParseError>) {
+/// The messages for one stream: the run, `success` with its summary or
+/// `failed` with why (the caller dead-letters the stream), and a message
+/// per test as `shape.per_test` asks.
+pub fn messages(build: &Build, stream: &[u8], shape: Shape) -> Messages {
     let mut run = SubunitRun {
         base: build.base.clone(),
         project: build.project.clone(),
@@ -88,14 +131,47 @@ pub fn run_message(
     match summarize(stream, shape.detail_bytes) {
         Ok(s) => {
             run.summary = Some(summary_json(&s, shape));
-            (run, None)
+            let run_id = run.id();
+            let tests = s
+                .tests
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| shape.per_test.wants(t.status))
+                .map(|(index, t)| SubunitTest {
+                    base: run.base.clone(),
+                    project: run.project.clone(),
+                    change: run.change.clone(),
+                    build_uuid: run.build_uuid.clone(),
+                    run_id: run_id.clone(),
+                    index,
+                    test_id: t.id.clone(),
+                    status: t.status.name().to_owned(),
+                    duration_s: t.duration_s,
+                    finished: t.finished,
+                    details: t
+                        .details
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                        .collect(),
+                    truncated: t.truncated,
+                })
+                .collect();
+            Messages {
+                run,
+                tests,
+                bad: None,
+            }
         }
         Err(e) => {
             run.status = RunStatus::Failed;
             let mut m = Map::new();
             m.insert("error".into(), json!(e.to_string()));
             run.summary = Some(m);
-            (run, Some(e))
+            Messages {
+                run,
+                tests: Vec::new(),
+                bad: Some(e),
+            }
         }
     }
 }
@@ -110,12 +186,18 @@ pub(crate) async fn publish(
     source: &str,
     batch: Option<&Batch>,
 ) -> Result<Option<String>, SourceError> {
-    let (run, bad) = run_message(build, stream, shape);
-    let bad = bad.map(|e| e.to_string());
+    let m = messages(build, stream, shape);
+    let bad = m.bad.map(|e| e.to_string());
     if let Some(e) = &bad {
         ctx.malformed_whole("subunit", e, stream);
     }
-    send(ctx, &run, stream.len(), source, batch).await?;
+    for t in &m.tests {
+        ctx.publish(t, source, batch).await?;
+    }
+    if !m.tests.is_empty() {
+        tracing::info!(tests = m.tests.len(), "published per-test messages");
+    }
+    send(ctx, &m.run, stream.len(), source, batch).await?;
     Ok(bad)
 }
 
@@ -127,7 +209,7 @@ pub(crate) async fn publish_failed(
     source: &str,
     batch: Option<&Batch>,
 ) -> Result<(), SourceError> {
-    let (mut run, _) = run_message(build, b"", Shape::default());
+    let mut run = messages(build, b"", Shape::default()).run;
     run.status = RunStatus::Failed;
     let mut m = Map::new();
     m.insert("error".into(), json!(reason));

@@ -93,8 +93,9 @@ fn main() -> ExitCode {
     };
     let exit = Arc::new(Mutex::new(None));
     let exit2 = exit.clone();
-    let r = firehose_bridge::cli::run(INFO, common, |mut cfg: SubunitConfig, _| {
+    let r = firehose_bridge::cli::run(INFO, common, |mut cfg: SubunitConfig, publish| {
         cfg.apply(&subunit)?;
+        cfg.check(publish.payload)?;
         let shape = cfg.shape();
         let max_bytes = cfg.max_stream_bytes;
         let source = match (file, command.is_empty()) {
@@ -139,8 +140,9 @@ fn main() -> ExitCode {
 
 /// `worker`: one source per Gearman server.
 fn worker(common: CommonArgs, subunit: SubunitArgs, gearman: Vec<String>) -> ExitCode {
-    let r = firehose_bridge::cli::run(INFO, common, |mut cfg: SubunitConfig, _| {
+    let r = firehose_bridge::cli::run(INFO, common, |mut cfg: SubunitConfig, publish| {
         cfg.apply(&subunit)?;
+        cfg.check(publish.payload)?;
         if !gearman.is_empty() {
             cfg.gearman = gearman;
         }

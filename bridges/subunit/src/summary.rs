@@ -16,6 +16,9 @@ pub struct TestResult {
     pub status: Status,
     /// From its `inprogress` to its result, when both carry a time.
     pub duration_s: Option<f64>,
+    /// When it finished (seconds since the Unix epoch), when its result
+    /// carries a time.
+    pub finished: Option<f64>,
     /// Its attachments that explain a result (`traceback`, `reason`),
     /// each cut to the configured size; empty for a success.
     pub details: BTreeMap<String, String>,
@@ -110,6 +113,7 @@ pub fn summarize(stream: &[u8], cap: usize) -> Result<Summary, ParseError> {
                     (Some(a), Some(b)) if b >= a => Some(b - a),
                     _ => None,
                 },
+                finished: at,
                 details: if p.status == Status::Success {
                     BTreeMap::new()
                 } else {

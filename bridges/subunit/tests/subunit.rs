@@ -7,7 +7,9 @@
 //! stestr's code; a stream that is not v2 is dead-lettered and published
 //! as failed; as a Gearman worker (Debian's gearmand, OpenStack's gear as
 //! the client) it does the original's jobs, and a job whose message the
-//! broker never took is done again by the next worker, not lost.
+//! broker never took is done again by the next worker, not lost. With
+//! `--per-test failures` each failed test has a typed message of its own;
+//! a gearmand restart is survived.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -222,6 +224,89 @@ fn a_real_stream_is_counted_as_subunit_stats_counts_it() {
 }
 
 #[test]
+fn per_test_messages_come_before_their_run_and_read_back_typed() {
+    let dir = tempfile::tempdir().unwrap();
+    suite(dir.path());
+    let (_, stream) = stestr_stream(dir.path());
+    let stream_path = dir.path().join("run.subunit");
+    std::fs::write(&stream_path, &stream).unwrap();
+    let b = BrokerProc::with_users(dir.path(), &[BRIDGE], &[]);
+
+    // failures: test_fails and test_errors (fail), test_unexpected_success
+    // (uxsuccess); then the run.
+    let sub = Sub::spawn(
+        &b,
+        &["-t", "gearman-subunit/#", "-v", "-C", "4", "-W", "60"],
+    );
+    let out = run(bridge(dir.path(), &b, &["--per-test", "failures", "--file"]).arg(&stream_path));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, text, _) = sub.output();
+    let events: Vec<firehose::reader::Event> = text
+        .lines()
+        .map(|l| {
+            let (t, p) = l.split_once(' ').expect("topic payload");
+            firehose::reader::decode(t, p.as_bytes(), false)
+        })
+        .collect();
+    assert_eq!(events.len(), 4, "{text}");
+    let run_ev = events.last().expect("the run");
+    assert_eq!(
+        run_ev.kind, "subunit.run.success",
+        "the run comes last: {text}"
+    );
+    let mut kinds: Vec<&str> = events[..3].iter().map(|e| e.kind.as_str()).collect();
+    kinds.sort_unstable();
+    assert_eq!(
+        kinds,
+        [
+            "subunit.test.fail",
+            "subunit.test.fail",
+            "subunit.test.uxsuccess"
+        ],
+        "{text}"
+    );
+    for ev in &events[..3] {
+        let firehose::reader::Body::SubunitTest(t) = &ev.body else {
+            panic!("not a typed test: {ev:?}")
+        };
+        assert!(
+            ev.topic
+                .starts_with("gearman-subunit/worker-1/openstack/nova/123456/tests/"),
+            "{}",
+            ev.topic
+        );
+        assert_eq!(ev.subject.as_deref(), Some("123456"));
+        assert_eq!(t.value["run_id"].as_str(), run_ev.id.as_deref());
+        if t.test_id.ends_with("test_fails") {
+            assert!(
+                t.traceback()
+                    .is_some_and(|tb| tb.contains("one is not two")),
+                "{:?}",
+                t.value
+            );
+        }
+    }
+
+    // The original had one message per run: raw mode refuses --per-test.
+    let out = run(bridge(
+        dir.path(),
+        &b,
+        &["--payload", "raw", "--per-test", "all", "--file"],
+    )
+    .arg(&stream_path));
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("--per-test needs --payload cloudevents"),
+        "{log}"
+    );
+}
+
+#[test]
 fn run_wraps_stestr_and_exits_with_its_code() {
     let dir = tempfile::tempdir().unwrap();
     suite(dir.path());
@@ -305,8 +390,14 @@ fn the_sample_config_checks_and_shows_every_key() {
 
 /// A private gearmand on a free loopback port.
 fn gearmand(dir: &Path) -> (Proc, u16) {
-    let bin = require("/usr/sbin/gearmand", "gearman-job-server");
     let port = free_port();
+    (gearmand_on(dir, port), port)
+}
+
+/// A private gearmand on `port` (so a restart comes back on the same
+/// address).
+fn gearmand_on(dir: &Path, port: u16) -> Proc {
+    let bin = require("/usr/sbin/gearmand", "gearman-job-server");
     let p = Proc::spawn(
         "gearmand",
         Command::new(bin)
@@ -315,7 +406,7 @@ fn gearmand(dir: &Path) -> (Proc, u16) {
             .current_dir(dir),
     );
     p.wait_listening(port);
-    (p, port)
+    p
 }
 
 /// Python's http.server over `dir` on a free loopback port.
@@ -335,6 +426,19 @@ fn http_server(dir: &Path) -> (Proc, u16) {
     );
     p.wait_listening(port);
     (p, port)
+}
+
+/// A real stestr run's stream (the suite's), served over HTTP from
+/// `dir/www`: the server, and the stream's URL.
+fn served_stream(dir: &Path) -> (Proc, String) {
+    let tests = dir.join("suite");
+    suite(&tests);
+    let (_, stream) = stestr_stream(&tests);
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("run.subunit"), &stream).unwrap();
+    let (p, port) = http_server(&www);
+    (p, format!("http://127.0.0.1:{port}/run.subunit"))
 }
 
 /// Submits `push-subunit` jobs with gear (OpenStack's Gearman library, as
@@ -527,13 +631,7 @@ fn worker(dir: &Path, broker: &str, gearman: u16) -> Proc {
 #[test]
 fn a_job_whose_message_the_broker_never_took_is_done_again_not_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let tests = dir.path().join("suite");
-    suite(&tests);
-    let (_, stream) = stestr_stream(&tests);
-    let www = dir.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("run.subunit"), &stream).unwrap();
-    let (_http, http) = http_server(&www);
+    let (_http, url) = served_stream(dir.path());
     let (_g, gport) = gearmand(dir.path());
     // The broker is down: the first worker takes the job, publishes into
     // its spool and waits for a PUBACK that cannot come.
@@ -543,14 +641,7 @@ fn a_job_whose_message_the_broker_never_took_is_done_again_not_lost() {
     first.wait_log("registered with gearmand");
     let client = Proc::spawn(
         "gear client",
-        &mut gear_client(
-            gport,
-            &[job(
-                &format!("http://127.0.0.1:{http}/run.subunit"),
-                "SUCCESS",
-                7,
-            )],
-        ),
+        &mut gear_client(gport, &[job(&url, "SUCCESS", 7)]),
     );
     first.wait_log("publishing a run");
     assert!(
@@ -582,4 +673,52 @@ fn a_job_whose_message_the_broker_never_took_is_done_again_not_lost() {
     );
     let r = &results(&client.stdout_lines().join("\n"))[0];
     assert!(r["complete"] == true && r["failure"] == false, "{r}");
+}
+
+#[test]
+fn the_worker_comes_back_after_a_gearmand_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_http, url) = served_stream(dir.path());
+    let gport = free_port();
+    let mut g = gearmand_on(dir.path(), gport);
+    let b = BrokerProc::with_users(dir.path(), &[BRIDGE], &[]);
+    let sub = Sub::spawn(
+        &b,
+        &["-t", "gearman-subunit/#", "-v", "-C", "2", "-W", "120"],
+    );
+    let w = worker(dir.path(), &b.mqtt().to_string(), gport);
+    w.wait_log("registered with gearmand");
+    let r = submit(gport, &[job(&url, "SUCCESS", 1)]);
+    assert!(
+        r[0]["complete"] == true && r[0]["failure"] == false,
+        "{r:?}"
+    );
+
+    // gearmand goes away (its queue is in memory: nothing was pending) and
+    // comes back on the same address; the worker registers again by itself.
+    g.signal("TERM");
+    g.wait_exit();
+    drop(g);
+    let _g = gearmand_on(dir.path(), gport);
+    w.wait_log_count("registered with gearmand", 2);
+    let r = submit(gport, &[job(&url, "SUCCESS", 2)]);
+    assert!(
+        r[0]["complete"] == true && r[0]["failure"] == false,
+        "{r:?}"
+    );
+
+    let (_, text, _) = sub.output();
+    let topics: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(t, _)| t))
+        .collect();
+    assert_eq!(
+        topics,
+        [
+            "gearman-subunit/worker-1/openstack/nova/1",
+            "gearman-subunit/worker-1/openstack/nova/2"
+        ],
+        "{}",
+        w.logs()
+    );
 }

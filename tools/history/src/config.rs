@@ -58,6 +58,9 @@ pub struct BrokerFile {
     pub share: Option<String>,
     /// Events per committed batch at most (default 1000).
     pub batch: Option<usize>,
+    /// The topic levels Zuul's MQTT reporter publishes under (default
+    /// `zuul`): its reports there are stored typed `zuul.buildset.<action>`.
+    pub zuul_root: Option<String>,
 }
 
 /// `[store]`.
@@ -157,6 +160,10 @@ impl File {
             filters,
             share: b.share.clone(),
             batch,
+            zuul_root: b
+                .zuul_root
+                .clone()
+                .unwrap_or_else(|| firehose::zuul::ROOT.to_owned()),
         };
         ingest
             .subscriptions()

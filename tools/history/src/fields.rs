@@ -198,6 +198,14 @@ pub fn indexed(ev: &Event) -> Indexed {
                 f.change = levels.last().map(|c| (*c).to_owned());
             }
         }
+        Body::Zuul(z) => {
+            f.project = (!z.project.is_empty()).then(|| z.project.clone());
+            f.change = z.change.clone();
+        }
+        Body::SubunitTest(t) => {
+            f.project = s(t.value.get("project"));
+            f.change = s(t.value.get("build_change"));
+        }
         Body::Status(_) | Body::Other { .. } => {}
     }
     f

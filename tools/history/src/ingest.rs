@@ -41,6 +41,8 @@ pub struct IngestConfig {
     pub share: Option<String>,
     /// Events per batch at most.
     pub batch: usize,
+    /// Where Zuul's reports are ([`firehose::reader::Decoder::zuul_root`]).
+    pub zuul_root: String,
 }
 
 /// Why ingesting cannot start.
@@ -107,6 +109,7 @@ pub async fn run(
     let (tx, rx) = mpsc::channel::<(Row, Publish)>(65_536);
     let writer = tokio::spawn(write(rx, client.clone(), store, stats.clone(), cfg.batch));
     let shown = firehose::url::redact(&cfg.broker);
+    let decoder = firehose::reader::Decoder::new().zuul_root(&cfg.zuul_root);
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     tokio::pin!(stop);
     loop {
@@ -135,7 +138,7 @@ pub async fn run(
             }
             Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
                 let topic = p.topic.clone();
-                let ev = firehose::reader::decode_bytes(&topic, p.payload.clone(), p.retain);
+                let ev = decoder.decode_bytes(&topic, p.payload.clone(), p.retain);
                 let r = row(&ev, now_ms());
                 if tx.send((r, p)).await.is_err() {
                     break;

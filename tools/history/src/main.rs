@@ -52,6 +52,10 @@ struct Cli {
     /// A $share group: several ingesters into one PostgreSQL split the events, each stored once.
     #[arg(long, value_name = "GROUP")]
     share: Option<String>,
+    /// The topic levels Zuul's MQTT reporter publishes under (default zuul): its
+    /// reports there are stored typed zuul.buildset.<action>.
+    #[arg(long, env = "FIREHOSE_ZUUL_ROOT", value_name = "LEVELS")]
+    zuul_root: Option<String>,
     /// The persistent session's client id (default firehose-history).
     #[arg(long, value_name = "ID")]
     session: Option<String>,
@@ -242,6 +246,9 @@ fn merged(cli: &Cli) -> anyhow::Result<File> {
     }
     if let Some(s) = &cli.session {
         f.broker.session = Some(s.clone());
+    }
+    if let Some(z) = &cli.zuul_root {
+        f.broker.zuul_root = Some(z.clone());
     }
     if let Some(k) = &cli.keep {
         f.store.keep = Some(k.clone());

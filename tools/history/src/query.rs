@@ -332,7 +332,11 @@ pub fn event_json(s: &Stored) -> Value {
     let ev = firehose::reader::decode(&r.topic, &r.payload, r.retained);
     let mut v = serde_json::to_value(&ev).unwrap_or_else(|_| json!({}));
     if let Some(o) = v.as_object_mut() {
+        // What was read at ingest (with its Zuul root) is what it is.
         o.insert("id".into(), json!(r.id));
+        o.insert("type".into(), json!(r.kind));
+        o.insert("subject".into(), json!(r.subject));
+        o.insert("time".into(), json!(r.time));
         o.insert("received".into(), json!(rfc3339_ms(r.received_ms)));
         o.insert("cursor".into(), json!(s.cursor.to_string()));
     }

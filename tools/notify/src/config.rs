@@ -62,6 +62,14 @@ pub struct BrokerConfig {
     pub since: Option<String>,
     /// firehose-history's API (`http://HOST:PORT`), for `since`.
     pub history: Option<String>,
+    /// The topic levels Zuul's MQTT reporter publishes under: its reports
+    /// there are typed `zuul.buildset.<action>` for rules' `types`.
+    #[serde(default = "zuul_root")]
+    pub zuul_root: String,
+}
+
+fn zuul_root() -> String {
+    firehose::zuul::ROOT.to_owned()
 }
 
 /// Settings every target shares.

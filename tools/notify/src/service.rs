@@ -120,7 +120,8 @@ fn now_rfc3339() -> String {
 /// Connects with `[broker]`'s settings.
 async fn connect(cfg: &Config) -> Result<firehose::Client, ServiceError> {
     let b = &cfg.broker;
-    let mut builder = firehose::Client::builder(&b.url);
+    let mut builder = firehose::Client::builder(&b.url)
+        .decoder(firehose::reader::Decoder::new().zuul_root(&b.zuul_root));
     let pass = crate::config::password(&b.password, &b.password_file)?;
     match (&b.username, pass) {
         (Some(user), pass) => builder = builder.credentials(user, &pass.unwrap_or_default()),

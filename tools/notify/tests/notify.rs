@@ -699,6 +699,7 @@ fn the_deploy_sample_is_complete_and_checks() {
         "broker.session",
         "broker.since",
         "broker.history",
+        "broker.zuul_root",
         "target.name",
         "target.type",
         "target.queue",

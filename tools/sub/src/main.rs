@@ -22,7 +22,8 @@ use firehose_sub::{Printer, Style, Template, Where};
         Every event is also read as one normalized JSON shape whatever the bridge's payload mode: \
         {\"topic\", \"id\", \"source\", \"type\", \"time\", \"subject\", \"data\", \"retained\"}, \
         with type as in CloudEvents (gerrit.comment-added, nova.compute.instance.create.end, \
-        launchpad.bug, ansible.task.failed, firehose.status). --type, --where, --format and \
+        launchpad.bug, ansible.task.failed, subunit.run.success, zuul.buildset.failure, \
+        firehose.status). --type, --where, --format and \
         --json all see that shape. It reconnects by itself when the broker goes away.\n\n\
         Exit codes as mosquitto_sub: 0 after -C messages, 27 when -W expires, 1 when the \
         broker cannot be reached at start.",
@@ -104,6 +105,10 @@ struct Cli {
     /// firehose-history's API, for --since (e.g. http://127.0.0.1:8090).
     #[arg(long, value_name = "URL", env = "FIREHOSE_HISTORY_URL")]
     history: Option<String>,
+    /// The topic levels Zuul's MQTT reporter publishes under: its reports
+    /// there are typed zuul.buildset.<action> (e.g. --type zuul.buildset.failure).
+    #[arg(long, value_name = "LEVELS", env = "FIREHOSE_ZUUL_ROOT", default_value = firehose::zuul::ROOT)]
+    zuul_root: String,
     /// Print the normalized event, one JSON object per line.
     #[arg(long)]
     json: bool,
@@ -182,7 +187,9 @@ fn run(cli: Cli) -> Result<u8, String> {
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async move {
-        let mut b = Client::builder(&url).qos(cli.qos);
+        let mut b = Client::builder(&url)
+            .qos(cli.qos)
+            .decoder(firehose::reader::Decoder::new().zuul_root(&cli.zuul_root));
         if let (Some(u), p) = (&cli.username, &cli.password) {
             b = b.credentials(u, p.as_deref().unwrap_or_default());
         }
