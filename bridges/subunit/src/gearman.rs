@@ -21,6 +21,7 @@ pub enum Kind {
     Error = 19,
     SetClientId = 22,
     WorkException = 25,
+    WorkWarning = 29,
 }
 
 impl Kind {
@@ -40,6 +41,7 @@ impl Kind {
             19 => Kind::Error,
             22 => Kind::SetClientId,
             25 => Kind::WorkException,
+            29 => Kind::WorkWarning,
             _ => return None,
         })
     }
@@ -134,6 +136,10 @@ mod tests {
         assert_eq!(
             request(Kind::WorkComplete, &[b"H:1", b"{}"]),
             b"\0REQ\0\0\0\x0d\0\0\0\x06H:1\0{}"
+        );
+        assert_eq!(
+            request(Kind::WorkWarning, &[b"H:1", b"why"]),
+            b"\0REQ\0\0\0\x1d\0\0\0\x07H:1\0why"
         );
         let assign = res(11, b"H:host:7\0push-subunit\0{\"a\":\"b\0c\"}");
         assert_eq!(response(&assign[..11]), Ok(None), "a header cut short");

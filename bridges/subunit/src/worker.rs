@@ -11,6 +11,9 @@
 //! stream that cannot be fetched is published as `failed` and the job
 //! ends in WORK_EXCEPTION with the reason; one that is not subunit v2 is
 //! dead-lettered, published as `failed`, and the job ends in WORK_FAIL.
+//! A failed job's reason is sent just before as WORK_WARNING: WORK_FAIL has
+//! no data, and gearmand turns WORK_EXCEPTION into WORK_FAIL for clients
+//! that did not ask for exceptions.
 
 use std::time::Duration;
 
@@ -170,6 +173,14 @@ impl Source for Worker {
                     let body = args.get(2).copied().unwrap_or_default();
                     let (kind, data) = self.job(ctx, &source, &mut acks, body).await?;
                     let h: &[u8] = &handle;
+                    // WORK_FAIL carries no data, and gearmand passes
+                    // WORK_EXCEPTION on only to clients that asked for
+                    // exceptions (others get WORK_FAIL): a failure's reason
+                    // goes first as the job's WORK_WARNING, which every
+                    // client gets.
+                    if kind != Kind::WorkComplete && !data.is_empty() {
+                        conn.send(Kind::WorkWarning, &[h, data.as_bytes()]).await?;
+                    }
                     match kind {
                         Kind::WorkFail => conn.send(Kind::WorkFail, &[h]).await?,
                         k => conn.send(k, &[h, data.as_bytes()]).await?,
@@ -221,7 +232,7 @@ impl Worker {
             Ok(stream) => {
                 match publish(ctx, &build, &stream, self.shape, source, Some(&batch)).await? {
                     None => (Kind::WorkComplete, String::new()),
-                    Some(_) => (Kind::WorkFail, String::new()),
+                    Some(reason) => (Kind::WorkFail, reason),
                 }
             }
             Err(e) => {

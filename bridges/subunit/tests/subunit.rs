@@ -478,7 +478,8 @@ for args in jobs:
         time.sleep(0.05)
     exc = job.exception
     print(json.dumps({"complete": job.complete, "failure": job.failure,
-                      "exception": exc.decode() if isinstance(exc, bytes) else exc}), flush=True)
+                      "exception": exc.decode() if isinstance(exc, bytes) else exc,
+                      "warning": [d.decode() for d in job.data] if job.warning else None}), flush=True)
 c.shutdown()
 "#;
     let mut c = Command::new(venv().join("python"));
@@ -569,6 +570,18 @@ fn the_gearman_worker_does_the_originals_jobs() {
     assert!(
         results[3]["failure"] == true && results[4]["failure"] == true,
         "a bad stream and a missing one fail their jobs: {results:?}"
+    );
+    assert!(
+        results[3]["warning"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("subunit v1")),
+        "WORK_FAIL's reason comes as WORK_WARNING: {results:?}"
+    );
+    assert!(
+        results[4]["warning"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("404")),
+        "and WORK_EXCEPTION's (gear asks for no exceptions: gearmand gives it WORK_FAIL): {results:?}"
     );
 
     let (_, text, _) = sub.output();
