@@ -262,7 +262,7 @@ fn retained_states_and_a_delayed_will_survive_kill_9() {
 #[test]
 fn session_expiry_counts_from_the_departure() {
     let dir = tempfile::tempdir().unwrap();
-    let b = start(dir.path(), &["--persistent-client-expiration", "2"]);
+    let mut b = start(dir.path(), &["--persistent-client-expiration", "2"]);
     let (mut r, _) = persistent(&b, "short");
     r.send(&subscribe(4, 1, "x/#", 1));
     assert_eq!(r.expect("SUBACK").0, 0x90);
@@ -276,6 +276,8 @@ fn session_expiry_counts_from_the_departure() {
     r.send(&[0xe0, 0]);
     b.wait_metric_at_most("firehose_broker_clients_connected", 0);
     b.signal("TERM");
+    // Dropping kills: let it finish writing the store first.
+    b.wait_exit();
     drop(b);
     // Down for longer than the short expiry (the behaviour under test).
     std::thread::sleep(std::time::Duration::from_secs(3));
@@ -298,7 +300,7 @@ fn session_expiry_counts_from_the_departure() {
 #[test]
 fn a_torn_tail_loses_only_the_torn_record() {
     let dir = tempfile::tempdir().unwrap();
-    let b = start(dir.path(), &[]);
+    let mut b = start(dir.path(), &[]);
     for i in 1..=3 {
         let out = mosquitto_pub(
             &b,
@@ -317,6 +319,8 @@ fn a_torn_tail_loses_only_the_torn_record() {
         assert!(out.status.success());
     }
     b.signal("TERM");
+    // Dropping kills: let it finish writing the store first.
+    b.wait_exit();
     drop(b);
     let log = dir.path().join("store/store.log");
     let len = std::fs::metadata(&log).unwrap().len();
@@ -381,11 +385,13 @@ fn refused(store: &Path) -> String {
 #[test]
 fn a_newer_store_or_a_second_broker_is_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    let b = start(dir.path(), &[]);
+    let mut b = start(dir.path(), &[]);
     let store = dir.path().join("store");
     let err = refused(&store);
     assert!(err.contains("in use by another broker"), "{err}");
     b.signal("TERM");
+    // Dropping kills: let it finish writing the store first.
+    b.wait_exit();
     drop(b);
     let mut bytes = std::fs::read(store.join("store.log")).unwrap();
     bytes[8] = 99;
