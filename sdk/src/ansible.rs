@@ -207,8 +207,7 @@ impl Publishable for PluginEvent {
         if self.event == "finish" && self.dropped > 0 {
             data.insert("dropped_events".into(), self.dropped.into());
         }
-        let time = OffsetDateTime::from_unix_timestamp_nanos((self.time * 1e9) as i128)
-            .unwrap_or(received);
+        let time = crate::envelope::unix_seconds(self.time).unwrap_or(received);
         let subject = self.host.clone().or_else(|| self.play_id.clone());
         let data = serde_json::value::to_raw_value(&data).expect("a JSON map always serializes");
         CloudEvent::new(self.id.clone(), source, self.kind(), time, subject, data)

@@ -76,6 +76,12 @@ pub fn stable_id(namespace: &str, bytes: &[u8]) -> String {
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A time given as seconds since the Unix epoch with a fraction (Python's
+/// `time.time()`, as ansible, subunit and Zuul write it).
+pub fn unix_seconds(t: f64) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos((t * 1e9) as i128).ok()
+}
+
 /// RFC 3339 with a `Z` for UTC, as CloudEvents asks.
 pub fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)

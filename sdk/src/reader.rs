@@ -35,7 +35,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::ansible::PublishedAnsible;
-use crate::envelope::{rfc3339, stable_id};
+use crate::envelope::{rfc3339, stable_id, unix_seconds};
 use crate::gerrit::GerritEvent;
 use crate::launchpad::LaunchpadEvent;
 use crate::nova::{Notification, ServiceState};
@@ -239,11 +239,6 @@ impl Decoder {
     pub fn zuul_root(mut self, root: &str) -> Decoder {
         self.zuul_root = Cow::Owned(root.trim_matches('/').to_owned());
         self
-    }
-
-    /// The Zuul root.
-    pub fn zuul_root_levels(&self) -> &str {
-        &self.zuul_root
     }
 
     /// The levels after the Zuul root, when `topic` is under it.
@@ -550,10 +545,7 @@ fn raw_zuul(ev: &mut Event, levels: &str) {
                 &[levels.as_bytes(), b"\0", &ev.payload].concat(),
             ));
             ev.subject = z.subject();
-            ev.time = z
-                .time()
-                .and_then(|t| OffsetDateTime::from_unix_timestamp_nanos((t * 1e9) as i128).ok())
-                .map(rfc3339);
+            ev.time = z.time().and_then(unix_seconds).map(rfc3339);
             ev.body = Body::Zuul(Box::new(z));
         }
         Err(e) => ev.body = other(format!("zuul payload: {}", crate::report::error_chain(&e))),

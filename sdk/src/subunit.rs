@@ -220,7 +220,7 @@ impl Publishable for SubunitTest {
         );
         let time = self
             .finished
-            .and_then(|t| OffsetDateTime::from_unix_timestamp_nanos((t * 1e9) as i128).ok())
+            .and_then(crate::envelope::unix_seconds)
             .unwrap_or(received);
         let data =
             serde_json::value::to_raw_value(&self.data()).expect("a JSON value always serializes");

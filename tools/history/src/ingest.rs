@@ -122,7 +122,10 @@ pub async fn run(
         let ev = tokio::select! {
             biased;
             _ = &mut stop => break,
-            Some(pkids) = acks_rx.recv() => {
+            // Only between packets of a connection: cancelling rumqttc's
+            // poll there is safe (a packet read in part stays in its
+            // codec's buffer); a connect is never cut short.
+            Some(pkids) = acks_rx.recv(), if eventloop.network.is_some() => {
                 send_acks(&mut eventloop, pkids, &mut acks_rx).await;
                 continue;
             }
