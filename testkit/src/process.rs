@@ -11,6 +11,11 @@ use std::time::{Duration, Instant};
 /// only a guard so a broken test ends instead of hanging.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// The same guard for a whole job run by a real tool (an ansible playbook
+/// with async tasks and an unreachable host: some 10 s on an idle 2-core
+/// machine, past [`WAIT`] on a busy one).
+pub const JOB_WAIT: Duration = Duration::from_secs(180);
+
 /// Polls `check` every `every` until it gives a value, and panics with
 /// `what()` once `limit` has passed. The one way tests wait: on the thing
 /// itself (a message, a port, a log line, a count), never on the clock.
@@ -111,18 +116,27 @@ pub fn run_checks(cmd: &mut Command, checks: &[&str]) -> String {
     stdout
 }
 
-/// Runs a command with a time limit and returns its output.
+/// Runs a command with a time limit ([`WAIT`]) and returns its output.
 pub fn run(cmd: &mut Command) -> Output {
+    run_within(cmd, WAIT)
+}
+
+/// Runs a whole job ([`JOB_WAIT`]) and returns its output.
+pub fn run_job(cmd: &mut Command) -> Output {
+    run_within(cmd, JOB_WAIT)
+}
+
+fn run_within(cmd: &mut Command, limit: Duration) -> Output {
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let (out, killed) = finish(child, WAIT);
+    let (out, killed) = finish(child, limit);
     assert!(
         !killed,
-        "{cmd:?} did not finish; stderr: {}",
+        "{cmd:?} did not finish in {limit:?}; stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     out

@@ -85,9 +85,11 @@ fn playbook(dir: &Path) -> Vec<String> {
 
 /// ansible-playbook on its own (no plugin): its exit code.
 fn plain_exit_code(args: &[String]) -> i32 {
-    let out = run(Command::new(&args[0])
-        .args(&args[1..])
-        .env_remove("ANSIBLE_CALLBACKS_ENABLED"));
+    let out = run_job(
+        Command::new(&args[0])
+            .args(&args[1..])
+            .env_remove("ANSIBLE_CALLBACKS_ENABLED"),
+    );
     out.status.code().expect("exit code")
 }
 
@@ -136,16 +138,18 @@ fn run_bridge(
     playbook: &[String],
 ) -> std::process::Output {
     let pw = bridge_password_file(dir, BRIDGE.1);
-    run(Command::new(bin("firehose-ansible"))
-        .arg("run")
-        .args(["--broker", &format!("mqtt://{}@{}", BRIDGE.0, b.mqtt())])
-        .arg("--password-file")
-        .arg(&pw)
-        .arg("--dead-letter")
-        .arg(dir.join("dl.jsonl"))
-        .args(extra)
-        .arg("--")
-        .args(playbook))
+    run_job(
+        Command::new(bin("firehose-ansible"))
+            .arg("run")
+            .args(["--broker", &format!("mqtt://{}@{}", BRIDGE.0, b.mqtt())])
+            .arg("--password-file")
+            .arg(&pw)
+            .arg("--dead-letter")
+            .arg(dir.join("dl.jsonl"))
+            .args(extra)
+            .arg("--")
+            .args(playbook),
+    )
 }
 
 #[test]
@@ -242,11 +246,13 @@ fn with_no_bridge_or_a_stuck_one_the_playbook_runs_unharmed() {
     );
 
     let with_plugin = |socket: &Path| {
-        run(Command::new(&args[0])
-            .args(&args[1..])
-            .env("ANSIBLE_CALLBACK_PLUGINS", &plugins)
-            .env("ANSIBLE_CALLBACKS_ENABLED", "firehose")
-            .env("FIREHOSE_ANSIBLE_SOCKET", socket))
+        run_job(
+            Command::new(&args[0])
+                .args(&args[1..])
+                .env("ANSIBLE_CALLBACK_PLUGINS", &plugins)
+                .env("ANSIBLE_CALLBACKS_ENABLED", "firehose")
+                .env("FIREHOSE_ANSIBLE_SOCKET", socket),
+        )
     };
     // Nobody listens.
     let out = with_plugin(&dir.path().join("absent.sock"));
@@ -306,11 +312,13 @@ fn serve_publishes_what_every_playbook_sends() {
     for _ in 0..2 {
         let n = EVENTS.to_string();
         let sub = Sub::spawn(&b, &["-t", "ansible/#", "-v", "-C", &n, "-W", "60"]);
-        run(Command::new(&args[0])
-            .args(&args[1..])
-            .env("ANSIBLE_CALLBACK_PLUGINS", &plugins)
-            .env("ANSIBLE_CALLBACKS_ENABLED", "firehose")
-            .env("FIREHOSE_ANSIBLE_SOCKET", &sock));
+        run_job(
+            Command::new(&args[0])
+                .args(&args[1..])
+                .env("ANSIBLE_CALLBACK_PLUGINS", &plugins)
+                .env("ANSIBLE_CALLBACKS_ENABLED", "firehose")
+                .env("FIREHOSE_ANSIBLE_SOCKET", &sock),
+        );
         let (_, text, _) = sub.output();
         assert_eq!(
             tails(&received(&text)),

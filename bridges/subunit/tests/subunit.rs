@@ -75,7 +75,7 @@ class TestMix(unittest.TestCase):
 /// `stestr run` in `dir` (its exit code), then its stream.
 fn stestr_stream(dir: &Path) -> (i32, Vec<u8>) {
     let stestr = venv().join("stestr");
-    let out = run(Command::new(&stestr).arg("run").current_dir(dir));
+    let out = run_job(Command::new(&stestr).arg("run").current_dir(dir));
     let code = out.status.code().expect("stestr's exit code");
     let last = run(Command::new(&stestr)
         .args(["last", "--subunit"])
