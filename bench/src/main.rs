@@ -143,6 +143,11 @@ struct Fanout {
     /// QoS for publishes and subscriptions.
     #[arg(long, default_value_t = 0)]
     qos: u8,
+    /// The topics' first level: publishers on `<prefix>/<n>`, readers on
+    /// `<prefix>/#` (bench-history compares a prefix history stores with
+    /// one it does not, on the same broker).
+    #[arg(long, default_value = "load")]
+    prefix: String,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -429,7 +434,7 @@ async fn fanout(a: Fanout) -> Result<()> {
     let subs = subscribers(
         t,
         a.subscribers,
-        "load/#",
+        &format!("{}/#", a.prefix),
         a.qos,
         expected_each,
         epoch,
@@ -441,9 +446,9 @@ async fn fanout(a: Fanout) -> Result<()> {
     for p in 0..a.publishers {
         let (client, task, _) = publisher(t, &format!("load-pub-{p}"));
         let (n, size, q) = (a.messages, a.size, a.qos);
+        let topic = format!("{}/{p}", a.prefix);
         pubs.push(tokio::spawn(async move {
             let mut payload = vec![b'x'; size];
-            let topic = format!("load/{p}");
             for i in 0..n {
                 stamp(&mut payload, epoch, i);
                 if client
