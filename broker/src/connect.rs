@@ -8,6 +8,7 @@
 //! A connection that passes is handed to the session task for its client
 //! id ([`crate::session`]).
 
+use firehose::report::Chain;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -225,7 +226,7 @@ pub(crate) async fn refuse(
         }
         Err(e) => {
             shared.stats.count(Reason::EncodeFailed);
-            tracing::error!(error = %e, "cannot encode a refusing CONNACK");
+            tracing::error!(error = %Chain(&e), "cannot encode a refusing CONNACK");
         }
     }
     let _ = writer.shutdown().await;

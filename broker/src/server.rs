@@ -2,6 +2,7 @@
 //! state every session shares. [`Broker::start`] is what the binary and the
 //! tests call.
 
+use firehose::report::Chain;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -320,7 +321,7 @@ impl Broker {
                 Ok(())
             }
             Err(e) => {
-                tracing::error!(error = %e, "reload failed; keeping the previous password and ACL files");
+                tracing::error!(error = %Chain(&e), "reload failed; keeping the previous password and ACL files");
                 Err(e)
             }
         }
@@ -439,7 +440,7 @@ async fn accept_loop(
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
-                tracing::warn!(listener = kind.as_str(), error = %e, "accept failed");
+                tracing::warn!(listener = kind.as_str(), error = %Chain(&e), "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -491,11 +492,11 @@ async fn accept_loop(
                 }
                 Ok(Err(e @ transport::HandshakeError::Origin(_))) => {
                     shared.stats.count(Reason::WsOrigin);
-                    tracing::warn!(listener = kind.as_str(), %peer, error = %e, "websocket refused");
+                    tracing::warn!(listener = kind.as_str(), %peer, error = %Chain(&e), "websocket refused");
                 }
                 Ok(Err(e)) => {
                     shared.stats.count(Reason::HandshakeFailed);
-                    tracing::info!(listener = kind.as_str(), %peer, error = %e, "handshake failed");
+                    tracing::info!(listener = kind.as_str(), %peer, error = %Chain(&e), "handshake failed");
                 }
                 Ok(Ok(Accepted::Answered)) => {}
                 Ok(Ok(Accepted::Mqtt(io))) => {

@@ -4,7 +4,6 @@
 //! Every dropped message, refused connection and closed-for-cause socket is
 //! counted here by reason, so an operator can tell what the edge threw away.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
@@ -376,123 +375,121 @@ impl Stats {
 
     /// Prometheus text exposition format.
     pub fn prometheus(&self) -> String {
-        let mut s = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(s, "# HELP firehose_broker_{name} {help}");
-            let _ = writeln!(s, "# TYPE firehose_broker_{name} {kind}");
-            let _ = writeln!(s, "firehose_broker_{name} {value}");
-        };
+        use firehose::metrics::{Exposition, Kind, Kind::*};
+        let mut e = Exposition::new("firehose_broker");
+        let mut metric =
+            |name: &str, kind: Kind, help: &str, value: String| e.one(name, kind, help, value);
         metric(
             "uptime_seconds",
-            "gauge",
+            Gauge,
             "Seconds since start.",
             self.uptime().to_string(),
         );
         metric(
             "clients_connected",
-            "gauge",
+            Gauge,
             "Connected clients.",
             self.clients_connected.load(Relaxed).to_string(),
         );
         metric(
             "sessions",
-            "gauge",
+            Gauge,
             "Sessions, connected or kept for a persistent client.",
             self.sessions.load(Relaxed).to_string(),
         );
         metric(
             "connections_total",
-            "counter",
+            Counter,
             "Accepted network connections.",
             self.connections_total.load(Relaxed).to_string(),
         );
         metric(
             "messages_received_total",
-            "counter",
+            Counter,
             "MQTT packets received.",
             self.messages_received.load(Relaxed).to_string(),
         );
         metric(
             "messages_sent_total",
-            "counter",
+            Counter,
             "MQTT packets sent.",
             self.messages_sent.load(Relaxed).to_string(),
         );
         metric(
             "publish_received_total",
-            "counter",
+            Counter,
             "PUBLISH packets received.",
             self.publish_received.load(Relaxed).to_string(),
         );
         metric(
             "publish_sent_total",
-            "counter",
+            Counter,
             "PUBLISH packets sent.",
             self.publish_sent.load(Relaxed).to_string(),
         );
         metric(
             "bytes_received_total",
-            "counter",
+            Counter,
             "Bytes received.",
             self.bytes_received.load(Relaxed).to_string(),
         );
         metric(
             "bytes_sent_total",
-            "counter",
+            Counter,
             "Bytes sent.",
             self.bytes_sent.load(Relaxed).to_string(),
         );
         metric(
             "subscriptions",
-            "gauge",
+            Gauge,
             "Active subscriptions.",
             self.subscriptions.load(Relaxed).to_string(),
         );
         metric(
             "filters",
-            "gauge",
+            Gauge,
             "Distinct subscription filters held by the router.",
             self.filters.load(Relaxed).to_string(),
         );
         metric(
             "queued_bytes",
-            "gauge",
+            Gauge,
             "Bytes queued in memory for all sessions (each queue counted; payloads are shared; what offline persistent sessions keep on disk only is in store_paged).",
             self.queued_bytes.load(Relaxed).to_string(),
         );
         metric(
             "anonymous_persistent_sessions",
-            "gauge",
+            Gauge,
             "Persistent sessions of anonymous clients.",
             self.anonymous_persistent.load(Relaxed).to_string(),
         );
         metric(
             "retained_messages",
-            "gauge",
+            Gauge,
             "Retained messages.",
             self.retained.load(Relaxed).to_string(),
         );
         metric(
             "upstream_connected",
-            "gauge",
+            Gauge,
             "1 while a mirror edge (--upstream) is connected to its core.",
             self.upstream_connected.load(Relaxed).to_string(),
         );
         metric(
             "upstream_messages_total",
-            "counter",
+            Counter,
             "Messages a mirror edge received from its core.",
             self.upstream_messages.load(Relaxed).to_string(),
         );
         metric(
             "pushback_waits_total",
-            "counter",
+            Counter,
             "Times a publisher was held for a reader allowed to push back (pushback_users).",
             self.pushback_waits.load(Relaxed).to_string(),
         );
         metric(
             "pushback_wait_seconds_total",
-            "counter",
+            Counter,
             "Seconds publishers were held for readers allowed to push back.",
             format!("{:.3}", self.pushback_wait_ms.load(Relaxed) as f64 / 1000.0),
         );
@@ -500,72 +497,70 @@ impl Stats {
         for (name, kind, help, v) in [
             (
                 "store_records_total",
-                "counter",
+                Counter,
                 "Records appended to the persistent store.",
                 st.records.load(Relaxed) as i64,
             ),
             (
                 "store_written_bytes_total",
-                "counter",
+                Counter,
                 "Bytes appended to the persistent store.",
                 st.bytes.load(Relaxed) as i64,
             ),
             (
                 "store_fsyncs_total",
-                "counter",
+                Counter,
                 "fsyncs of the persistent store.",
                 st.syncs.load(Relaxed) as i64,
             ),
             (
                 "store_compactions_total",
-                "counter",
+                Counter,
                 "Rewrites of the persistent store from memory.",
                 st.compactions.load(Relaxed) as i64,
             ),
             (
                 "store_write_errors_total",
-                "counter",
+                Counter,
                 "Failed writes or fsyncs of the persistent store (retried).",
                 st.write_errors.load(Relaxed) as i64,
             ),
             (
                 "store_messages",
-                "gauge",
+                Gauge,
                 "Messages held by the persistent store.",
                 st.messages.load(Relaxed),
             ),
             (
                 "store_queued",
-                "gauge",
+                Gauge,
                 "Deliveries queued for persistent sessions in the store.",
                 st.queued.load(Relaxed),
             ),
             (
                 "store_file_bytes",
-                "gauge",
+                Gauge,
                 "Size of the persistent store's file.",
                 st.file_bytes.load(Relaxed),
             ),
             (
                 "store_paged",
-                "gauge",
+                Gauge,
                 "Queued deliveries whose message is on disk only (offline sessions past queue_memory).",
                 st.paged.load(Relaxed),
             ),
         ] {
             metric(name, kind, help, v.to_string());
         }
-        let _ = writeln!(s, "# HELP firehose_broker_dropped_total Messages dropped and connections refused, by reason.");
-        let _ = writeln!(s, "# TYPE firehose_broker_dropped_total counter");
+        e.family(
+            "dropped_total",
+            Counter,
+            "Messages dropped and connections refused, by reason.",
+        );
         for r in Reason::ALL {
-            let _ = writeln!(
-                s,
-                "firehose_broker_dropped_total{{reason=\"{}\"}} {}",
-                r.name(),
-                self.dropped(r)
-            );
+            e.sample("dropped_total", &[("reason", r.name())], self.dropped(r));
         }
-        s
+        e.finish()
     }
 }
 

@@ -83,24 +83,8 @@ pub fn validate_filter(filter: &str, limits: TopicLimits) -> Result<(), TopicErr
     Ok(())
 }
 
-/// True when `topic` matches `filter` under the MQTT rules, including the
-/// rule that a filter starting with a wildcard never matches a `$` topic.
-pub fn matches(topic: &str, filter: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut t = topic.split('/');
-    let mut f = filter.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(fl), Some(tl)) if fl == tl => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
+// Matching a topic against a filter is the SDK's one matcher,
+// `firehose::filter::topic_matches(filter, topic)`, shared by every binary.
 
 /// True for filters the edge serves itself rather than the router: every
 /// filter whose first level starts with `$` except shared subscriptions.
@@ -135,20 +119,5 @@ mod tests {
         for bad in ["a/#/b", "a#", "a/b+", "++", "#/a"] {
             assert!(validate_filter(bad, l).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn matching() {
-        assert!(matches("a/b/c", "a/+/c"));
-        assert!(matches("a/b/c", "a/#"));
-        assert!(matches("a", "a/#"));
-        assert!(matches("a/b", "#"));
-        assert!(!matches("a/b", "a"));
-        assert!(!matches("a", "a/b"));
-        assert!(!matches("$SYS/broker/uptime", "#"));
-        assert!(!matches("$SYS/broker/uptime", "+/broker/uptime"));
-        assert!(matches("$SYS/broker/uptime", "$SYS/#"));
-        assert!(matches("$SYS/broker/uptime", "$SYS/+/uptime"));
-        assert!(matches("/a", "+/a"));
     }
 }

@@ -56,7 +56,7 @@ impl Kind {
 /// Errors building TLS settings.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: std::path::PathBuf,
         source: io::Error,
@@ -153,7 +153,7 @@ pub enum HandshakeError {
         "websocket upgrade from a page of Origin {0:?}, which ws_allowed_origins does not allow"
     )]
     Origin(String),
-    #[error("I/O: {0}")]
+    #[error("I/O")]
     Io(#[from] io::Error),
 }
 

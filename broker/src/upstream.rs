@@ -11,6 +11,7 @@
 //! retained state is re-synced (a retained message deleted on the core
 //! while the edge was away stays until it is replaced).
 
+use firehose::report::Chain;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,11 +28,11 @@ use crate::server::Shared;
 /// Why the upstream settings cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("--upstream {0}")]
+    #[error("--upstream")]
     Url(#[from] firehose::url::UrlError),
     #[error("--upstream must be mqtt:// or mqtts:// (got {0}://)")]
     Scheme(String),
-    #[error("--upstream-ca: {0}")]
+    #[error("--upstream-ca")]
     Tls(#[from] firehose::tls::TlsError),
     #[error("--upstream-password-file {path}: {reason}")]
     Password { path: String, reason: String },
@@ -99,7 +100,7 @@ pub async fn run(shared: Arc<Shared>, opts: MqttOptions, shown: String) {
                 f.preserve_retain = true;
                 f.retain_forward_rule = RetainForwardRule::OnEverySubscribe;
                 if let Err(e) = client.subscribe_many([f]).await {
-                    tracing::error!(error = %e, "upstream: cannot subscribe");
+                    tracing::error!(error = %Chain(&e), "upstream: cannot subscribe");
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -116,7 +117,7 @@ pub async fn run(shared: Arc<Shared>, opts: MqttOptions, shown: String) {
             Err(e) => {
                 shared.stats.upstream_connected.store(0, Relaxed);
                 let delay = backoff.next_delay();
-                tracing::warn!(upstream = %shown, error = %e, retry_in = ?delay, "upstream broker unreachable; retrying");
+                tracing::warn!(upstream = %shown, error = %Chain(&e), retry_in = ?delay, "upstream broker unreachable; retrying");
                 tokio::select! {
                     _ = shutdown.changed() => return,
                     _ = tokio::time::sleep(delay) => {}

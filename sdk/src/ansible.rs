@@ -66,7 +66,7 @@ pub struct PluginEvent {
 /// Why a line is not an event.
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
-    #[error("not a plugin event: {0}")]
+    #[error("not a plugin event")]
     /// The line is not JSON, or not the event's shape.
     Json(#[from] serde_json::Error),
     #[error("{event} event without {field}")]

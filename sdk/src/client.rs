@@ -23,6 +23,7 @@
 //! [`ClientBuilder::dedup`] drops the second copy of an event two redundant
 //! bridges published.
 
+use crate::report::Chain;
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,7 +41,7 @@ use crate::reader::{Decoder, Event};
 /// Errors from connecting or subscribing; each says what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("broker URL {0}")]
+    #[error("broker URL")]
     /// The broker URL cannot be used.
     Url(#[from] crate::url::UrlError),
     #[error(transparent)]
@@ -551,7 +552,7 @@ async fn drive(
             Err(e) => {
                 state.send_replace(ConnectionState::Down(reason(&e, &url)));
                 let delay = backoff.next_delay();
-                tracing::debug!(%url, error = %e, retry_in = ?delay, "connection lost; reconnecting");
+                tracing::debug!(%url, error = %Chain(&e), retry_in = ?delay, "connection lost; reconnecting");
                 tokio::time::sleep(delay).await;
             }
         }

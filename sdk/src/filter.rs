@@ -340,6 +340,15 @@ mod tests {
         assert!(!topic_matches("#", "$SYS/broker/uptime"));
         assert!(topic_matches("$share/g/gerrit/#", "gerrit/p/x"));
         assert!(topic_matches("a/+", "a/b") && !topic_matches("a/+", "a/b/c"));
+        // The broker's cases (its ACL and $SYS subscriptions use this too).
+        assert!(topic_matches("a/+/c", "a/b/c"));
+        assert!(topic_matches("a/#", "a"));
+        assert!(!topic_matches("a", "a/b"));
+        assert!(!topic_matches("a/b", "a"));
+        assert!(!topic_matches("+/broker/uptime", "$SYS/broker/uptime"));
+        assert!(topic_matches("$SYS/#", "$SYS/broker/uptime"));
+        assert!(topic_matches("$SYS/+/uptime", "$SYS/broker/uptime"));
+        assert!(topic_matches("+/a", "/a"));
     }
 
     #[test]

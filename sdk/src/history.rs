@@ -23,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+use crate::report::Chain;
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
@@ -279,7 +280,7 @@ pub async fn subscribe_since(
             page = match pages.next().await {
                 Ok(p) => p,
                 Err(e) => {
-                    tracing::warn!(error = %e, "catching up: a history page failed; the stream ends");
+                    tracing::warn!(error = %Chain(&e), "catching up: a history page failed; the stream ends");
                     return;
                 }
             };

@@ -42,6 +42,7 @@ pub mod launchpad;
 pub mod liveness;
 #[cfg(feature = "logging")]
 pub mod logging;
+pub mod metrics;
 pub mod nova;
 pub mod reader;
 pub mod report;

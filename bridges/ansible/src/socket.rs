@@ -4,6 +4,7 @@
 //! runtime delivers everything before the bridge exits with the command's
 //! own exit code.
 
+use firehose::report::Chain;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -37,7 +38,12 @@ impl LineHandler for PluginLines {
                 ctx.publish(&ev, &source, None).await
             }
             Err(e) => {
-                ctx.malformed("ansible", &e.to_string(), &line, line.len());
+                ctx.malformed(
+                    "ansible",
+                    &firehose::report::error_chain(&e),
+                    &line,
+                    line.len(),
+                );
                 Ok(())
             }
         }
@@ -76,7 +82,7 @@ async fn connection(
         let n = match stream.read(&mut buf).await {
             Ok(n) => n,
             Err(e) => {
-                tracing::warn!(error = %e, "plugin connection failed");
+                tracing::warn!(error = %Chain(&e), "plugin connection failed");
                 0
             }
         };

@@ -13,6 +13,7 @@
 //! so they never loop.
 
 use firehose::nova::Notification;
+use firehose::report::Chain;
 use firehose_bridge::replay::LineHandler;
 use firehose_bridge::{Acks, BatchStatus, ResultExt, Source, SourceContext, SourceError};
 use futures_util::StreamExt;
@@ -270,7 +271,7 @@ async fn handle(
             )
             .await;
         if let Err(e) = sent {
-            tracing::error!(deployment = %d.name, exchange = %dlx, error = %e, "cannot publish to the dead-letter exchange");
+            tracing::error!(deployment = %d.name, exchange = %dlx, error = %Chain(&e), "cannot publish to the dead-letter exchange");
         }
     }
     // Nothing published: dropping the batch settles it as delivered, so

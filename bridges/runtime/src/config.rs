@@ -132,7 +132,7 @@ impl Default for PublishConfig {
 /// Configuration errors, each naming what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config file {path}: {source}")]
+    #[error("config file {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,

@@ -44,7 +44,6 @@ pub mod config;
 pub mod deadletter;
 mod ledger;
 pub mod lines;
-pub mod metrics;
 pub mod mqtt;
 pub mod print;
 pub mod replay;

@@ -69,9 +69,9 @@ pub enum EncodeError {
 /// Connection and URL errors, each naming what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
-    #[error("broker URL {0}")]
+    #[error("broker URL")]
     Url(#[from] crate::url::UrlError),
-    #[error("cannot reach {addr}: {source}")]
+    #[error("cannot reach {addr}")]
     Connect {
         addr: String,
         source: std::io::Error,
@@ -87,7 +87,7 @@ pub enum MqttError {
     /// Refused for who we are: retrying cannot help until someone fixes it.
     #[error("broker refused the connection: {0}")]
     AuthRefused(&'static str),
-    #[error("connection lost: {0}")]
+    #[error("connection lost")]
     Io(#[from] std::io::Error),
     #[error("broker sent a bad packet: {0:?}")]
     Codec(CodecError),
@@ -735,7 +735,7 @@ mod tests {
         );
         let u: BrokerUrl = "ws://h".parse().unwrap();
         assert_eq!(u.path, "/mqtt");
-        let e = "http://a:b@h".parse::<BrokerUrl>().unwrap_err().to_string();
+        let e = firehose::report::error_chain(&"http://a:b@h".parse::<BrokerUrl>().unwrap_err());
         assert!(e.contains("a:***@h") && !e.contains(":b@"), "{e}");
         assert!("mqtt://h:x".parse::<BrokerUrl>().is_err());
     }

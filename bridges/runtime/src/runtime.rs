@@ -16,6 +16,7 @@
 //! spool keeps filling (up to its cap). The bridge's status is a retained
 //! message, with a retained last will saying "down".
 
+use firehose::report::Chain;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +46,7 @@ const STATUS_EVERY: Duration = Duration::from_secs(60);
 pub enum RuntimeError {
     #[error(transparent)]
     Spool(#[from] SpoolError),
-    #[error("metrics listener {addr}: {source}")]
+    #[error("metrics listener {addr}")]
     Metrics {
         addr: std::net::SocketAddr,
         source: std::io::Error,
@@ -167,11 +168,10 @@ impl Bridge {
                 .map_err(|source| RuntimeError::Metrics { addr, source })?;
             let bound = listener.local_addr().unwrap_or(addr);
             tracing::info!(addr = %bound, "metrics listening");
-            tokio::spawn(crate::metrics::serve(
-                listener,
-                self.stats.clone(),
-                self.name,
-            ));
+            let (stats, name) = (self.stats.clone(), self.name);
+            tokio::spawn(firehose::metrics::serve(listener, move || {
+                stats.prometheus(name)
+            }));
         }
 
         let tasks = start_sources();
@@ -267,7 +267,7 @@ async fn print_events(
             ev = rx.recv() => match ev {
                 Some(ev) => {
                     if let Err(e) = crate::print::event(format, ev, &mut stdout.lock()) {
-                        tracing::error!(error = %e, "cannot write to stdout; stopping (what was not printed stays upstream)");
+                        tracing::error!(error = %Chain(&e), "cannot write to stdout; stopping (what was not printed stays upstream)");
                         break Err(RuntimeError::Print(e));
                     }
                 }
@@ -296,7 +296,7 @@ async fn sync_spool(syncer: crate::spool::Syncer, every: Duration) {
         if let Ok(Err(e)) = r {
             failures += 1;
             if failures.is_power_of_two() {
-                tracing::error!(error = %e, failures, "spool fsync failed");
+                tracing::error!(error = %Chain(&e), failures, "spool fsync failed");
             }
         }
     }
@@ -412,7 +412,7 @@ impl Publisher {
                 self.dead_letters
                     .write("runtime", &reason, &ev.payload, ev.payload.len())
             {
-                tracing::error!(error = %e, "cannot write the dead-letter file");
+                tracing::error!(error = %Chain(&e), "cannot write the dead-letter file");
             }
             if n.is_power_of_two() {
                 tracing::error!(topic = %ev.topic.get(..120).unwrap_or(""), %reason, malformed_total = n, "event refused; dead-lettered");
@@ -433,7 +433,7 @@ impl Publisher {
         }
         if let Some(e) = pushed.disk_error {
             // The disk failed: keep going in memory, loudly.
-            tracing::error!(error = %e, "spool write failed; event held in memory only");
+            tracing::error!(error = %Chain(&e), "spool write failed; event held in memory only");
         }
         if pushed.dropped > 0 {
             self.stats.dropped.fetch_add(pushed.dropped as u64, Relaxed);
@@ -478,7 +478,7 @@ impl Publisher {
             }
         }
         if let Err(e) = self.spool.flush() {
-            tracing::error!(error = %e, "spool write failed");
+            tracing::error!(error = %Chain(&e), "spool write failed");
         }
     }
 
@@ -526,7 +526,7 @@ impl Publisher {
             // Not written: not in flight, and never will be (the same bytes
             // would fail again). Dead-lettered like a refusal.
             self.ledger.unsend(pkid);
-            tracing::error!(%topic, error = %e, "cannot encode the PUBLISH");
+            tracing::error!(%topic, error = %Chain(&e), "cannot encode the PUBLISH");
             if seq != 0 {
                 self.refused(seq, topic, &payload, 0x99, Some(e.to_string()));
             }
@@ -572,7 +572,7 @@ impl Publisher {
             .dead_letters
             .write("broker", &reason, payload, payload.len())
         {
-            tracing::error!(error = %e, "cannot write the dead-letter file");
+            tracing::error!(error = %Chain(&e), "cannot write the dead-letter file");
         }
         if n <= 10 || n.is_power_of_two() {
             tracing::error!(%topic, code, reason = reason_name(code), rejected_total = n, dead_letter = %self.dead_letters.path().display(), "the broker refused an event; dead-lettered (check the broker's ACL for this user)");
@@ -637,17 +637,17 @@ impl Publisher {
                     match ended {
                         Ended::Finished => return,
                         Ended::Lost(e) => {
-                            tracing::warn!(broker = %self.cfg.url, error = %e, pending = self.spool.len(), "broker connection lost; reconnecting");
+                            tracing::warn!(broker = %self.cfg.url, error = %Chain(&e), pending = self.spool.len(), "broker connection lost; reconnecting");
                         }
                     }
                 }
                 Err(e @ crate::mqtt::MqttError::AuthRefused(_)) if !self.cfg.retry_auth => {
-                    tracing::error!(broker = %self.cfg.url, error = %e, pending = self.spool.len(), "the broker refused our credentials; stopping (--retry-auth keeps trying)");
+                    tracing::error!(broker = %self.cfg.url, error = %Chain(&e), pending = self.spool.len(), "the broker refused our credentials; stopping (--retry-auth keeps trying)");
                     self.refused = Some(e.to_string());
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(broker = %self.cfg.url, error = %e, attempt = backoff.attempts() + 1, pending = self.spool.len(), "cannot connect to the broker");
+                    tracing::warn!(broker = %self.cfg.url, error = %Chain(&e), attempt = backoff.attempts() + 1, pending = self.spool.len(), "cannot connect to the broker");
                 }
             }
             self.stats.broker_reconnects.fetch_add(1, Relaxed);
@@ -746,7 +746,7 @@ impl Publisher {
                 _ = status_tick.tick() => self.status_dirty = true,
                 _ = checkpoint.tick() => {
                     if let Err(e) = self.spool.checkpoint() {
-                        tracing::error!(error = %e, "spool checkpoint failed");
+                        tracing::error!(error = %Chain(&e), "spool checkpoint failed");
                     }
                 }
                 _ = self.stopping.changed() => {}

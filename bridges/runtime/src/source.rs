@@ -10,6 +10,7 @@
 //! broker has its events opens a [`Batch`](crate::ack::Batch) per unit of
 //! input (see [`crate::ack`]).
 
+use firehose::report::Chain;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
@@ -30,7 +31,7 @@ use firehose::backoff::Backoff;
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// The upstream could not be reached or was lost (retried).
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Lost {
         context: String,
         #[source]
@@ -41,7 +42,7 @@ pub enum SourceError {
     Ended(String),
     /// Cannot go on (a replay file that does not open, ...): the bridge
     /// stops with this error.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Fatal {
         context: String,
         #[source]
@@ -351,7 +352,7 @@ impl SourceContext {
             .dead_letters
             .write_keeping(source, reason, input, len, keep)
         {
-            tracing::error!(error = %e, file = %file.display(), "cannot write the dead-letter file");
+            tracing::error!(error = %Chain(&e), file = %file.display(), "cannot write the dead-letter file");
         }
         // Rate-limited: the first ten, then every power of two.
         if n <= 10 || n.is_power_of_two() {
@@ -414,7 +415,7 @@ pub(crate) async fn drive<S: Source>(
             }
             Err(SourceError::Stopped) => return Ok(()),
             Err(e @ SourceError::Fatal { .. }) => {
-                ctx.disconnected(e.to_string());
+                ctx.disconnected(error_chain(&e));
                 return Err(e);
             }
             Err(e) => e,

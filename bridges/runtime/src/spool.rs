@@ -40,9 +40,9 @@ impl Record {
 /// Spool errors: the disk failed us, or the directory is taken.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
-    #[error("spool directory {path}: {source}")]
+    #[error("spool directory {path}")]
     Dir { path: PathBuf, source: io::Error },
-    #[error("spool file {path}: {source}")]
+    #[error("spool file {path}")]
     File { path: PathBuf, source: io::Error },
     #[error("spool directory {path} is in use by another process{}; give each bridge its own --spool", holder.map(|p| format!(" (pid {p})")).unwrap_or_default())]
     Locked { path: PathBuf, holder: Option<u32> },

@@ -2,7 +2,6 @@
 //! carries. One instance per bridge process, shared by the source and the
 //! publisher.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 /// Counters for one bridge.
@@ -31,10 +30,8 @@ pub struct Stats {
     /// When the source last read an event (Unix nanoseconds; 0: never).
     last_event_ns: AtomicI64,
     /// Gauges a source keeps per labelled thing (e.g. one nova service's
-    /// up/down): name → rendered labels → value.
-    gauges: std::sync::Mutex<
-        std::collections::BTreeMap<&'static str, std::collections::BTreeMap<String, i64>>,
-    >,
+    /// up/down): name → labels → value.
+    gauges: std::sync::Mutex<std::collections::BTreeMap<&'static str, Samples>>,
 }
 
 impl Stats {
@@ -42,9 +39,9 @@ impl Stats {
     /// the bridge label and `labels`; `None` removes the sample (a thing that
     /// is gone, so no alert stays on it).
     pub fn set_gauge(&self, name: &'static str, labels: &[(&str, &str)], value: Option<i64>) {
-        let rendered: String = labels
+        let rendered: Vec<(String, String)> = labels
             .iter()
-            .map(|(k, v)| format!(",{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         let mut g = self.gauges.lock().unwrap_or_else(|e| e.into_inner());
         let samples = g.entry(name).or_default();
@@ -95,96 +92,91 @@ impl Stats {
 
     /// Prometheus text exposition, every sample labelled with the bridge.
     pub fn prometheus(&self, bridge: &str) -> String {
-        let mut s = String::new();
-        let mut one = |name: &str, kind: &str, help: &str, labels: &str, v: i64| {
-            let _ = writeln!(s, "# HELP firehose_bridge_{name} {help}");
-            let _ = writeln!(s, "# TYPE firehose_bridge_{name} {kind}");
-            let _ = writeln!(
-                s,
-                "firehose_bridge_{name}{{bridge=\"{bridge}\"{labels}}} {v}"
-            );
-        };
+        use firehose::metrics::{Exposition, Kind::*};
+        let mut e = Exposition::new("firehose_bridge");
         let g = |a: &AtomicU64| a.load(Relaxed) as i64;
-        one(
-            "events_read_total",
-            "counter",
-            "Events read from the source.",
-            "",
-            g(&self.read),
-        );
-        one(
-            "events_published_total",
-            "counter",
-            "Events the broker acknowledged.",
-            "",
-            g(&self.published),
-        );
-        one(
-            "events_spooled",
-            "gauge",
-            "Events waiting in the spool.",
-            "",
-            self.pending.load(Relaxed),
-        );
-        one(
-            "events_malformed_total",
-            "counter",
-            "Source input that was not an event (dead-lettered).",
-            "",
-            g(&self.malformed),
-        );
-        one(
-            "events_dropped_total",
-            "counter",
-            "Events lost because the spool was full.",
-            "",
-            g(&self.dropped),
-        );
-        one(
-            "events_rejected_total",
-            "counter",
-            "Events the broker refused (MQTT 5 reason code >= 0x80), dead-lettered.",
-            "",
-            g(&self.rejected),
-        );
-        one(
-            "broker_reconnects_total",
-            "counter",
-            "Reconnections to the broker.",
-            "",
-            g(&self.broker_reconnects),
-        );
-        one(
-            "source_reconnects_total",
-            "counter",
-            "Reconnections to the source.",
-            "",
-            g(&self.source_reconnects),
-        );
-        one(
-            "broker_connected",
-            "gauge",
-            "1 while connected to the broker.",
-            "",
-            self.broker_connected.load(Relaxed),
-        );
-        one(
-            "source_connected",
-            "gauge",
-            "1 while connected to the source.",
-            "",
-            self.source_connected.load(Relaxed),
-        );
+        let label = [("bridge", bridge)];
+        for (name, kind, help, v) in [
+            (
+                "events_read_total",
+                Counter,
+                "Events read from the source.",
+                g(&self.read),
+            ),
+            (
+                "events_published_total",
+                Counter,
+                "Events the broker acknowledged.",
+                g(&self.published),
+            ),
+            (
+                "events_spooled",
+                Gauge,
+                "Events waiting in the spool.",
+                self.pending.load(Relaxed),
+            ),
+            (
+                "events_malformed_total",
+                Counter,
+                "Source input that was not an event (dead-lettered).",
+                g(&self.malformed),
+            ),
+            (
+                "events_dropped_total",
+                Counter,
+                "Events lost because the spool was full.",
+                g(&self.dropped),
+            ),
+            (
+                "events_rejected_total",
+                Counter,
+                "Events the broker refused (MQTT 5 reason code >= 0x80), dead-lettered.",
+                g(&self.rejected),
+            ),
+            (
+                "broker_reconnects_total",
+                Counter,
+                "Reconnections to the broker.",
+                g(&self.broker_reconnects),
+            ),
+            (
+                "source_reconnects_total",
+                Counter,
+                "Reconnections to the source.",
+                g(&self.source_reconnects),
+            ),
+            (
+                "broker_connected",
+                Gauge,
+                "1 while connected to the broker.",
+                self.broker_connected.load(Relaxed),
+            ),
+            (
+                "source_connected",
+                Gauge,
+                "1 while connected to the source.",
+                self.source_connected.load(Relaxed),
+            ),
+        ] {
+            e.family(name, kind, help);
+            e.sample(name, &label, v);
+        }
         let gauges = self.gauges.lock().unwrap_or_else(|e| e.into_inner());
         for (name, samples) in gauges.iter() {
-            let _ = writeln!(s, "# TYPE firehose_bridge_{name} gauge");
+            e.family(
+                name,
+                Gauge,
+                "A source's own gauge, one sample per thing it watches.",
+            );
             for (labels, v) in samples {
-                let _ = writeln!(
-                    s,
-                    "firehose_bridge_{name}{{bridge=\"{bridge}\"{labels}}} {v}"
-                );
+                let mut all = vec![("bridge", bridge)];
+                all.extend(labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                e.sample(name, &all, v);
             }
         }
-        s
+        e.finish()
     }
 }
+
+/// One gauge's samples: labels → value.
+type Samples = std::collections::BTreeMap<Vec<(String, String)>, i64>;

@@ -46,7 +46,7 @@ struct Rule {
 /// Errors in an ACL file, naming the file and line.
 #[derive(Debug, thiserror::Error)]
 pub enum AclError {
-    #[error("cannot read ACL file {path}: {source}")]
+    #[error("cannot read ACL file {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -165,7 +165,7 @@ impl AclFile {
     pub fn check_topic(&self, who: Who<'_>, topic_name: &str, access: Access) -> bool {
         let mut granted = false;
         for (grant, filter) in self.rules(who) {
-            if topic::matches(topic_name, &filter) {
+            if firehose::filter::topic_matches(&filter, topic_name) {
                 if grant == Grant::Deny {
                     return false;
                 }

@@ -22,12 +22,12 @@ const HASH_LEN: usize = 64;
 /// Errors reading or writing a password file; each names the file and line.
 #[derive(Debug, thiserror::Error)]
 pub enum PasswdError {
-    #[error("cannot read password file {path}: {source}")]
+    #[error("cannot read password file {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot write password file {path}: {source}")]
+    #[error("cannot write password file {path}")]
     Write {
         path: PathBuf,
         source: std::io::Error,

@@ -4,6 +4,7 @@
 //! applies the publisher pushback, and ends on close, takeover or shutdown
 //! (delivering what is queued first, then closing gracefully).
 
+use firehose::report::Chain;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -173,7 +174,7 @@ impl Session {
                                 }
                             }
                             Err(e) => {
-                                tracing::debug!(client_id = %crate::stats::short(&self.client_id), %peer, error = %e, "read failed");
+                                tracing::debug!(client_id = %crate::stats::short(&self.client_id), %peer, error = %Chain(&e), "read failed");
                                 break End::Closed { will: true };
                             }
                         }
@@ -301,7 +302,7 @@ impl Session {
             _ => (Reason::Malformed, DisconnectReasonCode::MalformedPacket),
         };
         self.shared.stats.count(reason);
-        tracing::warn!(client_id = %crate::stats::short(&self.client_id), %peer, error = %e, reason = e.label(), "closing connection: bad packet");
+        tracing::warn!(client_id = %crate::stats::short(&self.client_id), %peer, error = %Chain(&e), reason = e.label(), "closing connection: bad packet");
         self.disconnect_packet(code)
     }
 

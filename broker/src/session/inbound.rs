@@ -5,6 +5,7 @@
 //! router, retained messages and `$SYS` served at once), UNSUBSCRIBE, PING
 //! and DISCONNECT.
 
+use firehose::report::Chain;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -143,7 +144,7 @@ impl Session {
             }
             Err(e) => {
                 self.shared.stats.count(Reason::EncodeFailed);
-                tracing::error!(client_id = %crate::stats::short(&self.client_id), error = %e, "cannot encode a reply");
+                tracing::error!(client_id = %crate::stats::short(&self.client_id), error = %Chain(&e), "cannot encode a reply");
             }
         }
     }
@@ -567,7 +568,10 @@ impl Session {
             return;
         }
         for (t, v) in snapshot.iter() {
-            if filters.iter().any(|f| topic::matches(t, f)) {
+            if filters
+                .iter()
+                .any(|f| firehose::filter::topic_matches(f, t))
+            {
                 let p = Publish::new(Bytes::from(t.clone()), v.clone(), retain);
                 let before = out.len();
                 self.send(Packet::Publish(p, None), out);

@@ -13,6 +13,7 @@
 //! now, and its will (the connection ended without DISCONNECT) is due after
 //! its delay.
 
+use firehose::report::Chain;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -146,7 +147,7 @@ fn one(shared: &Arc<Shared>, si: &SessionImage, store: &Pending, now: u64) -> (u
                 }
             }
             Err(e) => {
-                tracing::warn!(client_id = %crate::stats::short(&s.client_id), filter = %crate::stats::short(&sub.filter), error = %e, "stored subscription not restored");
+                tracing::warn!(client_id = %crate::stats::short(&s.client_id), filter = %crate::stats::short(&sub.filter), error = %Chain(&e), "stored subscription not restored");
             }
         }
     }

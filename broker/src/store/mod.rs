@@ -23,6 +23,7 @@ mod log;
 mod record;
 mod writer;
 
+use firehose::report::Chain;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -382,7 +383,7 @@ fn read_counted(
         Err(e) => {
             stats.count(Reason::StoreDamage);
             let cause = std::error::Error::source(&e).map(|c| c.to_string());
-            tracing::error!(offset = loc.at, error = %e, cause, "a stored message cannot be read back; it is lost for the queues that held it");
+            tracing::error!(offset = loc.at, error = %Chain(&e), cause, "a stored message cannot be read back; it is lost for the queues that held it");
             None
         }
     }

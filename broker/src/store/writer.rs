@@ -15,6 +15,7 @@
 //! watermark stands still meanwhile, so nothing is acknowledged that is not
 //! on disk.
 
+use firehose::report::Chain;
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
@@ -239,7 +240,7 @@ impl Writer {
                     failures += 1;
                     self.shared.stats.store.write_errors.fetch_add(1, Relaxed);
                     if failures.is_power_of_two() {
-                        tracing::error!(path = %self.path.display(), error = %e, failures, "cannot write the store; acknowledgements that need it wait (free disk space or fix the directory)");
+                        tracing::error!(path = %self.path.display(), error = %Chain(&e), failures, "cannot write the store; acknowledgements that need it wait (free disk space or fix the directory)");
                     }
                     if closing && failures >= RETRIES_AT_STOP {
                         tracing::error!(path = %self.path.display(), bytes = buf.len(), "giving up writing the store at stop: the last changes are lost");
@@ -263,7 +264,7 @@ impl Writer {
             }
             Err(e) => {
                 self.shared.stats.store.write_errors.fetch_add(1, Relaxed);
-                tracing::error!(path = %self.path.display(), error = %e, "store fsync failed");
+                tracing::error!(path = %self.path.display(), error = %Chain(&e), "store fsync failed");
             }
         }
     }
@@ -320,7 +321,7 @@ impl Writer {
             }
             Err(e) => {
                 self.shared.stats.store.write_errors.fetch_add(1, Relaxed);
-                tracing::error!(error = %e, "store compaction failed; the log goes on growing");
+                tracing::error!(error = %Chain(&e), "store compaction failed; the log goes on growing");
             }
         }
     }

@@ -13,6 +13,7 @@
 //! database only delays the PUBACKs: the broker holds the rest in this
 //! session's own queue, so the bus and its publishers never wait for it.
 
+use firehose::report::Chain;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -163,7 +164,7 @@ pub async fn run(
                 stats.disconnects.fetch_add(1, Relaxed);
                 stats.connected.store(0, Relaxed);
                 let delay = backoff.next_delay();
-                tracing::warn!(broker = %shown, error = %e, retry_in = ?delay, "connection to the broker lost");
+                tracing::warn!(broker = %shown, error = %Chain(&e), retry_in = ?delay, "connection to the broker lost");
                 tokio::time::sleep(delay).await;
             }
         }

@@ -1,6 +1,7 @@
 //! `firehose-history`: the thin binary over the library (flags, logging,
 //! signals).
 
+use firehose::report::Chain;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -297,7 +298,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
         });
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "the api stopped");
+                tracing::error!(error = %Chain(&e), "the api stopped");
             }
         });
     }

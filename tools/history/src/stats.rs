@@ -2,7 +2,6 @@
 //! `/metrics`: what was stored, what was a duplicate, what was not an
 //! event, how far behind the store is.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 /// Every counter; shared by the ingester and the HTTP server.
@@ -43,92 +42,84 @@ pub struct Stats {
 impl Stats {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let mut c = |name: &str, help: &str, kind: &str, v: String| {
-            let _ = writeln!(out, "# HELP firehose_history_{name} {help}");
-            let _ = writeln!(out, "# TYPE firehose_history_{name} {kind}");
-            let _ = writeln!(out, "firehose_history_{name} {v}");
-        };
-        let l = |a: &AtomicU64| a.load(Relaxed).to_string();
-        c("stored_total", "Events stored.", "counter", l(&self.stored));
-        c(
+        use firehose::metrics::{Exposition, Kind::*};
+        let mut e = Exposition::new("firehose_history");
+        let l = |a: &AtomicU64| a.load(Relaxed);
+        e.one("stored_total", Counter, "Events stored.", l(&self.stored));
+        e.one(
             "duplicates_total",
+            Counter,
             "Events received again (a redundant bridge, a redelivery): not stored twice.",
-            "counter",
             l(&self.duplicates),
         );
-        c(
+        e.one(
             "not_events_total",
+            Counter,
             "Messages stored that are not firehose events (not JSON, unknown topic family).",
-            "counter",
             l(&self.not_events),
         );
-        c(
+        e.one(
             "batches_total",
+            Counter,
             "Batches committed.",
-            "counter",
             l(&self.batches),
         );
-        c(
+        e.one(
             "store_errors_total",
+            Counter,
             "Batches the database refused; retried, nothing acknowledged meanwhile.",
-            "counter",
             l(&self.store_errors),
         );
-        c(
+        e.one(
             "disconnects_total",
+            Counter,
             "Connections to the broker lost.",
-            "counter",
             l(&self.disconnects),
         );
-        c(
+        e.one(
             "broker_connected",
+            Gauge,
             "1 while connected to the broker (subscribed with its persistent session).",
-            "gauge",
             l(&self.connected),
         );
-        c(
+        e.one(
             "lag_milliseconds",
+            Gauge,
             "From the first event of the last batch arriving to its commit.",
-            "gauge",
-            self.lag_ms.load(Relaxed).to_string(),
+            self.lag_ms.load(Relaxed),
         );
-        c(
+        e.one(
             "last_received_timestamp_seconds",
+            Gauge,
             "When the last stored event was received (Unix time).",
-            "gauge",
-            format!("{:.3}", self.last_received_ms.load(Relaxed) as f64 / 1000.0),
+            format_args!("{:.3}", self.last_received_ms.load(Relaxed) as f64 / 1000.0),
         );
-        c(
+        e.one(
             "store_bytes",
+            Gauge,
             "The store's size at the last retention round (SQLite: pages in use; PostgreSQL: an estimate).",
-            "gauge",
             l(&self.store_bytes),
         );
-        c(
+        e.one(
             "requests_total",
+            Counter,
             "API requests answered.",
-            "counter",
             l(&self.requests),
         );
-        c(
+        e.one(
             "bad_requests_total",
+            Counter,
             "API requests refused with 400.",
-            "counter",
             l(&self.bad_requests),
         );
-        let _ = writeln!(
-            out,
-            "# HELP firehose_history_purged_total Events purged by retention, by reason."
+        e.family(
+            "purged_total",
+            Counter,
+            "Events purged by retention, by reason.",
         );
-        let _ = writeln!(out, "# TYPE firehose_history_purged_total counter");
         for (reason, n) in [("age", &self.purged_age), ("size", &self.purged_size)] {
-            let _ = writeln!(
-                out,
-                "firehose_history_purged_total{{reason=\"{reason}\"}} {}",
-                l(n)
-            );
+            e.sample("purged_total", &[("reason", reason)], l(n));
         }
-        out
+        e.finish()
     }
 }

@@ -3,6 +3,7 @@
 //! with `--dry-run`), ends throttle windows, reloads on SIGHUP and delivers
 //! what is queued before it exits.
 
+use firehose::report::Chain;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -21,11 +22,11 @@ use crate::targets::{Sender, Target};
 pub enum ServiceError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("broker: {0}")]
+    #[error("broker")]
     Client(#[from] firehose::client::ClientError),
     #[error("replaying [broker] since")]
     History(#[from] firehose::history::HistoryError),
-    #[error("cannot listen for metrics on {addr}: {source}")]
+    #[error("cannot listen for metrics on {addr}")]
     Metrics {
         addr: std::net::SocketAddr,
         source: std::io::Error,
@@ -182,7 +183,8 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), ServiceError> {
             .await
             .map_err(|source| ServiceError::Metrics { addr, source })?;
         tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "metrics listening");
-        tokio::spawn(serve_metrics(listener, stats.clone()));
+        let stats = stats.clone();
+        tokio::spawn(firehose::metrics::serve(listener, move || stats.render()));
     }
     let mut loaded = Loaded::new(cfg, &stats)?;
     let client = connect(&loaded.cfg).await?;
@@ -238,7 +240,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), ServiceError> {
                                     events = s;
                                     topics = wanted;
                                 }
-                                Err(e) => tracing::error!(error = %e, "reload: subscribing to the new topics failed; keeping the old ones"),
+                                Err(e) => tracing::error!(error = %Chain(&e), "reload: subscribing to the new topics failed; keeping the old ones"),
                             }
                         }
                         // The old targets deliver what they hold, in the background.
@@ -246,7 +248,7 @@ pub async fn run(cfg: Config, opts: Options) -> Result<(), ServiceError> {
                         tokio::spawn(async move { old.close(drain).await });
                         tracing::info!(rules = loaded.cfg.rules.len(), targets = loaded.targets.len(), "configuration reloaded");
                     }
-                    Err(e) => tracing::error!(error = %e, path = %opts.path.display(), "reload failed; keeping the running configuration"),
+                    Err(e) => tracing::error!(error = %Chain(&e), path = %opts.path.display(), "reload failed; keeping the running configuration"),
                 }
             }
             _ = term.recv() => break,
@@ -275,26 +277,4 @@ fn reload(opts: &Options, running: &Loaded, stats: &Arc<Stats>) -> Result<Loaded
     let mut cfg = cfg;
     cfg.broker = running.cfg.broker.clone();
     Loaded::new(cfg, stats)
-}
-
-/// A minimal HTTP server: `GET /metrics` (any path) answers the counters.
-async fn serve_metrics(listener: tokio::net::TcpListener, stats: Arc<Stats>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            continue;
-        };
-        let stats = stats.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let _ = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await;
-            let body = stats.render();
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = sock.write_all(head.as_bytes()).await;
-            let _ = sock.write_all(body.as_bytes()).await;
-        });
-    }
 }

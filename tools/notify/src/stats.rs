@@ -77,12 +77,13 @@ impl Stats {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        use std::fmt::Write;
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP firehose_notify_events_total Messages read from the broker.\n# TYPE firehose_notify_events_total counter\nfirehose_notify_events_total {}",
-            self.events.load(Relaxed)
+        use firehose::metrics::{Exposition, Kind::Counter};
+        let mut e = Exposition::new("firehose_notify");
+        e.one(
+            "events_total",
+            Counter,
+            "Messages read from the broker.",
+            self.events.load(Relaxed),
         );
         let rules = self.rules.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let targets = self
@@ -105,14 +106,10 @@ impl Stats {
             ("summaries", "Throttle summaries sent.", |c| c.summaries),
         ];
         for (name, help, get) in rule_metrics {
-            let _ = writeln!(out, "# HELP firehose_notify_rule_{name}_total {help}\n# TYPE firehose_notify_rule_{name}_total counter");
+            let name = format!("rule_{name}_total");
+            e.family(&name, Counter, help);
             for (rule, c) in &rules {
-                let _ = writeln!(
-                    out,
-                    "firehose_notify_rule_{name}_total{{rule=\"{}\"}} {}",
-                    escape(rule),
-                    get(c)
-                );
+                e.sample(&name, &[("rule", rule)], get(c));
             }
         }
         let target_metrics: [Metric<TargetCounters>; 4] = [
@@ -130,26 +127,15 @@ impl Stats {
             }),
         ];
         for (name, help, get) in target_metrics {
-            let _ = writeln!(out, "# HELP firehose_notify_target_{name}_total {help}\n# TYPE firehose_notify_target_{name}_total counter");
+            let name = format!("target_{name}_total");
+            e.family(&name, Counter, help);
             for (target, c) in &targets {
-                let _ = writeln!(
-                    out,
-                    "firehose_notify_target_{name}_total{{target=\"{}\"}} {}",
-                    escape(target),
-                    get(c)
-                );
+                e.sample(&name, &[("target", target)], get(c));
             }
         }
-        out
+        e.finish()
     }
 }
 
 /// A metric: its name, its help, and how to read it from the counters.
 type Metric<C> = (&'static str, &'static str, fn(&C) -> u64);
-
-/// A Prometheus label value.
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}

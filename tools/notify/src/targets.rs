@@ -3,6 +3,7 @@
 //! target never delays the others or the MQTT session; a full queue drops
 //! its oldest notification and counts it.
 
+use firehose::report::Chain;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -641,7 +642,7 @@ impl Target {
                         Ok(_) => {}
                         Err(e) => {
                             let delay = backoff.next_delay();
-                            tracing::warn!(target_name = %shown, error = %e, retry_in = ?delay, "mqtt target: connection lost; reconnecting");
+                            tracing::warn!(target_name = %shown, error = %Chain(&e), retry_in = ?delay, "mqtt target: connection lost; reconnecting");
                             tokio::time::sleep(delay).await;
                         }
                     }
@@ -746,7 +747,7 @@ async fn deliver(
                 }
                 Err(e @ SendError::Impossible(_)) => {
                     stats.count_target(&name, |c| c.failed += 1);
-                    tracing::error!(target_name = %name, error = %e, "notification failed; not retried (no attempt can deliver this event)");
+                    tracing::error!(target_name = %name, error = %Chain(&e), "notification failed; not retried (no attempt can deliver this event)");
                     break;
                 }
                 Err(e)
@@ -754,12 +755,12 @@ async fn deliver(
                         || queue.closing.load(Ordering::Acquire) && attempt >= 2 =>
                 {
                     stats.count_target(&name, |c| c.failed += 1);
-                    tracing::error!(target_name = %name, attempts = attempt, error = %e, "notification failed; giving up");
+                    tracing::error!(target_name = %name, attempts = attempt, error = %Chain(&e), "notification failed; giving up");
                     break;
                 }
                 Err(e) => {
                     stats.count_target(&name, |c| c.retried += 1);
-                    tracing::warn!(target_name = %name, attempt, error = %e, retry_in = ?delay, "notification failed; retrying");
+                    tracing::warn!(target_name = %name, attempt, error = %Chain(&e), retry_in = ?delay, "notification failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(60));
                 }
