@@ -41,7 +41,7 @@ fn init_logging(verbose: bool) -> Result<()> {
     } else {
         format!("info,rustls=error,{}=warn", firehose_broker::stats::CLIENTS)
     };
-    firehose::logging::init(&default).map_err(anyhow::Error::msg)
+    Ok(firehose::logging::init(&default)?)
 }
 
 fn set_password(file: &std::path::Path, user: &str) -> Result<()> {

@@ -5,14 +5,21 @@
 
 use std::io::IsTerminal;
 
+/// A `FIREHOSE_LOG` that does not parse: names the variable and gives
+/// examples (the parser's reason is its `source()`).
+#[derive(Debug, thiserror::Error)]
+#[error("FIREHOSE_LOG={spec:?} is not a valid log filter (e.g. FIREHOSE_LOG=debug or FIREHOSE_LOG=info,firehose_broker::session=debug)")]
+pub struct LogFilterError {
+    spec: String,
+    source: tracing_subscriber::filter::ParseError,
+}
+
 /// Starts logging with `default` as the filter when `FIREHOSE_LOG` is not
-/// set. The error names the variable and gives examples.
-pub fn init(default: &str) -> Result<(), String> {
+/// set.
+pub fn init(default: &str) -> Result<(), LogFilterError> {
     use tracing_subscriber::EnvFilter;
     let filter = match std::env::var("FIREHOSE_LOG") {
-        Ok(spec) => EnvFilter::try_new(&spec).map_err(|e| {
-            format!("FIREHOSE_LOG={spec:?} is not a valid log filter ({e}); e.g. FIREHOSE_LOG=debug or FIREHOSE_LOG=info,firehose_broker::session=debug")
-        })?,
+        Ok(spec) => EnvFilter::try_new(&spec).map_err(|source| LogFilterError { spec, source })?,
         Err(_) => EnvFilter::new(default),
     };
     tracing_subscriber::fmt()

@@ -429,7 +429,7 @@ fn typed_cloudevent(ev: &Event) -> Body {
 fn raw_gerrit(ev: &mut Event, g: GerritEvent) {
     ev.kind = format!("gerrit.{}", g.event_type());
     // The id the bridge gives: derived from the line as published.
-    ev.id = Some(stable_id("gerrit", &ev.payload));
+    ev.id = Some(g.id());
     ev.subject = g.subject();
     ev.time = g.created().map(rfc3339);
     ev.body = Body::Gerrit(Box::new(g));
@@ -519,11 +519,7 @@ fn raw_subunit(ev: &mut Event, levels: &[&str]) {
             ev.kind = format!("subunit.run.{}", r.status.as_str());
             // The id the bridge gives in CloudEvents mode: of the topic
             // (from its first firehose level) and the raw payload.
-            let topic = levels.join("/");
-            ev.id = Some(stable_id(
-                "subunit",
-                &[topic.as_bytes(), b"\0", &ev.payload].concat(),
-            ));
+            ev.id = Some(crate::subunit::run_id(&levels.join("/"), &ev.payload));
             ev.subject = levels.last().map(|c| (*c).to_owned());
             ev.body = Body::Subunit(r);
         }
@@ -538,12 +534,7 @@ fn raw_zuul(ev: &mut Event, levels: &str) {
                 ev.data.span = Span::Json(offset(&ev.payload, whole.get()));
             }
             ev.kind = z.event_type();
-            // Of the levels under the root (the same whatever the root)
-            // and the report as Zuul sent it.
-            ev.id = Some(stable_id(
-                "zuul",
-                &[levels.as_bytes(), b"\0", &ev.payload].concat(),
-            ));
+            ev.id = Some(crate::zuul::report_id(levels, &ev.payload));
             ev.subject = z.subject();
             ev.time = z.time().and_then(unix_seconds).map(rfc3339);
             ev.body = Body::Zuul(Box::new(z));

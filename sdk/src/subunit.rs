@@ -104,11 +104,15 @@ impl SubunitRun {
     /// The CloudEvents id: the same for the same job done again (a retried
     /// job, a second worker), so history keeps it once.
     pub fn id(&self) -> String {
-        stable_id(
-            "subunit",
-            &[self.topic().as_bytes(), b"\0", &self.raw()].concat(),
-        )
+        run_id(&self.topic(), &self.raw())
     }
+}
+
+/// A run's id, of its topic (from the family's first level on, so the same
+/// under any `--base-topic`) and its raw payload: what the bridge gives in
+/// CloudEvents mode and the reader computes for a raw payload.
+pub(crate) fn run_id(topic: &str, raw: &[u8]) -> String {
+    stable_id("subunit", &[topic.as_bytes(), b"\0", raw].concat())
 }
 
 impl Publishable for SubunitRun {

@@ -210,6 +210,13 @@ pub enum ZuulError {
     NoAction,
 }
 
+/// A report's id, of the topic levels under Zuul's root (the same whatever
+/// the root) and the report as Zuul sent it: two readers of one report
+/// (firehose-sub, firehose-history) agree on it.
+pub(crate) fn report_id(levels: &str, payload: &[u8]) -> String {
+    crate::envelope::stable_id("zuul", &[levels.as_bytes(), b"\0", payload].concat())
+}
+
 impl ZuulReport {
     /// Reads a report's JSON text.
     pub fn from_slice(payload: &[u8]) -> Result<ZuulReport, ZuulError> {

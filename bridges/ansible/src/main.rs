@@ -74,7 +74,7 @@ const INFO: Info = Info {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = firehose_bridge::cli::init_logging(INFO.log) {
-        eprintln!("firehose-ansible: {e}");
+        eprintln!("firehose-ansible: {}", firehose::report::error_chain(&e));
         return ExitCode::from(2);
     }
     match cli.cmd {

@@ -129,6 +129,22 @@ impl Default for NovaConfig {
     }
 }
 
+/// What an AMQP URL looks like, for errors.
+const AMQP_FORM: &str = "amqp[s]://USER[:PASS]@HOST[:PORT]/VHOST";
+
+/// Why an AMQP URL cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpUrlError {
+    /// Not a URL, or not amqp:// or amqps:// (the reason names the form).
+    #[error(transparent)]
+    Url(#[from] firehose_bridge::url::UrlError),
+    #[error("{0}: no user; expected {AMQP_FORM}")]
+    NoUser(String),
+    /// lapin's own parser refused the vhost or the query options.
+    #[error("{0}; expected {AMQP_FORM}")]
+    Lapin(String),
+}
+
 /// Configuration errors, each naming the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -142,8 +158,12 @@ pub enum ConfigError {
     Name(String),
     #[error("deployment {0:?} appears twice")]
     Duplicate(String),
-    #[error("deployment {name:?}: AMQP URL: {reason}")]
-    Url { name: String, reason: String },
+    #[error("deployment {name:?}: AMQP URL")]
+    Url {
+        name: String,
+        #[source]
+        source: AmqpUrlError,
+    },
     #[error("deployment {name:?}: {path}: {reason}")]
     File {
         name: String,
@@ -258,11 +278,11 @@ impl NovaConfig {
 impl DeploymentConfig {
     fn resolve(&self) -> Result<Deployment, ConfigError> {
         let name = self.name.clone();
-        let url_err = |reason: &str| ConfigError::Url {
-            name: name.clone(),
-            reason: reason.to_owned(),
-        };
-        let (mut uri, display, host) = parse_amqp(&self.amqp).map_err(|r| url_err(&r))?;
+        let (mut uri, display, host) =
+            parse_amqp(&self.amqp).map_err(|source| ConfigError::Url {
+                name: name.clone(),
+                source,
+            })?;
         if let Some(p) = &self.password_file {
             uri.authority.userinfo.password = first_line(&name, p)?;
         } else if let Some(hosts) = &self.hosts_file {
@@ -338,14 +358,12 @@ impl DeploymentConfig {
 /// lapin's own parser is used for the scheme, vhost and query options, but
 /// not for the host: it reads only domain names, so an IP address would
 /// silently become "localhost".
-pub fn parse_amqp(text: &str) -> Result<(AMQPUri, String, String), String> {
-    const FORM: &str = "amqp[s]://USER[:PASS]@HOST[:PORT]/VHOST";
-    let e = firehose_bridge::url::parse(text, &[("amqp", 5672), ("amqps", 5671)], FORM)
-        .map_err(|e| e.to_string())?;
+pub fn parse_amqp(text: &str) -> Result<(AMQPUri, String, String), AmqpUrlError> {
+    let e = firehose_bridge::url::parse(text, &[("amqp", 5672), ("amqps", 5671)], AMQP_FORM)?;
     let Some(user) = e.user else {
-        return Err(format!("{}: no user; expected {FORM}", e.shown));
+        return Err(AmqpUrlError::NoUser(e.shown));
     };
-    let mut uri: AMQPUri = text.parse().map_err(|e| format!("{e}; expected {FORM}"))?;
+    let mut uri: AMQPUri = text.parse().map_err(AmqpUrlError::Lapin)?;
     uri.authority.host = e.host.clone();
     uri.authority.port = e.port;
     uri.authority.userinfo.username = user;
@@ -404,7 +422,7 @@ mod tests {
         let (u, _, _) = parse_amqp("amqps://u@rabbit").unwrap();
         assert_eq!(u.authority.port, 5671);
         for bad in ["http://u@h/", "amqp://h/", "amqp://u@/x", "not a url"] {
-            let e = parse_amqp(bad).unwrap_err();
+            let e = parse_amqp(bad).unwrap_err().to_string();
             assert!(e.contains("expected amqp[s]://USER"), "{bad}: {e}");
         }
     }

@@ -64,7 +64,7 @@ pub struct Plan<S> {
 
 /// Logs to stderr: `FIREHOSE_LOG` if set (an error when it does not
 /// parse), else `default`; colours only on a terminal.
-pub fn init_logging(default: &str) -> Result<(), String> {
+pub fn init_logging(default: &str) -> Result<(), firehose::logging::LogFilterError> {
     firehose::logging::init(default)
 }
 
@@ -98,7 +98,7 @@ where
 {
     let program = format!("firehose-{}", info.name);
     if let Err(e) = init_logging(info.log) {
-        eprintln!("{program}: {e}");
+        eprintln!("{program}: {}", error_chain(&e));
         return ExitCode::from(2);
     }
     exit(&program, run(info, common, build))
@@ -106,41 +106,38 @@ where
 
 /// Loads the configuration, builds the plan, then checks it
 /// (`--check-config`) or runs it to the end. Logging is the caller's.
-pub fn run<C, S, F, E>(info: Info, common: CommonArgs, build: F) -> Result<(), String>
+pub fn run<C, S, F, E>(info: Info, common: CommonArgs, build: F) -> Result<(), BoxError>
 where
     C: DeserializeOwned + Default,
     S: Source,
     F: FnOnce(C, &Publish) -> Result<Plan<S>, E>,
     E: Into<BoxError>,
 {
-    let result = (|| -> Result<(), BoxError> {
-        let (file, publish) = load::<C>(info, &common)?;
-        let plan = build(file.source, &publish).map_err(Into::into)?;
-        if common.check_config {
-            println!(
-                "firehose-{}: configuration OK (broker {}, {})",
-                info.name, publish.url, plan.describe
-            );
-            return Ok(());
-        }
-        let rt = tokio::runtime::Runtime::new()
-            .map_err(|e| format!("starting the async runtime: {e}"))?;
-        let mut bridge = Bridge::new(info.name, info.version, publish);
-        if let Some(format) = common.print {
-            bridge = bridge.print_only(format);
-        }
-        rt.block_on(bridge.run(plan.sources))?;
-        Ok(())
-    })();
-    result.map_err(|e| error_chain(e.as_ref()))
+    let (file, publish) = load::<C>(info, &common)?;
+    let plan = build(file.source, &publish).map_err(Into::into)?;
+    if common.check_config {
+        println!(
+            "firehose-{}: configuration OK (broker {}, {})",
+            info.name, publish.url, plan.describe
+        );
+        return Ok(());
+    }
+    let rt =
+        tokio::runtime::Runtime::new().map_err(|e| format!("starting the async runtime: {e}"))?;
+    let mut bridge = Bridge::new(info.name, info.version, publish);
+    if let Some(format) = common.print {
+        bridge = bridge.print_only(format);
+    }
+    rt.block_on(bridge.run(plan.sources))?;
+    Ok(())
 }
 
 /// The exit code for `result`, printing `program: error: cause: ...` on failure.
-pub fn exit<E: std::fmt::Display>(program: &str, result: Result<(), E>) -> ExitCode {
+pub fn exit<E: Into<BoxError>>(program: &str, result: Result<(), E>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{program}: {e:#}");
+            eprintln!("{program}: {}", error_chain(e.into().as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -159,14 +156,14 @@ pub fn command_code(status: std::process::ExitStatus) -> i32 {
 /// The exit of a bridge that wrapped a command (`run -- COMMAND`): the
 /// command's own code once it ran, delivered or not (the runtime logged
 /// what it could not deliver, and an error is printed); else the bridge's.
-pub fn exit_as_command<E: std::fmt::Display>(
+pub fn exit_as_command<E: Into<BoxError>>(
     program: &str,
     result: Result<(), E>,
     command: Option<i32>,
 ) -> ExitCode {
     match (result, command) {
         (Err(e), Some(code)) => {
-            eprintln!("{program}: {e:#}");
+            eprintln!("{program}: {}", error_chain(e.into().as_ref()));
             ExitCode::from(code.clamp(0, 255) as u8)
         }
         (Ok(()), Some(code)) => ExitCode::from(code.clamp(0, 255) as u8),

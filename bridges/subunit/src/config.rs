@@ -80,9 +80,25 @@ impl Default for SubunitConfig {
     }
 }
 
+/// What the `[source]` table and the flags cannot be run with; each says
+/// what to give instead.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubunitConfigError {
+    #[error("--field {0:?}: give KEY=VALUE")]
+    Field(String),
+    #[error("--per-test needs --payload cloudevents: the original's raw payload has one message per run (use --per-test none)")]
+    PerTestRaw,
+    #[error("give --project (the topic's project levels, e.g. openstack/nova)")]
+    NoProject,
+    #[error("give --change (the change number, the topic's last level)")]
+    NoChange,
+    #[error("{flag} {value:?}: topic levels, without + # or a leading or trailing /")]
+    Levels { flag: &'static str, value: String },
+}
+
 impl SubunitConfig {
     /// Lets flags override the file; a `--field` without `=` is refused.
-    pub fn apply(&mut self, a: &SubunitArgs) -> Result<(), String> {
+    pub fn apply(&mut self, a: &SubunitArgs) -> Result<(), SubunitConfigError> {
         let set = |slot: &mut Option<String>, v: &Option<String>| {
             if v.is_some() {
                 *slot = v.clone();
@@ -94,7 +110,7 @@ impl SubunitConfig {
         for f in &a.fields {
             let (k, v) = f
                 .split_once('=')
-                .ok_or_else(|| format!("--field {f:?}: give KEY=VALUE"))?;
+                .ok_or_else(|| SubunitConfigError::Field(f.clone()))?;
             self.fields
                 .insert(k.to_owned(), Value::String(v.to_owned()));
         }
@@ -139,32 +155,24 @@ impl SubunitConfig {
 
     /// Refuses what the payload mode cannot carry: per-test messages have
     /// no raw form (the original sent one message per run).
-    pub fn check(&self, payload: firehose::PayloadMode) -> Result<(), String> {
+    pub fn check(&self, payload: firehose::PayloadMode) -> Result<(), SubunitConfigError> {
         if self.per_test != PerTest::None && payload == firehose::PayloadMode::Raw {
-            return Err(
-                "--per-test needs --payload cloudevents: the original's raw payload has one message per run (use --per-test none)"
-                    .into(),
-            );
+            return Err(SubunitConfigError::PerTestRaw);
         }
         Ok(())
     }
 
     /// The build a direct run reports; `project` and `change` are needed
     /// for the topic.
-    pub fn build(&self, a: &SubunitArgs, source_url: String) -> Result<Build, String> {
-        let project = self
-            .project
-            .clone()
-            .ok_or("give --project (the topic's project levels, e.g. openstack/nova)")?;
-        let change = self
-            .change
-            .clone()
-            .ok_or("give --change (the change number, the topic's last level)")?;
-        for (what, v) in [("--project", &project), ("--change", &change)] {
+    pub fn build(&self, a: &SubunitArgs, source_url: String) -> Result<Build, SubunitConfigError> {
+        let project = self.project.clone().ok_or(SubunitConfigError::NoProject)?;
+        let change = self.change.clone().ok_or(SubunitConfigError::NoChange)?;
+        for (flag, v) in [("--project", &project), ("--change", &change)] {
             if v.is_empty() || v.contains(['+', '#']) || v.starts_with('/') || v.ends_with('/') {
-                return Err(format!(
-                    "{what} {v:?}: topic levels, without + # or a leading or trailing /"
-                ));
+                return Err(SubunitConfigError::Levels {
+                    flag,
+                    value: v.clone(),
+                });
             }
         }
         let base = self.topic_root();

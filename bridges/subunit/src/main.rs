@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use firehose_bridge::cli::{CommonArgs, Info, Plan};
+use firehose_bridge::source::BoxError;
 use firehose_bridge::BoxedSource;
 use firehose_subunit::config::{SubunitArgs, SubunitConfig};
 use firehose_subunit::direct::{File, Run};
@@ -75,7 +76,7 @@ const INFO: Info = Info {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = firehose_bridge::cli::init_logging(INFO.log) {
-        eprintln!("firehose-subunit: {e}");
+        eprintln!("firehose-subunit: {}", firehose::report::error_chain(&e));
         return ExitCode::from(2);
     }
     let (common, subunit, file, command) = match cli.cmd {
@@ -93,12 +94,15 @@ fn main() -> ExitCode {
     };
     let exit = Arc::new(Mutex::new(None));
     let exit2 = exit.clone();
-    let r = firehose_bridge::cli::run(INFO, common, |mut cfg: SubunitConfig, publish| {
-        cfg.apply(&subunit)?;
-        cfg.check(publish.payload)?;
-        let shape = cfg.shape();
-        let max_bytes = cfg.max_stream_bytes;
-        let source = match (file, command.is_empty()) {
+    let r = firehose_bridge::cli::run(
+        INFO,
+        common,
+        |mut cfg: SubunitConfig, publish| -> Result<_, BoxError> {
+            cfg.apply(&subunit)?;
+            cfg.check(publish.payload)?;
+            let shape = cfg.shape();
+            let max_bytes = cfg.max_stream_bytes;
+            let source = match (file, command.is_empty()) {
             (Some(f), _) => {
                 let path = (f != "-").then(|| PathBuf::from(&f));
                 let url = subunit.source_url.clone().unwrap_or_else(|| match &path {
@@ -126,57 +130,61 @@ fn main() -> ExitCode {
                 })
             }
             (None, true) => {
-                return Err("give --file PATH (or - for stdin), or a command after --: firehose-subunit run [flags] -- stestr run".to_owned())
+                return Err("give --file PATH (or - for stdin), or a command after --: firehose-subunit run [flags] -- stestr run".into())
             }
         };
-        Ok::<_, String>(Plan {
-            describe: "one run".into(),
-            sources: vec![source],
-        })
-    });
+            Ok(Plan {
+                describe: "one run".into(),
+                sources: vec![source],
+            })
+        },
+    );
     let code = *exit.lock().unwrap_or_else(|e| e.into_inner());
     firehose_bridge::cli::exit_as_command("firehose-subunit", r, code)
 }
 
 /// `worker`: one source per Gearman server.
 fn worker(common: CommonArgs, subunit: SubunitArgs, gearman: Vec<String>) -> ExitCode {
-    let r = firehose_bridge::cli::run(INFO, common, |mut cfg: SubunitConfig, publish| {
-        cfg.apply(&subunit)?;
-        cfg.check(publish.payload)?;
-        if !gearman.is_empty() {
-            cfg.gearman = gearman;
-        }
-        if cfg.gearman.is_empty() {
-            return Err("worker needs --gearman HOST:PORT (or gearman in [source])".to_owned());
-        }
-        let fetcher = Fetcher::new(
-            Duration::from_secs(cfg.fetch_timeout_secs),
-            cfg.max_stream_bytes,
-        )
-        .map_err(|e| firehose::report::error_chain(&e))?;
-        let fetcher = Arc::new(fetcher);
-        let host = firehose_bridge::config::hostname();
-        let servers: Vec<String> = cfg
-            .gearman
-            .iter()
-            .map(|s| match s.rsplit_once(':') {
-                Some((_, port)) if port.parse::<u16>().is_ok() => s.clone(),
-                _ => format!("{s}:4730"),
-            })
-            .collect();
-        Ok::<_, String>(Plan {
-            describe: format!("gearman {}", servers.join(", ")),
-            sources: servers
-                .into_iter()
-                .map(|server| Worker {
-                    server,
-                    topic_root: cfg.topic_root(),
-                    shape: cfg.shape(),
-                    fetcher: fetcher.clone(),
-                    client_id: format!("{host}-pusher"),
+    let r = firehose_bridge::cli::run(
+        INFO,
+        common,
+        |mut cfg: SubunitConfig, publish| -> Result<_, BoxError> {
+            cfg.apply(&subunit)?;
+            cfg.check(publish.payload)?;
+            if !gearman.is_empty() {
+                cfg.gearman = gearman;
+            }
+            if cfg.gearman.is_empty() {
+                return Err("worker needs --gearman HOST:PORT (or gearman in [source])".into());
+            }
+            let fetcher = Fetcher::new(
+                Duration::from_secs(cfg.fetch_timeout_secs),
+                cfg.max_stream_bytes,
+            )?;
+            let fetcher = Arc::new(fetcher);
+            let host = firehose_bridge::config::hostname();
+            let servers: Vec<String> = cfg
+                .gearman
+                .iter()
+                .map(|s| match s.rsplit_once(':') {
+                    Some((_, port)) if port.parse::<u16>().is_ok() => s.clone(),
+                    _ => format!("{s}:4730"),
                 })
-                .collect(),
-        })
-    });
+                .collect();
+            Ok(Plan {
+                describe: format!("gearman {}", servers.join(", ")),
+                sources: servers
+                    .into_iter()
+                    .map(|server| Worker {
+                        server,
+                        topic_root: cfg.topic_root(),
+                        shape: cfg.shape(),
+                        fetcher: fetcher.clone(),
+                        client_id: format!("{host}-pusher"),
+                    })
+                    .collect(),
+            })
+        },
+    );
     firehose_bridge::cli::exit("firehose-subunit", r)
 }

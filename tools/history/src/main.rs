@@ -203,7 +203,7 @@ fn question(what: What) -> anyhow::Result<firehose_history::ask::Question> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = firehose::logging::init("info") {
-        eprintln!("firehose-history: {e}");
+        eprintln!("firehose-history: {}", firehose::report::error_chain(&e));
         return ExitCode::from(2);
     }
     let rt = match tokio::runtime::Runtime::new() {

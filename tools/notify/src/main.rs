@@ -65,7 +65,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = firehose::logging::init("info") {
-        eprintln!("firehose-notify: {e}");
+        eprintln!("firehose-notify: {}", firehose::report::error_chain(&e));
         return ExitCode::from(2);
     }
     match run(cli) {
