@@ -9,7 +9,7 @@ fn broker() -> (BrokerProc, tempfile::TempDir) {
     (BrokerProc::with_users(dir.path(), &[BRIDGE], &[]), dir)
 }
 
-const BRIDGE: (&str, &str) = ("bridge", "secret");
+use firehose_testkit::logins::PUBLISHER as BRIDGE;
 
 /// Sends `bytes` after a valid v3.1.1 (or v5) CONNECT and expects a close.
 fn expect_close(b: &BrokerProc, level: u8, bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
@@ -118,7 +118,7 @@ fn truncated_packet_then_close() {
 #[test]
 fn oversized_packet_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let pw = passwd_file(dir.path(), &[("bridge", "secret")]);
+    let pw = passwd_file(dir.path(), &[BRIDGE]);
     let b = BrokerProc::start(&[
         "--passwd",
         pw.to_str().unwrap(),

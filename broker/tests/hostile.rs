@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use firehose_testkit::*;
 
-const BRIDGE: (&str, &str) = ("bridge", "secret");
+use firehose_testkit::logins::PUBLISHER as BRIDGE;
 const EDGE: (&str, &str) = ("edge", "edge-secret");
 
 /// Tells the hostile readers' threads the test is done: a flag they check,

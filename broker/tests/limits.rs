@@ -4,7 +4,7 @@
 
 use firehose_testkit::*;
 
-const BRIDGE: (&str, &str) = ("bridge", "secret");
+use firehose_testkit::logins::PUBLISHER as BRIDGE;
 
 /// A broker with a password file and `limits` as the `[limits]` table.
 fn broker(limits: &str) -> (BrokerProc, tempfile::TempDir) {

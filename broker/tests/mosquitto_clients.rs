@@ -273,16 +273,9 @@ fn wills_fire_only_where_the_client_may_write() {
 #[test]
 fn tls_listener_with_generated_ca() {
     let dir = tempfile::tempdir().unwrap();
-    make_certs(dir.path());
+    let tls_listener = TlsListener::new(dir.path());
     let p = |f: &str| dir.path().join(f).to_str().unwrap().to_owned();
-    let (b, _d) = broker_with_users(&[
-        "--mqtts",
-        "127.0.0.1:0",
-        "--cert",
-        &p("server.pem"),
-        "--key",
-        &p("server.key"),
-    ]);
+    let (b, _d) = broker_with_users(&tls_listener.flags());
     let tls_port = b.mqtts.expect("mqtts").port().to_string();
     for v in ["mqttv311", "mqttv5"] {
         let tls = |rest: &[&str]| -> Vec<String> {

@@ -8,7 +8,7 @@
 
 use firehose_testkit::*;
 
-const BRIDGE: (&str, &str) = ("bridge", "secret");
+use firehose_testkit::logins::PUBLISHER as BRIDGE;
 
 fn broker(dir: &std::path::Path, acl: Option<&str>) -> BrokerProc {
     match acl {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use firehose_testkit::*;
 
-const BRIDGE: (&str, &str) = ("bridge", "secret");
+use firehose_testkit::logins::PUBLISHER as BRIDGE;
 
 fn drive(page_url: &str, mqtt_url: &str, ca: Option<&Path>, shot: &str) {
     let js = js_drivers();

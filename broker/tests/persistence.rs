@@ -8,7 +8,7 @@ use std::path::Path;
 
 use firehose_testkit::*;
 
-const BRIDGE: (&str, &str) = ("bridge", "secret");
+use firehose_testkit::logins::PUBLISHER as BRIDGE;
 
 fn start(dir: &Path, extra: &[&str]) -> BrokerProc {
     let store = dir.join("store").to_string_lossy().into_owned();

@@ -6,7 +6,7 @@
 
 use firehose_testkit::*;
 
-const BRIDGE: (&str, &str) = ("bridge", "secret");
+use firehose_testkit::logins::PUBLISHER as BRIDGE;
 
 fn r_subscribe(r: &mut Raw) {
     r.send(&subscribe(4, 1, "q2/#", 2));
@@ -164,14 +164,14 @@ fn paho_qos2_exactly_once_across_cuts_with_fsync_always() {
 fn paho_cuts(extra: &[&str]) {
     let python = require_paho();
     let dir = tempfile::tempdir().unwrap();
-    let b = BrokerProc::with_users(dir.path(), &[("bridge", "secret")], extra);
+    let b = BrokerProc::with_users(dir.path(), &[BRIDGE], extra);
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/paho_qos2_cut.py");
     run_checks(
         std::process::Command::new(&python).arg(&script).args([
             "127.0.0.1",
             &b.port(),
-            "bridge",
-            "secret",
+            BRIDGE.0,
+            BRIDGE.1,
         ]),
         &[
             "to-client-after-publish",

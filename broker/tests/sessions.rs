@@ -4,7 +4,7 @@
 
 use firehose_testkit::*;
 
-const BRIDGE: (&str, &str) = ("bridge", "secret");
+use firehose_testkit::logins::PUBLISHER as BRIDGE;
 
 fn broker(extra: &[&str]) -> (BrokerProc, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();

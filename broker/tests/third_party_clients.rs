@@ -223,21 +223,12 @@ async fn rumqttc_over_tcp_and_websockets() {
 #[test]
 fn client_certificates_required_with_client_ca() {
     let dir = tempfile::tempdir().unwrap();
-    make_certs(dir.path());
+    let tls_listener = TlsListener::new(dir.path());
     let p = |f: &str| path_str(dir.path(), f);
-    let b = with_users(
-        dir.path(),
-        &[
-            "--mqtts",
-            "127.0.0.1:0",
-            "--cert",
-            &p("server.pem"),
-            "--key",
-            &p("server.key"),
-            "--client-ca",
-            &p("ca.pem"),
-        ],
-    );
+    let ca = p("ca.pem");
+    let mut flags = tls_listener.flags();
+    flags.extend(["--client-ca", &ca]);
+    let b = with_users(dir.path(), &flags);
     let port = b.mqtts.expect("mqtts listener").port().to_string();
     let tls = |with_cert: bool, extra: &[&str]| {
         let mut args: Vec<String> = ["-h", "127.0.0.1", "-p", &port, "--cafile", &p("ca.pem")]
@@ -299,18 +290,8 @@ fn client_certificates_required_with_client_ca() {
 async fn retained_messages_and_wills_on_websockets_and_tls() {
     use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, Transport};
     let dir = tempfile::tempdir().unwrap();
-    make_certs(dir.path());
-    let b = with_users(
-        dir.path(),
-        &[
-            "--mqtts",
-            "127.0.0.1:0",
-            "--cert",
-            &path_str(dir.path(), "server.pem"),
-            "--key",
-            &path_str(dir.path(), "server.key"),
-        ],
-    );
+    let tls_listener = TlsListener::new(dir.path());
+    let b = with_users(dir.path(), &tls_listener.flags());
     // A retained message, published over plain TCP.
     let out = mosquitto_pub(
         &b,

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use firehose_testkit::*;
 
-const BRIDGE: (&str, &str) = ("gerrit-bridge", "bridge-pw");
+use firehose_testkit::logins::GERRIT as BRIDGE;
 
 fn replay(dir: &Path, core: &BrokerProc, instance: &str) {
     let fixture =

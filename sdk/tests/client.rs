@@ -14,7 +14,7 @@ use firehose::{Client, Filter, Publishable};
 use firehose_testkit::*;
 use time::OffsetDateTime;
 
-const PUBLISHER: (&str, &str) = ("bridge", "bridge-pw");
+use firehose_testkit::logins::PUBLISHER;
 
 fn gerrit_events() -> Vec<GerritEvent> {
     fixture_lines("gerrit/stream-events.jsonl")

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use firehose_testkit::*;
 
-const BRIDGE: (&str, &str) = ("bridge", "bridge-pw");
+use firehose_testkit::logins::PUBLISHER as BRIDGE;
 
 fn example(name: &str) -> PathBuf {
     let p = bin("firehose-gerrit")

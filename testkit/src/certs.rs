@@ -107,3 +107,32 @@ pub fn make_certs(dir: &Path) {
 pub fn path_str(dir: &Path, name: &str) -> String {
     dir.join(name).to_string_lossy().into_owned()
 }
+
+/// A broker's TLS listener for a test: the certificates of [`make_certs`]
+/// in `dir`, and the flags that serve them (`--mqtts` on a free loopback
+/// port, `--cert`, `--key`), to pass with any others.
+pub struct TlsListener {
+    flags: Vec<String>,
+}
+
+impl TlsListener {
+    /// Makes the certificates in `dir` (its `ca.pem` is what clients trust).
+    pub fn new(dir: &Path) -> TlsListener {
+        make_certs(dir);
+        TlsListener {
+            flags: vec![
+                "--mqtts".into(),
+                "127.0.0.1:0".into(),
+                "--cert".into(),
+                path_str(dir, "server.pem"),
+                "--key".into(),
+                path_str(dir, "server.key"),
+            ],
+        }
+    }
+
+    /// The broker flags.
+    pub fn flags(&self) -> Vec<&str> {
+        self.flags.iter().map(String::as_str).collect()
+    }
+}

@@ -8,6 +8,7 @@ pub mod broker;
 pub mod certs;
 pub mod dovecot;
 pub mod history;
+pub mod logins;
 pub mod mosquitto;
 pub mod postgres;
 pub mod process;

@@ -12,7 +12,7 @@ use std::process::Command;
 use firehose_testkit::*;
 use serde_json::Value;
 
-const BRIDGE: (&str, &str) = ("ansible-bridge", "bridge-pw");
+use firehose_testkit::logins::ANSIBLE as BRIDGE;
 
 /// Every event the playbook below produces.
 const EVENTS: usize = 17;

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use firehose_testkit::*;
 
-const BRIDGE: (&str, &str) = ("gerrit-bridge", "bridge-pw");
+use firehose_testkit::logins::GERRIT as BRIDGE;
 
 #[test]
 fn denied_events_are_dead_lettered_counted_and_fail_a_replay() {

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use firehose_testkit::*;
 
-const BRIDGE: (&str, &str) = ("gerrit-bridge", "bridge-pw");
+use firehose_testkit::logins::GERRIT as BRIDGE;
 
 /// Topic of each fixture line, in order (worked out by hand from the
 /// events: top-level project, else change.project, else refUpdate.project,

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use firehose_testkit::*;
 
-const BRIDGE: (&str, &str) = ("gerrit-bridge", "bridge-pw");
+use firehose_testkit::logins::GERRIT as BRIDGE;
 const EVENTS: usize = 300;
 
 /// `n` distinct gerrit events, one per line.

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use firehose_testkit::*;
 
-const BRIDGE: (&str, &str) = ("gerrit-bridge", "bridge-pw");
+use firehose_testkit::logins::GERRIT as BRIDGE;
 
 const GOOD: &str = r#"{"type":"comment-added","change":{"project":"a/b","number":7}}"#;
 const NEW_TYPE: &str = r#"{"type":"brand-new-event","project":"a/b","eventCreatedOn":1700000000}"#;
@@ -80,19 +80,8 @@ fn websockets_base_topic_and_metrics() {
 #[test]
 fn tls_with_ca_qos0_and_replay_from_stdin() {
     let dir = tempfile::tempdir().unwrap();
-    make_certs(dir.path());
-    let b = BrokerProc::with_users(
-        dir.path(),
-        &[BRIDGE],
-        &[
-            "--mqtts",
-            "127.0.0.1:0",
-            "--cert",
-            &path_str(dir.path(), "server.pem"),
-            "--key",
-            &path_str(dir.path(), "server.key"),
-        ],
-    );
+    let tls_listener = TlsListener::new(dir.path());
+    let b = BrokerProc::with_users(dir.path(), &[BRIDGE], &tls_listener.flags());
     let tls = b.mqtts.expect("mqtts listener");
     let sub = Sub::spawn(&b, &["-t", "gerrit/#", "-v", "-C", "2"]);
     let mut child = Command::new(bin("firehose-gerrit"))

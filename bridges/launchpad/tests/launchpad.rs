@@ -10,7 +10,7 @@ use std::process::Command;
 use firehose_testkit::*;
 use serde_json::Value;
 
-const BRIDGE: (&str, &str) = ("launchpad-bridge", "bridge-pw");
+use firehose_testkit::logins::LAUNCHPAD as BRIDGE;
 
 /// The fixtures: (file name, raw mail).
 fn fixtures() -> Vec<(String, Vec<u8>)> {

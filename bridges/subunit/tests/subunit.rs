@@ -17,7 +17,7 @@ use std::process::Command;
 use firehose_testkit::*;
 use serde_json::Value;
 
-const BRIDGE: (&str, &str) = ("subunit-bridge", "bridge-pw");
+use firehose_testkit::logins::SUBUNIT as BRIDGE;
 
 fn venv() -> PathBuf {
     let v = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/subunit-venv/bin");

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use firehose_testkit::*;
 
-const PUBLISHER: (&str, &str) = ("gerrit-bridge", "bridge-pw");
+use firehose_testkit::logins::GERRIT as PUBLISHER;
 const NOTIFIER: (&str, &str) = ("notify", "notify-pw");
 
 fn broker(dir: &Path) -> BrokerProc {

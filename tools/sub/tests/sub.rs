@@ -10,7 +10,7 @@ use firehose::Publishable;
 use firehose_testkit::*;
 use time::OffsetDateTime;
 
-const PUBLISHER: (&str, &str) = ("bridge", "bridge-pw");
+use firehose_testkit::logins::PUBLISHER;
 
 fn gerrit_events() -> Vec<GerritEvent> {
     fixture_lines("gerrit/stream-events.jsonl")
@@ -216,26 +216,11 @@ fn timeout_exit_code_and_connection_errors() {
 #[test]
 fn websockets_and_tls() {
     let dir = tempfile::tempdir().unwrap();
-    make_certs(dir.path());
+    let tls_listener = TlsListener::new(dir.path());
     let pw = passwd_file(dir.path(), &[PUBLISHER]);
-    let (cert, key) = (
-        path_str(dir.path(), "server.pem"),
-        path_str(dir.path(), "server.key"),
-    );
-    let b = BrokerProc::start_exact(&[
-        "--mqtt",
-        "127.0.0.1:0",
-        "--ws",
-        "127.0.0.1:0",
-        "--mqtts",
-        "127.0.0.1:0",
-        "--cert",
-        &cert,
-        "--key",
-        &key,
-        "--passwd",
-        pw.to_str().unwrap(),
-    ]);
+    let mut flags = tls_listener.flags();
+    flags.extend(["--passwd", pw.to_str().unwrap()]);
+    let b = BrokerProc::start(&flags);
     let ws = format!("ws://{}/mqtt", b.ws.expect("ws listener"));
     let mqtts = format!(
         "mqtts://localhost:{}",

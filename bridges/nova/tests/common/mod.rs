@@ -13,7 +13,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 
-pub const BRIDGE: (&str, &str) = ("nova-bridge", "bridge-pw");
+pub use firehose_testkit::logins::NOVA as BRIDGE;
 
 /// One fixture line: where nova published it and what.
 #[derive(Debug, Clone)]

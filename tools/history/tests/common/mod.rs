@@ -8,7 +8,7 @@ use std::path::Path;
 use firehose_testkit::*;
 use serde_json::Value;
 
-pub const BRIDGE: (&str, &str) = ("bridge", "bridge-secret");
+pub use firehose_testkit::logins::PUBLISHER as BRIDGE;
 
 /// The demo's events: what the four bridges publish for the fixtures
 /// (raw mode), as (topic, payload, retain).
