@@ -56,9 +56,23 @@ pub struct Listeners {
     pub ws_allowed_origins: Vec<String>,
 }
 
+/// What a listen address looks like, for errors.
+const LISTEN_FORM: &str = "expected IP:PORT, [IPv6]:PORT, HOST:PORT or PORT (loopback), e.g. 127.0.0.1:1883 or 0.0.0.0:1883 for every interface";
+
+/// Why a listen address cannot be used. (A flag's value parser: clap
+/// prints the message alone, so the resolver's reason is part of it.)
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ListenError {
+    #[error("invalid listen address {0:?}: no port; {LISTEN_FORM}")]
+    NoPort(String),
+    #[error("listen address {0:?} resolves to nothing; {LISTEN_FORM}")]
+    Nothing(String),
+    #[error("invalid listen address {addr:?} ({reason}); {LISTEN_FORM}")]
+    Invalid { addr: String, reason: String },
+}
+
 /// Parses a listen address (see [`Listeners`]).
-pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
-    let hint = "expected IP:PORT, [IPv6]:PORT, HOST:PORT or PORT (loopback), e.g. 127.0.0.1:1883 or 0.0.0.0:1883 for every interface";
+pub fn parse_listen(s: &str) -> Result<SocketAddr, ListenError> {
     let t = s.trim();
     let port_only = t.strip_prefix(':').unwrap_or(t);
     if let Ok(port) = port_only.parse::<u16>() {
@@ -68,14 +82,17 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
         return Ok(a);
     }
     if !t.contains(':') {
-        return Err(format!("invalid listen address {s:?}: no port; {hint}"));
+        return Err(ListenError::NoPort(s.to_owned()));
     }
     use std::net::ToSocketAddrs;
     match t.to_socket_addrs() {
         Ok(mut addrs) => addrs
             .next()
-            .ok_or_else(|| format!("listen address {s:?} resolves to nothing; {hint}")),
-        Err(e) => Err(format!("invalid listen address {s:?} ({e}); {hint}")),
+            .ok_or_else(|| ListenError::Nothing(s.to_owned())),
+        Err(e) => Err(ListenError::Invalid {
+            addr: s.to_owned(),
+            reason: e.to_string(),
+        }),
     }
 }
 
@@ -873,7 +890,7 @@ mod tests {
             "[::1]:1883".parse().unwrap()
         );
         for bad in ["localhost", "1.2.3.4:x", "99999"] {
-            let e = parse_listen(bad).unwrap_err();
+            let e = parse_listen(bad).unwrap_err().to_string();
             assert!(e.contains("e.g. 127.0.0.1:1883"), "{bad}: {e}");
         }
     }

@@ -72,6 +72,17 @@ impl fmt::Debug for Hash {
     }
 }
 
+/// Why the hash of a password-file line cannot be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HashError {
+    #[error("bad iteration count {0:?}")]
+    Iterations(String),
+    #[error("{what} is not valid base64 ({reason})")]
+    Base64 { what: &'static str, reason: String },
+    #[error("unknown hash format (expected $7$ or $6$ as written by mosquitto_passwd; plain-text passwords must be hashed with `firehose-broker passwd`)")]
+    Format,
+}
+
 impl Hash {
     /// Hashes a new password the way mosquitto 2.x does.
     pub fn new(password: &str) -> Hash {
@@ -86,19 +97,21 @@ impl Hash {
     }
 
     /// Parses the part after `user:`.
-    pub fn parse(s: &str) -> Result<Hash, String> {
+    pub fn parse(s: &str) -> Result<Hash, HashError> {
         let parts: Vec<&str> = s.split('$').collect();
-        let b64 = |what: &str, v: &str| {
-            B64.decode(v)
-                .map_err(|e| format!("{what} is not valid base64: {e}"))
+        let b64 = |what: &'static str, v: &str| {
+            B64.decode(v).map_err(|e| HashError::Base64 {
+                what,
+                reason: e.to_string(),
+            })
         };
         match parts.as_slice() {
             ["", "7", iterations, salt, hash] => {
                 let iterations: u32 = iterations
                     .parse()
-                    .map_err(|_| format!("bad iteration count {iterations:?}"))?;
+                    .map_err(|_| HashError::Iterations((*iterations).to_owned()))?;
                 if iterations == 0 {
-                    return Err("iteration count is 0".into());
+                    return Err(HashError::Iterations("0".into()));
                 }
                 Ok(Hash::Pbkdf2 {
                     iterations,
@@ -110,7 +123,7 @@ impl Hash {
                 salt: b64("salt", salt)?,
                 hash: b64("hash", hash)?,
             }),
-            _ => Err("unknown hash format (expected $7$ or $6$ as written by mosquitto_passwd; plain-text passwords must be hashed with `firehose-broker passwd`)".into()),
+            _ => Err(HashError::Format),
         }
     }
 
@@ -199,7 +212,7 @@ impl PasswordFile {
             if user.is_empty() {
                 return Err(err("empty user name".into()));
             }
-            let hash = Hash::parse(hash).map_err(err)?;
+            let hash = Hash::parse(hash).map_err(|e| err(e.to_string()))?;
             if file.users.insert(user.to_owned(), hash).is_none() {
                 file.order.push(user.to_owned());
             }
