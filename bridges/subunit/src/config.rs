@@ -97,8 +97,13 @@ pub enum SubunitConfigError {
 }
 
 impl SubunitConfig {
-    /// Lets flags override the file; a `--field` without `=` is refused.
-    pub fn apply(&mut self, a: &SubunitArgs) -> Result<(), SubunitConfigError> {
+    /// Lets flags override the file (a `--field` without `=` is refused),
+    /// then refuses what `payload` cannot carry ([`SubunitConfig::check`]).
+    pub fn apply(
+        &mut self,
+        a: &SubunitArgs,
+        payload: firehose::PayloadMode,
+    ) -> Result<(), SubunitConfigError> {
         let set = |slot: &mut Option<String>, v: &Option<String>| {
             if v.is_some() {
                 *slot = v.clone();
@@ -129,7 +134,7 @@ impl SubunitConfig {
         if let Some(n) = a.fetch_timeout {
             self.fetch_timeout_secs = n;
         }
-        Ok(())
+        self.check(payload)
     }
 
     /// The topic's levels before the project: `--topic-root`, else the
@@ -155,7 +160,7 @@ impl SubunitConfig {
 
     /// Refuses what the payload mode cannot carry: per-test messages have
     /// no raw form (the original sent one message per run).
-    pub fn check(&self, payload: firehose::PayloadMode) -> Result<(), SubunitConfigError> {
+    fn check(&self, payload: firehose::PayloadMode) -> Result<(), SubunitConfigError> {
         if self.per_test != PerTest::None && payload == firehose::PayloadMode::Raw {
             return Err(SubunitConfigError::PerTestRaw);
         }

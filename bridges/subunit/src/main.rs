@@ -98,8 +98,7 @@ fn main() -> ExitCode {
         INFO,
         common,
         |mut cfg: SubunitConfig, publish| -> Result<_, BoxError> {
-            cfg.apply(&subunit)?;
-            cfg.check(publish.payload)?;
+            cfg.apply(&subunit, publish.payload)?;
             let shape = cfg.shape();
             let max_bytes = cfg.max_stream_bytes;
             let source = match (file, command.is_empty()) {
@@ -149,8 +148,7 @@ fn worker(common: CommonArgs, subunit: SubunitArgs, gearman: Vec<String>) -> Exi
         INFO,
         common,
         |mut cfg: SubunitConfig, publish| -> Result<_, BoxError> {
-            cfg.apply(&subunit)?;
-            cfg.check(publish.payload)?;
+            cfg.apply(&subunit, publish.payload)?;
             if !gearman.is_empty() {
                 cfg.gearman = gearman;
             }
