@@ -467,7 +467,7 @@ impl Config {
             ));
         }
         for o in &self.listeners.ws_allowed_origins {
-            if o != "*" && crate::transport::origin_host(o).is_none() {
+            if o != "*" && crate::origin::host(o).is_none() {
                 return Err(ConfigError::Invalid(format!(
                     "ws_allowed_origins: {o:?} is not an origin; expected scheme://host[:port] (e.g. https://status.example.org) or *"
                 )));

@@ -15,35 +15,13 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use rumqttd::protocol::{ConnAck, Packet};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 
-use crate::codec::{self, ConnectError, ConnectInfo, Refusal, Version};
-use crate::server::{Shared, SocketSlot};
+use crate::codec::{self, ConnectError, Refusal, Version};
+use crate::session::{Hub, Pending};
+use crate::shared::{Shared, SocketSlot};
 use crate::stats::Reason;
 use crate::transport::BoxIo;
-
-/// A client that sent a valid CONNECT and passed authentication.
-pub struct Pending {
-    pub(crate) reader: ReadHalf<BoxIo>,
-    pub(crate) writer: WriteHalf<BoxIo>,
-    /// Bytes read behind the CONNECT.
-    pub(crate) inbuf: BytesMut,
-    pub(crate) info: ConnectInfo,
-    /// The authenticated user, `None` for anonymous clients.
-    pub(crate) user: Option<String>,
-    pub(crate) peer: SocketAddr,
-    /// Keepalive after applying `max_keepalive`.
-    pub(crate) keep_alive: u16,
-    /// Set when the server changed the client's keepalive (told to v5 clients).
-    pub(crate) server_keep_alive: Option<u16>,
-    /// True when the broker chose the client id (told to v5 clients).
-    pub(crate) assigned_id: bool,
-    /// Counts the socket until it closes.
-    pub(crate) slot: SocketSlot,
-    /// The takeover window of the client id, carried into the registry
-    /// entry of the session this connection starts.
-    pub(crate) takeovers: (std::time::Instant, u32),
-}
 
 /// Serves one accepted MQTT byte stream from CONNECT to close.
 pub(crate) async fn serve(
@@ -51,8 +29,9 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     slot: SocketSlot,
     gate: crate::gate::Slot,
-    shared: Arc<Shared>,
+    hub: Arc<Hub>,
 ) {
+    let shared: &Shared = &hub;
     let (mut reader, mut writer) = tokio::io::split(io);
     let limits = &shared.cfg.limits;
     let mut inbuf = BytesMut::with_capacity(4096);
@@ -117,7 +96,7 @@ pub(crate) async fn serve(
                 why: e.to_string(),
                 user: None,
             };
-            return refuse_counted(&mut writer, v, r, "", peer, &shared).await;
+            return refuse_counted(&mut writer, v, r, "", peer, shared).await;
         }
     };
     let v = info.version;
@@ -138,15 +117,15 @@ pub(crate) async fn serve(
         Err(mut r) => {
             // A refused login is logged with the name it claimed.
             r.user = r.user.or(who_log);
-            return refuse_counted(&mut writer, v, r, &info.client_id, peer, &shared).await;
+            return refuse_counted(&mut writer, v, r, &info.client_id, peer, shared).await;
         }
     };
     let mut info = info;
     info.client_id = a.client_id;
 
     // Takeover of a client id in use (the registry's rules, counted there).
-    let takeovers = match shared
-        .sessions
+    let takeovers = match hub
+        .registry
         .takeover_check(&info.client_id, a.user.as_deref())
     {
         Ok(t) => t,
@@ -158,7 +137,7 @@ pub(crate) async fn serve(
                     .into(),
                 user: a.user.clone(),
             };
-            return refuse_counted(&mut writer, v, r, &info.client_id, peer, &shared).await;
+            return refuse_counted(&mut writer, v, r, &info.client_id, peer, shared).await;
         }
     };
     let (user, keep_alive, server_keep_alive, assigned_id) =
@@ -177,7 +156,7 @@ pub(crate) async fn serve(
         slot,
         takeovers,
     });
-    crate::session::registry::dispatch(pending, shared);
+    crate::session::dispatch(pending, hub);
 }
 
 /// The one refuse path: counts the reason, logs it (the first time and

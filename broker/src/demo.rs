@@ -6,13 +6,12 @@
 //! an internal publisher with its own identity: a retained status on
 //! `firehose/status/demo/<host>` says it is up, as a bridge's would.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::server::Shared;
+use crate::shared::Internal;
 
 /// The bundled events: one `{"topic", "retain", "payload"}` per line.
 const EVENTS: &str = include_str!("../../fixtures/demo/events.jsonl");
@@ -51,8 +50,8 @@ pub fn events() -> Vec<(String, Bytes, bool)> {
 
 /// Publishes at QoS 1 (each reader gets the lower of that and its
 /// subscription's).
-fn publish(shared: &Shared, topic: &str, payload: Bytes, retain: bool) {
-    shared.publish_internal(Bytes::copy_from_slice(topic.as_bytes()), payload, 1, retain);
+fn publish(broker: &Internal, topic: &str, payload: Bytes, retain: bool) {
+    broker.publish(Bytes::copy_from_slice(topic.as_bytes()), payload, 1, retain);
 }
 
 fn status(state: firehose::status::State, started: &str, published: u64) -> Bytes {
@@ -74,14 +73,14 @@ fn status(state: firehose::status::State, started: &str, published: u64) -> Byte
 }
 
 /// Runs until shutdown, then says "down".
-pub async fn run(shared: Arc<Shared>) {
+pub(crate) async fn run(broker: Internal) {
     let events = events();
     let started = firehose::envelope::rfc3339(time::OffsetDateTime::now_utc());
     let topic = status_topic();
     let up = firehose::status::State::Up;
-    publish(&shared, &topic, status(up, &started, 0), true);
+    publish(&broker, &topic, status(up, &started, 0), true);
     tracing::info!(events = events.len(), every = ?EVERY, status = %topic, "demo: publishing sample events from gerrit, nova, launchpad and ansible");
-    let mut shutdown = shared.shutdown.clone();
+    let mut shutdown = broker.shutdown();
     let mut tick = tokio::time::interval(EVERY);
     let mut published = 0u64;
     for (t, payload, retain) in events.iter().cycle() {
@@ -89,12 +88,12 @@ pub async fn run(shared: Arc<Shared>) {
             _ = tick.tick() => {}
             _ = shutdown.changed() => break,
         }
-        publish(&shared, t, payload.clone(), *retain);
+        publish(&broker, t, payload.clone(), *retain);
         published += 1;
         if published.is_multiple_of(100) {
-            publish(&shared, &topic, status(up, &started, published), true);
+            publish(&broker, &topic, status(up, &started, published), true);
         }
     }
     let down = firehose::status::State::Down;
-    publish(&shared, &topic, status(down, &started, published), true);
+    publish(&broker, &topic, status(down, &started, published), true);
 }

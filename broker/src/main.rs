@@ -7,9 +7,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use firehose::report::error_chain;
-use firehose_broker::auth::{passwd, PasswordFile};
-use firehose_broker::config::{Args, Command};
-use firehose_broker::Broker;
+use firehose_broker::{check_private, Args, Broker, Command, PasswordFile, RunArgs};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -39,14 +37,14 @@ fn init_logging(verbose: bool) -> Result<()> {
     let default = if verbose {
         "info,rustls=error".to_owned()
     } else {
-        format!("info,rustls=error,{}=warn", firehose_broker::stats::CLIENTS)
+        format!("info,rustls=error,{}=warn", firehose_broker::CLIENTS)
     };
     Ok(firehose::logging::init(&default)?)
 }
 
 fn set_password(file: &std::path::Path, user: &str) -> Result<()> {
     let mut pf = if file.exists() {
-        passwd::check_private(file)?;
+        check_private(file)?;
         PasswordFile::load(file)?
     } else {
         PasswordFile::default()
@@ -77,21 +75,14 @@ fn set_password(file: &std::path::Path, user: &str) -> Result<()> {
     Ok(())
 }
 
-fn run(args: firehose_broker::config::RunArgs) -> Result<()> {
+fn run(args: RunArgs) -> Result<()> {
     let cfg = args.to_config().context("configuration")?;
     if args.print_config {
         print!("{}", cfg.to_toml());
         return Ok(());
     }
     if args.check_config {
-        firehose_broker::auth::Policy::load(&cfg.auth).context("auth files")?;
-        if let (Some(c), Some(k)) = (&cfg.tls.cert, &cfg.tls.key) {
-            firehose_broker::transport::tls_acceptor(c, k, cfg.tls.client_ca.as_deref())
-                .context("TLS files")?;
-        }
-        if cfg.upstream.url.is_some() {
-            firehose_broker::upstream::options(&cfg.upstream).context("upstream")?;
-        }
+        Broker::check(&cfg)?;
         println!("configuration OK");
         return Ok(());
     }

@@ -582,9 +582,10 @@ impl Outbox {
         s.count() * 2 <= self.max_messages && s.total_bytes() * 2 <= self.max_bytes
     }
 
+    #[cfg(test)]
     /// Queues one delivery, applying the drop policy. `policy` is the ACL
     /// in force, checked only for readers that may not read everything.
-    pub fn push(&self, d: Delivery, policy: &Policy) -> Pushed {
+    pub(crate) fn push(&self, d: Delivery, policy: &Policy) -> Pushed {
         let mut tally = Tally::default();
         let pushed = self.push_unsettled(d, policy, &mut tally);
         tally.settle(&self.budget);
@@ -720,13 +721,15 @@ impl Outbox {
         }
     }
 
+    #[cfg(test)]
     /// Deliveries waiting (in memory or on disk).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().count()
     }
 
+    #[cfg(test)]
     /// True when nothing waits.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 

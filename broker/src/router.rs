@@ -322,13 +322,15 @@ impl Router {
         self.tree.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    #[cfg(test)]
     /// Distinct filters held.
-    pub fn filters(&self) -> usize {
+    pub(crate) fn filters(&self) -> usize {
         self.read().filters
     }
 
+    #[cfg(test)]
     /// Retained messages held.
-    pub fn retained(&self) -> usize {
+    pub(crate) fn retained(&self) -> usize {
         self.read().retained
     }
 

@@ -20,141 +20,11 @@ use crate::config::Config;
 use crate::connect;
 use crate::outbox::Budget;
 use crate::router::{Router, RouterLimits};
+use crate::session::Hub;
+use crate::shared::{Internal, Shared, SocketSlot};
 use crate::stats::{Reason, Stats};
-use crate::store::{Record, Store};
+use crate::store::Store;
 use crate::transport::{self, Accepted, HttpHandler, Kind, TlsError};
-
-/// The current `$SYS` values, published to sessions on every interval.
-pub type SysSnapshot = Arc<Vec<(String, Bytes)>>;
-
-/// State shared by every connection and session.
-pub struct Shared {
-    pub cfg: Config,
-    pub stats: Arc<Stats>,
-    pub auth: Auth,
-    pub router: Router,
-    /// The broker-wide queued-bytes budget every outbox reports to.
-    pub budget: Arc<Budget>,
-    /// Client ids to session tasks; tracks the tasks for shutdown.
-    pub(crate) sessions: crate::session::registry::Registry,
-    pub(crate) shutdown: watch::Receiver<bool>,
-    pub(crate) sys: watch::Sender<SysSnapshot>,
-    open_sockets: AtomicUsize,
-    /// Connected sessions still reading from their clients (see shutdown).
-    pub(crate) reading: AtomicUsize,
-    /// Notified when `reading` drops to zero.
-    pub(crate) reading_stopped: tokio::sync::Notify,
-    /// Open sockets per peer address, for `max_connections_per_ip`.
-    per_ip: Mutex<HashMap<std::net::IpAddr, u32>>,
-    /// Sockets that have not finished CONNECT, capped (see [`crate::gate`]).
-    pub(crate) gate: Arc<crate::gate::Gate>,
-    /// The persistent store (`--persistence`), if any.
-    pub(crate) store: Option<Store>,
-}
-
-impl Shared {
-    /// Publishes from inside the broker (the demo, a mirror edge's
-    /// upstream) as a client would: through the router, under the current
-    /// ACL snapshot, with origin 0 (no session has it, so no-local never
-    /// hides these). Nobody is pushed back: these publishers are not
-    /// sockets that could be paused.
-    pub fn publish_internal(
-        &self,
-        topic: bytes::Bytes,
-        payload: bytes::Bytes,
-        qos: u8,
-        retain: bool,
-    ) {
-        let msg = crate::message::Message::new(topic, payload, qos, retain, None, 0);
-        self.stats.publish_received.fetch_add(1, Relaxed);
-        let policy = self.auth.policy();
-        let mut pressure = Vec::new();
-        self.publish(&msg, &policy, &mut pressure, None);
-    }
-
-    /// The one way a message enters the broker: the router fans it out
-    /// (see [`Router::publish`]), then the store learns which persistent
-    /// sessions hold it. `with` is a record that must reach the disk in the
-    /// same write as the message's (a QoS 2 packet id the publisher's
-    /// session now holds: if the id were on disk without the message, the
-    /// publisher's re-sent PUBLISH would be taken for a duplicate after a
-    /// crash and the message lost). Returns the store's ticket when
-    /// something was written: a PUBACK for `msg` must wait until it is
-    /// durable ([`Store::durable`]).
-    pub(crate) fn publish(
-        &self,
-        msg: &Arc<crate::message::Message>,
-        policy: &crate::auth::Policy,
-        pressure: &mut Vec<Arc<crate::outbox::Outbox>>,
-        with: Option<Record>,
-    ) -> Option<u64> {
-        let f = self.router.publish(msg, policy, pressure);
-        let store = self.store.as_ref()?;
-        let rec = if f.more {
-            Record::Queued {
-                seq: msg.seq(),
-                targets: f.targets,
-            }
-        } else if !f.targets.is_empty() {
-            Record::Msg {
-                msg: msg.clone(),
-                retained: false,
-                targets: f.targets,
-                more: false,
-            }
-        } else {
-            return match with {
-                Some(w) => Some(store.submit(w)),
-                None => f.logged,
-            };
-        };
-        // One submit: the writer takes both in one batch, one write.
-        Some(store.submit_all(std::iter::once(rec).chain(with)))
-    }
-
-    /// Sockets open from `ip`, this one included.
-    pub(crate) fn connections_from(&self, ip: std::net::IpAddr) -> u32 {
-        let m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        m.get(&ip).copied().unwrap_or(0)
-    }
-
-    fn track(&self, ip: std::net::IpAddr, open: bool) {
-        if open {
-            self.open_sockets.fetch_add(1, Relaxed);
-        } else {
-            self.open_sockets.fetch_sub(1, Relaxed);
-        }
-        let mut m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if open {
-            *m.entry(ip).or_default() += 1;
-        } else if let Some(n) = m.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&ip);
-            }
-        }
-    }
-}
-
-/// One accepted socket, counted (in total and per address) for as long as
-/// it lives: it travels with the connection into its session.
-pub struct SocketSlot {
-    shared: Arc<Shared>,
-    ip: std::net::IpAddr,
-}
-
-impl SocketSlot {
-    fn new(shared: Arc<Shared>, ip: std::net::IpAddr) -> SocketSlot {
-        shared.track(ip, true);
-        SocketSlot { shared, ip }
-    }
-}
-
-impl Drop for SocketSlot {
-    fn drop(&mut self) {
-        self.shared.track(self.ip, false);
-    }
-}
 
 /// Errors starting the broker.
 #[derive(Debug, thiserror::Error)]
@@ -173,7 +43,7 @@ pub enum StartError {
 
 /// A running broker.
 pub struct Broker {
-    shared: Arc<Shared>,
+    hub: Arc<Hub>,
     shutdown_tx: watch::Sender<bool>,
     tasks: JoinSet<()>,
     /// Bound addresses by listener kind, in config order (port 0 resolved).
@@ -238,7 +108,6 @@ impl Broker {
             stats,
             auth,
             router,
-            sessions: Default::default(),
             shutdown: shutdown_rx,
             sys: sys_tx,
             open_sockets: AtomicUsize::new(0),
@@ -252,8 +121,9 @@ impl Broker {
             ),
             store: opened.as_ref().map(|p| p.store.clone()),
         });
+        let hub = Arc::new(Hub::new(shared.clone()));
         if let Some(p) = opened {
-            crate::session::restore::all(&shared, &p);
+            crate::session::restore::all(&hub, &p);
             p.start()?;
         }
         let mut tasks = JoinSet::new();
@@ -272,17 +142,17 @@ impl Broker {
                 tracing::info!(url = %format!("{scheme}://{addr}/"), "live page");
             }
             addrs.push((kind, addr));
-            tasks.spawn(accept_loop(kind, listener, tls.clone(), shared.clone()));
+            tasks.spawn(accept_loop(kind, listener, tls.clone(), hub.clone()));
         }
         tasks.spawn(sys_loop(shared.clone()));
         tasks.spawn(client_summary(shared.clone()));
         if shared.cfg.demo {
-            tasks.spawn(crate::demo::run(shared.clone()));
+            tasks.spawn(crate::demo::run(Internal::new(shared.clone())));
         }
         if let Some(url) = &shared.cfg.upstream.url {
             let opts = crate::upstream::options(&shared.cfg.upstream)?;
             tasks.spawn(crate::upstream::run(
-                shared.clone(),
+                Internal::new(shared.clone()),
                 opts,
                 firehose::url::redact(url),
             ));
@@ -296,26 +166,30 @@ impl Broker {
             "auth loaded"
         );
         Ok(Broker {
-            shared,
+            hub,
             shutdown_tx,
             tasks,
             addrs,
         })
     }
 
-    /// The counters.
-    pub fn stats(&self) -> Arc<Stats> {
-        self.shared.stats.clone()
-    }
-
-    /// First bound address of a kind.
-    pub fn addr(&self, kind: Kind) -> Option<SocketAddr> {
-        self.addrs.iter().find(|(k, _)| *k == kind).map(|(_, a)| *a)
+    /// `--check-config`: loads what [`Broker::start`] would (the password
+    /// and ACL files, the TLS files, the upstream settings) without binding
+    /// or starting anything.
+    pub fn check(cfg: &Config) -> Result<(), StartError> {
+        Auth::new(cfg.auth.clone())?;
+        if let (Some(c), Some(k)) = (&cfg.tls.cert, &cfg.tls.key) {
+            transport::tls_acceptor(c, k, cfg.tls.client_ca.as_deref())?;
+        }
+        if cfg.upstream.url.is_some() {
+            crate::upstream::options(&cfg.upstream)?;
+        }
+        Ok(())
     }
 
     /// Re-reads the password and ACL files (SIGHUP). On error the old ones stay.
     pub fn reload(&self) -> Result<(), AuthError> {
-        match self.shared.auth.reload() {
+        match self.hub.auth.reload() {
             Ok(p) => {
                 tracing::info!(users = p.users(), "password and ACL files reloaded");
                 Ok(())
@@ -336,18 +210,13 @@ impl Broker {
         while self.tasks.join_next().await.is_some() {}
         // Sessions deliver what they still have (up to 2 s each, at once),
         // then close their sockets (up to 1 s more).
-        if !self
-            .shared
-            .sessions
-            .wait_closed(Duration::from_secs(4))
-            .await
-        {
+        if !self.hub.registry.wait_closed(Duration::from_secs(4)).await {
             tracing::warn!(
-                sessions = self.shared.sessions.tasks(),
+                sessions = self.hub.registry.tasks(),
                 "sessions still open after 4 s; exiting anyway"
             );
         }
-        if let Some(store) = &self.shared.store {
+        if let Some(store) = &self.hub.store {
             // Everything the sessions wrote on their way out, synced.
             let store = store.clone();
             let _ = tokio::task::spawn_blocking(move || store.close()).await;
@@ -430,8 +299,9 @@ async fn accept_loop(
     kind: Kind,
     listener: TcpListener,
     tls: Option<Arc<TlsAcceptor>>,
-    shared: Arc<Shared>,
+    hub: Arc<Hub>,
 ) {
+    let shared = hub.shared().clone();
     let http: Arc<dyn HttpHandler> = Arc::new(Http {
         live: live_page(shared.cfg.history_url.as_deref()),
         shared: shared.clone(),
@@ -464,7 +334,7 @@ async fn accept_loop(
         let local = tcp
             .local_addr()
             .map_or(std::net::IpAddr::from([127, 0, 0, 1]), |a| a.ip());
-        let shared = shared.clone();
+        let (shared, hub) = (shared.clone(), hub.clone());
         let tls = tls.clone();
         let http = http.clone();
         tokio::spawn(async move {
@@ -499,9 +369,7 @@ async fn accept_loop(
                     tracing::info!(listener = kind.as_str(), %peer, error = %Chain(&e), "handshake failed");
                 }
                 Ok(Ok(Accepted::Answered)) => {}
-                Ok(Ok(Accepted::Mqtt(io))) => {
-                    connect::serve(io, peer, slot, gate, shared.clone()).await
-                }
+                Ok(Ok(Accepted::Mqtt(io))) => connect::serve(io, peer, slot, gate, hub).await,
             }
         });
     }

@@ -13,7 +13,6 @@
 
 use firehose::report::Chain;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::time::Duration;
 
 use firehose::backoff::Backoff;
@@ -23,7 +22,7 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
 
 use crate::config::Upstream;
-use crate::server::Shared;
+use crate::shared::Internal;
 
 /// Why the upstream settings cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +33,12 @@ pub enum UpstreamError {
     Scheme(String),
     #[error("--upstream-ca")]
     Tls(#[from] firehose::tls::TlsError),
-    #[error("--upstream-password-file {path}: {reason}")]
-    Password { path: String, reason: String },
+    #[error("--upstream-password-file {path}: cannot read it")]
+    Password {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The client options for the core (`up.url` is set).
@@ -56,9 +59,9 @@ pub fn options(up: &Upstream) -> Result<MqttOptions, UpstreamError> {
     let password = match &up.password_file {
         Some(p) => Some(
             std::fs::read_to_string(p)
-                .map_err(|err| UpstreamError::Password {
+                .map_err(|source| UpstreamError::Password {
                     path: p.display().to_string(),
-                    reason: err.to_string(),
+                    source,
                 })?
                 .lines()
                 .next()
@@ -78,9 +81,9 @@ pub fn options(up: &Upstream) -> Result<MqttOptions, UpstreamError> {
 }
 
 /// Mirrors the core until shutdown.
-pub async fn run(shared: Arc<Shared>, opts: MqttOptions, shown: String) {
+pub(crate) async fn run(broker: Internal, opts: MqttOptions, shown: String) {
     let (client, mut ev) = AsyncClient::new(opts, 64);
-    let mut shutdown = shared.shutdown.clone();
+    let mut shutdown = broker.shutdown();
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
         let polled = tokio::select! {
@@ -93,7 +96,7 @@ pub async fn run(shared: Arc<Shared>, opts: MqttOptions, shown: String) {
         match polled {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff.reset();
-                shared.stats.upstream_connected.store(1, Relaxed);
+                broker.stats().upstream_connected.store(1, Relaxed);
                 tracing::info!(upstream = %shown, session_present = ack.session_present, "connected to the upstream broker; mirroring #");
                 // Every time: the core sends its retained messages again.
                 let mut f = Filter::new("#", QoS::ExactlyOnce);
@@ -104,18 +107,18 @@ pub async fn run(shared: Arc<Shared>, opts: MqttOptions, shown: String) {
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                shared.stats.upstream_messages.fetch_add(1, Relaxed);
+                broker.stats().upstream_messages.fetch_add(1, Relaxed);
                 // As published on the core (the edge subscribes at QoS 2).
                 let qos = match p.qos {
                     QoS::AtMostOnce => 0,
                     QoS::AtLeastOnce => 1,
                     QoS::ExactlyOnce => 2,
                 };
-                shared.publish_internal(p.topic, p.payload, qos, p.retain);
+                broker.publish(p.topic, p.payload, qos, p.retain);
             }
             Ok(_) => {}
             Err(e) => {
-                shared.stats.upstream_connected.store(0, Relaxed);
+                broker.stats().upstream_connected.store(0, Relaxed);
                 let delay = backoff.next_delay();
                 tracing::warn!(upstream = %shown, error = %Chain(&e), retry_in = ?delay, "upstream broker unreachable; retrying");
                 tokio::select! {

@@ -74,3 +74,74 @@ fn every_path_architecture_names_exists() {
         "ARCHITECTURE.md names files that do not exist: {missing:?}"
     );
 }
+
+/// Runs `scripts/check-cycles` with `args` from the repository root.
+fn check_cycles(args: &[&str]) -> std::process::Output {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::process::Command::new(root.join("scripts/check-cycles"))
+        .args(args)
+        .current_dir(&root)
+        .output()
+        .expect("scripts/check-cycles runs (python3)")
+}
+
+#[test]
+fn the_cycle_check_catches_a_cycle_a_layer_inversion_and_a_socket_in_the_core() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("edge")).unwrap();
+    let write = |name: &str, text: &str| std::fs::write(src.join(name), text).unwrap();
+    write("core.rs", "use crate::leaf::X;\n");
+    write("leaf.rs", "pub struct X;\n");
+    write("edge/mod.rs", "use crate::core::Y;\n");
+    let layers = dir.path().join("layers");
+    let s = src.to_str().unwrap();
+    let lay = |text: String| std::fs::write(&layers, text).unwrap();
+    lay(format!("{s} low (no sockets): leaf core\n{s} high: edge\n"));
+    let run = || check_cycles(&["--layers", layers.to_str().unwrap(), s]);
+    let ok = run();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    // The core reaching up into the edge: a cycle and an inversion.
+    write("core.rs", "use crate::leaf::X;\nuse crate::edge::Z;\n");
+    let err = String::from_utf8_lossy(&run().stderr).into_owned();
+    assert!(
+        err.contains("NEW module cycle") && err.contains("core -> edge -> core"),
+        "{err}"
+    );
+    assert!(
+        err.contains("core (low) imports edge (high), a higher layer"),
+        "{err}"
+    );
+
+    // A socket in a layer without them; a module in no layer.
+    write("core.rs", "fn f(s: tokio::net::TcpStream) {}\n");
+    write("new.rs", "\n");
+    let out = run();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success());
+    assert!(
+        err.contains("names tokio::net, but layer low has no sockets"),
+        "{err}"
+    );
+    assert!(err.contains("module new is in no layer"), "{err}");
+}
+
+#[test]
+fn the_crates_have_no_cycle_and_keep_their_layers() {
+    let out = check_cycles(&[
+        "--layers",
+        "scripts/layers",
+        "broker/src",
+        "bridges/runtime/src",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

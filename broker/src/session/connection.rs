@@ -15,11 +15,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::time::Instant;
 
 use super::registry::Mailbox;
+use super::Pending;
 use super::{End, Session};
 use crate::codec::{DecodeError, Version};
-use crate::connect::Pending;
 use crate::outbox::Outbox;
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::stats::Reason;
 use crate::transport::BoxIo;
 

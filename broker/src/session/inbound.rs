@@ -544,7 +544,7 @@ impl Session {
     /// (on each refresh of the snapshot).
     pub(super) fn deliver_sys(
         &mut self,
-        snapshot: &crate::server::SysSnapshot,
+        snapshot: &crate::shared::SysSnapshot,
         retain: bool,
         out: &mut BytesMut,
     ) {
@@ -555,7 +555,7 @@ impl Session {
     /// Writes the `$SYS` values matching `filters` (retained at SUBSCRIBE).
     fn deliver_sys_filtered(
         &mut self,
-        snapshot: &crate::server::SysSnapshot,
+        snapshot: &crate::shared::SysSnapshot,
         retain: bool,
         out: &mut BytesMut,
         filters: &HashSet<String>,

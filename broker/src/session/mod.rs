@@ -12,6 +12,8 @@
 //!
 //! - `mod.rs` (here): the session's life: connect, park, resume, takeover,
 //!   expiry, will, teardown;
+//! - [`pending`]: what the layer is handed: an admitted connection, and
+//!   the [`Hub`] (the shared state and the registry);
 //! - [`registry`]: client ids to tasks, takeover rules, task tracking;
 //! - [`connection`]: the socket loop of one connected period;
 //! - [`inbound`]: packets from the client;
@@ -21,8 +23,9 @@ mod connection;
 mod flight;
 mod held;
 mod inbound;
+mod pending;
 mod pushback;
-pub(crate) mod registry;
+mod registry;
 pub(crate) mod restore;
 
 use std::collections::{HashMap, HashSet};
@@ -35,13 +38,13 @@ use rumqttd::protocol::{ConnAck, ConnAckProperties, ConnectReturnCode, Packet, Q
 
 use crate::auth::Who;
 use crate::codec::Version;
-use crate::connect::Pending;
 use crate::message::Message;
 use crate::outbox::{Outbox, Reader};
-use crate::server::Shared;
 use crate::stats::Reason;
 use crate::store::{unix_ms, Record, SessionRec, SubRec};
 use flight::Outflow;
+pub(crate) use pending::{Hub, Pending};
+pub(crate) use registry::dispatch;
 use registry::{unregister, Mailbox};
 
 /// How a connected period ended.
@@ -59,7 +62,7 @@ enum End {
 struct Session {
     client_id: String,
     gen: u64,
-    shared: Arc<Shared>,
+    shared: Arc<Hub>,
     outbox: Arc<Outbox>,
     version: Version,
     user: Option<String>,
@@ -167,7 +170,7 @@ impl Drop for Session {
 /// The task of one session, spawned by [`registry::dispatch`] for the
 /// first connection of a client id: serves connections until the session
 /// ends, then hands a waiting successor to a fresh session.
-pub(crate) async fn run(first: Box<Pending>, mailbox: Arc<Mailbox>, gen: u64, shared: Arc<Shared>) {
+pub(crate) async fn run(first: Box<Pending>, mailbox: Arc<Mailbox>, gen: u64, shared: Arc<Hub>) {
     let s = Session::new(
         gen,
         first.info.client_id.clone(),
@@ -205,7 +208,7 @@ impl Session {
         client_id: String,
         version: Version,
         user: Option<&str>,
-        shared: Arc<Shared>,
+        shared: Arc<Hub>,
     ) -> Session {
         shared.stats.sessions.fetch_add(1, Relaxed);
         let limits = shared.cfg.limits.for_user(user);

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
-use crate::connect::Pending;
-use crate::server::Shared;
+use super::Hub;
+use super::Pending;
 use crate::stats::Reason;
 
 /// Takeovers of one client id allowed per [`TAKEOVER_WINDOW`].
@@ -138,8 +138,8 @@ impl Registry {
 
 /// Hands a connection to the session task for its client id, starting one
 /// if there is none.
-pub(crate) fn dispatch(mut pending: Box<Pending>, shared: Arc<Shared>) {
-    let reg = &shared.sessions;
+pub(crate) fn dispatch(mut pending: Box<Pending>, shared: Arc<Hub>) {
+    let reg = &shared.registry;
     loop {
         let id = pending.info.client_id.clone();
         let mut map = reg.lock();
@@ -185,14 +185,14 @@ pub(crate) fn dispatch(mut pending: Box<Pending>, shared: Arc<Shared>) {
 /// restarts any connection that reached its mailbox meanwhile (and `next`)
 /// on a fresh session.
 pub(crate) fn unregister(
-    shared: &Arc<Shared>,
+    shared: &Arc<Hub>,
     id: &str,
     gen: u64,
     mailbox: &Mailbox,
     next: Option<Box<Pending>>,
 ) {
     {
-        let mut map = shared.sessions.lock();
+        let mut map = shared.registry.lock();
         if map.get(id).is_some_and(|e| e.gen == gen) {
             map.remove(id);
         }

@@ -21,15 +21,15 @@ use std::time::{Duration, Instant};
 
 use rumqttd::protocol::QoS;
 
+use super::Hub;
 use super::{run_restored, Granted, Session};
 use crate::codec::Version;
 use crate::outbox::{Delivery, Paged, Reader, SubIds};
 use crate::router::Sub;
-use crate::server::Shared;
 use crate::store::{unix_ms, Pending, Record, SessionImage};
 
 /// Restores everything the store read (see the module documentation).
-pub(crate) fn all(shared: &Arc<Shared>, store: &Pending) {
+pub(crate) fn all(shared: &Arc<Hub>, store: &Pending) {
     let (image, opened) = (&store.image, &store.opened);
     let start = Instant::now();
     let mut retained = 0u64;
@@ -40,7 +40,7 @@ pub(crate) fn all(shared: &Arc<Shared>, store: &Pending) {
         shared.router.restore_retained(&m);
         retained += 1;
     }
-    shared.sessions.number_from(image.max_key + 1);
+    shared.registry.number_from(image.max_key + 1);
     // One session per client id: the newest (an older one left behind by
     // a crash between its end and its successor's start is ended now).
     let mut newest: HashMap<&str, &SessionImage> = HashMap::new();
@@ -86,7 +86,7 @@ pub(crate) fn all(shared: &Arc<Shared>, store: &Pending) {
 
 /// Restores one session and spawns its task; returns its queue's length
 /// and how much of it stays on disk only.
-fn one(shared: &Arc<Shared>, si: &SessionImage, store: &Pending, now: u64) -> (u64, u64) {
+fn one(shared: &Arc<Hub>, si: &SessionImage, store: &Pending, now: u64) -> (u64, u64) {
     let rec = &si.rec;
     let version = match rec.level {
         3 => Version::V31,
@@ -209,7 +209,7 @@ fn one(shared: &Arc<Shared>, si: &SessionImage, store: &Pending, now: u64) -> (u
     };
     s.save(Some(departed), will_in.is_some());
     let (id, gen, user) = (s.client_id.clone(), s.gen, s.user.clone());
-    shared.sessions.restore(id, gen, user, move |mailbox| {
+    shared.registry.restore(id, gen, user, move |mailbox| {
         run_restored(s, expiry_left, will_in, departed, mailbox)
     });
     (queued, on_disk)
