@@ -39,8 +39,19 @@ pub enum DkimError {
         line: usize,
         reason: String,
     },
-    #[error("cannot use the system's DNS resolver for DKIM keys ({0}); or give the keys with --dkim-keys FILE")]
-    Resolver(String),
+    #[error("cannot use the system's DNS resolver for DKIM keys; or give the keys with --dkim-keys FILE")]
+    Resolver(#[source] mail_auth::hickory_resolver::proto::ProtoError),
+}
+
+/// Why a mail fails the DKIM check: the dead letter's reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DkimRefusal {
+    #[error("DKIM: not a mail message")]
+    NotMail,
+    #[error("DKIM: the signature of {domain} does not verify ({result})")]
+    Invalid { domain: String, result: String },
+    #[error("DKIM: no signature of {domain} (the mail may be forged)")]
+    Unsigned { domain: String },
 }
 
 /// Pinned keys, by `<selector>._domainkey.<domain>.`; never expire.
@@ -127,12 +138,11 @@ impl Dkim {
                     ResolverConfig::from_parts(None, vec![], unused),
                     opts,
                 )
-                .map_err(|e| DkimError::Resolver(e.to_string()))?;
+                .map_err(DkimError::Resolver)?;
                 (auth, Some(Keys(Mutex::new(map))))
             }
             None => (
-                MessageAuthenticator::new_system_conf()
-                    .map_err(|e| DkimError::Resolver(e.to_string()))?,
+                MessageAuthenticator::new_system_conf().map_err(DkimError::Resolver)?,
                 None,
             ),
         };
@@ -141,9 +151,9 @@ impl Dkim {
 
     /// `Ok` when `raw` carries a valid signature of the domain; else why
     /// not (the dead letter's reason).
-    pub async fn verify(&self, raw: &[u8]) -> Result<(), String> {
+    pub async fn verify(&self, raw: &[u8]) -> Result<(), DkimRefusal> {
         let Some(msg) = AuthenticatedMessage::parse(raw) else {
-            return Err("DKIM: not a mail message".into());
+            return Err(DkimRefusal::NotMail);
         };
         let outputs = match &self.keys {
             Some(keys) => {
@@ -165,15 +175,13 @@ impl Dkim {
             return Ok(());
         }
         match outputs.iter().find(ours) {
-            Some(o) => Err(format!(
-                "DKIM: the signature of {} does not verify ({})",
-                self.domain,
-                describe(o.result())
-            )),
-            None => Err(format!(
-                "DKIM: no signature of {} (the mail may be forged)",
-                self.domain
-            )),
+            Some(o) => Err(DkimRefusal::Invalid {
+                domain: self.domain.clone(),
+                result: describe(o.result()),
+            }),
+            None => Err(DkimRefusal::Unsigned {
+                domain: self.domain.clone(),
+            }),
         }
     }
 }
@@ -276,20 +284,20 @@ body\r\n";
         let forged = String::from_utf8_lossy(&lp.sign(MAIL, "launchpad.net", "lp1"))
             .replace("status=New", "status=Fix Released")
             .into_bytes();
-        let e = check.verify(&forged).await.unwrap_err();
+        let e = check.verify(&forged).await.unwrap_err().to_string();
         assert!(e.contains("does not verify"), "{e}");
 
-        let e = check.verify(MAIL).await.unwrap_err();
+        let e = check.verify(MAIL).await.unwrap_err().to_string();
         assert!(e.contains("no signature of launchpad.net"), "{e}");
 
         // Signed, but by someone else's domain (and key).
         let other = Signer::new().sign(MAIL, "evil.example", "x");
-        let e = check.verify(&other).await.unwrap_err();
+        let e = check.verify(&other).await.unwrap_err().to_string();
         assert!(e.contains("no signature of launchpad.net"), "{e}");
 
         // A selector the file does not have: fails locally, with the reason.
         let unknown = Signer::new().sign(MAIL, "launchpad.net", "nope");
-        let e = check.verify(&unknown).await.unwrap_err();
+        let e = check.verify(&unknown).await.unwrap_err().to_string();
         assert!(e.contains("does not verify"), "{e}");
     }
 

@@ -83,14 +83,26 @@ pub fn parse(raw: &[u8]) -> Result<Option<LaunchpadEvent>, MailError> {
 
 /// [`parse`], refusing mail over `max` bytes first; the error is the
 /// dead-letter reason.
-pub fn parse_limited(raw: &[u8], max: usize) -> Result<Option<LaunchpadEvent>, String> {
+pub fn parse_limited(raw: &[u8], max: usize) -> Result<Option<LaunchpadEvent>, Refused> {
     if raw.len() > max {
-        return Err(format!(
-            "mail of {} bytes is over --max-mail-bytes ({max})",
-            raw.len()
-        ));
+        return Err(Refused::TooBig {
+            size: raw.len(),
+            max,
+        });
     }
-    parse(raw).map_err(|e| e.to_string())
+    Ok(parse(raw)?)
+}
+
+/// Why a Launchpad mail is dead-lettered instead of published: the dead
+/// letter's reason.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("mail of {size} bytes is over --max-mail-bytes ({max})")]
+    TooBig { size: usize, max: usize },
+    #[error(transparent)]
+    Mail(#[from] MailError),
+    #[error(transparent)]
+    Dkim(#[from] crate::dkim::DkimRefusal),
 }
 
 /// What every mail passes before it is published, whatever the input:
@@ -105,7 +117,7 @@ pub struct Screen {
 impl Screen {
     /// The event of a Launchpad mail, `None` for other mail (left alone,
     /// not checked), or why the mail is refused.
-    pub async fn read(&self, raw: &[u8]) -> Result<Option<LaunchpadEvent>, String> {
+    pub async fn read(&self, raw: &[u8]) -> Result<Option<LaunchpadEvent>, Refused> {
         let ev = parse_limited(raw, self.max_mail_bytes)?;
         if let (Some(_), Some(dkim)) = (&ev, &self.dkim) {
             dkim.verify(raw).await?;
