@@ -14,6 +14,12 @@
 //! mode `ansible_result` stays the JSON string existing consumers parse; in
 //! CloudEvents mode it is an object, and `changed`, `ignored`, `item` and
 //! `action` are added.
+//!
+//! The id is of the raw payload (with `ansible_result` read as an object),
+//! in both modes: the raw payload carries no id of the plugin's, and a
+//! reader of either mode (firehose-history, a redundant bridge's copy) must
+//! get the same one. Two events of one run whose raw payloads are the same
+//! bytes are therefore one event, as they always were to raw readers.
 
 use crate::{CloudEvent, Publishable};
 use serde::Deserialize;
@@ -25,7 +31,8 @@ use time::OffsetDateTime;
 pub struct PluginEvent {
     /// `play_start`, `task`, `stats` or `finish`.
     pub event: String,
-    /// Unique per event (CloudEvents `id`).
+    /// The plugin's uuid of the event (for logs; the CloudEvents `id` is of
+    /// the raw payload, so both payload modes agree: see the module doc).
     pub id: String,
     /// Unix time, seconds.
     pub time: f64,
@@ -190,6 +197,8 @@ impl Publishable for PluginEvent {
     }
 
     fn cloudevent(&self, source: &str, received: OffsetDateTime) -> CloudEvent {
+        let mut raw = Value::Object(self.payload(Value::String(Self::s(&self.result).to_owned())));
+        let id = raw_id(&mut raw);
         let result = self
             .result
             .as_deref()
@@ -210,8 +219,54 @@ impl Publishable for PluginEvent {
         let time = crate::envelope::unix_seconds(self.time).unwrap_or(received);
         let subject = self.host.clone().or_else(|| self.play_id.clone());
         let data = serde_json::value::to_raw_value(&data).expect("a JSON map always serializes");
-        CloudEvent::new(self.id.clone(), source, self.kind(), time, subject, data)
+        CloudEvent::new(id, source, self.kind(), time, subject, data)
     }
+}
+
+/// The event's id, of its raw payload `data` with `ansible_result` made an
+/// object (as readers get it in both modes; the original plugin sent a
+/// JSON string inside the JSON), which `data` is left as.
+fn raw_id(data: &mut Value) -> String {
+    if let Some(Value::String(s)) = data.get("ansible_result") {
+        if let Ok(v) = serde_json::from_str::<Value>(s) {
+            data["ansible_result"] = v;
+        }
+    }
+    crate::envelope::stable_id("ansible", data.to_string().as_bytes())
+}
+
+/// A raw payload read back by its topic levels (`ansible/playbook/<uuid>/`
+/// `action/start` | `task/<host>/<STATUS>` | `stats/<host>` |
+/// `action/finish/<STATUS>`, from the family's level on): the attributes
+/// the bridge gives in CloudEvents mode, and the payload as readers get it.
+pub(crate) fn read_raw(
+    levels: &[&str],
+    data: &Value,
+) -> Result<(crate::envelope::Attributes, Value), &'static str> {
+    let kind = match levels.get(3..).unwrap_or_default() {
+        ["action", "start", ..] => "ansible.play.start".to_owned(),
+        ["action", "finish", ..] => "ansible.playbook.finish".to_owned(),
+        ["task", _, status, ..] => format!("ansible.task.{}", status.to_lowercase()),
+        ["stats", ..] => "ansible.stats".to_owned(),
+        _ => return Err("not an ansible playbook topic"),
+    };
+    if !data.is_object() {
+        return Err("ansible payload is not a JSON object");
+    }
+    let mut data = data.clone();
+    let id = raw_id(&mut data);
+    let subject = data
+        .get("ansible_host")
+        .or_else(|| data.get("playbook_id"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let attrs = crate::envelope::Attributes {
+        kind,
+        id: Some(id),
+        subject,
+        time: None,
+    };
+    Ok((attrs, data))
 }
 
 /// A published ansible event as a reader gets it (the payload, with

@@ -65,6 +65,21 @@ impl CloudEvent {
     }
 }
 
+/// An event's normalized attributes, as its family's module names them
+/// for a reader of the source's own payload (raw mode). The bridge's
+/// CloudEvents envelope is built from the same methods of the same module
+/// (`kind`, `id`, `subject`), so both modes read back alike; the round
+/// trips in `sdk/tests/reader.rs` hold that per family.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Attributes {
+    /// CloudEvents `type`.
+    pub(crate) kind: String,
+    pub(crate) id: Option<String>,
+    pub(crate) subject: Option<String>,
+    /// When it happened (RFC 3339), when the payload says.
+    pub(crate) time: Option<String>,
+}
+
 /// A stable id for an event that has none of its own: the first 128 bits of
 /// SHA-256 over `namespace`, a NUL, and the event's bytes, in hex.
 pub fn stable_id(namespace: &str, bytes: &[u8]) -> String {

@@ -274,13 +274,28 @@ impl GerritEvent {
         stable_id("gerrit", self.text().as_bytes())
     }
 
+    /// CloudEvents `type`: `gerrit.<event type>`.
+    pub fn kind(&self) -> String {
+        format!("gerrit.{}", self.head.kind)
+    }
+
+    /// What a reader of the raw line gets: the envelope's attributes.
+    pub(crate) fn attributes(&self) -> crate::envelope::Attributes {
+        crate::envelope::Attributes {
+            kind: self.kind(),
+            id: Some(self.id()),
+            subject: self.subject(),
+            time: self.created().map(crate::envelope::rfc3339),
+        }
+    }
+
     /// The CloudEvents envelope. `received` is used when the event does not
     /// say when it happened.
     pub fn to_cloudevent(&self, source: &str, received: OffsetDateTime) -> CloudEvent {
         CloudEvent::new(
             self.id(),
             source,
-            format!("gerrit.{}", self.head.kind),
+            self.kind(),
             self.created().unwrap_or(received),
             self.subject(),
             // Valid JSON by construction: the fallback is never taken.

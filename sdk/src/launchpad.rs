@@ -73,7 +73,7 @@ impl Publishable for LaunchpadEvent {
         CloudEvent::new(
             id,
             source,
-            format!("launchpad.{}", self.event_type()),
+            self.kind(),
             self.date.unwrap_or(received),
             self.get("bug-number").map(str::to_owned),
             data,
@@ -102,6 +102,23 @@ impl LaunchpadEvent {
             message_id: None,
             date: None,
         })
+    }
+
+    /// CloudEvents `type`: `launchpad.<event type>`.
+    pub fn kind(&self) -> String {
+        format!("launchpad.{}", self.event_type())
+    }
+
+    /// What a reader of lpmqtt's payload `raw` gets: the envelope's
+    /// attributes (the time is the mail's, which the payload does not
+    /// carry).
+    pub(crate) fn attributes(&self, raw: &[u8]) -> crate::envelope::Attributes {
+        crate::envelope::Attributes {
+            kind: self.kind(),
+            id: Some(event_id(raw)),
+            subject: self.bug_number().map(str::to_owned),
+            time: self.date.map(crate::envelope::rfc3339),
+        }
     }
 
     /// The bug number, for bug mail.

@@ -194,11 +194,27 @@ impl Notification {
         CloudEvent::new(
             self.message_id(),
             source,
-            format!("nova.{}", self.event_type),
+            self.kind(),
             self.timestamp().unwrap_or(received),
             self.instance_uuid(),
             self.text.clone(),
         )
+    }
+
+    /// CloudEvents `type`: `nova.<event type>`.
+    pub fn kind(&self) -> String {
+        format!("nova.{}", self.event_type)
+    }
+
+    /// What a reader of the raw notification gets: the envelope's
+    /// attributes.
+    pub(crate) fn attributes(&self) -> crate::envelope::Attributes {
+        crate::envelope::Attributes {
+            kind: self.kind(),
+            id: Some(self.message_id()),
+            subject: self.instance_uuid(),
+            time: self.timestamp().map(crate::envelope::rfc3339),
+        }
     }
 
     /// For `service.*` notifications with a `ServiceStatusPayload`: the
@@ -322,6 +338,18 @@ impl ServiceState {
     /// True unless nova was told the service is down or it was deleted.
     pub fn is_up(&self) -> bool {
         self.state == "up"
+    }
+
+    /// A reader's attributes of the retained state (never an envelope: it
+    /// is state, not an event, so it has no id): `nova.service`, about
+    /// `<binary>/<host>`.
+    pub(crate) fn attributes(&self) -> crate::envelope::Attributes {
+        crate::envelope::Attributes {
+            kind: "nova.service".into(),
+            id: None,
+            subject: Some(format!("{}/{}", self.binary, self.host)),
+            time: self.updated.clone(),
+        }
     }
 }
 

@@ -35,7 +35,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::ansible::PublishedAnsible;
-use crate::envelope::{rfc3339, stable_id, unix_seconds};
+use crate::envelope::Attributes;
 use crate::gerrit::GerritEvent;
 use crate::launchpad::LaunchpadEvent;
 use crate::nova::{Notification, ServiceState};
@@ -426,104 +426,55 @@ fn typed_cloudevent(ev: &Event) -> Body {
     }
 }
 
+/// Sets what a family module read from a raw payload.
+fn apply(ev: &mut Event, a: Attributes, body: Body) {
+    ev.kind = a.kind;
+    ev.id = a.id;
+    ev.subject = a.subject;
+    ev.time = a.time;
+    ev.body = body;
+}
+
 fn raw_gerrit(ev: &mut Event, g: GerritEvent) {
-    ev.kind = format!("gerrit.{}", g.event_type());
-    // The id the bridge gives: derived from the line as published.
-    ev.id = Some(g.id());
-    ev.subject = g.subject();
-    ev.time = g.created().map(rfc3339);
-    ev.body = Body::Gerrit(Box::new(g));
+    apply(ev, g.attributes(), Body::Gerrit(Box::new(g)));
 }
 
 fn raw_nova(ev: &mut Event) {
     match nova(ev) {
-        Ok(n) => {
-            ev.kind = format!("nova.{}", n.event_type());
-            ev.id = Some(n.message_id());
-            ev.subject = n.instance_uuid();
-            ev.time = n.timestamp().map(rfc3339);
-            ev.body = Body::Nova(Box::new(n));
-        }
+        Ok(n) => apply(ev, n.attributes(), Body::Nova(Box::new(n))),
         Err(e) => ev.body = other(format!("nova payload: {e}")),
     }
 }
 
 fn raw_nova_service(ev: &mut Event) {
     match serde_json::from_slice::<ServiceState>(ev.data_text().unwrap_or("").as_bytes()) {
-        Ok(s) => {
-            ev.kind = "nova.service".into();
-            ev.subject = Some(format!("{}/{}", s.binary, s.host));
-            ev.time = s.updated.clone();
-            ev.body = Body::NovaService(s);
-        }
+        Ok(s) => apply(ev, s.attributes(), Body::NovaService(s)),
         Err(e) => ev.body = other(format!("nova service state: {e}")),
     }
 }
 
 fn raw_launchpad(ev: &mut Event) {
     match LaunchpadEvent::from_payload(ev.data()) {
-        Some(l) => {
-            ev.kind = format!("launchpad.{}", l.event_type());
-            ev.id = Some(crate::launchpad::event_id(&ev.payload));
-            ev.subject = l.bug_number().map(str::to_owned);
-            ev.body = Body::Launchpad(l);
-        }
+        Some(l) => apply(ev, l.attributes(&ev.payload), Body::Launchpad(l)),
         None => ev.body = other("launchpad payload is not a JSON object".into()),
     }
 }
 
 fn raw_ansible(ev: &mut Event, levels: &[&str]) {
-    // ansible/playbook/<uuid>/action/start | task/<host>/<STATUS> |
-    // stats/<host> | action/finish/<STATUS>
-    let kind = match levels.get(3..).unwrap_or_default() {
-        ["action", "start", ..] => "ansible.play.start".to_owned(),
-        ["action", "finish", ..] => "ansible.playbook.finish".to_owned(),
-        ["task", _, status, ..] => format!("ansible.task.{}", status.to_lowercase()),
-        ["stats", ..] => "ansible.stats".to_owned(),
-        _ => {
-            ev.body = other("not an ansible playbook topic".into());
-            return;
+    match crate::ansible::read_raw(levels, ev.data()) {
+        Ok((a, data)) => {
+            apply(ev, a, Body::Ansible(PublishedAnsible::new(data.clone())));
+            // `ansible_result` as an object, as in CloudEvents mode.
+            ev.data.value = OnceLock::from(data);
         }
-    };
-    let mut data = ev.data().clone();
-    if !data.is_object() {
-        ev.body = other("ansible payload is not a JSON object".into());
-        return;
+        Err(why) => ev.body = other(why.into()),
     }
-    // The original plugin sent the result as a JSON string inside the
-    // JSON: readers get it as an object, as in CloudEvents mode.
-    if let Some(Value::String(s)) = data.get("ansible_result") {
-        if let Ok(v) = serde_json::from_str::<Value>(s) {
-            data["ansible_result"] = v;
-        }
-    }
-    ev.kind = kind;
-    ev.id = Some(stable_id("ansible", data.to_string().as_bytes()));
-    ev.subject = data
-        .get("ansible_host")
-        .or_else(|| data.get("playbook_id"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    ev.body = Body::Ansible(PublishedAnsible::new(data.clone()));
-    ev.data.value = OnceLock::from(data);
 }
 
 fn raw_subunit(ev: &mut Event, levels: &[&str]) {
-    // gearman-subunit/<host>/<project...>/<change>
-    if levels.len() < 4 {
-        ev.body = other("not a gearman-subunit/<host>/<project>/<change> topic".into());
-        return;
-    }
-    match PublishedRun::from_value(ev.data()) {
-        Some(r) => {
-            ev.kind = format!("subunit.run.{}", r.status.as_str());
-            // The id the bridge gives in CloudEvents mode: of the topic
-            // (from its first firehose level) and the raw payload.
-            ev.id = Some(crate::subunit::run_id(&levels.join("/"), &ev.payload));
-            ev.subject = levels.last().map(|c| (*c).to_owned());
-            ev.body = Body::Subunit(r);
-        }
-        None => ev.body = other("gearman-subunit payload without a status".into()),
+    match crate::subunit::read_raw(levels, &ev.payload, ev.data()) {
+        Ok((a, run)) => apply(ev, a, Body::Subunit(run)),
+        Err(why) => ev.body = other(why.into()),
     }
 }
 
@@ -533,11 +484,11 @@ fn raw_zuul(ev: &mut Event, levels: &str) {
             if let Ok(whole) = serde_json::from_slice::<&RawValue>(&ev.payload) {
                 ev.data.span = Span::Json(offset(&ev.payload, whole.get()));
             }
-            ev.kind = z.event_type();
-            ev.id = Some(crate::zuul::report_id(levels, &ev.payload));
-            ev.subject = z.subject();
-            ev.time = z.time().and_then(unix_seconds).map(rfc3339);
-            ev.body = Body::Zuul(Box::new(z));
+            apply(
+                ev,
+                z.attributes(levels, &ev.payload),
+                Body::Zuul(Box::new(z)),
+            );
         }
         Err(e) => ev.body = other(format!("zuul payload: {}", crate::report::error_chain(&e))),
     }
@@ -546,9 +497,13 @@ fn raw_zuul(ev: &mut Event, levels: &str) {
 fn raw_status(ev: &mut Event) {
     match serde_json::from_slice::<Status>(ev.data_text().unwrap_or("").as_bytes()) {
         Ok(s) => {
-            ev.kind = "firehose.status".into();
-            ev.subject = Some(ev.topic.clone());
-            ev.body = Body::Status(Box::new(s));
+            let a = Attributes {
+                kind: "firehose.status".into(),
+                id: None,
+                subject: Some(ev.topic.clone()),
+                time: None,
+            };
+            apply(ev, a, Body::Status(Box::new(s)));
         }
         Err(e) => ev.body = other(format!("status payload: {e}")),
     }

@@ -42,6 +42,14 @@ impl RunStatus {
         }
     }
 
+    /// CloudEvents `type`: `subunit.run.success`, `subunit.run.failed`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            RunStatus::Success => "subunit.run.success",
+            RunStatus::Failed => "subunit.run.failed",
+        }
+    }
+
     fn parse(s: &str) -> Option<RunStatus> {
         match s {
             "success" => Some(RunStatus::Success),
@@ -115,6 +123,27 @@ pub(crate) fn run_id(topic: &str, raw: &[u8]) -> String {
     stable_id("subunit", &[topic.as_bytes(), b"\0", raw].concat())
 }
 
+/// A raw payload read back by its topic levels (from the family's first
+/// level on: `gearman-subunit/<host>/<project...>/<change>`): the
+/// attributes the bridge gives in CloudEvents mode, and the run.
+pub(crate) fn read_raw(
+    levels: &[&str],
+    raw: &[u8],
+    data: &Value,
+) -> Result<(crate::envelope::Attributes, PublishedRun), &'static str> {
+    if levels.len() < 4 {
+        return Err("not a gearman-subunit/<host>/<project>/<change> topic");
+    }
+    let run = PublishedRun::from_value(data).ok_or("gearman-subunit payload without a status")?;
+    let attrs = crate::envelope::Attributes {
+        kind: run.status.kind().to_owned(),
+        id: Some(run_id(&levels.join("/"), raw)),
+        subject: levels.last().map(|c| (*c).to_owned()),
+        time: None,
+    };
+    Ok((attrs, run))
+}
+
 impl Publishable for SubunitRun {
     fn topic(&self) -> String {
         format!("{}/{}/{}", self.base, self.project, self.change)
@@ -145,7 +174,7 @@ impl Publishable for SubunitRun {
         CloudEvent::new(
             self.id(),
             source,
-            format!("subunit.run.{}", self.status.as_str()),
+            self.status.kind().to_owned(),
             received,
             Some(self.change.clone()),
             data,

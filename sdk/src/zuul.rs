@@ -251,6 +251,20 @@ impl ZuulReport {
         format!("zuul.buildset.{action}")
     }
 
+    /// What a reader gets of a report Zuul sent on `levels` (the topic
+    /// under Zuul's root) as `payload`.
+    pub(crate) fn attributes(&self, levels: &str, payload: &[u8]) -> crate::envelope::Attributes {
+        crate::envelope::Attributes {
+            kind: self.event_type(),
+            id: Some(report_id(levels, payload)),
+            subject: self.subject(),
+            time: self
+                .time()
+                .and_then(crate::envelope::unix_seconds)
+                .map(crate::envelope::rfc3339),
+        }
+    }
+
     /// The change number, else the ref: what the report is about.
     pub fn subject(&self) -> Option<String> {
         self.change.clone().or_else(|| self.git_ref.clone())

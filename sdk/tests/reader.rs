@@ -103,6 +103,25 @@ fn ansible_original_payloads_and_ours_read_back() {
         }
     }
     let line = r#"{"event":"task","id":"e1","time":1700000000.5,"session":"s1","launcher":"bastion","play_id":"p-1","play_name":"all","host":"web1","task":"TASK: ping","action":"ping","status":"FAILED","result":"{\"rc\": 2}"}"#;
+    // Each kind of plugin event, both modes: the same type, id and subject.
+    let lines = [
+        r#"{"event":"play_start","id":"a1","time":1700000000.0,"session":"s1","launcher":"bastion","play_id":"p-1","play_name":"all"}"#,
+        line,
+        r#"{"event":"task","id":"a2","time":1700000001.0,"session":"s1","launcher":"bastion","play_id":"p-1","play_name":"all","host":"web1","task":"TASK: ping","status":"OK","result":"not json"}"#,
+        r#"{"event":"stats","id":"a3","time":1700000002.0,"session":"s1","launcher":"bastion","play_id":"p-1","play_name":"all","host":"web1","stats":{"ok":1,"failures":1}}"#,
+        r#"{"event":"finish","id":"a4","time":1700000003.0,"session":"s1","launcher":"bastion","play_id":"p-1","play_name":"all","status":"FAILED"}"#,
+    ];
+    let mut ids = std::collections::HashSet::new();
+    for l in lines {
+        let [raw, ce] = both_modes(&firehose::ansible::PluginEvent::parse(l.as_bytes()).unwrap());
+        assert!(matches!(raw.body, Body::Ansible(_)), "{l}: {:?}", raw.body);
+        assert_eq!(
+            (&raw.kind, &raw.id, &raw.subject),
+            (&ce.kind, &ce.id, &ce.subject),
+            "{l}"
+        );
+        assert!(raw.id.is_some() && ids.insert(raw.id.clone()), "{l}");
+    }
     let p = firehose::ansible::PluginEvent::parse(line.as_bytes()).unwrap();
     let [raw, ce] = both_modes(&p);
     for ev in [&raw, &ce] {
