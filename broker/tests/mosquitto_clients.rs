@@ -2,18 +2,19 @@
 //! anonymous read-only, authenticated publishers, ACL files, retained
 //! messages, wills, `$SYS`, and TLS with a CA the test generates.
 
+use firehose_testkit::logins::PUBLISHER;
 use firehose_testkit::*;
 use std::process::Command;
 
 fn broker_with_users(extra: &[&str]) -> (BrokerProc, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let users = [("bridge", "secret"), ("Gerrit_Bridge", "pw2")];
+    let users = [PUBLISHER, ("Gerrit_Bridge", "pw2")];
     (BrokerProc::with_users(dir.path(), &users, extra), dir)
 }
 
 /// mosquitto_pub as the "bridge" user; true when it succeeded.
 fn publish_as_bridge(b: &BrokerProc, args: &[&str]) -> bool {
-    let mut all = vec!["-u", "bridge", "-P", "secret"];
+    let mut all = vec!["-u", PUBLISHER.0, "-P", PUBLISHER.1];
     all.extend_from_slice(args);
     mosquitto_pub(b, &all).status.success()
 }
@@ -67,7 +68,16 @@ fn anonymous_publish_is_dropped_but_acknowledged() {
     assert_eq!(b.dropped("acl_publish"), 2);
     let out = mosquitto_pub(
         &b,
-        &["-u", "bridge", "-P", "secret", "-t", "x/ok", "-m", "yes"],
+        &[
+            "-u",
+            PUBLISHER.0,
+            "-P",
+            PUBLISHER.1,
+            "-t",
+            "x/ok",
+            "-m",
+            "yes",
+        ],
     );
     assert!(out.status.success());
     let (_, stdout, _) = sub.output();
@@ -130,7 +140,18 @@ fn acl_file_rules() {
     let out = mosquitto_pub(
         &b,
         &[
-            "-V", "mqttv5", "-q", "1", "-u", "bridge", "-P", "secret", "-t", "nova/x", "-m", "no",
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-u",
+            PUBLISHER.0,
+            "-P",
+            PUBLISHER.1,
+            "-t",
+            "nova/x",
+            "-m",
+            "no",
         ],
     );
     assert!(String::from_utf8_lossy(&out.stderr)
@@ -231,9 +252,9 @@ fn wills_fire_only_where_the_client_may_write() {
             "-p",
             &b.port(),
             "-u",
-            "bridge",
+            PUBLISHER.0,
             "-P",
-            "secret",
+            PUBLISHER.1,
             "-t",
             "nothing",
             "--will-topic",
@@ -291,7 +312,14 @@ fn tls_listener_with_generated_ca() {
         let sub = Sub::spawn_args(&b, &tls(&["-t", "tls/#", "-v", "-C", "1", "-W", "15"]));
         let out = run(
             Command::new(require("mosquitto_pub", "mosquitto-clients")).args(tls(&[
-                "-u", "bridge", "-P", "secret", "-t", "tls/x", "-m", "over tls",
+                "-u",
+                PUBLISHER.0,
+                "-P",
+                PUBLISHER.1,
+                "-t",
+                "tls/x",
+                "-m",
+                "over tls",
             ])),
         );
         assert!(out.status.success(), "{out:?}");

@@ -6,18 +6,19 @@
 
 use std::process::Command;
 
+use firehose_testkit::logins::PUBLISHER;
 use firehose_testkit::*;
 
 #[test]
 fn mqtt_js_v5_semantics() {
     let js = js_drivers();
     let dir = tempfile::tempdir().unwrap();
-    let b = BrokerProc::with_users(dir.path(), &[("bridge", "secret")], &[]);
+    let b = BrokerProc::with_users(dir.path(), &[PUBLISHER], &[]);
     run_checks(
         Command::new("node").current_dir(&js).arg("v5.mjs").args([
             &format!("mqtt://{}", b.mqtt()),
-            "bridge",
-            "secret",
+            PUBLISHER.0,
+            PUBLISHER.1,
         ]),
         &[
             "qos",

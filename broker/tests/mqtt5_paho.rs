@@ -9,18 +9,19 @@
 use std::path::Path;
 use std::process::Command;
 
+use firehose_testkit::logins::PUBLISHER;
 use firehose_testkit::*;
 
 #[test]
 fn paho_v5_semantics() {
     let python = require_paho();
     let dir = tempfile::tempdir().unwrap();
-    let b = BrokerProc::with_users(dir.path(), &[("bridge", "secret")], &[]);
+    let b = BrokerProc::with_users(dir.path(), &[PUBLISHER], &[]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/paho_v5.py");
     run_checks(
         Command::new(&python)
             .arg(&script)
-            .args(["127.0.0.1", &b.port(), "bridge", "secret"]),
+            .args(["127.0.0.1", &b.port(), PUBLISHER.0, PUBLISHER.1]),
         &[
             "qos",
             "retain-handling",

@@ -1,6 +1,7 @@
 //! MQTT 3.1, 3.1.1 and 5 on the same port; keepalive rules; every refusal
 //! gets its CONNACK code.
 
+use firehose_testkit::logins::PUBLISHER;
 use firehose_testkit::*;
 
 #[test]
@@ -20,11 +21,7 @@ fn three_versions_on_one_port() {
 #[test]
 fn refusals_have_connack_codes() {
     let dir = tempfile::tempdir().unwrap();
-    let b = BrokerProc::with_users(
-        dir.path(),
-        &[("bridge", "secret")],
-        &["--max-keepalive", "100"],
-    );
+    let b = BrokerProc::with_users(dir.path(), &[PUBLISHER], &["--max-keepalive", "100"]);
     let cases: Vec<(&str, Vec<u8>, u8)> = vec![
         ("unknown level", connect(7, "x", 60, true, None), 0x01),
         (
@@ -34,7 +31,7 @@ fn refusals_have_connack_codes() {
         ),
         (
             "unknown user v3.1.1",
-            connect(4, "x", 60, true, Some(("Bridge", "secret"))),
+            connect(4, "x", 60, true, Some(("Bridge", PUBLISHER.1))),
             0x04,
         ),
         (
@@ -155,7 +152,7 @@ fn anonymous_readers_cannot_lock_out_publishers() {
     // 3 connections, 1 of them (10%, at least 1) reserved for logged-in users.
     let b = BrokerProc::with_users(
         dir.path(),
-        &[("bridge", "secret")],
+        &[PUBLISHER],
         &["--max-connections", "3", "--max-keepalive", "60"],
     );
     // Idle keepalive-0 readers take what anonymous clients may have...
@@ -166,7 +163,7 @@ fn anonymous_readers_cannot_lock_out_publishers() {
     let (_c, ack) = Raw::connect(b.mqtt(), 4, "idle-c", None);
     assert_eq!(ack[1], 0x03, "the third anonymous client finds no slot");
     // ...and the bridge still gets in.
-    let (mut bridge, ack) = Raw::connect(b.mqtt(), 4, "bridge-1", Some(("bridge", "secret")));
+    let (mut bridge, ack) = Raw::connect(b.mqtt(), 4, "bridge-1", Some(PUBLISHER));
     assert_eq!(ack[1], 0, "the reserved slot is the bridge's");
     bridge.send(&[0xc0, 0]);
     assert_eq!(bridge.read().unwrap().0, 0xd0);
@@ -176,18 +173,14 @@ fn anonymous_readers_cannot_lock_out_publishers() {
 #[test]
 fn connections_per_address_are_capped_for_anonymous_clients() {
     let dir = tempfile::tempdir().unwrap();
-    let b = BrokerProc::with_users(
-        dir.path(),
-        &[("bridge", "secret")],
-        &["--max-connections-per-ip", "2"],
-    );
+    let b = BrokerProc::with_users(dir.path(), &[PUBLISHER], &["--max-connections-per-ip", "2"]);
     let (_a, ack) = Raw::connect(b.mqtt(), 4, "a", None);
     assert_eq!(ack[1], 0);
     let (_b, ack) = Raw::connect(b.mqtt(), 5, "b", None);
     assert_eq!(ack[1], 0);
     let (_c, ack) = Raw::connect(b.mqtt(), 5, "c", None);
     assert_eq!(ack[1], 0x89, "v5 server busy for the third from 127.0.0.1");
-    let (_d, ack) = Raw::connect(b.mqtt(), 4, "d", Some(("bridge", "secret")));
+    let (_d, ack) = Raw::connect(b.mqtt(), 4, "d", Some(PUBLISHER));
     assert_eq!(ack[1], 0, "logged-in users are not capped per address");
     assert_eq!(b.dropped("max_connections_per_ip"), 1);
 }

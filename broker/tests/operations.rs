@@ -2,6 +2,7 @@
 //! password-file permissions, the passwd subcommand, SIGHUP reload and a
 //! clean SIGTERM that tells v5 clients 0x8B.
 
+use firehose_testkit::logins::PUBLISHER;
 use firehose_testkit::*;
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -180,12 +181,12 @@ fn no_flags_no_config_listens_on_loopback_defaults() {
 #[test]
 fn sigterm_delivers_what_was_queued_first() {
     let dir = tempfile::tempdir().unwrap();
-    let mut b = BrokerProc::with_users(dir.path(), &[("bridge", "secret")], &[]);
+    let mut b = BrokerProc::with_users(dir.path(), &[PUBLISHER], &[]);
     // A QoS 1 subscriber that never acks: 20 in flight, the rest queued.
     let (mut sub, _) = Raw::connect(b.mqtt(), 5, "slow", None);
     sub.send(&subscribe(5, 1, "drain/#", 1));
     assert_eq!(sub.read().expect("SUBACK").0, 0x90);
-    let (mut p, _) = Raw::connect(b.mqtt(), 4, "pub", Some(("bridge", "secret")));
+    let (mut p, _) = Raw::connect(b.mqtt(), 4, "pub", Some(PUBLISHER));
     for i in 1..=100u16 {
         p.send(&publish(4, b"drain/x", format!("m{i}").as_bytes(), 1, i));
         assert_eq!(p.read().expect("PUBACK").0, 0x40);

@@ -6,13 +6,14 @@
 //! `./scripts/test` installs paho-mqtt (pip) and MQTT.js (`npm ci` in
 //! `broker/tests/js`); a missing one fails with the command that installs it.
 
+use firehose_testkit::logins::PUBLISHER;
 use firehose_testkit::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 fn with_users(dir: &Path, extra: &[&str]) -> BrokerProc {
-    BrokerProc::with_users(dir, &[("bridge", "secret")], extra)
+    BrokerProc::with_users(dir, &[PUBLISHER], extra)
 }
 
 fn tests_dir() -> PathBuf {
@@ -37,7 +38,7 @@ fn mqtt_js_roundtrip(url: &str, mode: &str, ca: Option<&str>) -> serde_json::Val
     let mut cmd = Command::new("node");
     cmd.current_dir(&js)
         .arg("roundtrip.mjs")
-        .args([url, mode, "bridge", "secret"]);
+        .args([url, mode, PUBLISHER.0, PUBLISHER.1]);
     if let Some(ca) = ca {
         cmd.arg(ca);
     }
@@ -114,7 +115,12 @@ fn paho_mqtt_python_over_websockets() {
     let ws = b.ws.expect("ws listener");
     let out = run(Command::new(&python)
         .arg(tests_dir().join("paho_ws.py"))
-        .args(["127.0.0.1", &ws.port().to_string(), "bridge", "secret"]));
+        .args([
+            "127.0.0.1",
+            &ws.port().to_string(),
+            PUBLISHER.0,
+            PUBLISHER.1,
+        ]));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -151,7 +157,7 @@ async fn rumqttc_roundtrip(
             Err(e) => panic!("subscriber: {e}"),
         }
     }
-    pub_opts.set_credentials("bridge", "secret");
+    pub_opts.set_credentials(PUBLISHER.0, PUBLISHER.1);
     let (publisher, mut pub_loop) = AsyncClient::new(pub_opts, 10);
     for i in 0..3 {
         publisher
@@ -256,9 +262,9 @@ fn client_certificates_required_with_client_ca() {
             true,
             &[
                 "-u",
-                "bridge",
+                PUBLISHER.0,
                 "-P",
-                "secret",
+                PUBLISHER.1,
                 "-t",
                 "mtls/x",
                 "-m",
@@ -296,7 +302,15 @@ async fn retained_messages_and_wills_on_websockets_and_tls() {
     let out = mosquitto_pub(
         &b,
         &[
-            "-u", "bridge", "-P", "secret", "-r", "-t", "ret/x", "-m", "kept",
+            "-u",
+            PUBLISHER.0,
+            "-P",
+            PUBLISHER.1,
+            "-r",
+            "-t",
+            "ret/x",
+            "-m",
+            "kept",
         ],
     );
     assert!(out.status.success());
@@ -347,7 +361,7 @@ async fn retained_messages_and_wills_on_websockets_and_tls() {
     let sub = Sub::spawn(&b, &["-t", "wills/#", "-v", "-C", "1", "-W", "15"]);
     let mut o = MqttOptions::new("ws-will", format!("ws://{ws}/mqtt"), ws.port());
     o.set_transport(Transport::Ws);
-    o.set_credentials("bridge", "secret");
+    o.set_credentials(PUBLISHER.0, PUBLISHER.1);
     o.set_last_will(LastWill::new("wills/ws", "gone", QoS::AtLeastOnce, false));
     let (_c, mut el) = AsyncClient::new(o, 10);
     let task = tokio::spawn(async move {

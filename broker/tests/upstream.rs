@@ -4,22 +4,14 @@
 //! edge reconnects, re-syncs retained state and mirrors again.
 
 use std::path::Path;
-use std::process::Command;
 
 use firehose_testkit::*;
 
 use firehose_testkit::logins::GERRIT as BRIDGE;
 
 fn replay(dir: &Path, core: &BrokerProc, instance: &str) {
-    let fixture =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/gerrit/stream-events.jsonl");
-    let out = run(Command::new(bin("firehose-gerrit"))
-        .arg("--replay")
-        .arg(&fixture)
-        .args(["--broker", &format!("mqtt://{}@{}", BRIDGE.0, core.mqtt())])
-        .arg("--password-file")
-        .arg(bridge_password_file(dir, BRIDGE.1))
-        .args(["--instance", instance]));
+    let broker = format!("mqtt://{}", core.mqtt());
+    let out = replay_gerrit(dir, &broker, BRIDGE, &["--instance", instance]);
     assert!(out.status.success(), "{out:?}");
 }
 

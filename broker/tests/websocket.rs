@@ -2,6 +2,7 @@
 //! expect, MQTT packets split across or packed into binary frames, the
 //! HTTP endpoints, and handshake timeouts that never block other clients.
 
+use firehose_testkit::logins::PUBLISHER;
 use firehose_testkit::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -110,7 +111,7 @@ fn read_mqtt(
 #[test]
 fn packets_split_and_packed_across_frames() {
     let dir = tempfile::tempdir().unwrap();
-    let b = BrokerProc::with_users(dir.path(), &[("bridge", "secret")], &[]);
+    let b = BrokerProc::with_users(dir.path(), &[PUBLISHER], &[]);
     // Subscriber: CONNECT split over three frames, SUBSCRIBE in the same
     // frame as the CONNECT's tail.
     let mut sub = ws_client(&b, "mqtt");
@@ -127,7 +128,7 @@ fn packets_split_and_packed_across_frames() {
     // Publisher over ws asking for mqttv3.1, with an MQTT 3.1 CONNECT, two
     // publishes packed in one frame.
     let mut publ = ws_client(&b, "mqttv3.1");
-    let c = connect(3, "ws-pub", 60, true, Some(("bridge", "secret")));
+    let c = connect(3, "ws-pub", 60, true, Some(PUBLISHER));
     let p1 = publish(3, b"ws/a", b"one", 0, 0);
     let p2 = publish(3, b"ws/b", b"two", 0, 0);
     publ.send(Message::binary([c, p1.clone(), p2.clone()].concat()))

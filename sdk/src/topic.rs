@@ -83,14 +83,32 @@ pub fn status(bridge: &str, instance: &str) -> String {
     )
 }
 
+/// A configured topic prefix or level that cannot be one; it says how to
+/// fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} {value:?} {why}; use plain names separated by '/', e.g. \"site1\"")]
+pub struct TopicSettingError {
+    /// The setting (`--base-topic`, `deployment`).
+    pub what: String,
+    /// The value refused.
+    pub value: String,
+    why: &'static str,
+}
+
 /// Checks a configured topic prefix (`--base-topic`) or level (a nova
 /// `--deployment`): no empty level, no wildcard, no NUL, not a `$` topic.
-/// `what` names the setting in the error, which says how to fix it.
-pub fn check_configured(what: &str, value: &str, single_level: bool) -> Result<(), String> {
-    let fix = |why: &str| {
-        Err(format!(
-            "{what} {value:?} {why}; use plain names separated by '/', e.g. \"site1\""
-        ))
+/// `what` names the setting in the error.
+pub fn check_configured(
+    what: &str,
+    value: &str,
+    single_level: bool,
+) -> Result<(), TopicSettingError> {
+    let fix = |why: &'static str| {
+        Err(TopicSettingError {
+            what: what.to_owned(),
+            value: value.to_owned(),
+            why,
+        })
     };
     if single_level && value.contains('/') {
         return fix("must be a single topic level (no '/')");
@@ -135,7 +153,7 @@ mod tests {
             ("cell/1", true),
             ("", true),
         ] {
-            let e = check_configured("x", v, single).unwrap_err();
+            let e = check_configured("x", v, single).unwrap_err().to_string();
             assert!(e.contains("e.g."), "{v}: {e}");
         }
     }

@@ -8,20 +8,13 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use firehose::gerrit::GerritEvent;
 use firehose::reader::Body;
 use firehose::{Client, Filter, Publishable};
 use firehose_testkit::*;
-use time::OffsetDateTime;
 
 use firehose_testkit::logins::PUBLISHER;
 
-fn gerrit_events() -> Vec<GerritEvent> {
-    fixture_lines("gerrit/stream-events.jsonl")
-        .iter()
-        .map(|l| GerritEvent::parse(l.as_bytes()).unwrap())
-        .collect()
-}
+use firehose_testkit_events::{gerrit_events, publish_gerrit, Modes};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -59,18 +52,9 @@ fn typed_events_and_a_broker_restart() {
         assert!(client.wait_connected(WAIT).await);
         // Both subscriptions reach the broker before anything is published.
         b.wait_metric("firehose_broker_subscriptions", 2);
-        let events = gerrit_events();
+        // Half raw, half CloudEvents: the reader sees the same.
         let mut p = Publisher::new(b.mqtt(), PUBLISHER);
-        for (i, g) in events.iter().enumerate() {
-            // Half raw, half CloudEvents: the reader sees the same.
-            let payload = if i % 2 == 0 {
-                g.raw()
-            } else {
-                g.cloudevent("ssh://review.example.org:29418", OffsetDateTime::now_utc())
-                    .to_json()
-            };
-            p.publish(&g.topic(), &payload, false);
-        }
+        let events = publish_gerrit(&mut p, Modes::Alternating);
         let want_qtbase = events.iter().filter(|g| g.project() == "qt/qtbase").count();
         for _ in 0..want_qtbase {
             let ev = next(&mut qtbase).await;
@@ -146,14 +130,8 @@ fn shared_subscription_splits_work_and_dedup_drops_copies() {
             || b.metric("firehose_broker_subscriptions") >= 3,
             || "three subscriptions".into(),
         );
-        let events = gerrit_events();
-        let mut p = Publisher::new(b.mqtt(), PUBLISHER);
-        for g in &events {
-            // Two redundant bridges: one raw, one CloudEvents, same id.
-            p.publish(&g.topic(), &g.raw(), false);
-            let ce = g.cloudevent("ssh://gerrit:29418", OffsetDateTime::now_utc());
-            p.publish(&g.topic(), &ce.to_json(), false);
-        }
+        // Two redundant bridges: one raw, one CloudEvents, same id.
+        let events = publish_gerrit(&mut Publisher::new(b.mqtt(), PUBLISHER), Modes::Both);
         let n = events.len();
         // Dedup: each event once.
         let mut ids = BTreeSet::new();

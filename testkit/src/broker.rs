@@ -121,14 +121,33 @@ impl BrokerProc {
     }
 }
 
-/// One Prometheus sample from `http://addr/metrics`, or the whole body
-/// when the sample is not there.
-pub fn metric_at(addr: SocketAddr, sample: &str) -> Result<u64, String> {
+/// One Prometheus sample from `http://addr/metrics`, or what the page
+/// held instead.
+pub fn metric_at(addr: SocketAddr, sample: &str) -> Result<u64, NoSample> {
     let (_, body) = http_get(addr, "/metrics");
     body.lines()
         .find_map(|l| l.strip_prefix(sample).and_then(|r| r.trim().parse().ok()))
-        .ok_or(body)
+        .ok_or_else(|| NoSample {
+            sample: sample.to_owned(),
+            body,
+        })
 }
+
+/// A metrics page without the sample asked for: shows the page, so a
+/// failing test says what was there.
+#[derive(Debug)]
+pub struct NoSample {
+    pub sample: String,
+    pub body: String,
+}
+
+impl std::fmt::Display for NoSample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no sample {} in:\n{}", self.sample, self.body)
+    }
+}
+
+impl std::error::Error for NoSample {}
 
 fn field(line: &str, name: &str) -> Option<String> {
     let key = format!("{name}=");
@@ -275,6 +294,24 @@ impl BrokerProc {
 /// A bridge's `--password-file` (mode 0600) in `dir` holding `password`.
 pub fn bridge_password_file(dir: &Path, password: &str) -> PathBuf {
     private_file(&dir.join("bridge.pass"), &format!("{password}\n"))
+}
+
+/// Runs the real gerrit bridge over every gerrit fixture event
+/// (`firehose-gerrit --replay fixtures/gerrit/stream-events.jsonl`),
+/// logged in as `login` on `broker` (`SCHEME://HOST:PORT`; the user is put
+/// in the URL, the password in a private file under `dir`), with `extra`
+/// flags; its output once it has exited.
+pub fn replay_gerrit(dir: &Path, broker: &str, login: (&str, &str), extra: &[&str]) -> Output {
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/gerrit/stream-events.jsonl");
+    let (scheme, rest) = broker.split_once("://").unwrap_or(("mqtt", broker));
+    run(Command::new(bin("firehose-gerrit"))
+        .arg("--replay")
+        .arg(&fixture)
+        .args(["--broker", &format!("{scheme}://{}@{rest}", login.0)])
+        .arg("--password-file")
+        .arg(bridge_password_file(dir, login.1))
+        .args(extra))
 }
 
 /// The password file of a broker that is restarted in a test: it either

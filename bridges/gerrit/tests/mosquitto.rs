@@ -4,26 +4,19 @@
 //! is refused with an error that says so.
 
 use std::path::Path;
-use std::process::Command;
 
 use firehose_testkit::*;
 
 use firehose_testkit::logins::GERRIT as BRIDGE;
 
 fn replay(dir: &Path, mq: &Mosquitto, password: &str) -> std::process::Output {
-    let fixture =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/gerrit/stream-events.jsonl");
-    run(Command::new(bin("firehose-gerrit"))
-        .arg("--replay")
-        .arg(&fixture)
-        .args([
-            "--broker",
-            &format!("mqtts://{}@localhost:{}", BRIDGE.0, mq.tls_port),
-        ])
-        .arg("--ca")
-        .arg(dir.join("ca.pem"))
-        .arg("--password-file")
-        .arg(private_file(&dir.join(format!("pw-{password}")), password)))
+    let ca = dir.join("ca.pem");
+    replay_gerrit(
+        dir,
+        &format!("mqtts://localhost:{}", mq.tls_port),
+        (BRIDGE.0, password),
+        &["--ca", ca.to_str().unwrap()],
+    )
 }
 
 #[test]

@@ -154,8 +154,8 @@ pub enum ConfigError {
     NoDeployment,
     #[error("--amqp needs --deployment NAME (the topic level that tells deployments apart)")]
     NoName,
-    #[error("{0}")]
-    Name(String),
+    #[error(transparent)]
+    Name(firehose::topic::TopicSettingError),
     #[error("deployment {0:?} appears twice")]
     Duplicate(String),
     #[error("deployment {name:?}: AMQP URL")]

@@ -63,7 +63,7 @@ fn plan(
             (None, [d]) => d.name.clone(),
             _ => bail!("--replay publishes under one deployment: give its name with --deployment NAME (no --amqp needed)"),
         };
-        firehose::topic::check_configured("deployment", &name, true).map_err(anyhow::Error::msg)?;
+        firehose::topic::check_configured("deployment", &name, true)?;
         let bodies = Bodies {
             deployment: name.clone(),
             source_uri: format!("replay:{path}"),

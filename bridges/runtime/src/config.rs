@@ -151,8 +151,8 @@ pub enum ConfigError {
     PasswordWithoutUser,
     #[error("a user name ({0}) but no password: add --password-file FILE (mode 0600), or USER:PASS@ in the broker URL")]
     UserWithoutPassword(String),
-    #[error("{0}")]
-    BaseTopic(String),
+    #[error(transparent)]
+    BaseTopic(firehose::topic::TopicSettingError),
     #[error("--ca {0} is set but the broker URL is not mqtts:// or wss://, so it would be ignored: use a TLS URL or drop --ca")]
     UnusedCa(PathBuf),
 }

@@ -176,15 +176,21 @@ impl Template {
     }
 
     /// The text for one event ([`Input::json`], or any JSON object), or
-    /// minijinja's error (an undefined filter, a type error) as text.
-    pub fn render(&self, json: &serde_json::Value) -> Result<String, String> {
+    /// why not (an undefined filter, a type error).
+    pub fn render(&self, json: &serde_json::Value) -> Result<String, RenderError> {
         let ctx = minijinja::Value::from(minijinja::value::Serde(json));
         self.env
             .get_template("t")
             .and_then(|t| t.render(ctx))
-            .map_err(|e| e.to_string())
+            .map_err(RenderError)
     }
 }
+
+/// A template that could not be rendered for one event: minijinja's
+/// error, as it says it.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct RenderError(minijinja::Error);
 
 #[cfg(test)]
 mod tests {

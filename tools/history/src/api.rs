@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::ingest::now_ms;
-use crate::query::{event_json, event_json_with, rfc3339_ms, Query, Received};
+use crate::query::{event_json, event_json_with, rfc3339_ms, BadParam, Query, Received};
 use crate::stats::Stats;
 use crate::store::{Bind, Store, Stored, SELECT_COLUMNS};
 
@@ -94,7 +94,7 @@ async fn events(
 ) -> Response {
     let q = match Query::parse(&params, now_ms()) {
         Ok(q) => q,
-        Err(reason) => return error(&api, StatusCode::BAD_REQUEST, reason),
+        Err(reason) => return error(&api, StatusCode::BAD_REQUEST, reason.0),
     };
     match tokio::time::timeout(QUERY_TIME, page(&api.store, &q)).await {
         Ok(Ok((evs, next))) => {
@@ -239,12 +239,12 @@ async fn metrics(State(api): State<Api>) -> Response {
 /// 5,000 per request).
 pub const SUBJECT_EVENTS: usize = 5000;
 
-fn only(params: &HashMap<String, String>, known: &[&str]) -> Result<(), String> {
+fn only(params: &HashMap<String, String>, known: &[&str]) -> Result<(), BadParam> {
     match params.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(k) => Err(format!(
+        Some(k) => Err(BadParam(format!(
             "unknown parameter {k:?}; known: {}",
             known.join(", ")
-        )),
+        ))),
         None => Ok(()),
     }
 }
@@ -258,7 +258,7 @@ async fn subject(
     QueryString(params): QueryString<HashMap<String, String>>,
 ) -> Response {
     if let Err(reason) = only(&params, &["project"]) {
-        return error(&api, StatusCode::BAD_REQUEST, reason);
+        return error(&api, StatusCode::BAD_REQUEST, reason.0);
     }
     let mut text = format!(
         "SELECT {SELECT_COLUMNS} FROM events WHERE (subject = $1 OR instance = $1 OR request = $1 \
@@ -328,7 +328,7 @@ async fn timings(
         .and_then(|_| Query::parse(&params, now_ms()))
     {
         Ok(q) => q,
-        Err(reason) => return error(&api, StatusCode::BAD_REQUEST, reason),
+        Err(reason) => return error(&api, StatusCode::BAD_REQUEST, reason.0),
     };
     let (mut w, mut binds) = q.conditions(None);
     w.push(
@@ -387,7 +387,7 @@ async fn stream(
     let parsed = only(&params, &known).and_then(|_| Query::parse(&params, now_ms()));
     let mut q = match parsed {
         Ok(q) => q,
-        Err(reason) => return error(&api, StatusCode::BAD_REQUEST, reason),
+        Err(reason) => return error(&api, StatusCode::BAD_REQUEST, reason.0),
     };
     let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let mut after = match resume.map(str::parse::<i64>) {

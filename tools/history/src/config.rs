@@ -19,10 +19,22 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {reason}")]
-    Toml { path: PathBuf, reason: String },
+    #[error("{path} is not a valid firehose-history config")]
+    Toml {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
     #[error(transparent)]
     Secret(#[from] firehose::secret::SecretFileError),
+    #[error("--broker")]
+    Broker(#[source] firehose::url::UrlError),
+    #[error(transparent)]
+    Filter(crate::ingest::IngestError),
+    #[error(transparent)]
+    Db(crate::store::StoreError),
+    #[error("--max-bytes")]
+    MaxBytes(#[source] crate::retention::SizeError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -104,9 +116,9 @@ impl File {
             path: path.to_owned(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Toml {
+        toml::from_str(&text).map_err(|source| ConfigError::Toml {
             path: path.to_owned(),
-            reason: e.to_string(),
+            source,
         })
     }
 
@@ -123,7 +135,7 @@ impl File {
             firehose::url::MQTT_SCHEMES,
             firehose::url::MQTT_FORM,
         )
-        .map_err(|e| ConfigError::Invalid(format!("--broker: {e}")))?;
+        .map_err(ConfigError::Broker)?;
         let password = match &b.password_file {
             Some(p) => {
                 firehose::secret::check(p)?;
@@ -165,14 +177,12 @@ impl File {
                 .clone()
                 .unwrap_or_else(|| firehose::zuul::ROOT.to_owned()),
         };
-        ingest
-            .subscriptions()
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        ingest.subscriptions().map_err(ConfigError::Filter)?;
         let db = match &self.store.db {
             Some(db) => db.clone(),
             None => format!("sqlite:{}", default_db().display()),
         };
-        crate::store::Dialect::of(&db).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        crate::store::Dialect::of(&db).map_err(ConfigError::Db)?;
         let http = match self.http.listen.as_deref().unwrap_or(DEFAULT_HTTP) {
             "none" => None,
             a => Some(a.parse().map_err(|_| {
@@ -198,9 +208,7 @@ impl File {
                 .store
                 .max_bytes
                 .as_deref()
-                .map(|v| {
-                    parse_size(v).map_err(|e| ConfigError::Invalid(format!("--max-bytes {e}")))
-                })
+                .map(|v| parse_size(v).map_err(ConfigError::MaxBytes))
                 .transpose()?,
             every: duration("[store] purge_every", &self.store.purge_every)?
                 .unwrap_or(std::time::Duration::from_secs(60)),

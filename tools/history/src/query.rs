@@ -87,49 +87,58 @@ pub(crate) const KNOWN: &[&str] = &[
     "payload",
 ];
 
+/// A query parameter that cannot be used; the reason is the API's 400
+/// answer, naming the parameter and what to give instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadParam(pub String);
+
 /// Parses an RFC 3339 time, or a duration back from `now_ms`.
-fn time_or_duration(name: &str, v: &str, now_ms: i64) -> Result<i64, String> {
+fn time_or_duration(name: &str, v: &str, now_ms: i64) -> Result<i64, BadParam> {
     if let Ok(t) = OffsetDateTime::parse(v, &Rfc3339) {
         return Ok((t.unix_timestamp_nanos() / 1_000_000) as i64);
     }
     humantime::parse_duration(v)
         .map(|d| now_ms - d.as_millis() as i64)
         .map_err(|_| {
-            format!("{name}={v:?}: give an RFC 3339 time (2026-12-01T10:00:00Z), a duration back from now (2h, 7d) or a cursor")
+            BadParam(format!("{name}={v:?}: give an RFC 3339 time (2026-12-01T10:00:00Z), a duration back from now (2h, 7d) or a cursor"))
         })
 }
 
-fn received(name: &str, v: &str, now_ms: i64) -> Result<Received, String> {
+fn received(name: &str, v: &str, now_ms: i64) -> Result<Received, BadParam> {
     if let Ok(c) = v.parse::<i64>() {
         return Ok(Received::Cursor(c));
     }
     time_or_duration(name, v, now_ms).map(Received::Ms)
 }
 
-fn cursor(name: &str, v: &str) -> Result<i64, String> {
-    v.parse()
-        .map_err(|_| format!("{name}={v:?}: a cursor is the number given as `cursor` or `next`"))
+fn cursor(name: &str, v: &str) -> Result<i64, BadParam> {
+    v.parse().map_err(|_| {
+        BadParam(format!(
+            "{name}={v:?}: a cursor is the number given as `cursor` or `next`"
+        ))
+    })
 }
 
 impl Query {
     /// Reads the query string's parameters.
-    pub fn parse(params: &HashMap<String, String>, now_ms: i64) -> Result<Query, String> {
+    pub fn parse(params: &HashMap<String, String>, now_ms: i64) -> Result<Query, BadParam> {
         if let Some(k) = params.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-            return Err(format!(
+            return Err(BadParam(format!(
                 "unknown parameter {k:?}; known: {}",
                 KNOWN.join(", ")
-            ));
+            )));
         }
         let get = |k: &str| params.get(k).filter(|v| !v.is_empty()).cloned();
         let topic = get("topic");
         if let Some(t) = &topic {
-            firehose::filter::check(t).map_err(|e| format!("topic={e}"))?;
+            firehose::filter::check(t).map_err(|e| BadParam(format!("topic={e}")))?;
         }
         let limit = match get("limit") {
             None => DEFAULT_LIMIT,
             Some(v) => match v.parse::<usize>() {
                 Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-                _ => return Err(format!("limit={v:?}: give 1 to {MAX_LIMIT}")),
+                _ => return Err(BadParam(format!("limit={v:?}: give 1 to {MAX_LIMIT}"))),
             },
         };
         Ok(Query {
@@ -158,7 +167,7 @@ impl Query {
             payload: match get("payload").as_deref() {
                 None | Some("false") => false,
                 Some("true") => true,
-                Some(v) => return Err(format!("payload={v:?}: give true or false")),
+                Some(v) => return Err(BadParam(format!("payload={v:?}: give true or false"))),
             },
         })
     }
@@ -347,7 +356,7 @@ pub fn event_json(s: &Stored) -> Value {
 mod tests {
     use super::*;
 
-    fn q(pairs: &[(&str, &str)]) -> Result<Query, String> {
+    fn q(pairs: &[(&str, &str)]) -> Result<Query, BadParam> {
         let m = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -359,17 +368,20 @@ mod tests {
     fn parameters_are_read_strictly_and_say_what_is_wrong() {
         assert!(q(&[("topik", "a")])
             .unwrap_err()
+            .0
             .contains("unknown parameter"));
-        assert!(q(&[("limit", "0")]).unwrap_err().contains("1 to 1000"));
+        assert!(q(&[("limit", "0")]).unwrap_err().0.contains("1 to 1000"));
         assert!(q(&[("limit", "5000")]).is_err());
         assert!(q(&[("since", "yesterday")])
             .unwrap_err()
+            .0
             .contains("RFC 3339"));
         assert!(q(&[("topic", "a/#/b")])
             .unwrap_err()
+            .0
             .contains("MQTT topic filter"));
         assert!(q(&[("topic", "a/b+")]).is_err());
-        assert!(q(&[("after", "x")]).unwrap_err().contains("cursor"));
+        assert!(q(&[("after", "x")]).unwrap_err().0.contains("cursor"));
         let ok = q(&[
             ("since", "2h"),
             ("until", "42"),

@@ -26,14 +26,23 @@ const CHUNK: i64 = 5000;
 /// Statements per round at most: the rest waits for the next round.
 const ROUNDS: usize = 200;
 
+/// A size that cannot be read; each says what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("{0:?}: give a size like 20GiB, 512MiB or 1000000 (bytes)")]
+    Number(String),
+    #[error("{0:?}: unknown unit {1:?} (B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")]
+    Unit(String, String),
+    #[error("{0:?} is too large")]
+    TooLarge(String),
+}
+
 /// Parses a size: `20GiB`, `512MiB`, `100KiB`, `1GB`, `1000` (bytes).
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, SizeError> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: give a size like 20GiB, 512MiB or 1000000 (bytes)"))?;
+    let n: u64 = num.parse().map_err(|_| SizeError::Number(s.to_owned()))?;
     let mul: u64 = match unit.trim() {
         "" | "B" => 1,
         "KB" | "kB" => 1000,
@@ -44,14 +53,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "GiB" | "G" => 1 << 30,
         "TB" => 1000 * 1000 * 1000 * 1000,
         "TiB" | "T" => 1 << 40,
-        u => {
-            return Err(format!(
-                "{s:?}: unknown unit {u:?} (B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
-            ))
-        }
+        u => return Err(SizeError::Unit(s.to_owned(), u.to_owned())),
     };
     n.checked_mul(mul)
-        .ok_or_else(|| format!("{s:?} is too large"))
+        .ok_or_else(|| SizeError::TooLarge(s.to_owned()))
 }
 
 /// Applies the caps every `every`, forever.
@@ -130,9 +135,13 @@ mod tests {
         assert_eq!(parse_size("512MiB"), Ok(512 << 20));
         assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
         assert_eq!(parse_size("1000"), Ok(1000));
-        assert!(parse_size("lots").unwrap_err().contains("20GiB"));
+        assert!(parse_size("lots")
+            .unwrap_err()
+            .to_string()
+            .contains("20GiB"));
         assert!(parse_size("5 parsecs")
             .unwrap_err()
+            .to_string()
             .contains("unknown unit"));
         assert!(parse_size("99999999999TiB").is_err());
     }

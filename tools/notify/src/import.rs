@@ -53,7 +53,7 @@ impl Py {
 
 /// Parses one Python literal (dict, list, tuple, string, number, None,
 /// True, False); `#` comments are skipped.
-pub fn parse_py(text: &str) -> Result<Py, String> {
+fn parse_py(text: &str) -> Result<Py, String> {
     let mut p = PyParser {
         s: text.as_bytes(),
         i: 0,

@@ -65,16 +65,9 @@ impl Notify {
 }
 
 /// Replays the gerrit fixtures through a real gerrit bridge.
-fn replay_gerrit(b: &BrokerProc, dir: &Path, instance: &str) {
-    let fixture =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/gerrit/stream-events.jsonl");
-    let out = run(Command::new(bin("firehose-gerrit"))
-        .arg("--replay")
-        .arg(&fixture)
-        .args(["--broker", &format!("mqtt://{}@{}", PUBLISHER.0, b.mqtt())])
-        .arg("--password-file")
-        .arg(bridge_password_file(dir, PUBLISHER.1))
-        .args(["--instance", instance]));
+fn replay(b: &BrokerProc, dir: &Path, instance: &str) {
+    let broker = format!("mqtt://{}", b.mqtt());
+    let out = replay_gerrit(dir, &broker, PUBLISHER, &["--instance", instance]);
     assert!(out.status.success(), "{out:?}");
 }
 
@@ -147,8 +140,8 @@ fn the_readme_config_works_as_written_and_dedups_two_bridges() {
         .replace("/usr/local/bin/on-review", &script.to_string_lossy());
     let n = Notify::start(&b, dir.path(), "notify", &config, &[]);
     // Two bridges publish the same gerrit events: one notification each.
-    replay_gerrit(&b, dir.path(), "one");
-    replay_gerrit(&b, dir.path(), "two");
+    replay(&b, dir.path(), "one");
+    replay(&b, dir.path(), "two");
     let expected = gerrit_events("comment-added");
     let rule = "{rule=\"rule-1\"}";
     n.wait_metric(
@@ -258,7 +251,7 @@ targets = ["notes"]
         out = out.display(),
     );
     let n = Notify::start(&b, dir.path(), "notify", &config, &[]);
-    replay_gerrit(&b, dir.path(), "one");
+    replay(&b, dir.path(), "one");
     // What the rules should pick, computed from the fixtures here.
     let approved: Vec<serde_json::Value> = gerrit_events("comment-added")
         .into_iter()
@@ -377,7 +370,7 @@ targets = ["mail"]
         ca = dir.path().join("ca.pem").display(),
     );
     let n = Notify::start(&b, dir.path(), "notify", &config, &[]);
-    replay_gerrit(&b, dir.path(), "one");
+    replay(&b, dir.path(), "one");
     let merged = gerrit_events("change-merged");
     let mails = smtp.wait_messages(merged.len());
     assert_eq!(mails.len(), merged.len());

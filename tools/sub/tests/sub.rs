@@ -5,34 +5,16 @@
 
 use std::process::{Child, Command, Stdio};
 
-use firehose::gerrit::GerritEvent;
 use firehose::Publishable;
 use firehose_testkit::*;
-use time::OffsetDateTime;
 
 use firehose_testkit::logins::PUBLISHER;
 
-fn gerrit_events() -> Vec<GerritEvent> {
-    fixture_lines("gerrit/stream-events.jsonl")
-        .iter()
-        .map(|l| GerritEvent::parse(l.as_bytes()).unwrap())
-        .collect()
-}
+use firehose_testkit_events::{gerrit_events, publish_gerrit, Modes};
 
 /// Publishes every fixture event, alternating raw and CloudEvents.
 fn publish_all(b: &BrokerProc) -> usize {
-    let mut p = Publisher::new(b.mqtt(), PUBLISHER);
-    let events = gerrit_events();
-    for (i, g) in events.iter().enumerate() {
-        let payload = if i % 2 == 0 {
-            g.raw()
-        } else {
-            g.cloudevent("ssh://review.example.org:29418", OffsetDateTime::now_utc())
-                .to_json()
-        };
-        p.publish(&g.topic(), &payload, false);
-    }
-    events.len()
+    publish_gerrit(&mut Publisher::new(b.mqtt(), PUBLISHER), Modes::Alternating).len()
 }
 
 /// Starts firehose-sub with `args` and waits until the broker has its
