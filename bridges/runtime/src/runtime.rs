@@ -1,5 +1,6 @@
-//! The publishing runtime: one source future on one side, one broker
-//! connection on the other, the spool in between.
+//! The publishing runtime: the sources on one side, one sink on the other
+//! (the broker, with the spool in between, or stdout for `--print`; both
+//! settle finalizers by one contract, see [`Sink`]).
 //!
 //! ```text
 //!  sources ──publish──▶ mpsc ──▶ Spool (memory [+ disk]) ──▶ PUBLISH QoS 1 ──▶ broker
@@ -53,9 +54,9 @@ pub enum RuntimeError {
     },
     #[error("--print: cannot write to stdout")]
     Print(#[source] std::io::Error),
-    #[error("signal handler: {0}")]
-    Signal(std::io::Error),
-    #[error("source {name}: {error}")]
+    #[error("signal handler")]
+    Signal(#[source] std::io::Error),
+    #[error("source {name}")]
     Source {
         name: String,
         #[source]
@@ -67,8 +68,8 @@ pub enum RuntimeError {
     Undelivered(usize),
     #[error("the broker refused {n} event(s) (not authorized, ...); they are in the dead-letter file {}", file.display())]
     Rejected { n: u64, file: std::path::PathBuf },
-    #[error("{0}; not retrying (fix the credentials, or pass --retry-auth to keep trying)")]
-    Refused(String),
+    #[error("not retrying (fix the credentials, or pass --retry-auth to keep trying)")]
+    Refused(#[source] MqttError),
 }
 
 /// A bridge: its name (`gerrit`, `nova`, ...) and publishing config.
@@ -130,70 +131,181 @@ impl Bridge {
             self.cfg.payload,
             self.cfg.base_topic.clone(),
         );
-        // Each source in its own task; the template's sender is dropped
-        // with it, so the queue closes once every source has finished.
-        let start_sources = move || {
-            let mut tasks = Vec::new();
-            for (source, name) in sources.into_iter().zip(names) {
+        let contexts: Vec<(String, S, SourceContext)> = sources
+            .into_iter()
+            .zip(names)
+            .map(|(source, name)| {
                 let ctx = template.for_source(&name);
-                let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-                tasks.push((name, tokio::spawn(drive(source, ctx, backoff))));
+                (name, source, ctx)
+            })
+            .collect();
+        // The template's sender goes with it: the queue closes once every
+        // source has finished.
+        drop(template);
+        match self.print {
+            Some(format) => drive_into(Printer(format), contexts, rx, stop_tx).await,
+            None => {
+                let sink = BrokerSink::open(self, dead_letters_rt, upstream_rx).await?;
+                drive_into(sink, contexts, rx, stop_tx).await
             }
-            tasks
-        };
-        if let Some(format) = self.print {
-            let tasks = start_sources();
-            spawn_signals(stop_tx.clone()).map_err(RuntimeError::Signal)?;
-            let printed = print_events(format, rx, &stop_tx).await;
-            let joined = join_sources(tasks).await;
-            return printed.and(joined);
         }
-        let (spool, recovered) = match &self.cfg.spool {
+    }
+}
+
+/// Where a bridge's events go: the broker ([`BrokerSink`]) or stdout
+/// (`--print`, [`Printer`]). Both keep one contract with the sources: an
+/// event's finalizer says delivered once the sink has the event for good
+/// (the broker's PUBACK; written and flushed to stdout), and is dropped,
+/// failing its batch so that the source leaves the event upstream, in
+/// every other case. A sink takes events until the queue closes (every
+/// source finished) or the bridge is told to stop, then tells the sources
+/// to stop.
+trait Sink {
+    async fn deliver(self, rx: mpsc::Receiver<Event>, stop: &watch::Sender<bool>) -> Outcome;
+}
+
+/// How a sink ended.
+enum Outcome {
+    /// The sink itself failed (the broker refused the login, stdout
+    /// closed): the bridge's error, whatever the sources say.
+    Failed(RuntimeError),
+    /// It delivered what it could; its verdict (events left undelivered,
+    /// refused by the broker) is the bridge's result unless a source failed.
+    Done(Result<(), RuntimeError>),
+}
+
+/// Runs every source (each in its own task, under [`drive`]) into `sink`
+/// until the input ends or SIGTERM/SIGINT, then joins the sources.
+async fn drive_into<K: Sink, S: Source>(
+    sink: K,
+    sources: Vec<(String, S, SourceContext)>,
+    rx: mpsc::Receiver<Event>,
+    stop_tx: Arc<watch::Sender<bool>>,
+) -> Result<(), RuntimeError> {
+    let tasks = sources
+        .into_iter()
+        .map(|(name, source, ctx)| {
+            let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+            (name, tokio::spawn(drive(source, ctx, backoff)))
+        })
+        .collect();
+    spawn_signals(stop_tx.clone()).map_err(RuntimeError::Signal)?;
+    let outcome = sink.deliver(rx, &stop_tx).await;
+    // The sources may still be reading; they are told to stop.
+    let _ = stop_tx.send(true);
+    let joined = join_sources(tasks).await;
+    match outcome {
+        Outcome::Failed(e) => Err(e),
+        Outcome::Done(verdict) => joined.and(verdict),
+    }
+}
+
+/// `--print`: events to stdout (see [`crate::print`]). No broker, no
+/// spool, no status.
+struct Printer(PrintFormat);
+
+impl Sink for Printer {
+    async fn deliver(self, mut rx: mpsc::Receiver<Event>, stop: &watch::Sender<bool>) -> Outcome {
+        let mut stopping = stop.subscribe();
+        let stdout = std::io::stdout();
+        let outcome = loop {
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(ev) => {
+                        if let Err(e) = crate::print::event(self.0, ev, &mut stdout.lock()) {
+                            tracing::error!(error = %Chain(&e), "cannot write to stdout; stopping (what was not printed stays upstream)");
+                            break Outcome::Failed(RuntimeError::Print(e));
+                        }
+                    }
+                    None => break Outcome::Done(Ok(())),
+                },
+                _ = stopping.changed() => break Outcome::Done(Ok(())),
+            }
+        };
+        let _ = stop.send(true);
+        // Events already queued fail their batches with the queue.
+        drop(rx);
+        outcome
+    }
+}
+
+/// The broker: the spool, one connection at a time, the retained status
+/// ([`Publisher`] does the work).
+struct BrokerSink {
+    bridge: Bridge,
+    spool: Spool,
+    dead_letters: DeadLetters,
+    upstream: watch::Receiver<Upstream>,
+}
+
+impl BrokerSink {
+    /// Opens the spool (recovering what a previous run left) and the
+    /// metrics listener, before any source starts.
+    async fn open(
+        bridge: Bridge,
+        dead_letters: DeadLetters,
+        upstream: watch::Receiver<Upstream>,
+    ) -> Result<BrokerSink, RuntimeError> {
+        let cfg = &bridge.cfg;
+        let (spool, recovered) = match &cfg.spool {
             Some(dir) => {
-                let (s, r) = Spool::open(dir, self.cfg.spool_max_bytes)?;
+                let (s, r) = Spool::open(dir, cfg.spool_max_bytes)?;
                 (s, Some(r))
             }
-            None => (Spool::memory(self.cfg.spool_max_bytes), None),
+            None => (Spool::memory(cfg.spool_max_bytes), None),
         };
         if let Some(r) = recovered {
-            tracing::info!(spool = %self.cfg.spool.as_deref().unwrap_or_else(|| std::path::Path::new("")).display(), recovered = r.events, corrupt = r.corrupt, "spool opened");
+            tracing::info!(spool = %cfg.spool.as_deref().unwrap_or_else(|| std::path::Path::new("")).display(), recovered = r.events, corrupt = r.corrupt, "spool opened");
         }
-        self.stats.pending.store(spool.len() as i64, Relaxed);
-        if let (Some(syncer), Some(every)) = (spool.syncer(), self.cfg.spool_fsync) {
+        bridge.stats.pending.store(spool.len() as i64, Relaxed);
+        if let (Some(syncer), Some(every)) = (spool.syncer(), cfg.spool_fsync) {
             tokio::spawn(sync_spool(syncer, every));
         }
-        if let Some(addr) = self.cfg.metrics {
+        if let Some(addr) = cfg.metrics {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| RuntimeError::Metrics { addr, source })?;
             let bound = listener.local_addr().unwrap_or(addr);
             tracing::info!(addr = %bound, "metrics listening");
-            let (stats, name) = (self.stats.clone(), self.name);
+            let (stats, name) = (bridge.stats.clone(), bridge.name);
             tokio::spawn(firehose::metrics::serve(listener, move || {
                 stats.prometheus(name)
             }));
         }
+        Ok(BrokerSink {
+            bridge,
+            spool,
+            dead_letters,
+            upstream,
+        })
+    }
+}
 
-        let tasks = start_sources();
-        spawn_signals(stop_tx.clone()).map_err(RuntimeError::Signal)?;
-
+impl Sink for BrokerSink {
+    async fn deliver(self, rx: mpsc::Receiver<Event>, stop: &watch::Sender<bool>) -> Outcome {
+        let BrokerSink {
+            bridge,
+            spool,
+            dead_letters,
+            upstream,
+        } = self;
         let started = firehose::envelope::rfc3339(time::OffsetDateTime::now_utc());
-        let status_topic = firehose::topic::status(self.name, &self.cfg.instance);
+        let status_topic = firehose::topic::status(bridge.name, &bridge.cfg.instance);
         let mut p = Publisher {
-            cfg: self.cfg.clone(),
-            stats: self.stats.clone(),
+            cfg: bridge.cfg.clone(),
+            stats: bridge.stats.clone(),
             spool,
             rx,
             rx_open: true,
             ledger: Ledger::new(),
             refusals: None,
             status_dirty: false,
-            dead_letters: dead_letters_rt,
-            stopping: stop_tx.subscribe(),
-            upstream: upstream_rx,
+            dead_letters,
+            stopping: stop.subscribe(),
+            upstream,
             status_topic,
-            bridge: self.name,
-            version: self.version,
+            bridge: bridge.name,
+            version: bridge.version,
             started,
             host: crate::config::hostname(),
             dropped_logged: 0,
@@ -201,33 +313,31 @@ impl Bridge {
             refused: None,
         };
         p.run().await;
-        p.spool.sync()?;
+        let synced = p.spool.sync();
         // Whatever is still unacknowledged fails its batch now, so sources
         // leave it upstream.
         p.ledger.fail_all();
-        if let Some(why) = p.refused.take() {
-            let _ = stop_tx.send(true);
-            let _ = join_sources(tasks).await;
-            return Err(RuntimeError::Refused(why));
+        if let Some(e) = p.refused.take() {
+            return Outcome::Failed(RuntimeError::Refused(e));
+        }
+        if let Err(e) = synced {
+            return Outcome::Failed(e.into());
         }
         let undelivered = p.spool.len();
         // The input ended by itself (a replay, a backfill, one run): the
         // exit code says whether the broker took all of it.
-        let input_ended = !p.rx_open && !*stop_tx.borrow();
-        let rejected = self.stats.rejected.load(Relaxed);
-        // The sources may still be reading; they were told to stop.
-        let _ = stop_tx.send(true);
-        join_sources(tasks).await?;
-        if undelivered > 0 && self.cfg.spool.is_none() {
-            return Err(RuntimeError::Undelivered(undelivered));
+        let input_ended = !p.rx_open && !*stop.borrow();
+        let rejected = bridge.stats.rejected.load(Relaxed);
+        if undelivered > 0 && bridge.cfg.spool.is_none() {
+            return Outcome::Done(Err(RuntimeError::Undelivered(undelivered)));
         }
         if input_ended && rejected > 0 {
-            return Err(RuntimeError::Rejected {
+            return Outcome::Done(Err(RuntimeError::Rejected {
                 n: rejected,
-                file: self.cfg.dead_letter.clone(),
-            });
+                file: bridge.cfg.dead_letter.clone(),
+            }));
         }
-        Ok(())
+        Outcome::Done(Ok(()))
     }
 }
 
@@ -251,35 +361,6 @@ async fn join_sources(
         }
     }
     first
-}
-
-/// `--print`: events to stdout until the source ends or a signal; then the
-/// source is told to stop.
-async fn print_events(
-    format: PrintFormat,
-    mut rx: mpsc::Receiver<Event>,
-    stop_tx: &watch::Sender<bool>,
-) -> Result<(), RuntimeError> {
-    let mut stopping = stop_tx.subscribe();
-    let stdout = std::io::stdout();
-    let result = loop {
-        tokio::select! {
-            ev = rx.recv() => match ev {
-                Some(ev) => {
-                    if let Err(e) = crate::print::event(format, ev, &mut stdout.lock()) {
-                        tracing::error!(error = %Chain(&e), "cannot write to stdout; stopping (what was not printed stays upstream)");
-                        break Err(RuntimeError::Print(e));
-                    }
-                }
-                None => break Ok(()),
-            },
-            _ = stopping.changed() => break Ok(()),
-        }
-    };
-    let _ = stop_tx.send(true);
-    // Events already queued fail their batches with the queue.
-    drop(rx);
-    result
 }
 
 /// fsyncs the spool's current segment every `every` (`--spool-fsync`),
@@ -352,7 +433,7 @@ struct Publisher {
     /// the last moment to deliver what is spooled.
     finish_by: Option<Instant>,
     /// Set when the broker refused our credentials and `retry_auth` is off.
-    refused: Option<String>,
+    refused: Option<MqttError>,
 }
 
 impl Publisher {
@@ -643,7 +724,7 @@ impl Publisher {
                 }
                 Err(e @ crate::mqtt::MqttError::AuthRefused(_)) if !self.cfg.retry_auth => {
                     tracing::error!(broker = %self.cfg.url, error = %Chain(&e), pending = self.spool.len(), "the broker refused our credentials; stopping (--retry-auth keeps trying)");
-                    self.refused = Some(e.to_string());
+                    self.refused = Some(e);
                     return;
                 }
                 Err(e) => {
