@@ -2,13 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
 
 use clap::{Parser, Subcommand};
 use firehose_ansible::config::{AnsibleArgs, AnsibleConfig};
 use firehose_ansible::plugin;
 use firehose_ansible::socket::{Run, Serve};
-use firehose_bridge::cli::{CommonArgs, Info, Plan};
+use firehose_bridge::cli::{CommandExit, CommonArgs, Info, Plan};
 use firehose_bridge::BoxedSource;
 
 #[derive(Parser, Debug)]
@@ -104,7 +103,7 @@ fn main() -> ExitCode {
             ansible,
             command,
         } => {
-            let exit = Arc::new(Mutex::new(None));
+            let exit = CommandExit::default();
             let exit2 = exit.clone();
             let r = firehose_bridge::cli::run(INFO, common, |mut src: AnsibleConfig, _| {
                 src.apply(&ansible, None);
@@ -122,8 +121,7 @@ fn main() -> ExitCode {
                     })],
                 })
             });
-            let code = *exit.lock().unwrap_or_else(|e| e.into_inner());
-            firehose_bridge::cli::exit_as_command("firehose-ansible", r, code)
+            firehose_bridge::cli::exit_as_command("firehose-ansible", r, exit.get())
         }
     }
 }

@@ -7,9 +7,9 @@
 use firehose::report::Chain;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use firehose_bridge::cli::{split_command, CommandExit};
 use firehose_bridge::lines::Lines;
 use firehose_bridge::replay::{feed, LineHandler};
 use firehose_bridge::{ResultExt, Source, SourceContext, SourceError};
@@ -142,7 +142,7 @@ pub struct Run {
     /// Holds the socket and the plugin for the command's lifetime.
     pub dir: tempfile::TempDir,
     /// The command's exit code, once it exited (128 + signal if killed).
-    pub exit: Arc<Mutex<Option<i32>>>,
+    pub exit: CommandExit,
 }
 
 impl Source for Run {
@@ -151,25 +151,17 @@ impl Source for Run {
     }
 
     async fn run(&mut self, ctx: &SourceContext) -> Result<(), SourceError> {
-        if self
-            .exit
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
-        {
+        if self.exit.get().is_some() {
             return Ok(());
         }
         let socket = self.dir.path().join("firehose.sock");
         let listener = bind(&socket)?;
         let plugins =
             crate::plugin::install(self.dir.path()).fatal("writing the callback plugin")?;
-        let (program, args) = self
-            .command
-            .split_first()
-            .ok_or_else(|| SourceError::Fatal {
-                context: "run".into(),
-                source: "no command: firehose-ansible run [flags] -- ansible-playbook ...".into(),
-            })?;
+        let (program, args) = split_command(
+            &self.command,
+            "firehose-ansible run [flags] -- ansible-playbook ...",
+        )?;
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
             .env("FIREHOSE_ANSIBLE_SOCKET", &socket)
@@ -207,9 +199,8 @@ impl Source for Run {
         if drained.is_err() {
             tracing::warn!("a plugin connection was still open {DRAIN:?} after the command exited; not waiting for it");
         }
-        let code = firehose_bridge::cli::command_code(status);
+        let code = self.exit.set(status);
         tracing::info!(command = %program, exit_code = code, "command finished; delivering its events");
-        *self.exit.lock().unwrap_or_else(|e| e.into_inner()) = Some(code);
         drained.unwrap_or(Ok(()))
     }
 }

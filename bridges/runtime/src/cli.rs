@@ -153,6 +153,41 @@ pub fn command_code(status: std::process::ExitStatus) -> i32 {
         .unwrap_or(1)
 }
 
+/// A wrapped command's exit code (`run -- COMMAND`), shared by the source
+/// that runs the command (it sets it, once) and the bridge's `main`
+/// (which exits with it, see [`exit_as_command`]). A source that finds it
+/// set has run its command already: a retry must not run it again.
+#[derive(Debug, Clone, Default)]
+pub struct CommandExit(std::sync::Arc<std::sync::Mutex<Option<i32>>>);
+
+impl CommandExit {
+    /// The code, once the command exited.
+    pub fn get(&self) -> Option<i32> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records how the command exited; returns its code.
+    pub fn set(&self, status: std::process::ExitStatus) -> i32 {
+        let code = command_code(status);
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(code);
+        code
+    }
+}
+
+/// A wrapped command as program and arguments, or a fatal error showing
+/// how to give one (`usage`, e.g. `firehose-subunit run [flags] -- stestr run`).
+pub fn split_command<'a>(
+    command: &'a [String],
+    usage: &str,
+) -> Result<(&'a String, &'a [String]), crate::SourceError> {
+    command
+        .split_first()
+        .ok_or_else(|| crate::SourceError::Fatal {
+            context: "run".into(),
+            source: format!("no command: {usage}").into(),
+        })
+}
+
 /// The exit of a bridge that wrapped a command (`run -- COMMAND`): the
 /// command's own code once it ran, delivered or not (the runtime logged
 /// what it could not deliver, and an error is printed); else the bridge's.

@@ -6,9 +6,9 @@
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 
 use firehose::subunit::{RunStatus, SubunitRun, SubunitTest};
+use firehose_bridge::cli::{split_command, CommandExit};
 use firehose_bridge::{Batch, ResultExt, Source, SourceContext, SourceError};
 use serde_json::{json, Map, Value};
 
@@ -300,7 +300,7 @@ pub struct Run {
     pub shape: Shape,
     pub max_bytes: usize,
     /// The command's exit code, once it exited (128 + signal if killed).
-    pub exit: Arc<Mutex<Option<i32>>>,
+    pub exit: CommandExit,
 }
 
 impl Source for Run {
@@ -309,21 +309,11 @@ impl Source for Run {
     }
 
     async fn run(&mut self, ctx: &SourceContext) -> Result<(), SourceError> {
-        if self
-            .exit
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
-        {
+        if self.exit.get().is_some() {
             return Ok(());
         }
-        let (program, args) = self
-            .command
-            .split_first()
-            .ok_or_else(|| SourceError::Fatal {
-                context: "run".into(),
-                source: "no command: firehose-subunit run [flags] -- stestr run".into(),
-            })?;
+        let (program, args) =
+            split_command(&self.command, "firehose-subunit run [flags] -- stestr run")?;
         ctx.connected();
         tracing::info!(command = %self.command.join(" "), "running");
         let out = tokio::process::Command::new(program)
@@ -333,8 +323,7 @@ impl Source for Run {
             .output()
             .await
             .fatal(format!("running {program}"))?;
-        let code = firehose_bridge::cli::command_code(out.status);
-        *self.exit.lock().unwrap_or_else(|e| e.into_inner()) = Some(code);
+        let code = self.exit.set(out.status);
         tracing::info!(command = %program, exit_code = code, "command finished");
         let stream = if out.stdout.first() == Some(&0xB3) {
             out.stdout

@@ -2,11 +2,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use firehose_bridge::cli::{CommonArgs, Info, Plan};
+use firehose_bridge::cli::{CommandExit, CommonArgs, Info, Plan};
 use firehose_bridge::source::BoxError;
 use firehose_bridge::BoxedSource;
 use firehose_subunit::config::{SubunitArgs, SubunitConfig};
@@ -92,7 +92,7 @@ fn main() -> ExitCode {
             command,
         } => (common, subunit, file, command),
     };
-    let exit = Arc::new(Mutex::new(None));
+    let exit = CommandExit::default();
     let exit2 = exit.clone();
     let r = firehose_bridge::cli::run(
         INFO,
@@ -138,8 +138,7 @@ fn main() -> ExitCode {
             })
         },
     );
-    let code = *exit.lock().unwrap_or_else(|e| e.into_inner());
-    firehose_bridge::cli::exit_as_command("firehose-subunit", r, code)
+    firehose_bridge::cli::exit_as_command("firehose-subunit", r, exit.get())
 }
 
 /// `worker`: one source per Gearman server.
