@@ -4,11 +4,6 @@
 
 use firehose_testkit::*;
 
-fn broker() -> (BrokerProc, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    (BrokerProc::with_users(dir.path(), &[BRIDGE], &[]), dir)
-}
-
 use firehose_testkit::logins::PUBLISHER as BRIDGE;
 
 /// Sends `bytes` after a valid v3.1.1 (or v5) CONNECT and expects a close.
@@ -21,7 +16,7 @@ fn expect_close(b: &BrokerProc, level: u8, bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
 
 #[test]
 fn malformed_packets_close_only_that_connection() {
-    let (b, _d) = broker();
+    let b = Broker::new().start();
     let mut canary = Canary::new(&b);
     canary.check(&b, BRIDGE);
     let cases: Vec<(&str, u8, Vec<u8>)> = vec![
@@ -86,7 +81,7 @@ fn malformed_packets_close_only_that_connection() {
 
 #[test]
 fn packet_before_connect_and_garbage() {
-    let (b, _d) = broker();
+    let b = Broker::new().start();
     let mut canary = Canary::new(&b);
     for bytes in [
         publish(4, b"a", b"x", 0, 0),
@@ -104,7 +99,7 @@ fn packet_before_connect_and_garbage() {
 
 #[test]
 fn truncated_packet_then_close() {
-    let (b, _d) = broker();
+    let b = Broker::new().start();
     let mut canary = Canary::new(&b);
     for _ in 0..3 {
         let (mut r, _) = Raw::connect(b.mqtt(), 4, "", Some(BRIDGE));
@@ -141,7 +136,7 @@ fn oversized_packet_is_refused() {
 /// connection with id X that leaves, then the first drains.
 #[test]
 fn takeover_of_a_blocked_subscriber() {
-    let (b, _d) = broker();
+    let b = Broker::new().start();
     let mut canary = Canary::new(&b);
     // A subscriber that never reads.
     let (mut slow, _) = Raw::connect(b.mqtt(), 4, "dup-id", None);
@@ -169,7 +164,7 @@ fn takeover_of_a_blocked_subscriber() {
 /// with the same id.
 #[test]
 fn v5_properties_reach_v4_subscriber() {
-    let (b, _d) = broker();
+    let b = Broker::new().start();
     let (mut sub4, _) = Raw::connect(b.mqtt(), 4, "v4-sub", None);
     sub4.send(&subscribe(4, 1, "props/#", 0));
     assert_eq!(sub4.read().unwrap().0, 0x90);

@@ -7,15 +7,8 @@ use firehose_testkit::*;
 use firehose_testkit::logins::PUBLISHER as BRIDGE;
 
 /// A broker with a password file and `limits` as the `[limits]` table.
-fn broker(limits: &str) -> (BrokerProc, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("broker.toml");
-    std::fs::write(&cfg, format!("[limits]\n{limits}\n")).unwrap();
-    let cfg = cfg.to_string_lossy().into_owned();
-    (
-        BrokerProc::with_users(dir.path(), &[BRIDGE], &["--config", &cfg]),
-        dir,
-    )
+fn broker(limits: &str) -> BrokerProc {
+    Broker::new().limits(limits).start()
 }
 
 fn suback(r: &mut Raw, level: u8) -> Vec<u8> {
@@ -26,7 +19,7 @@ fn suback(r: &mut Raw, level: u8) -> Vec<u8> {
 
 #[test]
 fn subscriptions_per_client_are_capped() {
-    let (b, _d) = broker("max_subscriptions_per_client = 3");
+    let b = broker("max_subscriptions_per_client = 3");
     let (mut r, _) = Raw::connect(b.mqtt(), 4, "many-subs", None);
     r.send(&subscribe_many(4, 1, &["a", "b", "c", "d"]));
     assert_eq!(suback(&mut r, 4), vec![0, 0, 0, 0x80]);
@@ -45,7 +38,7 @@ fn subscriptions_per_client_are_capped() {
 
 #[test]
 fn topic_length_and_depth_are_capped() {
-    let (b, _d) = broker("max_topic_length = 20\nmax_topic_levels = 3");
+    let b = broker("max_topic_length = 20\nmax_topic_levels = 3");
     let (mut sub, _) = Raw::connect(b.mqtt(), 4, "limits-sub", None);
     let long = "x".repeat(21);
     sub.send(&subscribe_many(4, 1, &["a/b/c", "a/b/c/d", &long, "#"]));
@@ -77,7 +70,7 @@ fn topic_length_and_depth_are_capped() {
 
 #[test]
 fn filter_table_is_capped_across_clients() {
-    let (b, _d) = broker("max_filters = 4");
+    let b = broker("max_filters = 4");
     let (mut one, _) = Raw::connect(b.mqtt(), 4, "filters-1", None);
     one.send(&subscribe_many(4, 1, &["f/1", "f/2", "f/3"]));
     assert_eq!(suback(&mut one, 4), vec![0, 0, 0]);
@@ -116,7 +109,7 @@ fn connect_v5(
 
 #[test]
 fn v5_session_expiry_ends_the_session() {
-    let (b, _d) = broker("");
+    let b = broker("");
     // Long expiry: the session survives a disconnect.
     let (mut r, present) = connect_v5(&b, "expiry-long", false, 3600, None);
     assert!(!present);
@@ -143,7 +136,7 @@ fn v5_session_expiry_ends_the_session() {
 
 #[test]
 fn v5_will_delay() {
-    let (b, _d) = broker("");
+    let b = broker("");
     let (mut watcher, _) = Raw::connect(b.mqtt(), 4, "will-watcher", None);
     watcher.send(&subscribe(4, 1, "wills/#", 0));
     assert_eq!(watcher.read().expect("SUBACK").0, 0x90);

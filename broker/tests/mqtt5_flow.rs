@@ -10,17 +10,6 @@ use firehose_testkit::*;
 
 use firehose_testkit::logins::PUBLISHER as BRIDGE;
 
-fn broker(dir: &std::path::Path, acl: Option<&str>) -> BrokerProc {
-    match acl {
-        Some(text) => {
-            let acl = dir.join("acl");
-            std::fs::write(&acl, text).unwrap();
-            BrokerProc::with_users(dir, &[BRIDGE], &["--acl", acl.to_str().unwrap()])
-        }
-        None => BrokerProc::with_users(dir, &[BRIDGE], &[]),
-    }
-}
-
 /// A v5 client with extra CONNECT properties; returns it and the CONNACK
 /// session-present flag.
 fn v5(b: &BrokerProc, id: &str, clean: bool, expiry: u32, props: &[u8]) -> (Raw, bool) {
@@ -55,8 +44,7 @@ fn publish_of(t: u8, body: &[u8]) -> (String, u16, Vec<u8>) {
 
 #[test]
 fn the_clients_receive_maximum_bounds_what_is_in_flight() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = broker(dir.path(), None);
+    let b = Broker::new().start();
     // Receive Maximum 2.
     let (mut r, _) = v5(&b, "rm", true, 0, &[0x21, 0, 2]);
     assert_eq!(subscribed(&mut r, 5, "rm/#", 1), [1]);
@@ -95,8 +83,7 @@ fn the_clients_receive_maximum_bounds_what_is_in_flight() {
 
 #[test]
 fn the_clients_maximum_packet_size_keeps_larger_messages_from_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = broker(dir.path(), None);
+    let b = Broker::new().start();
     // Maximum Packet Size 100 bytes.
     let (mut r, _) = v5(&b, "mp", true, 0, &[0x27, 0, 0, 0, 100]);
     assert_eq!(subscribed(&mut r, 5, "mp/#", 0), [0]);
@@ -126,8 +113,7 @@ fn aliased(topic: &str, alias: u16, payload: &[u8]) -> Vec<u8> {
 
 #[test]
 fn topic_aliases_from_the_client_are_set_used_and_bounded() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = broker(dir.path(), None);
+    let b = Broker::new().start();
     let (mut sub, _) = v5(&b, "alias-reader", true, 0, &[]);
     assert_eq!(subscribed(&mut sub, 5, "al/#", 0), [0]);
     let (mut r, _) = v5(&b, "alias", true, 0, &[]);
@@ -185,11 +171,9 @@ fn topic_aliases_from_the_client_are_set_used_and_bounded() {
 
 #[test]
 fn a_denied_subscription_gets_0x80_in_v5_and_v3() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = broker(
-        dir.path(),
-        Some("topic read public/#\n\nuser bridge\ntopic readwrite #\n"),
-    );
+    let b = Broker::new()
+        .acl("topic read public/#\n\nuser bridge\ntopic readwrite #\n")
+        .start();
     let mut r5 = Raw::open(b.mqtt());
     r5.send(&connect5("anon5", true, 0, None, None));
     assert_eq!(r5.read().expect("CONNACK").0, 0x20);
@@ -201,8 +185,7 @@ fn a_denied_subscription_gets_0x80_in_v5_and_v3() {
 
 #[test]
 fn disconnect_may_change_the_session_expiry_but_not_from_zero() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = broker(dir.path(), None);
+    let b = Broker::new().start();
     // CONNECT asks for an hour; DISCONNECT says 0: the session ends.
     let (mut r, _) = v5(&b, "dx", false, 3600, &[]);
     assert_eq!(subscribed(&mut r, 5, "dx/#", 1), [1]);
@@ -265,8 +248,7 @@ fn wait_expired(b: &BrokerProc, publisher: &mut Raw, probe: &str) {
 
 #[test]
 fn message_expiry_drops_what_waited_too_long_and_shortens_the_rest() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = broker(dir.path(), None);
+    let b = Broker::new().start();
     // A persistent v5 reader, then away.
     let (mut r, _) = v5(&b, "mx", false, 3600, &[]);
     assert_eq!(subscribed(&mut r, 5, "mx/#", 1), [1]);
@@ -321,8 +303,7 @@ fn message_expiry_drops_what_waited_too_long_and_shortens_the_rest() {
 
 #[test]
 fn overlapping_subscriptions_give_one_copy_with_every_identifier() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = broker(dir.path(), None);
+    let b = Broker::new().start();
     let (mut r, _) = v5(&b, "si", true, 0, &[]);
     for (pkid, filter, id) in [(1u16, "si/#", 1u8), (2, "si/+", 2)] {
         // SUBSCRIBE with a subscription identifier property (0x0B).

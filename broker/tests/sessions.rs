@@ -6,9 +6,8 @@ use firehose_testkit::*;
 
 use firehose_testkit::logins::PUBLISHER as BRIDGE;
 
-fn broker(extra: &[&str]) -> (BrokerProc, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    (BrokerProc::with_users(dir.path(), &[BRIDGE], extra), dir)
+fn broker(extra: &[&str]) -> BrokerProc {
+    Broker::new().args(extra).start()
 }
 
 fn persistent(b: &BrokerProc, id: &str) -> (Raw, bool) {
@@ -57,7 +56,7 @@ fn receive(r: &mut Raw, n: usize) -> Vec<String> {
 
 #[test]
 fn persistent_session_gets_what_was_published_while_away() {
-    let (b, _d) = broker(&[]);
+    let b = broker(&[]);
     let (mut r, present) = persistent(&b, "keeper");
     assert!(!present);
     r.send(&subscribe(4, 1, "events/#", 1));
@@ -86,7 +85,7 @@ fn persistent_session_gets_what_was_published_while_away() {
 
 #[test]
 fn offline_queue_is_bounded_and_what_arrives_beyond_is_dropped() {
-    let (b, _d) = broker(&["--max-queued-messages", "10"]);
+    let b = broker(&["--max-queued-messages", "10"]);
     let (mut r, _) = persistent(&b, "small");
     r.send(&subscribe(4, 1, "q/#", 1));
     r.read().unwrap();
@@ -107,7 +106,7 @@ fn offline_queue_is_bounded_and_what_arrives_beyond_is_dropped() {
 
 #[test]
 fn takeover_closes_the_old_connection() {
-    let (b, _d) = broker(&[]);
+    let b = broker(&[]);
     let (mut old, _) = Raw::connect(b.mqtt(), 5, "same-id", None);
     let (mut new, _) = Raw::connect(b.mqtt(), 5, "same-id", None);
     let seen = old.read_until_closed();
@@ -129,7 +128,7 @@ fn takeover_closes_the_old_connection() {
 
 #[test]
 fn slow_subscriber_does_not_slow_others() {
-    let (b, _d) = broker(&["--max-queued-messages", "100"]);
+    let b = broker(&["--max-queued-messages", "100"]);
     // Never reads.
     let (mut slow, _) = Raw::connect(b.mqtt(), 4, "slow", None);
     slow.send(&subscribe(4, 1, "fast/#", 0));
@@ -162,7 +161,7 @@ fn slow_subscriber_does_not_slow_others() {
 
 #[test]
 fn nobody_takes_over_another_users_session() {
-    let (b, _d) = broker(&[]);
+    let b = broker(&[]);
     // The bridge's client id is public (it is in its status topic).
     let (mut bridge, ack) = Raw::connect(b.mqtt(), 4, "firehose-gerrit-host1", Some(BRIDGE));
     assert_eq!(ack, vec![0, 0]);
@@ -188,7 +187,7 @@ fn nobody_takes_over_another_users_session() {
 
 #[test]
 fn two_clients_fighting_over_an_id_are_slowed_down() {
-    let (b, _d) = broker(&[]);
+    let b = broker(&[]);
     let mut refused = 0;
     let mut conns = Vec::new();
     for _ in 0..12 {
@@ -209,7 +208,7 @@ fn offline_sessions_share_payloads_and_stay_under_the_global_budget() {
     // each session held its own copy (RSS 167 -> 509 MB). Now payloads are
     // shared and the queued total is capped (4 MB here); the largest offline
     // queues lose their oldest first, each message counted.
-    let (b, _d) = broker(&[
+    let b = broker(&[
         "--max-queued-bytes-total",
         "4000000",
         "--max-queued-messages",
@@ -252,7 +251,7 @@ fn offline_sessions_share_payloads_and_stay_under_the_global_budget() {
 
 #[test]
 fn anonymous_persistent_sessions_are_capped() {
-    let (b, _d) = broker(&["--max-anonymous-persistent-sessions", "2"]);
+    let b = broker(&["--max-anonymous-persistent-sessions", "2"]);
     let mut present = Vec::new();
     for i in 0..3 {
         let (r, _) = persistent(&b, &format!("anon-{i}"));
@@ -277,7 +276,7 @@ fn anonymous_persistent_sessions_are_capped() {
 
 #[test]
 fn overlapping_subscriptions_get_one_copy() {
-    let (b, _d) = broker(&[]);
+    let b = broker(&[]);
     let (mut r, _) = Raw::connect(b.mqtt(), 4, "overlapping", None);
     r.send(&subscribe_many(4, 1, &["ov/#", "ov/+", "ov/x"]));
     assert_eq!(r.read().expect("SUBACK").0, 0x90);

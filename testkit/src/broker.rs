@@ -11,6 +11,9 @@ use crate::process::*;
 /// A broker process; killed on drop. Derefs to [`Proc`] for logs and signals.
 pub struct BrokerProc {
     proc_: Proc,
+    /// The directory a [`Broker`] made for it (password file, config,
+    /// certificates), removed with it.
+    dir: Option<tempfile::TempDir>,
     pub mqtt: Option<SocketAddr>,
     pub mqtts: Option<SocketAddr>,
     pub ws: Option<SocketAddr>,
@@ -49,6 +52,7 @@ impl BrokerProc {
         );
         let mut b = BrokerProc {
             proc_,
+            dir: None,
             mqtt: None,
             mqtts: None,
             ws: None,
@@ -81,6 +85,15 @@ impl BrokerProc {
             }
         }
         b
+    }
+
+    /// The directory a [`Broker`] made for this broker (its files, and
+    /// room for a test's own).
+    pub fn dir(&self) -> &Path {
+        self.dir
+            .as_ref()
+            .map(tempfile::TempDir::path)
+            .expect("a broker started by testkit::Broker")
     }
 
     pub fn mqtt(&self) -> SocketAddr {
@@ -267,6 +280,97 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 // ---- raw MQTT -------------------------------------------------------------
+
+/// A broker for a test, built up, then started: in a directory of its own
+/// (removed with it), knowing the publishing users (by default
+/// [`crate::logins::PUBLISHER`]), with plain MQTT and websocket listeners
+/// on free loopback ports, and whatever else a test asks for.
+///
+/// ```no_run
+/// let b = firehose_testkit::Broker::new().limits("max_inflight = 2").acl("topic read #\n").start();
+/// ```
+pub struct Broker {
+    dir: tempfile::TempDir,
+    users: Vec<(String, String)>,
+    config: Vec<String>,
+    args: Vec<String>,
+}
+
+impl Default for Broker {
+    fn default() -> Self {
+        Broker::new()
+    }
+}
+
+impl Broker {
+    pub fn new() -> Broker {
+        let (user, password) = crate::logins::PUBLISHER;
+        Broker {
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            users: vec![(user.into(), password.into())],
+            config: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+
+    /// The users its password file knows, instead of the publisher alone.
+    pub fn users(mut self, users: &[(&str, &str)]) -> Broker {
+        self.users = users
+            .iter()
+            .map(|(u, p)| ((*u).into(), (*p).into()))
+            .collect();
+        self
+    }
+
+    /// An ACL file with `text` (`--acl`).
+    pub fn acl(mut self, text: &str) -> Broker {
+        let path = self.dir.path().join("acl");
+        std::fs::write(&path, text).expect("writing the ACL");
+        self.args.push("--acl".into());
+        self.args.push(path.to_string_lossy().into_owned());
+        self
+    }
+
+    /// Lines of the config file's `[limits]` table.
+    pub fn limits(mut self, lines: &str) -> Broker {
+        self.config.push(format!("[limits]\n{lines}\n"));
+        self
+    }
+
+    /// An MQTT-over-TLS listener too, with certificates made in its
+    /// directory (`ca.pem` is what clients trust).
+    pub fn tls(mut self) -> Broker {
+        let tls = crate::certs::TlsListener::new(self.dir.path());
+        self.args.extend(tls.flags().into_iter().map(str::to_owned));
+        self
+    }
+
+    /// More flags.
+    pub fn args(mut self, args: &[&str]) -> Broker {
+        self.args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    /// Starts it; waits until it listens.
+    pub fn start(self) -> BrokerProc {
+        let users: Vec<(&str, &str)> = self
+            .users
+            .iter()
+            .map(|(u, p)| (u.as_str(), p.as_str()))
+            .collect();
+        let mut args = self.args.clone();
+        if !self.config.is_empty() {
+            let path = self.dir.path().join("broker.toml");
+            std::fs::write(&path, self.config.concat()).expect("writing the config");
+            args.push("--config".into());
+            args.push(path.to_string_lossy().into_owned());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut b = BrokerProc::with_users(self.dir.path(), &users, &args);
+        b.dir = Some(self.dir);
+        b
+    }
+}
 
 impl BrokerProc {
     /// A broker whose password file (written into `dir` with Debian's
