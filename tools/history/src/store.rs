@@ -159,20 +159,18 @@ pub struct Stored {
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    /// PostgreSQL's own pool, for the one statement `Any` cannot send: a
+    /// batch as arrays ([`Store::insert_pg`]).
+    pg: Option<sqlx::PgPool>,
 }
 
-/// Rows per `INSERT` statement (20 parameters each). PostgreSQL: 50, one
-/// round trip for many rows. SQLite: 100, measured with perf: each
-/// statement is a hand-off to sqlx's SQLite thread (context switches
-/// dominated at 1 row), and with anonymous `?` parameters binding no
-/// longer looks names up (with `$N` it was quadratic: 28% of the
-/// ingester's CPU at 50 rows).
-fn rows_per_statement(d: Dialect) -> usize {
-    match d {
-        Dialect::Postgres => 50,
-        Dialect::Sqlite => 100,
-    }
-}
+/// Rows per SQLite `INSERT` statement (20 parameters each): 100,
+/// measured with perf: each statement is a hand-off to sqlx's SQLite
+/// thread (context switches dominated at 1 row), and with anonymous `?`
+/// parameters binding no longer looks names up (with `$N` it was
+/// quadratic: 28% of the ingester's CPU at 50 rows). PostgreSQL takes a
+/// batch as one statement ([`insert_pg`]).
+const SQLITE_ROWS_PER_STATEMENT: usize = 100;
 
 impl Store {
     /// Opens the database at `url` (`sqlite:PATH`, created with its
@@ -243,7 +241,21 @@ impl Store {
                 url: shown.clone(),
                 source,
             })?;
-        let store = Store { pool, dialect };
+        let pg = match dialect {
+            Dialect::Sqlite => None,
+            Dialect::Postgres => Some(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(2)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect(&connect)
+                    .await
+                    .map_err(|source| StoreError::Open {
+                        url: shown.clone(),
+                        source,
+                    })?,
+            ),
+        };
+        let store = Store { pool, dialect, pg };
         store.migrate().await?;
         Ok(store)
     }
@@ -350,44 +362,22 @@ impl Store {
     /// Stores a batch in one transaction; events already stored are
     /// counted as duplicates. Nothing is stored if it fails.
     pub async fn insert(&self, rows: &[Row]) -> Result<Inserted, StoreError> {
+        if let Some(pg) = &self.pg {
+            return insert_pg(pg, rows).await;
+        }
         let sql = |what| move |source| StoreError::Sql { what, source };
         let mut tx = self.pool.begin().await.map_err(sql("starting a batch"))?;
-        if self.dialect == Dialect::Postgres {
-            // Ingesters sharing one database commit one at a time, so the
-            // cursor order is the commit order: a reader that has seen
-            // cursor N never later finds a smaller one appear (no gap for
-            // `after=` pages and the stream). Readers are not blocked.
-            sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE")
-                .execute(&mut *tx)
-                .await
-                .map_err(sql("locking events for a batch"))?;
-        }
         let mut stored = 0;
         let mut packer = Packer::new();
-        for chunk in rows.chunks(rows_per_statement(self.dialect)) {
-            let mut text = format!("INSERT INTO events ({}) VALUES ", COLUMNS.join(", "));
-            let mut n = 0;
-            for (i, _) in chunk.iter().enumerate() {
-                if i > 0 {
-                    text.push_str(", ");
-                }
-                text.push('(');
-                for c in 0..COLUMNS.len() {
-                    n += 1;
-                    if c > 0 {
-                        text.push_str(", ");
-                    }
-                    match self.dialect {
-                        // Anonymous: sqlx looks up each parameter's name,
-                        // a walk of a list for `$N` (quadratic in a long
-                        // statement), none for `?`.
-                        Dialect::Sqlite => text.push('?'),
-                        Dialect::Postgres => text.push_str(&format!("${n}")),
-                    }
-                }
-                text.push(')');
-            }
-            text.push_str(" ON CONFLICT (id) DO NOTHING");
+        // Anonymous `?` parameters: sqlx looks up each `$N`'s name, a walk
+        // of a list (quadratic in a long statement).
+        let row = format!("({})", vec!["?"; COLUMNS.len()].join(", "));
+        for chunk in rows.chunks(SQLITE_ROWS_PER_STATEMENT) {
+            let text = format!(
+                "INSERT INTO events ({}) VALUES {} ON CONFLICT (id) DO NOTHING",
+                COLUMNS.join(", "),
+                vec![row.as_str(); chunk.len()].join(", ")
+            );
             let mut q = sqlx::query(AssertSqlSafe(text));
             for r in chunk {
                 let (f, same) = r.fields.fold(r.subject.as_deref());
@@ -607,6 +597,120 @@ impl Store {
         self.scalar("SELECT COUNT(*) AS n FROM events", "counting events")
             .await
     }
+}
+
+/// The columns of one batch, each as an array, in [`COLUMNS`]' order.
+#[derive(Default)]
+struct Columns {
+    id: Vec<String>,
+    topic: Vec<String>,
+    source: Vec<Option<String>>,
+    kind: Vec<String>,
+    time: Vec<Option<String>>,
+    time_ms: Vec<Option<i64>>,
+    subject: Vec<Option<String>>,
+    retained: Vec<i64>,
+    received_ms: Vec<i64>,
+    payload: Vec<Vec<u8>>,
+    readable: Vec<i64>,
+    /// deployment, instance, request, project, change, bug, playbook.
+    fields: [Vec<Option<String>>; 7],
+    codec: Vec<i64>,
+    same: Vec<i64>,
+}
+
+/// The PostgreSQL type of each of [`COLUMNS`], for `UNNEST`'s casts.
+const PG_TYPES: &[&str] = &[
+    "text", "text", "text", "text", "text", "int8", "text", "int8", "int8", "bytea", "int8",
+    "text", "text", "text", "text", "text", "text", "text", "int8", "int8",
+];
+
+/// PostgreSQL: the whole batch in one statement, each column one array
+/// (`INSERT ... SELECT * FROM UNNEST(...)`): one parse, one plan and 20
+/// parameters per batch, where rows of `VALUES` took a statement of 1,000
+/// parameters per 50 rows (BENCHMARKS.md, history).
+async fn insert_pg(pg: &sqlx::PgPool, rows: &[Row]) -> Result<Inserted, StoreError> {
+    let sql = |what| move |source| StoreError::Sql { what, source };
+    let mut c = Columns::default();
+    let mut packer = Packer::new();
+    for r in rows {
+        let (f, same) = r.fields.fold(r.subject.as_deref());
+        let (codec, payload) = packer.pack(&r.payload);
+        c.id.push(r.id.clone());
+        c.topic.push(r.topic.clone());
+        c.source.push(r.source.clone());
+        c.kind.push(r.kind.clone());
+        c.time.push(r.time.clone());
+        c.time_ms.push(r.time_ms);
+        c.subject.push(r.subject.clone());
+        c.retained.push(i64::from(r.retained));
+        c.received_ms.push(r.received_ms);
+        c.payload.push(payload);
+        c.readable.push(i64::from(r.readable));
+        for (col, v) in c.fields.iter_mut().zip([
+            f.deployment,
+            f.instance,
+            f.request,
+            f.project,
+            f.change,
+            f.bug,
+            f.playbook,
+        ]) {
+            col.push(v);
+        }
+        c.codec.push(codec);
+        c.same.push(same);
+    }
+    let arrays: Vec<String> = PG_TYPES
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("${}::{t}[]", i + 1))
+        .collect();
+    let text = format!(
+        "INSERT INTO events ({}) SELECT * FROM UNNEST({}) ON CONFLICT (id) DO NOTHING",
+        COLUMNS.join(", "),
+        arrays.join(", ")
+    );
+    let [deployment, instance, request, project, change, bug, playbook] = c.fields;
+    let mut tx = pg.begin().await.map_err(sql("starting a batch"))?;
+    // Ingesters sharing one database commit one at a time, so the cursor
+    // order is the commit order: a reader that has seen cursor N never
+    // later finds a smaller one appear (no gap for `after=` pages and the
+    // stream). Readers are not blocked.
+    sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .map_err(sql("locking events for a batch"))?;
+    let stored = sqlx::query(AssertSqlSafe(text))
+        .bind(c.id)
+        .bind(c.topic)
+        .bind(c.source)
+        .bind(c.kind)
+        .bind(c.time)
+        .bind(c.time_ms)
+        .bind(c.subject)
+        .bind(c.retained)
+        .bind(c.received_ms)
+        .bind(c.payload)
+        .bind(c.readable)
+        .bind(deployment)
+        .bind(instance)
+        .bind(request)
+        .bind(project)
+        .bind(change)
+        .bind(bug)
+        .bind(playbook)
+        .bind(c.codec)
+        .bind(c.same)
+        .execute(&mut *tx)
+        .await
+        .map_err(sql("a batch of events"))?
+        .rows_affected();
+    tx.commit().await.map_err(sql("committing a batch"))?;
+    Ok(Inserted {
+        stored,
+        duplicates: rows.len() as u64 - stored,
+    })
 }
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
