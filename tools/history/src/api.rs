@@ -31,11 +31,14 @@ pub struct Api {
 
 /// Candidate rows read per round when the topic filter has wildcards
 /// that SQL cannot check, and rounds per request at most (a page may then
-/// come back short, with `next` to go on). A text search reads on until
-/// its page is full or the store ends, within [`QUERY_TIME`], as a SQL
-/// scan of the payloads did before they were compressed.
+/// come back short, with `next` to go on). A text search (no index: a
+/// scan of the decompressed payloads) reads rounds for [`TEXT_PAGE_TIME`]
+/// at most, then answers with what it found and `next`: a search of a
+/// large store is a walk of pages, each bounded, never one request that
+/// runs into [`QUERY_TIME`].
 const SCAN_ROWS: usize = 2000;
 const SCAN_ROUNDS: usize = 10;
+const TEXT_PAGE_TIME: Duration = Duration::from_secs(2);
 /// How long one request may take.
 const QUERY_TIME: Duration = Duration::from_secs(10);
 
@@ -119,12 +122,29 @@ pub(crate) struct Scan {
 }
 
 /// Reads rows of `q` after `after` until `want` match, the store ends, or
-/// the scan bound is reached.
+/// the scan bound is reached (rounds; for a text search, the time
+/// [`TEXT_PAGE_TIME`] from now).
 pub(crate) async fn scan(
+    store: &Store,
+    q: &Query,
+    after: Option<i64>,
+    want: usize,
+) -> Result<Scan, crate::store::StoreError> {
+    let until = q
+        .text
+        .is_some()
+        .then(|| tokio::time::Instant::now() + TEXT_PAGE_TIME);
+    scan_until(store, q, after, want, until).await
+}
+
+/// [`scan`], reading rounds until `until` if given (at least one: each
+/// page moves on), else [`SCAN_ROUNDS`].
+async fn scan_until(
     store: &Store,
     q: &Query,
     mut after: Option<i64>,
     want: usize,
+    until: Option<tokio::time::Instant>,
 ) -> Result<Scan, crate::store::StoreError> {
     let exact = q.exact();
     // With wildcards, a round reads twice what is still wanted, then four
@@ -137,7 +157,7 @@ pub(crate) async fn scan(
         (want * 2).min(SCAN_ROWS)
     };
     let mut found = Vec::new();
-    let rounds = if q.text.is_some() {
+    let rounds = if until.is_some() {
         usize::MAX
     } else {
         SCAN_ROUNDS
@@ -175,6 +195,9 @@ pub(crate) async fn scan(
                 scanned_to: after,
                 end,
             });
+        }
+        if until.is_some_and(|t| tokio::time::Instant::now() >= t) {
+            break;
         }
         if !exact {
             rows = (rows * 4).min(SCAN_ROWS.max(want));
@@ -442,4 +465,59 @@ async fn stream(
     axum::response::sse::Sse::new(events)
         .keep_alive(axum::response::sse::KeepAlive::default())
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A text search whose time is up answers after one round with what
+    /// it found and where it got to; walking on from there reaches every
+    /// match and the end, never standing still.
+    #[tokio::test]
+    async fn a_text_search_out_of_time_answers_with_where_it_got_to() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite:{}", dir.path().join("h.db").display());
+        let store = Store::open(&url).await.expect("a store");
+        let rows: Vec<_> = (0..100)
+            .map(|i| {
+                let text = if i == 90 { "needle" } else { "hay" };
+                let payload = format!("{{\"n\":{i},\"text\":\"{text}\"}}");
+                let ev = firehose::reader::decode(&format!("other/{i}"), payload.as_bytes(), false);
+                crate::fields::row(&ev, i)
+            })
+            .collect();
+        store.insert(&rows).await.expect("stored");
+        let params: HashMap<String, String> = [("q".to_string(), "needle".to_string())].into();
+        let q = Query::parse(&params, 0).expect("a query");
+
+        let first = scan_until(&store, &q, None, 11, Some(tokio::time::Instant::now()))
+            .await
+            .expect("a page");
+        assert!(first.found.is_empty() && !first.end);
+        let mut after = first.scanned_to.expect("it read some");
+        let (mut pages, mut found) = (1, 0);
+        loop {
+            let s = scan_until(
+                &store,
+                &q,
+                Some(after),
+                11,
+                Some(tokio::time::Instant::now()),
+            )
+            .await
+            .expect("a page");
+            pages += 1;
+            found += s.found.len();
+            if s.end {
+                break;
+            }
+            let next = s.scanned_to.expect("it read some");
+            assert!(next > after, "each page moves on: {after} -> {next}");
+            after = next;
+            assert!(pages < 100, "the walk ends");
+        }
+        assert_eq!(found, 1);
+        assert!(pages > 2, "out of time, each page is one round: {pages}");
+    }
 }
