@@ -353,7 +353,13 @@ impl Sender {
                         .open(path)
                         .await
                         .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+                    // tokio's File hands the write to a blocking thread and
+                    // returns at once: only `flush` waits until the line is
+                    // in the file, which is what "sent" promises.
                     f.write_all(text.as_bytes())
+                        .await
+                        .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+                    f.flush()
                         .await
                         .map_err(|e| fail(format!("{}: {e}", path.display())))
                 }
