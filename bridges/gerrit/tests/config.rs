@@ -177,3 +177,25 @@ fn sample_config_has_every_key_and_only_known_ones() {
     .unwrap();
     assert_sample_complete("deploy/gerrit.toml", &sample, &known);
 }
+
+/// A replay of a file that is not there says which file once, and why.
+#[test]
+fn a_missing_replay_file_is_named_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.jsonl");
+    let (ok, text) = stderr(
+        gerrit()
+            .arg("--replay")
+            .arg(&missing)
+            .args(["--print", "json"]),
+    );
+    assert!(!ok);
+    let name = missing.display().to_string();
+    assert!(
+        text.contains(&format!(
+            "source replay {name}: cannot open the file: No such file"
+        )),
+        "{text}"
+    );
+    assert_eq!(text.matches(&name).count(), 1, "{text}");
+}

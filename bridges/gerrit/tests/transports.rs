@@ -134,4 +134,7 @@ fn tls_with_ca_qos0_and_replay_from_stdin() {
     assert!(err.contains("TLS") && err.contains("certificate"), "{err}");
     assert!(!out.status.success(), "undelivered events are an error");
     assert!(err.contains("1 event(s) not delivered"), "{err}");
+    // One true story: no line says they stay in a spool there is not.
+    assert!(!err.contains("stay in the spool"), "{err}");
+    assert!(err.contains("undelivered events are lost (no --spool"), "{err}");
 }

@@ -75,9 +75,10 @@ impl<H: LineHandler> Source for Replay<H> {
             Box::new(tokio::io::stdin())
         } else {
             Box::new(
+                // The source's name says which file: `source replay FILE`.
                 tokio::fs::File::open(&path)
                     .await
-                    .fatal(format!("--replay {path}"))?,
+                    .fatal("cannot open the file")?,
             )
         };
         ctx.connected();
@@ -85,10 +86,7 @@ impl<H: LineHandler> Source for Replay<H> {
         let mut buf = vec![0u8; 64 * 1024];
         let mut n_lines = 0u64;
         loop {
-            let n = input
-                .read(&mut buf)
-                .await
-                .fatal(format!("--replay {path}"))?;
+            let n = input.read(&mut buf).await.fatal("cannot read the file")?;
             let batch = if n == 0 {
                 lines.finish().into_iter().collect()
             } else {

@@ -437,6 +437,25 @@ struct Publisher {
 }
 
 impl Publisher {
+    /// Says, once the bridge gives up delivering (`why`), where what the
+    /// broker has not acknowledged is: in the spool directory for the next
+    /// start, or, with no `--spool`, nowhere (the bridge's exit error
+    /// counts them).
+    fn left_undelivered(&self, why: &str) {
+        match &self.cfg.spool {
+            Some(dir) => {
+                tracing::warn!(pending = self.spool.len(), spool = %dir.display(), why, "undelivered events stay in the spool for the next start")
+            }
+            None => {
+                tracing::warn!(
+                    pending = self.spool.len(),
+                    why,
+                    "undelivered events are lost (no --spool to keep them)"
+                )
+            }
+        }
+    }
+
     /// The delivery deadline once the bridge is finishing, else `None`.
     fn finish_deadline(&mut self) -> Option<Instant> {
         if self.finish_by.is_none() && (*self.stopping.borrow() || !self.rx_open) {
@@ -705,7 +724,7 @@ impl Publisher {
                 }
             };
             let Some(res) = res else {
-                tracing::warn!(pending = self.spool.len(), spool = ?self.cfg.spool, "broker unreachable at shutdown; undelivered events stay in the spool");
+                self.left_undelivered("broker unreachable at shutdown");
                 return;
             };
             match res {
@@ -741,7 +760,7 @@ impl Publisher {
                     ev = self.rx.recv(), if self.rx_open => self.received(ev),
                     _ = self.stopping.changed() => break,
                     _ = sleep_until_opt(deadline), if deadline.is_some() => {
-                        tracing::warn!(pending = self.spool.len(), "broker unreachable; undelivered events stay in the spool");
+                        self.left_undelivered("broker unreachable");
                         return;
                     }
                 }
@@ -832,7 +851,7 @@ impl Publisher {
                 }
                 _ = self.stopping.changed() => {}
                 _ = sleep_until_opt(flush_deadline), if flush_deadline.is_some() => {
-                    tracing::warn!(pending = self.spool.len(), "flush timed out; undelivered events stay in the spool");
+                    self.left_undelivered("flush timed out");
                     self.goodbye(conn).await;
                     return Ended::Finished;
                 }
