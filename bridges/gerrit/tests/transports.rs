@@ -136,5 +136,8 @@ fn tls_with_ca_qos0_and_replay_from_stdin() {
     assert!(err.contains("1 event(s) not delivered"), "{err}");
     // One true story: no line says they stay in a spool there is not.
     assert!(!err.contains("stay in the spool"), "{err}");
-    assert!(err.contains("undelivered events are lost (no --spool"), "{err}");
+    assert!(
+        err.contains("undelivered events are lost (no --spool"),
+        "{err}"
+    );
 }
