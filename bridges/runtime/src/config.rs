@@ -63,7 +63,9 @@ pub struct PublishArgs {
     /// Name of this instance in the status topic (default: the host name).
     #[arg(long, value_name = "NAME")]
     pub instance: Option<String>,
-    /// Append input that is not an event to this JSON-lines file.
+    /// Append input that is not an event to this JSON-lines file
+    /// [default: dead-letter.jsonl in the --spool directory; without a
+    /// spool, firehose-<bridge>.dead-letter.jsonl in the working directory].
     #[arg(long, value_name = "FILE")]
     pub dead_letter: Option<PathBuf>,
     /// On SIGTERM, how long to keep trying to deliver what is spooled.
