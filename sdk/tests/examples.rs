@@ -344,3 +344,112 @@ fn mqttwarn_example_notifies_merges_and_bugs() {
     let got = std::fs::read_to_string(&out).unwrap();
     assert_eq!(got.lines().count(), 3, "only merges and the bug: {got}");
 }
+
+/// The Python example names every kind of message as the SDK does: the
+/// demo's events (gerrit, nova, launchpad, ansible, raw), the original
+/// ansible plugin's payloads, and a status, a subunit run, a Zuul report,
+/// a CloudEvents envelope, a base topic and what is not an event.
+#[test]
+fn the_python_example_names_types_as_the_sdk_does() {
+    let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+    for file in ["demo/events.jsonl", "ansible/firehose-examples.jsonl"] {
+        for line in fixture_lines(file) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let payload = match &v["payload"] {
+                serde_json::Value::String(s) => s.clone().into_bytes(),
+                other => other.to_string().into_bytes(),
+            };
+            cases.push((v["topic"].as_str().unwrap().to_owned(), payload));
+        }
+    }
+    let status = serde_json::to_string(&firehose::status::Status {
+        state: firehose::status::State::Up,
+        version: "firehose-gerrit 0".into(),
+        host: "h".into(),
+        started: "2026-01-01T00:00:00Z".into(),
+        upstream_connected: true,
+        upstream_error: None,
+        last_event: None,
+        counters: Default::default(),
+    })
+    .unwrap();
+    for (topic, payload) in [
+        ("firehose/status/gerrit/h", status.as_str()),
+        (
+            "gearman-subunit/worker1/openstack/nova/123456",
+            r#"{"status": "success", "build_uuid": "b", "source_url": "u"}"#,
+        ),
+        (
+            "zuul/openstack/nova/check",
+            r#"{"action":"Failure","pipeline":"check","change":"1"}"#,
+        ),
+        (
+            "site1/gerrit/openstack/nova/comment-added",
+            r#"{"type":"comment-added","change":{"project":"openstack/nova","number":1}}"#,
+        ),
+        (
+            "anything",
+            r#"{"specversion":"1.0","id":"1","source":"s","type":"custom.kind","data":{}}"#,
+        ),
+        ("gerrit/x/y", "not json"),
+        ("elsewhere/x", r#"{"a":1}"#),
+    ] {
+        cases.push((topic.to_owned(), payload.as_bytes().to_vec()));
+    }
+    let input: String = cases
+        .iter()
+        .map(|(t, p)| {
+            serde_json::json!({"topic": t, "payload": String::from_utf8_lossy(p)}).to_string()
+                + "\n"
+        })
+        .collect();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python");
+    let mut child = Command::new(require("python3", "python3"))
+        .current_dir(&dir)
+        .args([
+            "-c",
+            "import json, sys\n\
+             from subscriber import event_type\n\
+             for line in sys.stdin:\n    \
+             m = json.loads(line)\n    \
+             print(event_type(m['topic'], m['payload'].encode()))",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let python: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(python.len(), cases.len());
+    let mut kinds = std::collections::BTreeSet::new();
+    for ((topic, payload), py) in cases.iter().zip(&python) {
+        let sdk = firehose::reader::decode(topic, payload, false).kind;
+        assert_eq!(py, &sdk, "{topic}: {}", String::from_utf8_lossy(payload));
+        kinds.insert(sdk.split('.').next().unwrap_or_default().to_owned());
+    }
+    for family in [
+        "gerrit",
+        "nova",
+        "launchpad",
+        "ansible",
+        "firehose",
+        "subunit",
+        "zuul",
+        "custom",
+        "mqtt",
+    ] {
+        assert!(kinds.contains(family), "{family} in {kinds:?}");
+    }
+}
