@@ -147,6 +147,16 @@ pub struct Inserted {
     pub duplicates: u64,
 }
 
+impl Inserted {
+    /// A batch of `rows` of which `stored` were new.
+    fn of(rows: usize, stored: u64) -> Inserted {
+        Inserted {
+            stored,
+            duplicates: rows as u64 - stored,
+        }
+    }
+}
+
 /// A stored event as the API returns it.
 #[derive(Debug, Clone)]
 pub struct Stored {
@@ -411,10 +421,7 @@ impl Store {
                 .rows_affected();
         }
         tx.commit().await.map_err(sql("committing a batch"))?;
-        Ok(Inserted {
-            stored,
-            duplicates: rows.len() as u64 - stored,
-        })
+        Ok(Inserted::of(rows.len(), stored))
     }
 
     /// Runs a `SELECT` of [`SELECT_COLUMNS`] built by [`crate::query`].
@@ -624,6 +631,21 @@ const PG_TYPES: &[&str] = &[
     "text", "text", "text", "text", "text", "int8", "text", "int8", "int8", "bytea", "int8",
     "text", "text", "text", "text", "text", "text", "text", "int8", "int8",
 ];
+const _: () = assert!(PG_TYPES.len() == COLUMNS.len());
+
+/// [`insert_pg`]'s statement: the same for every batch, built once.
+static INSERT_UNNEST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let arrays: Vec<String> = PG_TYPES
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("${}::{t}[]", i + 1))
+        .collect();
+    format!(
+        "INSERT INTO events ({}) SELECT * FROM UNNEST({}) ON CONFLICT (id) DO NOTHING",
+        COLUMNS.join(", "),
+        arrays.join(", ")
+    )
+});
 
 /// PostgreSQL: the whole batch in one statement, each column one array
 /// (`INSERT ... SELECT * FROM UNNEST(...)`): one parse, one plan and 20
@@ -661,16 +683,6 @@ async fn insert_pg(pg: &sqlx::PgPool, rows: &[Row]) -> Result<Inserted, StoreErr
         c.codec.push(codec);
         c.same.push(same);
     }
-    let arrays: Vec<String> = PG_TYPES
-        .iter()
-        .enumerate()
-        .map(|(i, t)| format!("${}::{t}[]", i + 1))
-        .collect();
-    let text = format!(
-        "INSERT INTO events ({}) SELECT * FROM UNNEST({}) ON CONFLICT (id) DO NOTHING",
-        COLUMNS.join(", "),
-        arrays.join(", ")
-    );
     let [deployment, instance, request, project, change, bug, playbook] = c.fields;
     let mut tx = pg.begin().await.map_err(sql("starting a batch"))?;
     // Ingesters sharing one database commit one at a time, so the cursor
@@ -681,7 +693,7 @@ async fn insert_pg(pg: &sqlx::PgPool, rows: &[Row]) -> Result<Inserted, StoreErr
         .execute(&mut *tx)
         .await
         .map_err(sql("locking events for a batch"))?;
-    let stored = sqlx::query(AssertSqlSafe(text))
+    let stored = sqlx::query(AssertSqlSafe(INSERT_UNNEST.as_str()))
         .bind(c.id)
         .bind(c.topic)
         .bind(c.source)
@@ -707,10 +719,7 @@ async fn insert_pg(pg: &sqlx::PgPool, rows: &[Row]) -> Result<Inserted, StoreErr
         .map_err(sql("a batch of events"))?
         .rows_affected();
     tx.commit().await.map_err(sql("committing a batch"))?;
-    Ok(Inserted {
-        stored,
-        duplicates: rows.len() as u64 - stored,
-    })
+    Ok(Inserted::of(rows.len(), stored))
 }
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
